@@ -15,7 +15,7 @@ from typing import Annotated, Union
 import msgspec
 from msgspec import Meta, field
 
-Symbol = Annotated[str, Meta(min_length=1, max_length=20, pattern=r"^[A-Z][A-Z0-9.\-/:]*$")]
+Symbol = Annotated[str, Meta(min_length=1, max_length=20)]
 Price = Annotated[float, Meta(gt=0)]
 Size = Annotated[int, Meta(ge=0)]
 EpochMs = Annotated[int, Meta(gt=0)]

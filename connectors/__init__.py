@@ -1,0 +1,1 @@
+"""Thin adapters around the real clients (confluent-kafka, psycopg, redis) and the feeds."""

@@ -1,0 +1,123 @@
+"""Bars into PostgreSQL/TimescaleDB `ohlcv_1min`: COPY into a staging table, then one upsert.
+
+Idempotent: writing the same bars again changes nothing, and an older revision never
+overwrites a newer one, so replays and recovery re-emissions are harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import psycopg
+
+from connectors.retry import with_backoff
+from schemas.bars import Bar
+
+log = logging.getLogger(__name__)
+
+COLUMNS = "symbol, timestamp, open, high, low, close, volume, vwap, trades, revision"
+
+_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS bar_stage
+  (LIKE ohlcv_1min INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
+_NEW_SYMBOLS = """
+INSERT INTO symbols (symbol) SELECT DISTINCT symbol FROM bar_stage ON CONFLICT DO NOTHING
+"""
+_UPSERT = f"""
+INSERT INTO ohlcv_1min ({COLUMNS})
+SELECT DISTINCT ON (symbol, timestamp) {COLUMNS} FROM bar_stage
+ORDER BY symbol, timestamp, revision DESC
+ON CONFLICT (symbol, timestamp) DO UPDATE SET
+  open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+  volume = excluded.volume, vwap = excluded.vwap, trades = excluded.trades,
+  revision = excluded.revision
+WHERE ohlcv_1min.revision <= excluded.revision
+  AND (ohlcv_1min.open, ohlcv_1min.high, ohlcv_1min.low, ohlcv_1min.close, ohlcv_1min.volume,
+       ohlcv_1min.vwap, ohlcv_1min.trades, ohlcv_1min.revision)
+      IS DISTINCT FROM
+      (excluded.open, excluded.high, excluded.low, excluded.close, excluded.volume,
+       excluded.vwap, excluded.trades, excluded.revision)
+"""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL cannot be reached or is not migrated: say which and how to fix it."""
+
+
+def connect(url: str, timeout_s: int = 5) -> psycopg.Connection:
+    """Connect, failing fast with a message that says what to do."""
+    try:
+        conn = psycopg.connect(url, connect_timeout=timeout_s, autocommit=False)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"PostgreSQL at {_redact(url)} is unreachable ({str(exc).strip()}); start it with "
+            "`make services` or set DATABASE_URL"
+        ) from exc
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('ohlcv_1min') IS NOT NULL")
+        row = cur.fetchone()
+    conn.rollback()
+    if not row or not row[0]:
+        conn.close()
+        raise DatabaseUnavailable(f"table ohlcv_1min is missing in {_redact(url)}; run `make migrate`")
+    return conn
+
+
+class BarStore:
+    """Writes final bars (and revisions) to `ohlcv_1min`, filling `symbols` as it goes."""
+
+    def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
+        self._url = url
+        self._max_backoff_s = max_backoff_s
+        self._conn: psycopg.Connection | None = connect(url)
+
+    def upsert(self, bars: Sequence[Bar]) -> None:
+        """Write `bars` in one transaction; blocks and retries while the server is down."""
+        if bars:
+            with_backoff(
+                lambda: self._upsert_once(bars),
+                retry_on=(psycopg.OperationalError, psycopg.InterfaceError),
+                what=f"writing {len(bars)} bars to PostgreSQL",
+                log=log,
+                max_backoff_s=self._max_backoff_s,
+                on_retry=self._drop_connection,
+            )
+
+    def _upsert_once(self, bars: Sequence[Bar]) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url, connect_timeout=5, autocommit=False)
+        conn = self._conn
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_STAGE)
+            with cur.copy(f"COPY bar_stage ({COLUMNS}) FROM STDIN") as copy:
+                for b in bars:
+                    copy.write_row(
+                        (
+                            b.symbol,
+                            datetime.fromtimestamp(b.timestamp / 1000, tz=timezone.utc),
+                            b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trades, b.revision,
+                        )  # fmt: skip
+                    )
+            cur.execute(_NEW_SYMBOLS)
+            cur.execute(_UPSERT)
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error as exc:
+                log.debug("closing a broken connection: %s", exc)
+            self._conn = None
+
+    def close(self) -> None:
+        self._drop_connection()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in info.items())

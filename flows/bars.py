@@ -1,0 +1,119 @@
+"""Bar arithmetic: one symbol's 1-minute OHLCV bar, built from trades or per-second aggregates.
+
+Pure and order-independent: open/close are chosen by (event time, sequence), never by
+arrival order, so out-of-order trades land where they belong.
+
+>>> bar = MinuteBar("AAPL", 1_700_000_040_000)
+>>> bar.add_trade(10.0, 100, 1_700_000_041_000, 2, ALL)
+>>> bar.add_trade(9.5, 50, 1_700_000_040_500, 1, ALL)     # earlier, arrives later
+>>> (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.trades)
+(9.5, 10.0, 9.5, 10.0, 150, 2)
+"""
+
+from __future__ import annotations
+
+from schemas.bars import Bar
+from schemas.polygon import SecondAgg
+
+from flows.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME
+
+MINUTE_MS = 60_000
+
+__all__ = ["ALL", "MINUTE_MS", "MinuteBar"]
+
+
+class MinuteBar:
+    """Accumulates one bucket. `seen` holds the ids of what it already counted."""
+
+    __slots__ = (
+        "symbol", "start", "open", "high", "low", "close",
+        "open_t", "open_q", "close_t", "close_q",
+        "volume", "notional", "trades", "revision", "final", "seen",
+    )  # fmt: skip
+
+    def __init__(self, symbol: str, start: int) -> None:
+        self.symbol = symbol
+        self.start = start
+        self.open: float | None = None
+        self.high: float | None = None
+        self.low: float | None = None
+        self.close: float | None = None
+        self.open_t = self.open_q = self.close_t = self.close_q = 0
+        self.volume = 0
+        self.notional = 0.0
+        self.trades = 0
+        self.revision = 0
+        self.final = False
+        self.seen: set = set()
+
+    def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> None:
+        """Apply one trade with the fields its conditions allow (`mask`)."""
+        if mask & HIGH_LOW:
+            high = self.high
+            if high is None:
+                self.high = self.low = price
+            elif price > high:
+                self.high = price
+            elif price < self.low:  # type: ignore[operator]
+                self.low = price
+        if mask & OPEN_CLOSE:
+            if self.open is None:
+                self.open = self.close = price
+                self.open_t = self.close_t = t
+                self.open_q = self.close_q = q
+            else:
+                if t < self.open_t or (t == self.open_t and q < self.open_q):
+                    self.open, self.open_t, self.open_q = price, t, q
+                if t > self.close_t or (t == self.close_t and q >= self.close_q):
+                    self.close, self.close_t, self.close_q = price, t, q
+        if mask & VOLUME:
+            self.volume += size
+            self.notional += price * size
+            self.trades += 1
+
+    def add_second(self, agg: SecondAgg) -> None:
+        """Fold a per-second aggregate in (for feeds that carry `A` but not trades)."""
+        s = agg.start
+        if self.high is None:
+            self.high, self.low = agg.high, agg.low
+        else:
+            if agg.high > self.high:
+                self.high = agg.high
+            if agg.low < self.low:  # type: ignore[operator]
+                self.low = agg.low
+        if self.open is None or s < self.open_t:
+            self.open, self.open_t = agg.open, s
+        if self.close is None or s >= self.close_t:
+            self.close, self.close_t = agg.close, s
+        self.volume += agg.volume
+        self.notional += (agg.vwap if agg.vwap is not None else agg.close) * agg.volume
+        if agg.average_size:
+            self.trades += round(agg.volume / agg.average_size)
+
+    @property
+    def vwap(self) -> float | None:
+        return self.notional / self.volume if self.volume else None
+
+    def record(self, status: str) -> Bar:
+        """The bar as the record the sinks publish."""
+        vwap = self.notional / self.volume if self.volume else None
+        return Bar(
+            symbol=self.symbol,
+            timestamp=self.start,
+            open=self.open,
+            high=self.high,
+            low=self.low,
+            close=self.close,
+            volume=self.volume,
+            vwap=vwap,
+            trades=self.trades,
+            revision=self.revision,
+            status=status,  # type: ignore[arg-type]
+        )
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)

@@ -1,0 +1,284 @@
+"""The bar book: every open and recently-final bar of one Kafka partition, with its watermark.
+
+One book per partition, so a whole consumed batch is handled in one call (the flow's
+throughput depends on this: per-event operator overhead would cost more than the bar
+arithmetic itself).
+
+Time is event time. The watermark is the newest event time seen in the partition (or,
+when the partition is idle, advanced by wall-clock time, see `advance`). Given the same
+messages in the same order, a book emits the same bars with the same revisions,
+however the messages were batched; that is what makes restarts reproducible.
+
+- A bar becomes final once the watermark passes its minute's end plus `close_delay_ms`.
+- A trade for a final bar within `lateness_ms` of the minute's end revises it
+  (`revision` + 1 per trade applied); one later than that is rejected as too late.
+- A trade seen before (same symbol, exchange, trade id, TRF id) is counted once.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from flows.bars import MINUTE_MS, MinuteBar
+from flows.conditions import ConditionRules, UnknownCondition
+from schemas.bars import Bar
+from schemas.polygon import SecondAgg, Trade
+
+NEVER = 1 << 62
+
+_trade_decoder = msgspec.json.Decoder(Trade)
+_second_decoder = msgspec.json.Decoder(SecondAgg)
+_DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError)
+
+
+class Reject(msgspec.Struct, frozen=True):
+    """An input the book refused: `index` is its position in the batch given to `apply`."""
+
+    index: int
+    kind: str  # "malformed" | "too_late" | "unknown_condition"
+    reason: str
+
+
+class Counts(msgspec.Struct):
+    """What the book did with its input, for metrics and tests."""
+
+    events: int = 0
+    duplicates: int = 0
+    revisions: int = 0
+    ignored: int = 0  # valid trades whose conditions update no bar field
+    malformed: int = 0
+    too_late: int = 0
+    unknown_condition: int = 0
+    bars_final: int = 0
+
+
+class BarBook:
+    """Builds 1-minute bars for the symbols of one partition."""
+
+    def __init__(
+        self,
+        rules: ConditionRules,
+        *,
+        close_delay_ms: int = 2_000,
+        lateness_ms: int = 900_000,
+        source: str = "trades",
+    ) -> None:
+        if source not in ("trades", "second_aggs"):
+            raise ValueError(f"unknown bar source {source!r}")
+        self.rules = rules
+        self.close_delay_ms = close_delay_ms
+        self.lateness_ms = lateness_ms
+        self.source = source
+        self.watermark = 0
+        self.counts = Counts()
+        self._bars: dict[tuple[str, int], MinuteBar] = {}
+        self._open: dict[int, list[MinuteBar]] = {}  # minute start -> bars not yet final
+        self._final: dict[int, list[MinuteBar]] = {}  # minute start -> final bars still revisable
+        self._next_close = NEVER  # watermark at which the oldest open minute closes
+        self._next_expire = NEVER  # watermark at which the oldest final minute stops being revisable
+        self._revised: dict[tuple[str, int], MinuteBar] = {}
+        self._live: dict[tuple[str, int], MinuteBar] = {}
+
+    # ---- input -------------------------------------------------------------------------
+
+    def apply(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
+        """Apply a batch of raw events (wire JSON) in order.
+
+        Returns the bars that became final or were revised by this batch (each once, at
+        its latest revision) and the inputs refused, with the reason.
+        """
+        if self.source == "trades":
+            finals, rejects = self._apply_trades(values)
+        else:
+            finals, rejects = self._apply_seconds(values)
+        if self._revised:
+            finals.extend(bar.record("final") for bar in self._revised.values())
+            self._revised.clear()
+        return finals, rejects
+
+    def _apply_trades(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
+        finals: list[Bar] = []
+        rejects: list[Reject] = []
+        decode = _trade_decoder.decode
+        mask_of = self.rules.mask
+        bars = self._bars
+        live = self._live
+        lateness = MINUTE_MS + self.lateness_ms
+        counts = self.counts
+        watermark = self.watermark
+        for index, raw in enumerate(values):
+            try:
+                trade = decode(raw)
+            except _DecodeErrors as exc:
+                rejects.append(Reject(index, "malformed", f"invalid trade event: {exc}"))
+                continue
+            t = trade.timestamp
+            start = t - t % MINUTE_MS
+            if start + lateness < watermark:
+                rejects.append(Reject(index, "too_late", _too_late(t, start, watermark, self.lateness_ms)))
+                continue
+            try:
+                mask = mask_of(trade.conditions)
+            except UnknownCondition as exc:
+                rejects.append(Reject(index, "unknown_condition", str(exc)))
+                continue
+            if mask:
+                symbol = trade.symbol
+                key = (symbol, start)
+                bar = bars.get(key)
+                if bar is None:
+                    bar = bars[key] = self._new_bar(symbol, start)
+                trade_key = (trade.exchange, trade.trade_id, trade.trf_id)
+                seen = bar.seen
+                if trade_key in seen:
+                    counts.duplicates += 1
+                else:
+                    seen.add(trade_key)
+                    bar.add_trade(trade.price, trade.size, t, trade.sequence, mask)
+                    if bar.final:
+                        bar.revision += 1
+                        counts.revisions += 1
+                        self._revised[key] = bar
+                    else:
+                        live[key] = bar
+            else:
+                counts.ignored += 1
+            if t > watermark:
+                watermark = t
+            if watermark >= self._next_close:
+                self.watermark = watermark
+                finals.extend(self._close())
+            if watermark >= self._next_expire:
+                self.watermark = watermark
+                self._expire()
+        self.watermark = watermark
+        counts.events += len(values)
+        counts.malformed += sum(1 for r in rejects if r.kind == "malformed")
+        counts.too_late += sum(1 for r in rejects if r.kind == "too_late")
+        counts.unknown_condition += sum(1 for r in rejects if r.kind == "unknown_condition")
+        return finals, rejects
+
+    def _apply_seconds(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
+        finals: list[Bar] = []
+        rejects: list[Reject] = []
+        for index, raw in enumerate(values):
+            try:
+                agg = _second_decoder.decode(raw)
+            except _DecodeErrors as exc:
+                rejects.append(Reject(index, "malformed", f"invalid per-second aggregate: {exc}"))
+                self.counts.malformed += 1
+                continue
+            start = agg.start - agg.start % MINUTE_MS
+            if start + MINUTE_MS + self.lateness_ms < self.watermark:
+                rejects.append(
+                    Reject(index, "too_late", _too_late(agg.start, start, self.watermark, self.lateness_ms))
+                )
+                self.counts.too_late += 1
+                continue
+            key = (agg.symbol, start)
+            bar = self._bars.get(key)
+            if bar is None:
+                bar = self._bars[key] = self._new_bar(agg.symbol, start)
+            if agg.start in bar.seen:
+                self.counts.duplicates += 1
+            else:
+                bar.seen.add(agg.start)
+                bar.add_second(agg)
+                if bar.final:
+                    bar.revision += 1
+                    self.counts.revisions += 1
+                    self._revised[key] = bar
+                else:
+                    self._live[key] = bar
+            finals.extend(self.advance(agg.end - 1))
+        self.counts.events += len(values)
+        return finals, rejects
+
+    # ---- time --------------------------------------------------------------------------
+
+    def advance(self, watermark: int) -> list[Bar]:
+        """Move the watermark forward (never back); returns the bars that became final."""
+        finals: list[Bar] = []
+        if watermark > self.watermark:
+            self.watermark = watermark
+        if self.watermark >= self._next_close:
+            finals = self._close()
+        if self.watermark >= self._next_expire:
+            self._expire()
+        return finals
+
+    def close_all(self) -> list[Bar]:
+        """Finalise every open bar now (end of a finite input)."""
+        if not self._open:
+            return []
+        latest = max(self._open)
+        return self.advance(latest + MINUTE_MS + self.close_delay_ms)
+
+    def _new_bar(self, symbol: str, start: int) -> MinuteBar:
+        bar = MinuteBar(symbol, start)
+        minute = self._open.get(start)
+        if minute is None:
+            self._open[start] = [bar]
+            closes_at = start + MINUTE_MS + self.close_delay_ms
+            if closes_at < self._next_close:
+                self._next_close = closes_at
+        else:
+            minute.append(bar)
+        return bar
+
+    def _close(self) -> list[Bar]:
+        finals: list[Bar] = []
+        cutoff = self.watermark - MINUTE_MS - self.close_delay_ms
+        for start in sorted(s for s in self._open if s <= cutoff):
+            closing = self._open.pop(start)
+            for bar in closing:
+                bar.final = True
+                self._live.pop((bar.symbol, start), None)
+                finals.append(bar.record("final"))
+            self._final.setdefault(start, []).extend(closing)
+            self._next_expire = min(self._next_expire, start + MINUTE_MS + self.lateness_ms + 1)
+        self.counts.bars_final += len(finals)
+        self._next_close = min(self._open, default=NEVER - MINUTE_MS - self.close_delay_ms)
+        self._next_close += MINUTE_MS + self.close_delay_ms
+        return finals
+
+    def _expire(self) -> None:
+        cutoff = self.watermark - MINUTE_MS - self.lateness_ms
+        for start in [s for s in self._final if s < cutoff]:
+            for bar in self._final.pop(start):
+                del self._bars[(bar.symbol, start)]
+        oldest = min(self._final, default=None)
+        self._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + self.lateness_ms + 1
+
+    # ---- output ------------------------------------------------------------------------
+
+    def take_live(self) -> list[Bar]:
+        """Forming bars changed since the last call, one update per bar."""
+        if not self._live:
+            return []
+        updates = [bar.record("live") for bar in self._live.values()]
+        self._live.clear()
+        return updates
+
+    @property
+    def open_bars(self) -> int:
+        return sum(len(bars) for bars in self._open.values())
+
+    # ---- recovery ----------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["rules"]  # data shipped with the code, reloaded on restore
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.rules = ConditionRules.load()
+
+
+def _too_late(t: int, start: int, watermark: int, lateness_ms: int) -> str:
+    behind = (watermark - start - MINUTE_MS) / 1000
+    return (
+        f"trade at {t} ms is {behind:.0f} s past its minute's end, beyond the allowed lateness "
+        f"of {lateness_ms / 1000:.0f} s (watermark {watermark} ms)"
+    )

@@ -1,0 +1,159 @@
+"""The OHLCV dataflow: Kafka ticks -> 1-minute bars -> PostgreSQL + Redis, bad input -> dead letters.
+
+Run it with::
+
+    python -m bytewax.run "flows.ohlcv:build_flow()"                    # one process
+    python -m bytewax.run "flows.ohlcv:build_flow()" -r RECOVERY_DIR -s 5 -b 0   # restartable
+
+Composition only: the bar logic lives in `flows.book`, the I/O in `connectors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from datetime import datetime, timedelta, timezone
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from prometheus_client import Counter, Gauge
+
+from connectors.bar_sinks import FinalBarSink, LiveBarSink
+from connectors.dead_letter import dead_letter, dead_letter_sink
+from connectors.kafka_source import KafkaBatchSource, RawBatch
+from flows.book import BarBook, Counts
+from flows.conditions import ConditionRules
+from flows.settings import Settings
+from schemas.bars import Bar
+
+log = logging.getLogger("tickstock.ohlcv")
+
+EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by outcome", ["partition", "outcome"])
+WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
+OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
+
+Output = Bar | KafkaSinkMessage
+
+
+class BookLogic(StatefulBatchLogic[RawBatch, Output, bytes]):
+    """Drives one partition's `BarBook` from batches, wall-clock timers and end of input."""
+
+    def __init__(self, settings: Settings, resume: bytes | None) -> None:
+        self.key = "?"  # the partition; bytewax gives builders the state, not the key
+        if resume is not None:
+            self.key, self.book = pickle.loads(resume)
+        else:
+            self.book: BarBook = BarBook(
+                ConditionRules.load(),
+                close_delay_ms=int(settings.bar_close_delay_s * 1000),
+                lateness_ms=int(settings.allowed_lateness_s * 1000),
+                source=settings.bar_source,
+            )
+        self.live_every = settings.live_update_interval_s
+        self.idle_after = settings.idle_advance_s
+        now = time.monotonic()
+        self.last_input = now  # wall-clock time of the last data or idle advance
+        self.last_live = now
+        self.reported = Counts()
+        self.last_health = now
+
+    def on_batch(self, batches: list[RawBatch]) -> tuple[list[Output], bool]:
+        out: list[Output] = []
+        self.key = batches[0].key
+        for batch in batches:
+            finals, rejects = self.book.apply(batch.values)
+            out.extend(finals)
+            out.extend(dead_letter(batch, r.index, r.kind, r.reason) for r in rejects)
+        now = time.monotonic()
+        self.last_input = now
+        if now - self.last_live >= self.live_every:
+            out.extend(self.book.take_live())
+            self.last_live = now
+        self._report(now)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Output], bool]:
+        now = time.monotonic()
+        out: list[Output] = []
+        idle = now - self.last_input
+        if idle >= self.idle_after and self.book.watermark:
+            # A silent partition must still close its bars: let event time follow the wall clock.
+            out.extend(self.book.advance(self.book.watermark + int(idle * 1000)))
+            self.last_input = now
+        if now - self.last_live >= self.live_every:
+            out.extend(self.book.take_live())
+            self.last_live = now
+        self._report(now)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Output], bool]:
+        out: list[Output] = list(self.book.close_all())
+        self._report(time.monotonic(), force=True)
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        now = time.monotonic()
+        due = min(self.last_live + self.live_every, self.last_input + self.idle_after)
+        return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - now))
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps((self.key, self.book), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _report(self, now: float, force: bool = False) -> None:
+        counts, last = self.book.counts, self.reported
+        for outcome in ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition"):
+            delta = getattr(counts, outcome) - getattr(last, outcome)
+            if delta:
+                EVENTS.labels(self.key, outcome).inc(delta)
+        delta = counts.events - last.events
+        if delta:
+            EVENTS.labels(self.key, "received").inc(delta)
+        self.reported = Counts(**{f: getattr(counts, f) for f in counts.__struct_fields__})
+        if self.book.watermark:
+            WATERMARK_LAG.labels(self.key).set(time.time() - self.book.watermark / 1000)
+        OPEN_BARS.labels(self.key).set(self.book.open_bars)
+        if force or now - self.last_health >= 10:
+            self.last_health = now
+            log.info(
+                "health %s: events=%d final_bars=%d open_bars=%d duplicates=%d revisions=%d "
+                "malformed=%d too_late=%d unknown_condition=%d watermark=%s",
+                self.key, counts.events, counts.bars_final, self.book.open_bars, counts.duplicates,
+                counts.revisions, counts.malformed, counts.too_late, counts.unknown_condition,
+                datetime.fromtimestamp(self.book.watermark / 1000, tz=timezone.utc).isoformat()
+                if self.book.watermark else "-",
+            )  # fmt: skip
+
+
+def _is_bar(item: Output) -> bool:
+    return isinstance(item, Bar)
+
+
+def _is_final(bar: Bar) -> bool:
+    return bar.status == "final"
+
+
+def build_flow(settings: Settings | None = None) -> Dataflow:
+    """The dataflow, configured from the environment unless `settings` are given."""
+    s = settings if settings is not None else Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flow = Dataflow("ohlcv")
+    source = KafkaBatchSource(
+        s.kafka_bootstrap_servers,
+        [s.bar_topic()],
+        start=s.kafka_start,
+        tail=s.kafka_tail,
+        batch_size=s.kafka_batch_size,
+    )
+    batches = op.input("ticks", flow, source)
+    keyed = op.key_on("by_partition", batches, lambda b: b.key)
+    produced = op.stateful_batch("bars", keyed, lambda resume: BookLogic(s, resume))
+    items = op.key_rm("unkey", produced)
+    split = op.branch("bars_or_dead_letters", items, _is_bar)
+    by_status = op.branch("final_or_live", split.trues, _is_final)
+    op.output("final_bars", by_status.trues, FinalBarSink(s))
+    op.output("live_bars", by_status.falses, LiveBarSink(s))
+    op.output("dead_letters", split.falses, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    return flow
