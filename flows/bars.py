@@ -111,9 +111,18 @@ class MinuteBar:
             status=status,  # type: ignore[arg-type]
         )
 
-    def __getstate__(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
+    def to_row(self) -> tuple:
+        """Every field as a plain tuple, for compact recovery snapshots."""
+        return (
+            self.symbol, self.start, self.open, self.high, self.low, self.close,
+            self.open_t, self.open_q, self.close_t, self.close_q,
+            self.volume, self.notional, self.trades, self.revision, self.final, self.seen,
+        )  # fmt: skip
 
-    def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
+    @classmethod
+    def from_row(cls, row: list) -> MinuteBar:
+        bar = cls.__new__(cls)
+        for name, value in zip(cls.__slots__, row, strict=True):
+            setattr(bar, name, value)
+        bar.seen = {tuple(key) if isinstance(key, list) else key for key in row[-1]}
+        return bar

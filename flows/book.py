@@ -20,15 +20,17 @@ from __future__ import annotations
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
-from flows.conditions import ConditionRules, UnknownCondition
+from flows.conditions import ALL, ConditionRules, UnknownCondition
 from schemas.bars import Bar
 from schemas.polygon import SecondAgg, Trade
 
 NEVER = 1 << 62
+SNAPSHOT_VERSION = 1
 
 _trade_decoder = msgspec.json.Decoder(Trade)
 _second_decoder = msgspec.json.Decoder(SecondAgg)
 _DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError)
+_snapshot_encoder = msgspec.msgpack.Encoder()
 
 
 class Reject(msgspec.Struct, frozen=True):
@@ -101,6 +103,7 @@ class BarBook:
         rejects: list[Reject] = []
         decode = _trade_decoder.decode
         mask_of = self.rules.mask
+        known = self.rules.known.get
         bars = self._bars
         live = self._live
         lateness = MINUTE_MS + self.lateness_ms
@@ -117,11 +120,17 @@ class BarBook:
             if start + lateness < watermark:
                 rejects.append(Reject(index, "too_late", _too_late(t, start, watermark, self.lateness_ms)))
                 continue
-            try:
-                mask = mask_of(trade.conditions)
-            except UnknownCondition as exc:
-                rejects.append(Reject(index, "unknown_condition", str(exc)))
-                continue
+            conditions = trade.conditions
+            if not conditions:
+                mask = ALL
+            else:
+                mask = known(tuple(conditions))  # the common combinations, without a call
+                if mask is None:
+                    try:
+                        mask = mask_of(conditions)
+                    except UnknownCondition as exc:
+                        rejects.append(Reject(index, "unknown_condition", str(exc)))
+                        continue
             if mask:
                 symbol = trade.symbol
                 key = (symbol, start)
@@ -266,14 +275,34 @@ class BarBook:
 
     # ---- recovery ----------------------------------------------------------------------
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        del state["rules"]  # data shipped with the code, reloaded on restore
-        return state
+    def snapshot(self) -> bytes:
+        """The whole book as msgpack: several times faster than pickle for millions of trade ids."""
+        counts = [getattr(self.counts, f) for f in self.counts.__struct_fields__]
+        bars = [bar.to_row() for bar in self._bars.values()]
+        pending = list(self._revised)
+        live = list(self._live)
+        return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, pending, live))
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.rules = ConditionRules.load()
+    @classmethod
+    def restore(
+        cls, snapshot: bytes, rules: ConditionRules, *, close_delay_ms: int, lateness_ms: int, source: str
+    ) -> BarBook:
+        version, watermark, counts, rows, pending, live = msgspec.msgpack.decode(snapshot)
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"bar book snapshot version {version}, expected {SNAPSHOT_VERSION}")
+        book = cls(rules, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, source=source)
+        book.watermark = watermark
+        book.counts = Counts(*counts)
+        for row in rows:
+            bar = MinuteBar.from_row(row)
+            book._bars[(bar.symbol, bar.start)] = bar
+            (book._final if bar.final else book._open).setdefault(bar.start, []).append(bar)
+        book._revised = {(s, t): book._bars[(s, t)] for s, t in pending}
+        book._live = {(s, t): book._bars[(s, t)] for s, t in live if (s, t) in book._bars}
+        book._next_close = min(book._open, default=NEVER - MINUTE_MS - close_delay_ms) + MINUTE_MS + close_delay_ms
+        oldest = min(book._final, default=None)
+        book._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + lateness_ms + 1
+        return book
 
 
 def _too_late(t: int, start: int, watermark: int, lateness_ms: int) -> str:

@@ -40,11 +40,12 @@ class UnknownCondition(ValueError):
 class ConditionRules:
     """Maps a trade's condition codes to a bit mask of the bar fields it may update."""
 
-    __slots__ = ("_single", "_combined")
+    __slots__ = ("_single", "known")
 
     def __init__(self, masks: Mapping[int, int]) -> None:
         self._single: dict[int, int] = dict(masks)
-        self._combined: dict[tuple[int, ...], int] = {}
+        # Every combination met so far, keyed by the condition tuple; hot loops read it directly.
+        self.known: dict[tuple[int, ...], int] = {(code,): mask for code, mask in masks.items()}
 
     @classmethod
     def load(cls, path: Path = RULES_CSV, overrides: Mapping[int, int] = INTRADAY_OVERRIDES) -> ConditionRules:
@@ -64,13 +65,8 @@ class ConditionRules:
         """Fields a trade with these conditions may update; raises `UnknownCondition`."""
         if not conditions:
             return ALL
-        if len(conditions) == 1:
-            found = self._single.get(conditions[0])
-            if found is None:
-                raise UnknownCondition(f"unknown sale condition {conditions[0]} (not in the rule table)")
-            return found
         key = tuple(conditions)
-        found = self._combined.get(key)
+        found = self.known.get(key)
         if found is None:
             found = ALL
             for code in key:
@@ -78,5 +74,5 @@ class ConditionRules:
                 if one is None:
                     raise UnknownCondition(f"unknown sale condition {code} (not in the rule table)")
                 found &= one
-            self._combined[key] = found
+            self.known[key] = found
         return found

@@ -11,7 +11,6 @@ Composition only: the bar logic lives in `flows.book`, the I/O in `connectors`.
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -38,20 +37,21 @@ OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
 Output = Bar | KafkaSinkMessage
 
 
-class BookLogic(StatefulBatchLogic[RawBatch, Output, bytes]):
+class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
     """Drives one partition's `BarBook` from batches, wall-clock timers and end of input."""
 
-    def __init__(self, settings: Settings, resume: bytes | None) -> None:
+    def __init__(self, settings: Settings, resume: tuple[str, bytes] | None) -> None:
         self.key = "?"  # the partition; bytewax gives builders the state, not the key
+        options = {
+            "close_delay_ms": int(settings.bar_close_delay_s * 1000),
+            "lateness_ms": int(settings.allowed_lateness_s * 1000),
+            "source": settings.bar_source,
+        }
         if resume is not None:
-            self.key, self.book = pickle.loads(resume)
+            self.key, snapshot = resume
+            self.book = BarBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type]
         else:
-            self.book: BarBook = BarBook(
-                ConditionRules.load(),
-                close_delay_ms=int(settings.bar_close_delay_s * 1000),
-                lateness_ms=int(settings.allowed_lateness_s * 1000),
-                source=settings.bar_source,
-            )
+            self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]
         self.live_every = settings.live_update_interval_s
         self.idle_after = settings.idle_advance_s
         now = time.monotonic()
@@ -99,8 +99,8 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, bytes]):
         due = min(self.last_live + self.live_every, self.last_input + self.idle_after)
         return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - now))
 
-    def snapshot(self) -> bytes:
-        return pickle.dumps((self.key, self.book), protocol=pickle.HIGHEST_PROTOCOL)
+    def snapshot(self) -> tuple[str, bytes]:
+        return (self.key, self.book.snapshot())
 
     def _report(self, now: float, force: bool = False) -> None:
         counts, last = self.book.counts, self.reported
