@@ -22,13 +22,15 @@ import msgspec
 from flows.bars import MINUTE_MS, MinuteBar
 from flows.conditions import ALL, ConditionRules, UnknownCondition
 from schemas.bars import Bar
-from schemas.polygon import SecondAgg, Trade
+from schemas.polygon import MinuteAgg, Quote, SecondAgg, Trade
 
 NEVER = 1 << 62
 SNAPSHOT_VERSION = 1
 
-_trade_decoder = msgspec.json.Decoder(Trade)
-_second_decoder = msgspec.json.Decoder(SecondAgg)
+# Decoding into a union makes msgspec insist on the `ev` tag (a bare struct would not);
+# the second member is there for that alone and is rejected below.
+_trade_decoder = msgspec.json.Decoder(Trade | Quote)
+_second_decoder = msgspec.json.Decoder(SecondAgg | MinuteAgg)
 _DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError)
 _snapshot_encoder = msgspec.msgpack.Encoder()
 
@@ -115,6 +117,9 @@ class BarBook:
             except _DecodeErrors as exc:
                 rejects.append(Reject(index, "malformed", f"invalid trade event: {exc}"))
                 continue
+            if trade.__class__ is not Trade:
+                rejects.append(Reject(index, "malformed", "a quote (Q) where a trade (T) was expected"))
+                continue
             t = trade.timestamp
             start = t - t % MINUTE_MS
             if start + lateness < watermark:
@@ -175,6 +180,10 @@ class BarBook:
                 agg = _second_decoder.decode(raw)
             except _DecodeErrors as exc:
                 rejects.append(Reject(index, "malformed", f"invalid per-second aggregate: {exc}"))
+                self.counts.malformed += 1
+                continue
+            if agg.__class__ is not SecondAgg:
+                rejects.append(Reject(index, "malformed", "a minute aggregate (AM) where A was expected"))
                 self.counts.malformed += 1
                 continue
             start = agg.start - agg.start % MINUTE_MS

@@ -1,0 +1,1 @@
+"""Benchmarks: commands that report numbers (tests assert behaviour, these measure it)."""

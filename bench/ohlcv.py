@@ -1,0 +1,227 @@
+"""`make bench`: synthetic ticks for 4,000 symbols through Kafka, the flow and both sinks.
+
+Measures, in one run and on the same messages:
+- `raw_consume_per_s`: confluent-kafka reading every message (`.value()`), no processing;
+- `ticks_per_s`: the flow (one process) from first poll to the last bar in PostgreSQL and on Redis;
+- `p99_bar_latency_ms`: with a real-time feed, from a minute's end plus the close delay to its
+  bar arriving on Redis (the sink writes PostgreSQL first, so it is in the table by then).
+Writes `bench/results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connectors.synthetic import generate, make_producer
+from flows.settings import Settings
+from infra.databases import ensure_database
+from infra.migrate import up
+from schemas.bars import decode_bar
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+
+
+def bench_settings(run: str, database_url: str, **overrides: object) -> Settings:
+    return Settings(
+        topic_trades=f"bench{run}.trades",
+        topic_quotes=f"bench{run}.quotes",
+        topic_second_aggs=f"bench{run}.aggs.second",
+        topic_minute_aggs=f"bench{run}.aggs.minute",
+        topic_dead_letter=f"bench{run}.deadletter",
+        redis_namespace=f"bench{run}",
+        database_url=database_url,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def env_for(s: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in s.model_dump().items():
+        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def create_topics(s: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    futures = admin.create_topics([NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1) for t in s.topics()])
+    for f in futures.values():
+        f.result(timeout=10)
+
+
+def publish_ticks(s: Settings, symbols: int, ticks: int) -> int:
+    producer, delivery = make_producer(s.kafka_bootstrap_servers, idempotent=True)
+    n = 0
+    for e in generate(seed=42, symbols=symbols, rate=2000.0, count=ticks):
+        try:
+            producer.produce(s.topic_trades, e.value, e.key)
+        except BufferError:
+            producer.flush(5)
+            producer.produce(s.topic_trades, e.value, e.key)
+        n += 1
+        if not n & 0x3FF:
+            producer.poll(0)
+    if producer.flush(60) or delivery.failed:
+        raise SystemExit(f"publishing failed: {delivery.first_error}")
+    return n
+
+
+def raw_consume(s: Settings, expected: int) -> float:
+    """confluent-kafka alone on the same topic, with the flow's consumer settings."""
+    consumers = []
+    for p in range(s.topic_partitions):
+        c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "bench-raw", "enable.auto.commit": False,
+                      "enable.partition.eof": True, "fetch.max.bytes": 52_428_800,
+                      "max.partition.fetch.bytes": 10_485_760, "queued.min.messages": 200_000})  # fmt: skip
+        c.assign([TopicPartition(s.topic_trades, p, OFFSET_BEGINNING)])
+        consumers.append(c)
+    started = time.perf_counter()
+    seen, live = 0, list(consumers)
+    while live:
+        for c in list(live):
+            for m in c.consume(s.kafka_batch_size, 0.001):
+                if m.error() is None:
+                    m.value()
+                    seen += 1
+                else:
+                    live.remove(c)
+                    break
+    elapsed = time.perf_counter() - started
+    for c in consumers:
+        c.close()
+    if seen != expected:
+        raise SystemExit(f"raw consume saw {seen} messages, expected {expected}")
+    return seen / elapsed
+
+
+def run_flow_to_end(s: Settings) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.flow_timer"], env=env_for(s), cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"flow failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class BarArrivals:
+    """Wall-clock arrival time of every final bar on the all-symbols channel."""
+
+    def __init__(self, s: Settings) -> None:
+        self._pubsub = redis.Redis.from_url(s.redis_url).pubsub()
+        self._pubsub.subscribe(f"{s.redis_namespace}.market.ohlcv")
+        self._pubsub.get_message(timeout=5)
+        self.arrivals: list[tuple[float, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            m = self._pubsub.get_message(timeout=0.1)
+            if m is not None and m["type"] == "message":
+                self.arrivals.append((time.time(), m["data"]))
+
+    def stop(self) -> list[tuple[float, bytes]]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.arrivals
+
+
+def bar_latency(s: Settings, symbols: int, rate: int, seconds: int) -> dict:
+    """Real-time feed stamped with the wall clock; latency of each minute's first final bar."""
+    live = s.model_copy(update={"kafka_tail": True, "kafka_start": "earliest"})
+    arrivals = BarArrivals(live)
+    flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.ohlcv:build_flow()"], env=env_for(live), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    feeder = subprocess.run(
+        [sys.executable, "-m", "connectors.synthetic", "--realtime", "--symbols", str(symbols), "--rate", str(rate),
+         "--seconds", str(seconds), "--out-of-order-ratio", "0", "--late-ratio", "0", "--duplicate-ratio", "0"],
+        env=env_for(live), cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    time.sleep(live.bar_close_delay_s + 3)
+    flow.terminate()
+    flow.wait(30)
+    received = arrivals.stop()
+    if feeder.returncode != 0:
+        raise SystemExit(f"feeder failed:\n{feeder.stderr[-2000:]}")
+    delay_ms = live.bar_close_delay_s * 1000
+    latencies = []
+    for at, data in received:
+        bar = decode_bar(data)
+        if bar.revision == 0:
+            latencies.append(at * 1000 - (bar.timestamp + 60_000 + delay_ms))
+    latencies.sort()
+    if not latencies:
+        raise SystemExit("no final bar arrived during the latency run")
+    return {
+        "latency_bars": len(latencies),
+        "p50_bar_latency_ms": round(latencies[len(latencies) // 2], 1),
+        "p99_bar_latency_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+        "max_bar_latency_ms": round(latencies[-1], 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=4000)
+    parser.add_argument("--ticks", type=int, default=2_000_000)
+    parser.add_argument("--latency-seconds", type=int, default=75, help="real-time phase; 0 skips it")
+    parser.add_argument("--latency-rate", type=int, default=4000, help="events/s in the real-time phase")
+    args = parser.parse_args(argv)
+
+    database_url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_bench")
+    ensure_database(database_url)
+    up(database_url, log=lambda *_: None)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE ohlcv_1min, symbols")
+
+    run = uuid.uuid4().hex[:6]
+    s = bench_settings(run, database_url, kafka_tail=False)
+    create_topics(s)
+    t0 = time.perf_counter()
+    ticks = publish_ticks(s, args.symbols, args.ticks)
+    print(f"published {ticks:,} ticks for {args.symbols:,} symbols in {time.perf_counter() - t0:.1f} s", flush=True)
+    raw = raw_consume(s, ticks)
+    print(f"raw consume: {raw:,.0f} msg/s", flush=True)
+    timed = run_flow_to_end(s)
+    ticks_per_s = ticks / timed["elapsed_s"]
+    with psycopg.connect(database_url) as conn:
+        bars = conn.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]
+    print(f"flow: {ticks_per_s:,.0f} ticks/s ({ticks_per_s / raw:.2f} x raw), {bars:,} bars, "
+          f"peak RSS {timed['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+
+    results = {
+        "symbols": args.symbols,
+        "ticks": ticks,
+        "ticks_per_s": round(ticks_per_s),
+        "raw_consume_per_s": round(raw),
+        "flow_to_raw_ratio": round(ticks_per_s / raw, 3),
+        "bars_written": bars,
+        "peak_rss_mb": round(timed["peak_rss_mb"], 1),
+    }
+    if args.latency_seconds:
+        ls = bench_settings(run + "l", database_url)
+        create_topics(ls)
+        results.update(bar_latency(ls, args.symbols, args.latency_rate, args.latency_seconds))
+        print(f"bar latency: p50 {results['p50_bar_latency_ms']} ms, p99 {results['p99_bar_latency_ms']} ms "
+              f"over {results['latency_bars']:,} bars", flush=True)  # fmt: skip
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Shared fixtures: real Kafka (Tansu or any broker), real PostgreSQL, real Redis.
+
+`make test` starts and migrates all three; run alone, these fixtures fail with a message
+saying what is missing rather than skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+
+import polars as pl
+import psycopg
+import pytest
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connectors.synthetic import FeedEvent, make_producer
+from flows.settings import Settings
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_test")
+
+
+def base_settings(**overrides: object) -> Settings:
+    """Settings for one test: its own topics and Redis namespace, the test database."""
+    run = uuid.uuid4().hex[:8]
+    values: dict[str, object] = {
+        "topic_trades": f"t{run}.trades",
+        "topic_quotes": f"t{run}.quotes",
+        "topic_second_aggs": f"t{run}.aggs.second",
+        "topic_minute_aggs": f"t{run}.aggs.minute",
+        "topic_dead_letter": f"t{run}.deadletter",
+        "redis_namespace": f"test{run}",
+        "database_url": TEST_DATABASE_URL,
+        "kafka_tail": False,
+        "sink_max_backoff_s": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def services() -> None:
+    s = Settings()
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    try:
+        admin.list_topics(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same thing
+        pytest.fail(f"Kafka at {s.kafka_bootstrap_servers} is unreachable ({exc}); run `make test`", pytrace=False)
+    try:
+        redis.Redis.from_url(s.redis_url).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {s.redis_url} is unreachable ({exc}); run `make test`", pytrace=False)
+    from infra.databases import ensure_database
+    from infra.migrate import up
+
+    ensure_database(TEST_DATABASE_URL)
+    up(TEST_DATABASE_URL, log=lambda *_: None)
+
+
+@pytest.fixture
+def db(services: None) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
+        conn.execute("TRUNCATE ohlcv_1min, symbols")
+        yield conn
+
+
+@pytest.fixture
+def settings(services: None) -> Settings:
+    s = base_settings()
+    create_topics(s)
+    return s
+
+
+def create_topics(s: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    futures = admin.create_topics([NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1) for t in s.topics()])
+    for f in futures.values():
+        f.result(timeout=10)
+
+
+def publish(s: Settings, events: Iterable[FeedEvent]) -> int:
+    topics = {"trades": s.topic_trades, "quotes": s.topic_quotes, "second_aggs": s.topic_second_aggs}
+    producer, delivery = make_producer(s.kafka_bootstrap_servers, idempotent=True)
+    n = 0
+    for e in events:
+        producer.produce(topics[e.topic_kind], e.value, e.key)
+        n += 1
+        if n % 5000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+    assert delivery.failed == 0, delivery.first_error
+    return n
+
+
+def read_topic(s: Settings, topic: str, timeout_s: float = 5.0) -> list:
+    """Every message of `topic`, by assignment (no consumer-group round trips)."""
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "tests", "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(s.topic_partitions)])
+    out, ended = [], set()
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while len(ended) < s.topic_partitions and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 0.5):
+            if m.error() is None:
+                out.append(m)
+            else:
+                ended.add(m.partition())
+    consumer.close()
+    return out
+
+
+def table_bars(conn: psycopg.Connection) -> pl.DataFrame:
+    rows = conn.execute(
+        "SELECT symbol, (extract(epoch from timestamp) * 1000)::bigint AS timestamp, open::float8, high::float8, "
+        "low::float8, close::float8, volume, vwap::float8, trades, revision FROM ohlcv_1min ORDER BY symbol, timestamp"
+    ).fetchall()
+    schema = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "vwap", "trades", "revision"]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+class ChannelRecorder:
+    """Collects every message on a Redis pattern in a background thread."""
+
+    def __init__(self, url: str, pattern: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._pubsub = redis.Redis.from_url(url).pubsub()
+        self._pubsub.psubscribe(pattern)
+        confirmed = self._pubsub.get_message(timeout=5.0)  # the server has the subscription now
+        assert confirmed is not None and confirmed["type"] == "psubscribe", confirmed
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stopped.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "pmessage":
+                self.messages.append((message["channel"].decode(), message["data"]))
+
+    def stop(self) -> list[tuple[str, bytes]]:
+        self._stopped.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        return self.messages
+
+
+@pytest.fixture
+def recorder() -> Iterator[type[ChannelRecorder]]:
+    made: list[ChannelRecorder] = []
+
+    class Tracked(ChannelRecorder):
+        def __init__(self, url: str, pattern: str) -> None:
+            super().__init__(url, pattern)
+            made.append(self)
+
+    yield Tracked
+    for r in made:
+        r._stopped.set()
