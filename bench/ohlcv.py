@@ -23,12 +23,12 @@ from pathlib import Path
 import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.synthetic import generate, make_producer
 from flows.settings import Settings
 from infra.databases import ensure_database
 from infra.migrate import up
+from infra.topics import ensure_topics
 from schemas.bars import decode_bar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,17 +49,7 @@ def bench_settings(run: str, database_url: str, **overrides: object) -> Settings
 
 
 def env_for(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in s.model_dump().items():
-        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
-
-def create_topics(s: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
-    futures = admin.create_topics([NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1) for t in s.topics()])
-    for f in futures.values():
-        f.result(timeout=10)
+    return os.environ | s.as_env()
 
 
 def publish_ticks(s: Settings, symbols: int, ticks: int) -> int:
@@ -190,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = uuid.uuid4().hex[:6]
     s = bench_settings(run, database_url, kafka_tail=False)
-    create_topics(s)
+    ensure_topics(s)
     t0 = time.perf_counter()
     ticks = publish_ticks(s, args.symbols, args.ticks)
     print(f"published {ticks:,} ticks for {args.symbols:,} symbols in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -214,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.latency_seconds:
         ls = bench_settings(run + "l", database_url)
-        create_topics(ls)
+        ensure_topics(ls)
         results.update(bar_latency(ls, args.symbols, args.latency_rate, args.latency_seconds))
         print(f"bar latency: p50 {results['p50_bar_latency_ms']} ms, p99 {results['p99_bar_latency_ms']} ms "
               f"over {results['latency_bars']:,} bars", flush=True)  # fmt: skip

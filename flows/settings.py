@@ -59,5 +59,12 @@ class Settings(BaseSettings):
             self.topic_dead_letter,
         ]
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables, for starting another process with them."""
+        return {
+            name.upper(): (str(value).lower() if isinstance(value, bool) else str(value))
+            for name, value in self.model_dump().items()
+        }
+
     def bar_topic(self) -> str:
         return self.topic_trades if self.bar_source == "trades" else self.topic_second_aggs

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from connectors.synthetic import FeedEvent, make_producer
 from flows.settings import Settings
@@ -76,10 +76,9 @@ def settings(services: None) -> Settings:
 
 
 def create_topics(s: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
-    futures = admin.create_topics([NewTopic(t, num_partitions=s.topic_partitions, replication_factor=1) for t in s.topics()])
-    for f in futures.values():
-        f.result(timeout=10)
+    from infra.topics import ensure_topics
+
+    ensure_topics(s)
 
 
 def publish(s: Settings, events: Iterable[FeedEvent]) -> int:

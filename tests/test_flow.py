@@ -17,7 +17,6 @@ from polars.testing import assert_frame_equal
 
 from connectors.synthetic import generate
 from flows.ohlcv import build_flow
-from flows.settings import Settings
 from schemas.bars import decode_bar
 from tests.conftest import publish, read_topic, table_bars
 from tests.reference import reference_bars
@@ -49,13 +48,6 @@ def assert_same_bars(actual: pl.DataFrame, expected: pl.DataFrame) -> None:
         rel_tol=1e-9,
         abs_tol=1e-9,
     )
-
-
-def env_for(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in s.model_dump().items():
-        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
 
 
 def test_bars_equal_independent_reference_in_table_and_on_redis(settings, db, recorder):
@@ -126,7 +118,7 @@ def test_kill_9_and_restart_with_recovery_gives_the_same_table(settings, db, tmp
     db.execute("TRUNCATE ohlcv_1min, symbols")
 
     slow = settings.model_copy(update={"kafka_batch_size": 50})
-    env = env_for(slow)
+    env = os.environ | slow.as_env()
     recovery = tmp_path / "recovery"
     recovery.mkdir()
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, env=env, cwd=ROOT)
