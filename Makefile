@@ -1,0 +1,63 @@
+# TickStock Streams: local set-up and the three entry points, `make demo`, `make test`, `make bench`.
+#
+# Every target works from a fresh clone on Debian as root (missing pieces get installed) and on a
+# developer machine whose services already run (they are used as they are). Configuration is the
+# code's own: the environment variables of flows/settings.py (DATABASE_URL, REDIS_URL,
+# KAFKA_BOOTSTRAP_SERVERS, ...), e.g. `make test KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:29092`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tickstock-installed
+
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/tickstock_test
+SYNTHETIC_ARGS ?= --symbols 4000 --rate 2000 --realtime
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+export TEST_DATABASE_URL SYNTHETIC_ARGS
+
+.PHONY: help venv services broker topics migrate demo test bench stop
+
+help:
+	@echo "make demo      set everything up, then run the synthetic feed and the OHLCV flow (Ctrl-C stops all)"
+	@echo "make test      set everything up, then run the test suite (PYTEST_ARGS=... to pass options)"
+	@echo "make bench     set everything up, then run the OHLCV benchmark (BENCH_ARGS=...)"
+	@echo "make stop      stop the broker and services our set-up started, nothing else"
+	@echo "set-up steps:  venv services broker topics migrate"
+
+# Re-installs when pyproject.toml (or the script) changes; `rm -rf .venv` for a clean one.
+venv: $(STAMP)
+$(STAMP): pyproject.toml infra/venv.sh
+	bash infra/venv.sh
+	touch $@
+
+# PostgreSQL + Redis answering, databases created (see infra/services.sh).
+services: venv
+	bash infra/services.sh
+
+# A Kafka-protocol broker at KAFKA_BOOTSTRAP_SERVERS: an answering one, else a local Tansu.
+broker: venv
+	$(PY) -m infra.broker start
+
+topics: broker
+	$(PY) -m infra.topics
+
+migrate: services
+	$(PY) -m infra.migrate
+
+demo: venv services broker topics migrate
+	bash infra/demo.sh
+
+test: venv services broker topics migrate
+	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
+	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: venv services broker topics migrate
+	$(PY) -m bench.ohlcv $(BENCH_ARGS)
+
+stop:
+	if [[ -x $(PY) ]]; then $(PY) -m infra.broker stop; fi
+	bash infra/services.sh stop
