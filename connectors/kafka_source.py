@@ -8,15 +8,16 @@ recovery state, so a resumed flow re-reads exactly what it had not committed).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 _IDLE_POLL = timedelta(milliseconds=5)
+_value, _offset, _error = Message.value, Message.offset, Message.error
 
 
 class RawBatch(NamedTuple):
@@ -24,7 +25,7 @@ class RawBatch(NamedTuple):
 
     topic: str
     partition: int
-    offsets: list[int]
+    offsets: Sequence[int]  # a range when contiguous, as they almost always are
     values: list[bytes]
 
     @property
@@ -74,18 +75,22 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
             self._awake = datetime.now(timezone.utc) + _IDLE_POLL
             return []
         self._awake = None
-        failed = [m for m in messages if m.error() is not None]
-        if failed:
-            for m in failed:
+        if any(map(_error, messages)):
+            for m in messages:
+                if m.error() is None:
+                    continue
                 if m.error().code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(f"error consuming {self._topic}[{self._partition}]: {m.error()}")
             self._eof = True
             messages = [m for m in messages if m.error() is None]
             if not messages:
                 return []
-        values = [m.value() for m in messages]
-        offsets = [m.offset() for m in messages]
-        self._next_offset = offsets[-1] + 1
+        values = list(map(_value, messages))  # C-level calls: this runs for every message
+        first, last = messages[0].offset(), messages[-1].offset()
+        offsets: Sequence[int] = (
+            range(first, last + 1) if last - first + 1 == len(messages) else list(map(_offset, messages))
+        )
+        self._next_offset = last + 1
         return [RawBatch(self._topic, self._partition, offsets, values)]
 
     def next_awake(self) -> datetime | None:

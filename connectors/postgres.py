@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timezone
 
 import psycopg
 
@@ -19,17 +18,23 @@ log = logging.getLogger(__name__)
 
 COLUMNS = "symbol, timestamp, open, high, low, close, volume, vwap, trades, revision"
 
-_STAGE = f"""
-CREATE TEMP TABLE IF NOT EXISTS bar_stage
-  (LIKE ohlcv_1min INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+# Staging takes the bar as it is on the wire (epoch ms, decimal text), so the COPY text is one
+# f-string per bar instead of per-value Python adaptation; SQL does the conversions.
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS bar_stage (
+  symbol text, ts_ms bigint, open numeric, high numeric, low numeric, close numeric,
+  volume bigint, vwap numeric, trades integer, revision integer
+) ON COMMIT DELETE ROWS
 """
 _NEW_SYMBOLS = """
 INSERT INTO symbols (symbol) SELECT DISTINCT symbol FROM bar_stage ON CONFLICT DO NOTHING
 """
 _UPSERT = f"""
 INSERT INTO ohlcv_1min ({COLUMNS})
-SELECT DISTINCT ON (symbol, timestamp) {COLUMNS} FROM bar_stage
-ORDER BY symbol, timestamp, revision DESC
+SELECT DISTINCT ON (symbol, ts_ms)
+  symbol, to_timestamp(ts_ms / 1000.0), open, high, low, close, volume, vwap, trades, revision
+FROM bar_stage
+ORDER BY symbol, ts_ms, revision DESC
 ON CONFLICT (symbol, timestamp) DO UPDATE SET
   open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
   volume = excluded.volume, vwap = excluded.vwap, trades = excluded.trades,
@@ -92,15 +97,8 @@ class BarStore:
         conn = self._conn
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_STAGE)
-            with cur.copy(f"COPY bar_stage ({COLUMNS}) FROM STDIN") as copy:
-                for b in bars:
-                    copy.write_row(
-                        (
-                            b.symbol,
-                            datetime.fromtimestamp(b.timestamp / 1000, tz=timezone.utc),
-                            b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trades, b.revision,
-                        )  # fmt: skip
-                    )
+            with cur.copy("COPY bar_stage FROM STDIN") as copy:
+                copy.write("".join(map(_copy_line, bars)))
             cur.execute(_NEW_SYMBOLS)
             cur.execute(_UPSERT)
 
@@ -114,6 +112,18 @@ class BarStore:
 
     def close(self) -> None:
         self._drop_connection()
+
+
+def _copy_line(b: Bar) -> str:
+    """One bar as a COPY text line (symbols are validated upstream: no tabs, no backslashes)."""
+    return (
+        f"{b.symbol}\t{b.timestamp}\t{_decimal(b.open)}\t{_decimal(b.high)}\t{_decimal(b.low)}\t"
+        f"{_decimal(b.close)}\t{b.volume}\t{_decimal(b.vwap)}\t{b.trades}\t{b.revision}\n"
+    )
+
+
+def _decimal(value: float | None) -> str:
+    return "\\N" if value is None else repr(value)
 
 
 def _redact(url: str) -> str:

@@ -17,6 +17,8 @@ however the messages were batched; that is what makes restarts reproducible.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
@@ -25,6 +27,8 @@ from schemas.bars import Bar
 from schemas.polygon import MinuteAgg, Quote, SecondAgg, Trade
 
 NEVER = 1 << 62
+# Polygon tickers: BRK.A, BF.B, TEST/WS, ... Checked once per new bar, not per trade.
+_valid_symbol = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-/:]{0,19}").fullmatch
 SNAPSHOT_VERSION = 1
 
 # Decoding into a union makes msgspec insist on the `ev` tag (a bare struct would not);
@@ -80,8 +84,9 @@ class BarBook:
         self._final: dict[int, list[MinuteBar]] = {}  # minute start -> final bars still revisable
         self._next_close = NEVER  # watermark at which the oldest open minute closes
         self._next_expire = NEVER  # watermark at which the oldest final minute stops being revisable
-        self._revised: dict[tuple[str, int], MinuteBar] = {}
-        self._live: dict[tuple[str, int], MinuteBar] = {}
+        self._current: dict[str, MinuteBar] = {}  # each symbol's newest bar, the usual target
+        self._revised: dict[MinuteBar, None] = {}  # final bars changed since the last output
+        self._live: dict[MinuteBar, None] = {}  # open bars changed since the last live update
 
     # ---- input -------------------------------------------------------------------------
 
@@ -96,21 +101,25 @@ class BarBook:
         else:
             finals, rejects = self._apply_seconds(values)
         if self._revised:
-            finals.extend(bar.record("final") for bar in self._revised.values())
+            finals.extend(bar.record("final") for bar in self._revised)
             self._revised.clear()
         return finals, rejects
 
     def _apply_trades(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
+        # The hot loop: locals instead of attribute lookups, and the symbol's current bar
+        # tried before building a (symbol, minute) key. Keep it lean; the rules it follows are
+        # spelled out in the module docstring and tested in tests/test_book.py.
         finals: list[Bar] = []
         rejects: list[Reject] = []
         decode = _trade_decoder.decode
-        mask_of = self.rules.mask
         known = self.rules.known.get
         bars = self._bars
+        current = self._current
         live = self._live
         lateness = MINUTE_MS + self.lateness_ms
         counts = self.counts
         watermark = self.watermark
+        next_tick = min(self._next_close, self._next_expire)
         for index, raw in enumerate(values):
             try:
                 trade = decode(raw)
@@ -129,19 +138,24 @@ class BarBook:
             if not conditions:
                 mask = ALL
             else:
-                mask = known(tuple(conditions))  # the common combinations, without a call
+                mask = known(tuple(conditions))  # the combinations met so far, without a call
                 if mask is None:
                     try:
-                        mask = mask_of(conditions)
+                        mask = self.rules.mask(conditions)
                     except UnknownCondition as exc:
                         rejects.append(Reject(index, "unknown_condition", str(exc)))
                         continue
             if mask:
                 symbol = trade.symbol
-                key = (symbol, start)
-                bar = bars.get(key)
-                if bar is None:
-                    bar = bars[key] = self._new_bar(symbol, start)
+                bar = current.get(symbol)
+                if bar is None or bar.start != start:
+                    bar = bars.get((symbol, start))
+                    if bar is None:
+                        if not _valid_symbol(symbol):
+                            rejects.append(Reject(index, "malformed", f"invalid symbol {symbol!r}"))
+                            continue
+                        bar = self._new_bar(symbol, start)
+                        next_tick = min(self._next_close, self._next_expire)
                 trade_key = (trade.exchange, trade.trade_id, trade.trf_id)
                 seen = bar.seen
                 if trade_key in seen:
@@ -152,24 +166,20 @@ class BarBook:
                     if bar.final:
                         bar.revision += 1
                         counts.revisions += 1
-                        self._revised[key] = bar
+                        self._revised[bar] = None
                     else:
-                        live[key] = bar
+                        live[bar] = None
             else:
                 counts.ignored += 1
             if t > watermark:
                 watermark = t
-            if watermark >= self._next_close:
-                self.watermark = watermark
-                finals.extend(self._close())
-            if watermark >= self._next_expire:
-                self.watermark = watermark
-                self._expire()
+            if watermark >= next_tick:
+                finals.extend(self.advance(watermark))
+                next_tick = min(self._next_close, self._next_expire)
         self.watermark = watermark
         counts.events += len(values)
-        counts.malformed += sum(1 for r in rejects if r.kind == "malformed")
-        counts.too_late += sum(1 for r in rejects if r.kind == "too_late")
-        counts.unknown_condition += sum(1 for r in rejects if r.kind == "unknown_condition")
+        for r in rejects:
+            setattr(counts, r.kind, getattr(counts, r.kind) + 1)
         return finals, rejects
 
     def _apply_seconds(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
@@ -193,10 +203,13 @@ class BarBook:
                 )
                 self.counts.too_late += 1
                 continue
-            key = (agg.symbol, start)
-            bar = self._bars.get(key)
+            bar = self._bars.get((agg.symbol, start))
             if bar is None:
-                bar = self._bars[key] = self._new_bar(agg.symbol, start)
+                if not _valid_symbol(agg.symbol):
+                    rejects.append(Reject(index, "malformed", f"invalid symbol {agg.symbol!r}"))
+                    self.counts.malformed += 1
+                    continue
+                bar = self._new_bar(agg.symbol, start)
             if agg.start in bar.seen:
                 self.counts.duplicates += 1
             else:
@@ -205,9 +218,9 @@ class BarBook:
                 if bar.final:
                     bar.revision += 1
                     self.counts.revisions += 1
-                    self._revised[key] = bar
+                    self._revised[bar] = None
                 else:
-                    self._live[key] = bar
+                    self._live[bar] = None
             finals.extend(self.advance(agg.end - 1))
         self.counts.events += len(values)
         return finals, rejects
@@ -233,7 +246,10 @@ class BarBook:
         return self.advance(latest + MINUTE_MS + self.close_delay_ms)
 
     def _new_bar(self, symbol: str, start: int) -> MinuteBar:
-        bar = MinuteBar(symbol, start)
+        bar = self._bars[(symbol, start)] = MinuteBar(symbol, start)
+        latest = self._current.get(symbol)
+        if latest is None or latest.start < start:
+            self._current[symbol] = bar
         minute = self._open.get(start)
         if minute is None:
             self._open[start] = [bar]
@@ -251,7 +267,7 @@ class BarBook:
             closing = self._open.pop(start)
             for bar in closing:
                 bar.final = True
-                self._live.pop((bar.symbol, start), None)
+                self._live.pop(bar, None)
                 finals.append(bar.record("final"))
             self._final.setdefault(start, []).extend(closing)
             self._next_expire = min(self._next_expire, start + MINUTE_MS + self.lateness_ms + 1)
@@ -265,6 +281,8 @@ class BarBook:
         for start in [s for s in self._final if s < cutoff]:
             for bar in self._final.pop(start):
                 del self._bars[(bar.symbol, start)]
+                if self._current.get(bar.symbol) is bar:
+                    del self._current[bar.symbol]
         oldest = min(self._final, default=None)
         self._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + self.lateness_ms + 1
 
@@ -274,7 +292,7 @@ class BarBook:
         """Forming bars changed since the last call, one update per bar."""
         if not self._live:
             return []
-        updates = [bar.record("live") for bar in self._live.values()]
+        updates = [bar.record("live") for bar in self._live]
         self._live.clear()
         return updates
 
@@ -288,8 +306,8 @@ class BarBook:
         """The whole book as msgpack: several times faster than pickle for millions of trade ids."""
         counts = [getattr(self.counts, f) for f in self.counts.__struct_fields__]
         bars = [bar.to_row() for bar in self._bars.values()]
-        pending = list(self._revised)
-        live = list(self._live)
+        pending = [(bar.symbol, bar.start) for bar in self._revised]
+        live = [(bar.symbol, bar.start) for bar in self._live]
         return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, pending, live))
 
     @classmethod
@@ -306,8 +324,11 @@ class BarBook:
             bar = MinuteBar.from_row(row)
             book._bars[(bar.symbol, bar.start)] = bar
             (book._final if bar.final else book._open).setdefault(bar.start, []).append(bar)
-        book._revised = {(s, t): book._bars[(s, t)] for s, t in pending}
-        book._live = {(s, t): book._bars[(s, t)] for s, t in live if (s, t) in book._bars}
+            latest = book._current.get(bar.symbol)
+            if latest is None or latest.start < bar.start:
+                book._current[bar.symbol] = bar
+        book._revised = {book._bars[(s, t)]: None for s, t in pending}
+        book._live = {book._bars[(s, t)]: None for s, t in live if (s, t) in book._bars}
         book._next_close = min(book._open, default=NEVER - MINUTE_MS - close_delay_ms) + MINUTE_MS + close_delay_ms
         oldest = min(book._final, default=None)
         book._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + lateness_ms + 1

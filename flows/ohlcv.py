@@ -10,6 +10,7 @@ Composition only: the bar logic lives in `flows.book`, the I/O in `connectors`.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from datetime import datetime, timedelta, timezone
@@ -138,6 +139,9 @@ def _is_final(bar: Bar) -> bool:
 def build_flow(settings: Settings | None = None) -> Dataflow:
     """The dataflow, configured from the environment unless `settings` are given."""
     s = settings if settings is not None else Settings()
+    # The books hold millions of small objects (trade ids) for the lateness window; the default
+    # collector thresholds would rescan them constantly for cycles they never form.
+    gc.set_threshold(100_000, 50, 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flow = Dataflow("ohlcv")
     source = KafkaBatchSource(

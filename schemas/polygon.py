@@ -16,7 +16,7 @@ import msgspec
 from msgspec import Meta, field
 
 Symbol = Annotated[str, Meta(min_length=1, max_length=20)]
-Price = Annotated[float, Meta(gt=0)]
+Price = Annotated[float, Meta(gt=0, lt=100_000_000)]  # finite: 1e999 would decode as inf
 Size = Annotated[int, Meta(ge=0)]
 EpochMs = Annotated[int, Meta(gt=0)]
 

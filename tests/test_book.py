@@ -124,11 +124,12 @@ def test_malformed_and_unknown_condition_are_rejected_and_good_data_still_counts
         orjson.dumps({"ev": "Q", "sym": "A", "bp": 1, "ap": 2, "t": T0}),
         trade("A", T0 + 3, 11.0, c=[999]),
         orjson.dumps({"sym": "A", "x": 4, "i": "10", "p": 11.0, "s": 1, "t": T0 + 2}),  # no `ev` tag
+        trade("A\tB", T0 + 3, 11.0),
         trade("A", T0 + 4, 12.0),
     ]
     _, rejects = b.apply(batch)
     kinds = [(r.index, r.kind) for r in rejects]
-    assert kinds == [(1, "malformed"), (2, "malformed"), (3, "malformed"), (4, "unknown_condition"), (5, "malformed")]
+    assert kinds == [(1, "malformed"), (2, "malformed"), (3, "malformed"), (4, "unknown_condition"), (5, "malformed"), (6, "malformed")]
     assert "999" in rejects[3].reason
     assert "`ev`" in rejects[4].reason
     (bar,) = b.close_all()
