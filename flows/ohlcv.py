@@ -132,6 +132,10 @@ def _is_bar(item: Output) -> bool:
     return isinstance(item, Bar)
 
 
+def _symbol(bar: Bar) -> str:
+    return bar.symbol
+
+
 def _is_final(bar: Bar) -> bool:
     return bar.status == "final"
 
@@ -157,7 +161,8 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     items = op.key_rm("unkey", produced)
     split = op.branch("bars_or_dead_letters", items, _is_bar)
     by_status = op.branch("final_or_live", split.trues, _is_final)
-    op.output("final_bars", by_status.trues, FinalBarSink(s))
+    finals = op.key_on("by_symbol", by_status.trues, _symbol)
+    op.output("final_bars", finals, FinalBarSink(s))
     op.output("live_bars", by_status.falses, LiveBarSink(s))
     op.output("dead_letters", split.falses, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
     return flow
