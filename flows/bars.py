@@ -96,7 +96,6 @@ class MinuteBar:
 
     def record(self, status: str) -> Bar:
         """The bar as the record the sinks publish."""
-        vwap = self.notional / self.volume if self.volume else None
         return Bar(
             symbol=self.symbol,
             timestamp=self.start,
@@ -105,7 +104,7 @@ class MinuteBar:
             low=self.low,
             close=self.close,
             volume=self.volume,
-            vwap=vwap,
+            vwap=self.vwap,
             trades=self.trades,
             revision=self.revision,
             status=status,  # type: ignore[arg-type]

@@ -70,10 +70,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
             out.extend(dead_letter(batch, r.index, r.kind, r.reason) for r in rejects)
         now = time.monotonic()
         self.last_input = now
-        if now - self.last_live >= self.live_every:
-            out.extend(self.book.take_live())
-            self.last_live = now
-        self._report(now)
+        self._tick(now, out)
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Output], bool]:
@@ -84,10 +81,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
             # A silent partition must still close its bars: let event time follow the wall clock.
             out.extend(self.book.advance(self.book.watermark + int(idle * 1000)))
             self.last_input = now
-        if now - self.last_live >= self.live_every:
-            out.extend(self.book.take_live())
-            self.last_live = now
-        self._report(now)
+        self._tick(now, out)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Output], bool]:
@@ -102,6 +96,13 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
 
     def snapshot(self) -> tuple[str, bytes]:
         return (self.key, self.book.snapshot())
+
+    def _tick(self, now: float, out: list[Output]) -> None:
+        """Live updates when their interval has passed, and metrics."""
+        if now - self.last_live >= self.live_every:
+            out.extend(self.book.take_live())
+            self.last_live = now
+        self._report(now)
 
     def _report(self, now: float, force: bool = False) -> None:
         counts, last = self.book.counts, self.reported

@@ -85,7 +85,8 @@ start_child() { # description, command...
     started[$!]=$what
 }
 start_child "synthetic feed" "$PY" -m connectors.synthetic "${feed_args[@]}" >>"$FEED_LOG" 2>&1
-start_child "flow" "$PY" -m bytewax.run "$FLOW" "${flow_args[@]}"
+# Bytewax stops on SIGINT with a Rust panic; keep that to one message instead of a backtrace.
+RUST_BACKTRACE=0 start_child "flow" "$PY" -m bytewax.run "$FLOW" "${flow_args[@]}"
 
 say "feed: python -m connectors.synthetic ${feed_args[*]} (log: $FEED_LOG)"
 say "flow: python -m bytewax.run '$FLOW' ${flow_args[*]}"

@@ -1,0 +1,14 @@
+"""The examples in the domain modules' docstrings run."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["flows.conditions", "flows.bars", "schemas.polygon", "connectors.synthetic"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
