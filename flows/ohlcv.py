@@ -60,6 +60,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
         self.last_live = now
         self.reported = Counts()
         self.last_health = now
+        self.health_events = self.book.counts.events
 
     def on_batch(self, batches: list[RawBatch]) -> tuple[list[Output], bool]:
         out: list[Output] = []
@@ -118,14 +119,14 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
             WATERMARK_LAG.labels(self.key).set(time.time() - self.book.watermark / 1000)
         OPEN_BARS.labels(self.key).set(self.book.open_bars)
         if force or now - self.last_health >= 10:
-            self.last_health = now
+            rate = (counts.events - self.health_events) / max(now - self.last_health, 1e-9)
+            self.last_health, self.health_events = now, counts.events
+            lag = f"{time.time() - self.book.watermark / 1000:.1f}s" if self.book.watermark else "-"
             log.info(
-                "health %s: events=%d final_bars=%d open_bars=%d duplicates=%d revisions=%d "
-                "malformed=%d too_late=%d unknown_condition=%d watermark=%s",
-                self.key, counts.events, counts.bars_final, self.book.open_bars, counts.duplicates,
-                counts.revisions, counts.malformed, counts.too_late, counts.unknown_condition,
-                datetime.fromtimestamp(self.book.watermark / 1000, tz=timezone.utc).isoformat()
-                if self.book.watermark else "-",
+                "health %s: events=%d (%.0f/s) final_bars=%d open_bars=%d duplicates=%d revisions=%d "
+                "malformed=%d too_late=%d unknown_condition=%d watermark_lag=%s",
+                self.key, counts.events, rate, counts.bars_final, self.book.open_bars, counts.duplicates,
+                counts.revisions, counts.malformed, counts.too_late, counts.unknown_condition, lag,
             )  # fmt: skip
 
 
