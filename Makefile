@@ -19,12 +19,13 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
-.PHONY: help venv services broker topics migrate demo test bench stop
+.PHONY: help venv services broker topics migrate demo test bench bench-queries stop
 
 help:
 	@echo "make demo      set everything up, then run the synthetic feed and the OHLCV flow (Ctrl-C stops all)"
 	@echo "make test      set everything up, then run the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make bench     set everything up, then run the OHLCV benchmark (BENCH_ARGS=...)"
+	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
 	@echo "make stop      stop the broker and services our set-up started, nothing else"
 	@echo "set-up steps:  venv services broker topics migrate"
 
@@ -57,6 +58,9 @@ test: venv services broker topics migrate
 
 bench: venv services broker topics migrate
 	$(PY) -m bench.ohlcv $(BENCH_ARGS)
+
+bench-queries: venv services
+	$(PY) -m bench.queries $(BENCH_QUERIES_ARGS)
 
 stop:
 	if [[ -x $(PY) ]]; then $(PY) -m infra.broker stop; fi

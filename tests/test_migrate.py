@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 
 
+SHIPPED = [m.version for m in migrate.discover()]
+
+
 def quiet(_: str) -> None:
     pass
 
@@ -56,7 +59,7 @@ def versions(url: str) -> list[int]:
 def test_fresh_apply_creates_the_bar_schema(database_url: str) -> None:
     applied = migrate.up(database_url, log=quiet)
 
-    assert [m.label for m in applied] == ["0001_ohlcv"]
+    assert [m.label for m in applied] == ["0001_ohlcv", "0002_timeframes"]
     assert {"symbols", "ohlcv_1min", "schema_migrations"} <= tables(database_url)
     with psycopg.connect(database_url) as conn:
         nullable: dict[str, str] = dict(
@@ -90,13 +93,13 @@ def test_down_then_up(database_url: str) -> None:
     migrate.up(database_url, log=quiet)
 
     reverted = migrate.down(database_url, to=0, log=quiet)
-    assert [m.version for m in reverted] == [1]
+    assert [m.version for m in reverted] == SHIPPED[::-1]
     assert tables(database_url) == {"schema_migrations"}
     assert versions(database_url) == []
 
-    assert [m.version for m in migrate.up(database_url, log=quiet)] == [1]
+    assert [m.version for m in migrate.up(database_url, log=quiet)] == SHIPPED
     assert {"symbols", "ohlcv_1min"} <= tables(database_url)
-    assert versions(database_url) == [1]
+    assert versions(database_url) == SHIPPED
 
 
 @pytest.fixture
@@ -158,8 +161,8 @@ def test_concurrent_runs_apply_each_migration_once(database_url: str) -> None:
         t.join()
 
     assert errors == []
-    assert sorted(len(r) for r in results) == [0, 0, 1]
-    assert versions(database_url) == [1]
+    assert sorted(len(r) for r in results) == [0, 0, len(SHIPPED)]
+    assert versions(database_url) == SHIPPED
 
 
 def test_cli_reports_failure_and_needs_a_target_for_down(database_url: str, broken_dir: Path) -> None:
