@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -100,8 +101,6 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 5.0) -> list:
     consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "tests", "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(s.topic_partitions)])
     out, ended = [], set()
-    import time
-
     deadline = time.monotonic() + timeout_s
     while len(ended) < s.topic_partitions and time.monotonic() < deadline:
         for m in consumer.consume(1000, 0.5):

@@ -10,7 +10,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import TEST_DATABASE_URL
 
 pytestmark = pytest.mark.integration
 
