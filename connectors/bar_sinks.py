@@ -18,7 +18,7 @@ import threading
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 from connectors.postgres import BarStore
-from connectors.redis_channels import Channels
+from schemas.channels import Channels
 from connectors.redis_publish import BarPublisher
 from flows.settings import Settings
 from schemas.bars import Bar
@@ -33,7 +33,10 @@ class _FinalBarPartition(StatefulSinkPartition[Bar, None]):
         # Connect here, in the flow's thread, so a missing server fails the start-up at once.
         self._store = BarStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
         self._publisher = BarPublisher(
-            settings.redis_url, Channels(settings.redis_namespace), max_backoff_s=settings.sink_max_backoff_s
+            settings.redis_url,
+            Channels(settings.redis_namespace),
+            history=settings.history_limits(),
+            max_backoff_s=settings.sink_max_backoff_s,
         )
         self._pending: queue.Queue[list[Bar] | None] = queue.Queue(maxsize=_PENDING_BATCHES)
         self._failure: BaseException | None = None
@@ -93,7 +96,10 @@ class FinalBarSink(FixedPartitionedSink[Bar, None]):
 class _LiveBarPartition(StatelessSinkPartition[Bar]):
     def __init__(self, settings: Settings) -> None:
         self._publisher = BarPublisher(
-            settings.redis_url, Channels(settings.redis_namespace), max_backoff_s=settings.sink_max_backoff_s
+            settings.redis_url,
+            Channels(settings.redis_namespace),
+            history=settings.history_limits(),
+            max_backoff_s=settings.sink_max_backoff_s,
         )
 
     def write_batch(self, items: list[Bar]) -> None:

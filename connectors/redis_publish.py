@@ -1,4 +1,4 @@
-"""Bars onto Redis pub/sub: one message per bar on the all-symbols channel and on the symbol's own."""
+"""Records onto Redis pub/sub, each also kept in its channel's bounded history (see redis_history)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from collections.abc import Sequence
 
 import redis
 
-from connectors.redis_channels import Channels
+from connectors.redis_history import History, HistoryLimits
 from connectors.retry import with_backoff
 from schemas.bars import Bar, encode_bar
+from schemas.channels import Channels
 
 log = logging.getLogger(__name__)
+
+# One script call per chunk: a whole batch in one round trip (per-command PUBLISH costs ~20 us of
+# client time each), in chunks small enough not to stall other Redis clients for long.
+_CHUNK = 500
 
 
 class RedisUnavailable(RuntimeError):
@@ -29,51 +34,52 @@ def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
     return client
 
 
-# One round trip and one reply for a whole batch: per-command PUBLISH costs ~20 us of client
-# time each, which at thousands of bars per second is most of the flow's Redis budget.
-_PUBLISH_ALL = """
-for i = 1, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
-end
-return #ARGV / 2
-"""
+class Publisher:
+    """Publishes (channel, JSON) messages with history; blocks and retries while Redis is down.
 
+    Delivery is at least once: a batch whose reply was lost is sent again, so a consumer may
+    see a message twice (under a new offset). Bars carry a revision and events a stable id
+    for that reason.
+    """
 
-class BarPublisher:
-    """Publishes final and live bars; blocks and retries while Redis is down."""
-
-    def __init__(self, url: str, channels: Channels, *, max_backoff_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, history: HistoryLimits | None = None, max_backoff_s: float = 30.0) -> None:
         self._client = connect(url)
-        self._publish_all = self._client.register_script(_PUBLISH_ALL)
-        self._channels = channels
+        self._history = History(self._client, history)
         self._max_backoff_s = max_backoff_s
 
-    def publish_final(self, bars: Sequence[Bar]) -> None:
-        c = self._channels
-        self._publish([(c.ohlcv, c.ohlcv_for(b.symbol), encode_bar(b)) for b in bars])
-
-    def publish_live(self, bars: Sequence[Bar]) -> None:
-        c = self._channels
-        self._publish([(c.live, c.live_for(b.symbol), encode_bar(b)) for b in bars])
-
-    def _publish(self, messages: list[tuple[str, str, bytes]]) -> None:
-        if not messages:
-            return
-
-        args: list[str | bytes] = []
-        for everyone, own, payload in messages:
-            args += (everyone, payload, own, payload)
-
-        def send() -> None:
-            self._publish_all(args=args)
-
-        with_backoff(
-            send,
-            retry_on=(redis.ConnectionError, redis.TimeoutError),
-            what=f"publishing {len(messages)} bars to Redis",
-            log=log,
-            max_backoff_s=self._max_backoff_s,
-        )
+    def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        for start in range(0, len(messages), _CHUNK):
+            chunk = messages[start : start + _CHUNK]
+            with_backoff(
+                lambda chunk=chunk: self._history.publish(chunk),
+                retry_on=(redis.ConnectionError, redis.TimeoutError),
+                what=f"publishing {len(chunk)} messages to Redis",
+                log=log,
+                max_backoff_s=self._max_backoff_s,
+            )
 
     def close(self) -> None:
         self._client.close()
+
+
+class BarPublisher(Publisher):
+    """Bars on the all-symbols channel and on the symbol's own."""
+
+    def __init__(self, url: str, channels: Channels, **options: object) -> None:
+        super().__init__(url, **options)  # type: ignore[arg-type]
+        self._channels = channels
+
+    def publish_final(self, bars: Sequence[Bar]) -> None:
+        self.publish(_fan_out(bars, self._channels.ohlcv, self._channels.ohlcv_for))
+
+    def publish_live(self, bars: Sequence[Bar]) -> None:
+        self.publish(_fan_out(bars, self._channels.live, self._channels.live_for))
+
+
+def _fan_out(bars: Sequence[Bar], everyone: str, own: object) -> list[tuple[str, bytes]]:
+    messages: list[tuple[str, bytes]] = []
+    for bar in bars:
+        payload = encode_bar(bar)
+        messages.append((everyone, payload))
+        messages.append((own(bar.symbol), payload))  # type: ignore[operator]
+    return messages

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.redis_history import HistoryLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
@@ -41,6 +43,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_namespace: str = Field("tickstock", description="first segment of every Redis channel")
     sink_max_backoff_s: float = Field(30.0, gt=0, description="cap of the retry backoff when a sink's server is down")
+    redis_history_max_len: int = Field(1000, ge=1, description="messages each channel's catch-up history keeps (at least)")
+    redis_history_max_age_s: float = Field(
+        120.0, ge=0, description="seconds each channel's catch-up history keeps (at least); 0 = no age cap"
+    )
 
     @field_validator("kafka_bootstrap_servers", "database_url", "redis_url")
     @classmethod
@@ -65,6 +71,9 @@ class Settings(BaseSettings):
             name.upper(): (str(value).lower() if isinstance(value, bool) else str(value))
             for name, value in self.model_dump().items()
         }
+
+    def history_limits(self) -> HistoryLimits:
+        return HistoryLimits(self.redis_history_max_len, self.redis_history_max_age_s)
 
     def bar_topic(self) -> str:
         return self.topic_trades if self.bar_source == "trades" else self.topic_second_aggs

@@ -60,7 +60,7 @@ read -r db_url redis_url final_channel live_channel < <(
     "$PY" - <<'EOF'
 from urllib.parse import urlsplit
 
-from connectors.redis_channels import Channels
+from schemas.channels import Channels
 from flows.settings import Settings
 from infra.databases import public_url
 

@@ -13,11 +13,18 @@ from pathlib import Path
 import msgspec
 
 from schemas.bars import Bar
+from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
 
 OUT = Path(__file__).with_name("json")
 
 EMITTED: dict[str, type] = {
     "bar": Bar,
+    "highlow": HighLowEvent,
+    "trend": TrendEvent,
+    "surge": SurgeEvent,
+    "pattern": PatternEvent,
+    "indicator": IndicatorValues,
+    "alert": Alert,
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from connectors.postgres import BarStore, DatabaseUnavailable
-from connectors.redis_channels import Channels
+from schemas.channels import Channels
 from connectors.redis_publish import BarPublisher, RedisUnavailable
 from schemas.bars import Bar, decode_bar
 from tests.conftest import TEST_DATABASE_URL

@@ -1,0 +1,138 @@
+"""Per-channel history on Redis, so a subscriber that reconnects can catch up on what it missed.
+
+Publishing a message on channel C, in one server-side script (atomic, one round trip a batch):
+
+- `HINCRBY history-meta:C offset 1` gives the message its position: offsets are contiguous
+  per channel (1, 2, 3, ...), so a gap is detectable by arithmetic;
+- the first message of a history (or after the history was lost: Redis restarted, keys
+  expired) starts a new `epoch`, a string; a consumer holding another epoch must reset;
+- the message, with `"offset"` and `"epoch"` spliced in as its first fields, is appended to
+  the stream `history:C` (capped by length and by age) and `PUBLISH`ed on C.
+
+Catching up from (epoch, offset) returns the messages after `offset` and says whether that is
+all of them (`complete`) or the consumer must reload its state (`reset`). Streams are capped
+with `~`, so at least `max_len` entries / `max_age_s` seconds are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+STREAM_PREFIX = "history:"
+META_PREFIX = "history-meta:"
+META_TTL_MS = 7 * 24 * 3600 * 1000  # an idle channel keeps its epoch and offset this long
+
+
+@dataclass(frozen=True)
+class HistoryLimits:
+    """How much history every channel keeps: at least `max_len` messages and `max_age_s` seconds."""
+
+    max_len: int = 1000
+    max_age_s: float = 120.0
+
+
+_PUBLISH = """
+local max_len = ARGV[1]
+local max_age_ms = tonumber(ARGV[2])
+local meta_ttl_ms = tonumber(ARGV[3])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local epochs = {}
+for i = 4, #ARGV, 2 do
+  local channel = ARGV[i]
+  local stream = 'history:' .. channel
+  local meta = 'history-meta:' .. channel
+  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  local epoch = epochs[channel]
+  if not epoch then
+    if offset > 1 then epoch = redis.call('HGET', meta, 'epoch') end
+    if not epoch then
+      epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+      offset = 1
+      redis.call('HSET', meta, 'epoch', epoch, 'offset', 1)
+      redis.call('DEL', stream)
+    end
+    epochs[channel] = epoch
+  end
+  local message = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[i + 1], 2)
+  redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', 'o', offset, 'm', message)
+  redis.call('PUBLISH', channel, message)
+end
+for channel in pairs(epochs) do
+  local stream = 'history:' .. channel
+  if max_age_ms > 0 then
+    redis.call('XTRIM', stream, 'MINID', '~', now_ms - max_age_ms)
+    redis.call('PEXPIRE', stream, max_age_ms)
+  end
+  redis.call('PEXPIRE', 'history-meta:' .. channel, meta_ttl_ms)
+end
+return (#ARGV - 3) / 2
+"""
+
+_CATCH_UP = """
+local current = redis.call('HMGET', 'history-meta:' .. ARGV[1], 'epoch', 'offset')
+local epoch, top = current[1], tonumber(current[2])
+if not epoch then return {'', 0, {}} end
+local since = tonumber(ARGV[3])
+if epoch ~= ARGV[2] or since >= top then return {epoch, top, {}} end
+return {epoch, top, redis.call('XREVRANGE', 'history:' .. ARGV[1], '+', '-', 'COUNT', top - since)}
+"""
+
+
+@dataclass(frozen=True)
+class Catchup:
+    """What a consumer at (epoch, offset) missed on one channel.
+
+    `complete`: `messages` are every message after its offset, oldest first. Otherwise the
+    consumer must reset: reload state, then continue from (`epoch`, `offset`).
+    """
+
+    epoch: str
+    offset: int  # the channel's newest offset
+    complete: bool
+    messages: list[bytes] = field(default_factory=list)
+
+
+class History:
+    """Publishes with history and answers catch-up requests, on one Redis client."""
+
+    def __init__(self, client: redis.Redis, limits: HistoryLimits | None = None) -> None:
+        self.limits = limits or HistoryLimits()
+        self._client = client
+        self._publish = client.register_script(_PUBLISH)
+        self._catch_up = client.register_script(_CATCH_UP)
+
+    def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Append each (channel, JSON object) to its channel's history and publish it, in order."""
+        head = [self.limits.max_len, int(self.limits.max_age_s * 1000), META_TTL_MS]
+        args: list[object] = list(head)
+        for channel, payload in messages:
+            if not payload.startswith(b"{"):
+                raise ValueError(f"payload for {channel} is not a JSON object: {payload[:40]!r}")
+            args += (channel, payload)
+        self._publish(args=args)
+
+    def position(self, channel: str) -> tuple[str, int]:
+        """The channel's current (epoch, offset); ("", 0) before its first message."""
+        epoch, offset = self._client.hmget(META_PREFIX + channel, "epoch", "offset")
+        return (epoch.decode() if epoch else "", int(offset) if offset else 0)
+
+    def since(self, channel: str, epoch: str, offset: int) -> Catchup:
+        """Messages on `channel` after `offset` of `epoch`."""
+        current, top, entries = self._catch_up(args=[channel, epoch, offset])
+        current = current.decode() if isinstance(current, bytes) else current
+        if current != epoch or offset > top:
+            return Catchup(current, top, complete=False)
+        messages = [fields[b"m"] for _id, fields in (_pairs(e) for e in reversed(entries))]
+        oldest = int(_pairs(entries[-1])[1][b"o"]) if entries else top + 1
+        complete = len(messages) == top - offset and (not entries or oldest == offset + 1)
+        return Catchup(current, top, complete=complete, messages=messages if complete else [])
+
+
+def _pairs(entry: list) -> tuple[bytes, dict[bytes, bytes]]:
+    """A raw XRANGE entry [id, [k1, v1, k2, v2]] as (id, {k: v})."""
+    entry_id, flat = entry
+    return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))

@@ -1,0 +1,85 @@
+"""The Redis channel catalog: every channel the system publishes on, its payload record and its publisher.
+
+One place for the names, so the publishers, the gateway, the docs and the tests agree. Names
+keep the old TickStock's (dotted `tickstock.market.*`, colon `tickstock:patterns:*`) under a
+configurable namespace. `{SYMBOL}` in a name stands for one ticker.
+
+Every message on every channel also carries its channel position, `offset` (1, 2, 3, ...
+contiguous per channel) and `epoch` (changes when the channel's history was lost), added by
+the publisher; see connectors/redis_history.py.
+
+>>> c = Channels("tickstock")
+>>> c.ohlcv, c.ohlcv_for("AAPL"), c.patterns_detected
+('tickstock.market.ohlcv', 'tickstock.market.ohlcv.AAPL', 'tickstock:patterns:detected')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.bars import Bar
+from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
+
+DETECTED_MIN_CONFIDENCE = 0.8  # tickstock:patterns:detected carries patterns at or above this
+
+
+class Channels:
+    """Channel names under a namespace (default `tickstock`, the old system's prefix)."""
+
+    def __init__(self, namespace: str = "tickstock") -> None:
+        n = self.namespace = namespace
+        self.ohlcv = f"{n}.market.ohlcv"  # final bars and revisions
+        self.live = f"{n}.market.bars.live"  # forming bars
+        self.volume = f"{n}.market.volume"  # volume surges (the old system's volume channel)
+        self.highlow = f"{n}.events.highlow"
+        self.trend = f"{n}.events.trend"
+        self.surge = f"{n}.events.surge"
+        self.events = f"{n}.events"  # + .{SYMBOL}: every event and alert of one symbol
+        self.patterns_streaming = f"{n}:patterns:streaming"
+        self.patterns_detected = f"{n}:patterns:detected"
+        self.indicators = f"{n}:indicators:streaming"
+        self.alerts = f"{n}:alerts:indicators"
+        self.alerts_critical = f"{n}:alerts:critical"
+
+    def ohlcv_for(self, symbol: str) -> str:
+        return f"{self.ohlcv}.{symbol}"
+
+    def live_for(self, symbol: str) -> str:
+        return f"{self.live}.{symbol}"
+
+    def events_for(self, symbol: str) -> str:
+        return f"{self.events}.{symbol}"
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One catalog entry: the channel's name (as an attribute of `Channels`) and what flows on it."""
+
+    attribute: str  # Channels attribute or method giving the name
+    payload: type
+    publisher: str
+    what: str
+    per_symbol: bool = False
+
+    def name(self, channels: Channels, symbol: str = "{SYMBOL}") -> str:
+        value = getattr(channels, self.attribute)
+        return value(symbol) if callable(value) else value
+
+
+CATALOG: tuple[ChannelSpec, ...] = (
+    ChannelSpec("ohlcv", Bar, "flows.ohlcv (final bar sink)", "final 1-minute bars and revisions, every symbol, after the row is in PostgreSQL"),
+    ChannelSpec("ohlcv_for", Bar, "flows.ohlcv (final bar sink)", "the same, one symbol", per_symbol=True),
+    ChannelSpec("live", Bar, "flows.ohlcv (live bar sink)", "forming bars, every symbol, at most once per symbol per LIVE_UPDATE_INTERVAL_S"),
+    ChannelSpec("live_for", Bar, "flows.ohlcv (live bar sink)", "the same, one symbol", per_symbol=True),
+    ChannelSpec("highlow", HighLowEvent, "flows.ohlcv (detection sink)", "new session and N-day highs and lows, detected on trades"),
+    ChannelSpec("trend", TrendEvent, "flows.ohlcv (detection sink)", "trend starts and reversals on bars"),
+    ChannelSpec("surge", SurgeEvent, "flows.ohlcv (detection sink)", "volume and price surges on bars"),
+    ChannelSpec("volume", SurgeEvent, "flows.ohlcv (detection sink)", "volume surges only (the old system's volume channel)"),
+    ChannelSpec("patterns_streaming", PatternEvent, "flows.ohlcv (detection sink)", "every candlestick pattern TA-Lib recognises"),
+    ChannelSpec("patterns_detected", PatternEvent, "flows.ohlcv (detection sink)", f"patterns with confidence >= {DETECTED_MIN_CONFIDENCE}"),
+    ChannelSpec("indicators", IndicatorValues, "flows.ohlcv (detection sink)", "indicator values, one message per final bar or revision"),
+    ChannelSpec("alerts", Alert, "flows.ohlcv (detection sink)", "every indicator alert (RSI levels, MACD crosses, Bollinger breaks)"),
+    ChannelSpec("alerts_critical", Alert, "flows.ohlcv (detection sink)", "alerts whose rule the deployment marks critical (ALERT_CRITICAL_RULES)"),
+    ChannelSpec("events_for", HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | Alert, "flows.ohlcv (detection sink)",  # type: ignore[arg-type]
+                "every event and alert of one symbol (not indicator values)", per_symbol=True),
+)  # fmt: skip
