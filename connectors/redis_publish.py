@@ -10,7 +10,8 @@ import redis
 from connectors.redis_history import History, HistoryLimits
 from connectors.retry import with_backoff
 from schemas.bars import Bar, encode_bar
-from schemas.channels import Channels
+from schemas.channels import Channels, route
+from schemas.events import Event, encode_event
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +84,18 @@ def _fan_out(bars: Sequence[Bar], everyone: str, own: object) -> list[tuple[str,
         messages.append((everyone, payload))
         messages.append((own(bar.symbol), payload))  # type: ignore[operator]
     return messages
+
+
+class EventPublisher(Publisher):
+    """Detection records on the channels the catalog routes them to (schemas.channels.route)."""
+
+    def __init__(self, url: str, channels: Channels, **options: object) -> None:
+        super().__init__(url, **options)  # type: ignore[arg-type]
+        self._channels = channels
+
+    def publish_events(self, events: Sequence[Event]) -> None:
+        messages: list[tuple[str, bytes]] = []
+        for event in events:
+            payload = encode_event(event)
+            messages.extend((channel, payload) for channel in route(event, self._channels))
+        self.publish(messages)

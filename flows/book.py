@@ -18,11 +18,12 @@ however the messages were batched; that is what makes restarts reproducible.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
-from flows.conditions import ALL, ConditionRules, UnknownCondition
+from flows.conditions import ALL, HIGH_LOW, ConditionRules, UnknownCondition
 from schemas.bars import Bar
 from schemas.polygon import MinuteAgg, Quote, SecondAgg, Trade
 
@@ -70,6 +71,7 @@ class BarBook:
         close_delay_ms: int = 2_000,
         lateness_ms: int = 900_000,
         source: str = "trades",
+        on_trade: Callable[[str, float, int], None] | None = None,
     ) -> None:
         if source not in ("trades", "second_aggs"):
             raise ValueError(f"unknown bar source {source!r}")
@@ -77,6 +79,7 @@ class BarBook:
         self.close_delay_ms = close_delay_ms
         self.lateness_ms = lateness_ms
         self.source = source
+        self.on_trade = on_trade  # told (symbol, price, time) of each new trade that may set high/low
         self.watermark = 0
         self.counts = Counts()
         self._bars: dict[tuple[str, int], MinuteBar] = {}
@@ -118,6 +121,7 @@ class BarBook:
         live = self._live
         lateness = MINUTE_MS + self.lateness_ms
         counts = self.counts
+        on_trade = self.on_trade
         watermark = self.watermark
         next_tick = min(self._next_close, self._next_expire)
         for index, raw in enumerate(values):
@@ -163,6 +167,8 @@ class BarBook:
                 else:
                     seen.add(trade_key)
                     bar.add_trade(trade.price, trade.size, t, trade.sequence, mask)
+                    if on_trade is not None and mask & HIGH_LOW:
+                        on_trade(symbol, trade.price, t)
                     if bar.final:
                         bar.revision += 1
                         counts.revisions += 1
@@ -215,6 +221,9 @@ class BarBook:
             else:
                 bar.seen.add(agg.start)
                 bar.add_second(agg)
+                if self.on_trade is not None:  # per-second aggregates stand in for trades
+                    self.on_trade(agg.symbol, agg.high, agg.start)
+                    self.on_trade(agg.symbol, agg.low, agg.start)
                 if bar.final:
                     bar.revision += 1
                     self.counts.revisions += 1
@@ -312,12 +321,19 @@ class BarBook:
 
     @classmethod
     def restore(
-        cls, snapshot: bytes, rules: ConditionRules, *, close_delay_ms: int, lateness_ms: int, source: str
+        cls,
+        snapshot: bytes,
+        rules: ConditionRules,
+        *,
+        close_delay_ms: int,
+        lateness_ms: int,
+        source: str,
+        on_trade: Callable[[str, float, int], None] | None = None,
     ) -> BarBook:
         version, watermark, counts, rows, pending, live = msgspec.msgpack.decode(snapshot)
         if version != SNAPSHOT_VERSION:
             raise ValueError(f"bar book snapshot version {version}, expected {SNAPSHOT_VERSION}")
-        book = cls(rules, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, source=source)
+        book = cls(rules, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, source=source, on_trade=on_trade)
         book.watermark = watermark
         book.counts = Counts(*counts)
         for row in rows:

@@ -1,11 +1,13 @@
-"""The OHLCV dataflow: Kafka ticks -> 1-minute bars -> PostgreSQL + Redis, bad input -> dead letters.
+"""The dataflow: Kafka ticks -> 1-minute bars and detection -> PostgreSQL + Redis, bad input -> dead letters.
 
 Run it with::
 
     python -m bytewax.run "flows.ohlcv:build_flow()"                    # one process
     python -m bytewax.run "flows.ohlcv:build_flow()" -r RECOVERY_DIR -s 5 -b 0   # restartable
 
-Composition only: the bar logic lives in `flows.book`, the I/O in `connectors`.
+Composition only: the bar logic lives in `flows.book`, detection in `flows.detect`, the I/O in
+`connectors`. Session highs and lows are detected on trades inside the partition's step (the
+trades are decoded there once); everything else is detected on final bars, per symbol.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
-from connectors.bar_sinks import FinalBarSink, LiveBarSink
+from connectors.bar_history import BarHistory
 from connectors.dead_letter import dead_letter, dead_letter_sink
 from connectors.kafka_source import KafkaBatchSource, RawBatch
+from connectors.sinks import EventSink, FinalBarSink, LiveBarSink
 from flows.book import BarBook, Counts
 from flows.conditions import ConditionRules
+from flows.detect import settings as detect_settings
+from flows.detect.highlow import SessionExtremes
+from flows.detect.operators import detect_on_bars
+from flows.detect.settings import DetectionSettings
 from flows.settings import Settings
 from schemas.bars import Bar
+from schemas.events import Event, HighLowEvent
 
 log = logging.getLogger("tickstock.ohlcv")
 
@@ -35,21 +43,33 @@ EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by o
 WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
 OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
 
-Output = Bar | KafkaSinkMessage
+Output = Bar | KafkaSinkMessage | HighLowEvent
+# partition, bar book, session extremes (None when off), the cutoff for their database references
+BookState = tuple[str, bytes, bytes | None, int]
 
 
-class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
-    """Drives one partition's `BarBook` from batches, wall-clock timers and end of input."""
+class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
+    """Drives one partition's `BarBook` (and its session high/low detector) from batches, timers and end of input."""
 
-    def __init__(self, settings: Settings, resume: tuple[str, bytes] | None) -> None:
+    def __init__(self, settings: Settings, detection: DetectionSettings, resume: BookState | None) -> None:
         self.key = "?"  # the partition; bytewax gives builders the state, not the key
+        highlow = detection.highlow if detection.enabled and detection.highlow.enabled else None
+        self.extremes: SessionExtremes | None = None
+        self.cutoff_ms = 0  # database bars from here on may be this flow's own: references ignore them
+        if resume is not None:
+            self.key, snapshot, extremes, self.cutoff_ms = resume
+            if highlow is not None:
+                self.extremes = SessionExtremes.restore(extremes, highlow) if extremes else SessionExtremes(highlow)
+        elif highlow is not None:
+            self.extremes = SessionExtremes(highlow)
+        self.history = BarHistory(settings.database_url, max_backoff_s=settings.sink_max_backoff_s) if highlow else None
         options = {
             "close_delay_ms": int(settings.bar_close_delay_s * 1000),
             "lateness_ms": int(settings.allowed_lateness_s * 1000),
             "source": settings.bar_source,
+            "on_trade": self.extremes.observe if self.extremes is not None else None,
         }
         if resume is not None:
-            self.key, snapshot = resume
             self.book = BarBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type]
         else:
             self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]
@@ -69,6 +89,9 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
             finals, rejects = self.book.apply(batch.values)
             out.extend(finals)
             out.extend(dead_letter(batch, r.index, r.kind, r.reason) for r in rejects)
+            if self.extremes is not None:
+                self._resolve_references()
+                out.extend(self.extremes.take())
         now = time.monotonic()
         self.last_input = now
         self._tick(now, out)
@@ -95,8 +118,19 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, tuple[str, bytes]]):
         due = min(self.last_live + self.live_every, self.last_input + self.idle_after)
         return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - now))
 
-    def snapshot(self) -> tuple[str, bytes]:
-        return (self.key, self.book.snapshot())
+    def snapshot(self) -> BookState:
+        extremes = self.extremes.snapshot() if self.extremes is not None else None
+        return (self.key, self.book.snapshot(), extremes, self.cutoff_ms)
+
+    def _resolve_references(self) -> None:
+        """Symbols starting a session cold wait for the database's view of it; fetch it for all at once."""
+        assert self.extremes is not None and self.history is not None
+        while waiting := self.extremes.waiting():
+            if not self.cutoff_ms:
+                first = min(waiting.values())
+                self.cutoff_ms = first - first % 60_000
+            references = self.history.session_references(waiting, self.cutoff_ms, self.extremes.cfg.n_days)
+            self.extremes.resolve(references)
 
     def _tick(self, now: float, out: list[Output]) -> None:
         """Live updates when their interval has passed, and metrics."""
@@ -142,9 +176,23 @@ def _is_final(bar: Bar) -> bool:
     return bar.status == "final"
 
 
-def build_flow(settings: Settings | None = None) -> Dataflow:
-    """The dataflow, configured from the environment unless `settings` are given."""
+def _is_dead_letter(item: KafkaSinkMessage | Event) -> bool:
+    return isinstance(item, KafkaSinkMessage)
+
+
+def _event_symbol(event: Event) -> str:
+    return event.symbol
+
+
+def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
+    """The dataflow, configured from the environment unless `settings` / `detection` are given."""
     s = settings if settings is not None else Settings()
+    if detection is None:
+        try:
+            detection = detect_settings.load()
+        except detect_settings.DetectionConfigError as exc:
+            raise SystemExit(f"ohlcv flow: {exc}") from None
+    d = detection
     # The books hold millions of small objects (trade ids) for the lateness window; the default
     # collector thresholds would rescan them constantly for cycles they never form.
     gc.set_threshold(100_000, 50, 100)
@@ -159,12 +207,18 @@ def build_flow(settings: Settings | None = None) -> Dataflow:
     )
     batches = op.input("ticks", flow, source)
     keyed = op.key_on("by_partition", batches, lambda b: b.key)
-    produced = op.stateful_batch("bars", keyed, lambda resume: BookLogic(s, resume))
+    produced = op.stateful_batch("bars", keyed, lambda resume: BookLogic(s, d, resume))
     items = op.key_rm("unkey", produced)
-    split = op.branch("bars_or_dead_letters", items, _is_bar)
+    split = op.branch("bars_or_other", items, _is_bar)
     by_status = op.branch("final_or_live", split.trues, _is_final)
     finals = op.key_on("by_symbol", by_status.trues, _symbol)
     op.output("final_bars", finals, FinalBarSink(s))
     op.output("live_bars", by_status.falses, LiveBarSink(s))
-    op.output("dead_letters", split.falses, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    letters = op.branch("dead_letters_or_events", split.falses, _is_dead_letter)
+    op.output("dead_letters", letters.trues, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    if d.enabled:
+        events = op.key_on("events_by_symbol", letters.falses, _event_symbol)
+        if d.bar_detection_on():
+            events = op.merge("events", events, detect_on_bars("detect", finals, s, d))
+        op.output("detection", events, EventSink(s))
     return flow

@@ -83,3 +83,33 @@ CATALOG: tuple[ChannelSpec, ...] = (
     ChannelSpec("events_for", HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | Alert, "flows.ohlcv (detection sink)",  # type: ignore[arg-type]
                 "every event and alert of one symbol (not indicator values)", per_symbol=True),
 )  # fmt: skip
+
+
+def route(event: object, channels: Channels) -> list[str]:
+    """The channels a detection record is published on (see CATALOG).
+
+    >>> from schemas.events import PatternEvent
+    >>> e = PatternEvent(id="x", type="doji", symbol="AAPL", timestamp=0, confidence=0.9,
+    ...                  direction="neutral", params={}, signal=100)
+    >>> route(e, Channels())
+    ['tickstock:patterns:streaming', 'tickstock:patterns:detected', 'tickstock.events.AAPL']
+    """
+    kind = event.kind  # type: ignore[attr-defined]
+    if kind == "indicator":
+        return [channels.indicators]
+    if kind == "highlow":
+        out = [channels.highlow]
+    elif kind == "trend":
+        out = [channels.trend]
+    elif kind == "surge":
+        out = [channels.surge, channels.volume] if event.type == "volume_surge" else [channels.surge]  # type: ignore[attr-defined]
+    elif kind == "pattern":
+        out = [channels.patterns_streaming]
+        if event.confidence >= DETECTED_MIN_CONFIDENCE:  # type: ignore[attr-defined]
+            out.append(channels.patterns_detected)
+    elif kind == "alert":
+        out = [channels.alerts, channels.alerts_critical] if event.severity == "critical" else [channels.alerts]  # type: ignore[attr-defined]
+    else:
+        raise ValueError(f"no channel for records of kind {kind!r}")
+    out.append(channels.events_for(event.symbol))  # type: ignore[attr-defined]
+    return out

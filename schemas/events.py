@@ -81,6 +81,11 @@ class _Record(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=Fals
     direction: Direction
     params: dict[str, ParamValue]  # the settings that produced it
 
+    @property
+    def kind(self) -> str:
+        """The record's tag: highlow, trend, surge, pattern, indicator or alert."""
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
 
 class HighLowEvent(_Record, tag="highlow", kw_only=True):
     """A trade broke the session's (trading day's) high or low, or the prior N days' high or low.

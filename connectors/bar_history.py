@@ -1,0 +1,147 @@
+"""What the database already holds about a symbol, for detectors that start cold.
+
+- `recent_bars`: the last bars before a symbol's first bar in this flow, so its indicators
+  are valid from that first bar (warm start from `ohlcv_1min`).
+- `session_references`: the session's extremes so far and the previous sessions' highs and
+  lows, for the trade-level high/low detector.
+
+Both read `ohlcv_1min` with one query per call for many symbols (the primary key's
+(symbol, timestamp) order makes each symbol one index range scan), and retry while the
+server is down, like the sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import psycopg
+
+from connectors.postgres import connect
+from connectors.retry import with_backoff
+from flows.detect.highlow import Reference
+from flows.detect.sessions import session_of
+
+log = logging.getLogger(__name__)
+
+BarRow = tuple[int, float, float, float, float, float, float]  # start ms, open, high, low, close, volume, vwap
+
+_RECENT = """
+SELECT w.symbol, (extract(epoch FROM b.timestamp) * 1000)::bigint,
+       b.open::float8, b.high::float8, b.low::float8, b.close::float8, b.volume::float8, b.vwap::float8
+FROM unnest(%(symbols)s::text[], %(before)s::bigint[]) AS w(symbol, before_ms)
+CROSS JOIN LATERAL (
+    SELECT o.timestamp, o.open, o.high, o.low, o.close, o.volume, o.vwap
+    FROM ohlcv_1min o
+    WHERE o.symbol = w.symbol AND o.timestamp < to_timestamp(w.before_ms / 1000.0) AND o.close IS NOT NULL
+    ORDER BY o.timestamp DESC
+    LIMIT %(limit)s
+) b
+ORDER BY w.symbol, b.timestamp
+"""
+
+_TODAY = """
+SELECT w.symbol, max(o.high)::float8, min(o.low)::float8
+FROM unnest(%(symbols)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[]) AS w(symbol, since, until)
+JOIN ohlcv_1min o ON o.symbol = w.symbol AND o.timestamp >= w.since AND o.timestamp < w.until
+GROUP BY w.symbol
+"""
+
+# Previous sessions by US/Eastern day, newest first, at most n per symbol, looking back `span` days.
+_PRIOR = """
+SELECT symbol, day::text, high::float8, low::float8
+FROM (
+    SELECT symbol, day, high, low, row_number() OVER (PARTITION BY symbol ORDER BY day DESC) AS n
+    FROM (
+        SELECT o.symbol, (o.timestamp AT TIME ZONE 'America/New_York')::date AS day, max(o.high) AS high, min(o.low) AS low
+        FROM unnest(%(symbols)s::text[], %(starts)s::timestamptz[]) AS w(symbol, session_start)
+        JOIN ohlcv_1min o ON o.symbol = w.symbol
+             AND o.timestamp >= w.session_start - make_interval(days => %(span)s) AND o.timestamp < w.session_start
+        WHERE o.high IS NOT NULL
+        GROUP BY 1, 2
+    ) days
+) ranked
+WHERE n <= %(n)s
+ORDER BY symbol, day DESC
+"""
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class BarHistory:
+    """Reads of `ohlcv_1min` for warm starts; connects at once so a missing database fails the start-up."""
+
+    def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
+        self._url = url
+        self._max_backoff_s = max_backoff_s
+        self._conn: psycopg.Connection | None = connect(url)
+
+    def recent_bars(self, before: dict[str, int], limit: int) -> dict[str, list[BarRow]]:
+        """Each symbol's last `limit` bars with prices that start before `before[symbol]` (ms), oldest first."""
+        if not before:
+            return {}
+        rows = self._query(_RECENT, {"symbols": list(before), "before": list(before.values()), "limit": limit})
+        out: dict[str, list[BarRow]] = {}
+        for symbol, *bar in rows:
+            out.setdefault(symbol, []).append(tuple(bar))  # type: ignore[arg-type]
+        return out
+
+    def session_references(self, first_trades: dict[str, int], cutoff_ms: int, n_days: int) -> dict[str, Reference]:
+        """For each symbol, its session's extremes from bars before `cutoff_ms` and its previous sessions'.
+
+        The session is the one containing the symbol's first trade. Bars from `cutoff_ms` on are
+        left out: they may have been written by this flow itself, before a restart.
+        """
+        if not first_trades:
+            return {}
+        symbols = list(first_trades)
+        sessions = [session_of(t) for t in first_trades.values()]
+        starts = [_utc(s.start_ms) for s in sessions]
+        today = {
+            symbol: (high, low)
+            for symbol, high, low in self._query(
+                _TODAY,
+                {"symbols": symbols, "starts": starts, "ends": [_utc(min(s.end_ms, cutoff_ms)) for s in sessions]},
+            )
+        }
+        prior: dict[str, list[tuple[str, float, float]]] = {}
+        if n_days > 0:
+            span = n_days * 7 // 5 + 10  # calendar days that hold n_days sessions, with holidays to spare
+            for symbol, day, high, low in self._query(_PRIOR, {"symbols": symbols, "starts": starts, "span": span, "n": n_days}):
+                prior.setdefault(symbol, []).append((day, high, low))
+        return {
+            symbol: Reference(*today.get(symbol, (None, None)), prior.get(symbol, []))  # type: ignore[misc]
+            for symbol in symbols
+        }
+
+    def _query(self, sql: str, params: dict) -> list[tuple]:
+        def run() -> list[tuple]:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._url, connect_timeout=5, autocommit=False)
+            with self._conn.cursor() as cur:
+                cur.execute(sql, params)
+                rows = cur.fetchall()
+            self._conn.rollback()
+            return rows
+
+        return with_backoff(
+            run,
+            retry_on=(psycopg.OperationalError, psycopg.InterfaceError),
+            what="reading bar history from PostgreSQL",
+            log=log,
+            max_backoff_s=self._max_backoff_s,
+            on_retry=self._drop,
+        )
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error as exc:
+                log.debug("closing a broken connection: %s", exc)
+            self._conn = None
+
+    def close(self) -> None:
+        self._drop()

@@ -1,0 +1,156 @@
+"""The flow's Bytewax sinks: final bars and detection records go to PostgreSQL *then* Redis; live bars to Redis.
+
+Writing the database first means a dashboard told about a bar or an event can already query it.
+
+Database-bound records are written by a background thread so the flow keeps computing while
+PostgreSQL works (it runs on the other core). Nothing is lost by that: the queue is bounded (a
+slow database slows the flow rather than filling memory), and `snapshot`, which Bytewax calls
+at the end of every epoch before it commits the epoch's input offsets, waits until every
+accepted batch is written. A crash can therefore only re-emit records, which the upserts absorb.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+
+from connectors.event_store import EventStore
+from connectors.postgres import BarStore
+from connectors.redis_publish import BarPublisher, EventPublisher
+from flows.settings import Settings
+from schemas.bars import Bar
+from schemas.channels import Channels
+from schemas.events import Event
+
+log = logging.getLogger(__name__)
+
+_PENDING_BATCHES = 8
+X = TypeVar("X")
+
+
+class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
+    """Hands each batch to a writer thread; the epoch boundary waits for it to catch up."""
+
+    def __init__(self, what: str, write: Callable[[list[X]], None], close: Callable[[], None]) -> None:
+        self._what = what
+        self._write = write
+        self._close = close
+        self._pending: queue.Queue[list[X] | None] = queue.Queue(maxsize=_PENDING_BATCHES)
+        self._failure: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_forever, name=f"{what}-writer", daemon=True)
+        self._writer.start()
+
+    def write_batch(self, items: list[X]) -> None:
+        self._raise_failure()
+        self._pending.put(items)
+
+    def snapshot(self) -> None:
+        """Epoch boundary: return only once everything accepted so far is written."""
+        self._pending.join()
+        self._raise_failure()
+
+    def close(self) -> None:
+        self._pending.join()
+        self._pending.put(None)
+        self._writer.join(30)
+        self._close()
+        self._raise_failure()
+
+    def _write_forever(self) -> None:
+        while True:
+            items = self._pending.get()
+            try:
+                if items is None:
+                    return
+                if self._failure is None:
+                    self._write(items)  # the stores and publishers retry while their server is down
+            except Exception as exc:  # noqa: BLE001 - handed to the flow's thread, which raises it
+                log.exception("writing %s failed", self._what)
+                self._failure = exc
+            finally:
+                self._pending.task_done()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"{self._what} sink failed: {self._failure}") from self._failure
+
+
+def _publisher_options(settings: Settings) -> dict:
+    return {"history": settings.history_limits(), "max_backoff_s": settings.sink_max_backoff_s}
+
+
+class FinalBarSink(FixedPartitionedSink[Bar, None]):
+    """Final bars and revisions (keyed by symbol): upsert into `ohlcv_1min`, then publish."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def list_parts(self) -> list[str]:
+        return ["ohlcv_1min"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[Bar]:
+        s = self._settings
+        # Connect here, in the flow's thread, so a missing server fails the start-up at once.
+        store = BarStore(s.database_url, max_backoff_s=s.sink_max_backoff_s)
+        publisher = BarPublisher(s.redis_url, Channels(s.redis_namespace), **_publisher_options(s))
+
+        def write(bars: list[Bar]) -> None:
+            store.upsert(bars)
+            publisher.publish_final(bars)
+
+        def close() -> None:
+            store.close()
+            publisher.close()
+
+        return _WriteBehind("final bar", write, close)
+
+
+class EventSink(FixedPartitionedSink[Event, None]):
+    """Detection records (keyed by symbol): upsert into their tables, then publish on their channels."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def list_parts(self) -> list[str]:
+        return ["detection"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[Event]:
+        s = self._settings
+        store = EventStore(s.database_url, max_backoff_s=s.sink_max_backoff_s)
+        publisher = EventPublisher(s.redis_url, Channels(s.redis_namespace), **_publisher_options(s))
+
+        def write(events: list[Event]) -> None:
+            store.upsert(events)
+            publisher.publish_events(events)
+
+        def close() -> None:
+            store.close()
+            publisher.close()
+
+        return _WriteBehind("detection", write, close)
+
+
+class _LiveBarPartition(StatelessSinkPartition[Bar]):
+    def __init__(self, settings: Settings) -> None:
+        self._publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+
+    def write_batch(self, items: list[Bar]) -> None:
+        self._publisher.publish_live(items)
+
+    def close(self) -> None:
+        self._publisher.close()
+
+
+class LiveBarSink(DynamicSink[Bar]):
+    """Forming-bar updates for dashboards."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LiveBarPartition:
+        return _LiveBarPartition(self._settings)

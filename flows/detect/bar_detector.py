@@ -1,0 +1,281 @@
+"""Everything detected on one symbol's final bars: indicator values, alerts, patterns, trends, surges.
+
+A new bar is judged once, when it closes: it gets its indicator values, and the alert rules,
+candlestick patterns, trend and surge checks run on the series ending at it. A revision (or
+a minute that closes late, between bars already held) corrects the series and re-emits the
+indicator values of that bar and of every later one, since TA-Lib's values depend on the
+past; events already decided stay as they were (their record names the revision they saw).
+
+Bars without prices (only volume-only trades in the minute) are skipped.
+
+>>> from flows.detect.settings import DetectionSettings
+>>> d = BarDetector("AAPL", DetectionParams(DetectionSettings()))
+>>> bar = Bar(symbol="AAPL", timestamp=60_000, open=10.0, high=10.5, low=9.5, close=10.0,
+...           volume=100, vwap=10.0, trades=3, revision=0, status="final")
+>>> [(e.kind, e.type) for e in d.on_bar(bar)]
+[('indicator', 'values')]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from flows.detect import indicators, patterns, surge, trend
+from flows.detect.sessions import session_of
+from flows.detect.series import BarSeries
+from flows.detect.settings import DetectionSettings
+from schemas.bars import Bar
+from schemas.events import Alert, Event, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent, stable_id
+
+SNAPSHOT_VERSION = 1
+TIMEFRAME = "1m"
+
+
+class DetectionParams:
+    """Settings resolved once per flow and shared by every symbol (and the `params` each record carries)."""
+
+    def __init__(self, cfg: DetectionSettings) -> None:
+        self.cfg = cfg
+        ind, alerts = cfg.indicators, cfg.alerts
+        self.compute_indicators = cfg.enabled and (ind.enabled or alerts.enabled)
+        self.indicator_params: dict[str, Any] = indicators.params(ind)
+        self.trend_params = {"bars": cfg.trend.bars, "min_strength": cfg.trend.min_strength}
+        self.volume_params = {"volume_multiple": cfg.surge.volume_multiple, "volume_bars": cfg.surge.volume_bars}
+        self.price_params = {"price_pct": cfg.surge.price_pct, "price_bars": cfg.surge.price_bars}
+        self.pattern_params = {name: {"talib": fn.__name__, "bars": patterns.BARS} for name, (fn, _, _) in patterns.TABLE.items()}
+        self.alert_params = {
+            "rsi": {"rsi_period": ind.rsi_period, "rsi_upper": alerts.rsi_upper, "rsi_lower": alerts.rsi_lower},
+            "macd": {"macd_fast": ind.macd_fast, "macd_slow": ind.macd_slow, "macd_signal": ind.macd_signal},
+            "bb_upper": {"bb_period": ind.bb_period, "bb_stddev": ind.bb_stddev},
+            "bb_lower": {"bb_period": ind.bb_period, "bb_stddev": ind.bb_stddev},
+        }
+        self.critical = frozenset(alerts.critical)
+
+
+class BarDetector:
+    """One symbol's series and the little state its detectors keep between bars."""
+
+    def __init__(self, symbol: str, params: DetectionParams) -> None:
+        self.symbol = symbol
+        self.p = params
+        self.series = BarSeries(params.cfg.indicators.window)
+        self.revisions: dict[int, int] = {}  # bar start -> revision, for bars held with revision > 0
+        self.trend = "flat"  # direction at the last bar
+        self.last_trend = "flat"  # the last direction that was not flat
+        self.session_start = self.session_end = 0  # session VWAP: the session and its running sums
+        self.session_pv = self.session_v = 0.0
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def warm(self, rows: list[tuple[int, float, float, float, float, float, float]]) -> None:
+        """Seed the series with bars from before the flow saw this symbol (oldest first), silently."""
+        for t, o, h, low, c, v, vw in rows:
+            if c is not None and o is not None and h is not None and low is not None:
+                self._add(t, o, h, low, c, v, vw if vw is not None else c)
+
+    def on_bar(self, bar: Bar) -> list[Event]:
+        """What a final bar (or a revision) produces."""
+        if bar.close is None or bar.open is None or bar.high is None or bar.low is None:
+            return []
+        last = self.series.last_timestamp
+        is_new = last is None or bar.timestamp > last
+        at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, bar.volume,
+                       bar.vwap if bar.vwap is not None else bar.close)  # fmt: skip
+        if at < 0:
+            return []  # older than the whole window
+        if bar.revision:
+            self.revisions[bar.timestamp] = bar.revision
+        s, p, cfg = self.series, self.p, self.p.cfg
+        values = indicators.compute(cfg.indicators, s.high, s.low, s.close) if p.compute_indicators else None
+        out: list[Event] = []
+        if values is not None and cfg.indicators.enabled:
+            out.extend(self._indicator_records(values, at))
+        if is_new:
+            if values is not None and cfg.alerts.enabled:
+                out.extend(self._alerts(values, bar))
+            if cfg.patterns.enabled:
+                out.extend(self._patterns(bar))
+            if cfg.trend.enabled:
+                out.extend(self._trend(bar))
+            if cfg.surge.enabled:
+                out.extend(self._surges(bar))
+        return out
+
+    def _add(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
+        """Put a bar in the series and keep the session VWAP sums right (new bar or correction)."""
+        s = self.series
+        old_pv = old_v = 0.0
+        last = s.last_timestamp
+        if last is not None and t <= last:
+            i = int(np.searchsorted(s.timestamp, t))
+            if i < len(s) and s.timestamp[i] == t:
+                old_pv, old_v = float(s.vwap[i] * s.volume[i]), float(s.volume[i])
+        if t >= self.session_end:
+            self.session_start, self.session_end = session_of(t)[1:]
+            self.session_pv = self.session_v = 0.0
+        if self.session_start <= t:
+            self.session_pv += vw * v - old_pv
+            self.session_v += v - old_v
+        return s.upsert(t, o, h, low, c, float(v), vw)
+
+    # ---- records -------------------------------------------------------------------------
+
+    def _session_vwaps(self, at: int) -> list[float | None]:
+        """Session VWAP at each bar from index `at` to the last: the running sums minus what came after."""
+        s = self.series
+        times, pv, v = s.timestamp[at:], (s.vwap * s.volume)[at:], s.volume[at:]
+        in_session = times >= self.session_start
+        after_pv = np.concatenate((np.cumsum((pv * in_session)[::-1])[::-1][1:], [0.0]))
+        after_v = np.concatenate((np.cumsum((v * in_session)[::-1])[::-1][1:], [0.0]))
+        out: list[float | None] = []
+        for j in range(len(times)):
+            volume = self.session_v - after_v[j]
+            out.append(float((self.session_pv - after_pv[j]) / volume) if in_session[j] and volume > 0 else None)
+        return out
+
+    def _indicator_records(self, values: dict[str, np.ndarray], at: int) -> list[IndicatorValues]:
+        times = self.series.timestamp
+        vwaps = self._session_vwaps(at) if at < len(times) - 1 else [self._last_vwap()]
+        records = []
+        value = indicators.value
+        for offset, j in enumerate(range(at, len(times))):
+            row = {name: value(values[name][j]) for name in indicators.COLUMNS}
+            row["vwap"] = vwaps[offset]
+            warm = sum(x is not None for x in row.values()) / len(row)
+            t = int(times[j])
+            records.append(
+                IndicatorValues(
+                    id=stable_id("indicator", self.symbol, TIMEFRAME, t),
+                    symbol=self.symbol,
+                    timestamp=t,
+                    confidence=round(warm, 4),
+                    direction="neutral",
+                    params=self.p.indicator_params,
+                    revision=self.revisions.get(t, 0),
+                    **row,
+                )
+            )
+        return records
+
+    def _last_vwap(self) -> float | None:
+        return self.session_pv / self.session_v if self.session_v > 0 else None
+
+    def _alerts(self, values: dict[str, np.ndarray], bar: Bar) -> list[Alert]:
+        p = self.p
+        out = []
+        for f in indicators.alerts(p.cfg.alerts, values, self.series.close, len(self.series) - 1):
+            out.append(
+                Alert(
+                    id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
+                    type=f.rule,  # type: ignore[arg-type]
+                    symbol=self.symbol,
+                    timestamp=bar.timestamp,
+                    confidence=1.0,
+                    direction=f.direction,  # type: ignore[arg-type]
+                    params=p.alert_params[f.indicator],
+                    severity="critical" if f.rule in p.critical else "warning",
+                    indicator=f.indicator,
+                    value=float(f.value),
+                    threshold=float(f.threshold),
+                    message=f.message,
+                    revision=bar.revision,
+                )
+            )
+        return out
+
+    def _patterns(self, bar: Bar) -> list[PatternEvent]:
+        s, n = self.series, patterns.BARS
+        hits = patterns.recognise(self.p.cfg.patterns.names, s.open[-n:], s.high[-n:], s.low[-n:], s.close[-n:], s.volume[-n:])
+        return [
+            PatternEvent(
+                id=stable_id("pattern", self.symbol, TIMEFRAME, bar.timestamp, name),
+                type=name,  # type: ignore[arg-type]
+                symbol=self.symbol,
+                timestamp=bar.timestamp,
+                confidence=confidence,
+                direction=patterns.direction(name, signal),  # type: ignore[arg-type]
+                params=self.p.pattern_params[name],
+                signal=signal,
+                revision=bar.revision,
+            )
+            for name, signal, confidence in hits
+        ]
+
+    def _trend(self, bar: Bar) -> list[TrendEvent]:
+        cfg = self.p.cfg.trend
+        strength, slope = trend.measure(self.series.close, cfg.bars)
+        now = trend.direction_of(strength, cfg.min_strength)
+        change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]
+        self.trend = now
+        if now != "flat":
+            self.last_trend = now
+        if change is None:
+            return []
+        return [
+            TrendEvent(
+                id=stable_id("trend", self.symbol, TIMEFRAME, bar.timestamp, change),
+                type=change,  # type: ignore[arg-type]
+                symbol=self.symbol,
+                timestamp=bar.timestamp,
+                confidence=round(abs(strength), 4),
+                direction=now,  # type: ignore[arg-type]
+                params=self.p.trend_params,
+                strength=round(strength, 6),
+                slope=slope,
+                close=bar.close,  # type: ignore[arg-type]
+                revision=bar.revision,
+            )
+        ]
+
+    def _surges(self, bar: Bar) -> list[SurgeEvent]:
+        cfg, s = self.p.cfg.surge, self.series
+        out = []
+        ratio = surge.volume_ratio(s.volume, cfg.volume_bars)
+        if ratio is not None and ratio >= cfg.volume_multiple:
+            way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]
+            out.append(self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params))
+        move = surge.price_surge(s.close, cfg.price_bars, cfg.price_pct)
+        if move is not None:
+            way = "up" if move > 0 else "down"
+            out.append(self._surge("price_surge", bar, move, way, surge.grade(move, cfg.price_pct), self.p.price_params))
+        return out
+
+    def _surge(self, kind: str, bar: Bar, ratio: float, way: str, confidence: float, params: dict) -> SurgeEvent:
+        return SurgeEvent(
+            id=stable_id("surge", self.symbol, TIMEFRAME, bar.timestamp, kind),
+            type=kind,  # type: ignore[arg-type]
+            symbol=self.symbol,
+            timestamp=bar.timestamp,
+            confidence=round(confidence, 4),
+            direction=way,  # type: ignore[arg-type]
+            params=params,
+            ratio=round(ratio, 6),
+            close=bar.close,  # type: ignore[arg-type]
+            volume=bar.volume,
+            revision=bar.revision,
+        )
+
+    # ---- recovery ------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        held = set(self.series.timestamp.astype(np.int64).tolist())
+        revisions = {t: r for t, r in self.revisions.items() if t in held}
+        return msgspec.msgpack.encode((
+            SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
+            self.session_start, self.session_end, self.session_pv, self.session_v,
+        ))  # fmt: skip
+
+    @classmethod
+    def restore(cls, symbol: str, raw: bytes, params: DetectionParams) -> BarDetector:
+        version, series, revisions, trend_now, last_trend, start, end, pv, v = msgspec.msgpack.decode(raw)
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"bar detector snapshot version {version}, expected {SNAPSHOT_VERSION}")
+        d = cls(symbol, params)
+        d.series = BarSeries.restore(series, params.cfg.indicators.window)
+        d.revisions = {int(t): r for t, r in revisions.items()}
+        d.trend, d.last_trend = trend_now, last_trend
+        d.session_start, d.session_end, d.session_pv, d.session_v = start, end, pv, v
+        return d

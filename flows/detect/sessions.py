@@ -1,0 +1,36 @@
+"""Trading sessions: the US/Eastern calendar day a time falls in, pre- and after-market included.
+
+>>> s = session_of(1_764_253_800_000)          # 2025-11-27 14:30 UTC = 09:30 EST
+>>> s.day, s.start_ms, s.end_ms
+('2025-11-27', 1764219600000, 1764306000000)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+EASTERN = ZoneInfo("America/New_York")
+_HOUR_MS = 3_600_000
+
+
+class Session(NamedTuple):
+    day: str  # YYYY-MM-DD, US/Eastern
+    start_ms: int  # midnight US/Eastern, epoch ms
+    end_ms: int  # the next midnight (23, 24 or 25 hours later)
+
+
+_by_hour: dict[int, Session] = {}
+
+
+def session_of(ms: int) -> Session:
+    """The session containing `ms`; cached per UTC hour (an hour never spans two Eastern days)."""
+    hour = ms // _HOUR_MS
+    session = _by_hour.get(hour)
+    if session is None:
+        day = datetime.fromtimestamp(hour * 3600, UTC).astimezone(EASTERN).date()
+        start = datetime(day.year, day.month, day.day, tzinfo=EASTERN)
+        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=EASTERN)
+        session = _by_hour[hour] = Session(day.isoformat(), int(start.timestamp() * 1000), int(end.timestamp() * 1000))
+    return session
