@@ -30,7 +30,7 @@ from schemas.polygon import MinuteAgg, Quote, SecondAgg, Trade
 NEVER = 1 << 62
 # Polygon tickers: BRK.A, BF.B, TEST/WS, ... Checked once per new bar, not per trade.
 _valid_symbol = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-/:]{0,19}").fullmatch
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 # Decoding into a union makes msgspec insist on the `ev` tag (a bare struct would not);
 # the second member is there for that alone and is rejected below.
@@ -88,7 +88,6 @@ class BarBook:
         self._next_close = NEVER  # watermark at which the oldest open minute closes
         self._next_expire = NEVER  # watermark at which the oldest final minute stops being revisable
         self._current: dict[str, MinuteBar] = {}  # each symbol's newest bar, the usual target
-        self._revised: dict[MinuteBar, None] = {}  # final bars changed since the last output
         self._live: dict[MinuteBar, None] = {}  # open bars changed since the last live update
 
     # ---- input -------------------------------------------------------------------------
@@ -96,17 +95,14 @@ class BarBook:
     def apply(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
         """Apply a batch of raw events (wire JSON) in order.
 
-        Returns the bars that became final or were revised by this batch (each once, at
-        its latest revision) and the inputs refused, with the reason.
+        Returns the bars that became final or were revised by this batch, in the order that
+        happened (a revision per late trade applied), and the inputs refused, with the reason.
+        The order depends on the messages alone, not on how they were batched, so what is
+        computed downstream from a symbol's bars (detection) is the same after a restart.
         """
         if self.source == "trades":
-            finals, rejects = self._apply_trades(values)
-        else:
-            finals, rejects = self._apply_seconds(values)
-        if self._revised:
-            finals.extend(bar.record("final") for bar in self._revised)
-            self._revised.clear()
-        return finals, rejects
+            return self._apply_trades(values)
+        return self._apply_seconds(values)
 
     def _apply_trades(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
         # The hot loop: locals instead of attribute lookups, and the symbol's current bar
@@ -172,7 +168,7 @@ class BarBook:
                     if bar.final:
                         bar.revision += 1
                         counts.revisions += 1
-                        self._revised[bar] = None
+                        finals.append(bar.record("final"))
                     else:
                         live[bar] = None
             else:
@@ -227,7 +223,7 @@ class BarBook:
                 if bar.final:
                     bar.revision += 1
                     self.counts.revisions += 1
-                    self._revised[bar] = None
+                    finals.append(bar.record("final"))
                 else:
                     self._live[bar] = None
             finals.extend(self.advance(agg.end - 1))
@@ -315,9 +311,8 @@ class BarBook:
         """The whole book as msgpack: several times faster than pickle for millions of trade ids."""
         counts = [getattr(self.counts, f) for f in self.counts.__struct_fields__]
         bars = [bar.to_row() for bar in self._bars.values()]
-        pending = [(bar.symbol, bar.start) for bar in self._revised]
         live = [(bar.symbol, bar.start) for bar in self._live]
-        return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, pending, live))
+        return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, live))
 
     @classmethod
     def restore(
@@ -330,7 +325,7 @@ class BarBook:
         source: str,
         on_trade: Callable[[str, float, int], None] | None = None,
     ) -> BarBook:
-        version, watermark, counts, rows, pending, live = msgspec.msgpack.decode(snapshot)
+        version, watermark, counts, rows, live = msgspec.msgpack.decode(snapshot)
         if version != SNAPSHOT_VERSION:
             raise ValueError(f"bar book snapshot version {version}, expected {SNAPSHOT_VERSION}")
         book = cls(rules, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, source=source, on_trade=on_trade)
@@ -343,7 +338,6 @@ class BarBook:
             latest = book._current.get(bar.symbol)
             if latest is None or latest.start < bar.start:
                 book._current[bar.symbol] = bar
-        book._revised = {book._bars[(s, t)]: None for s, t in pending}
         book._live = {book._bars[(s, t)]: None for s, t in live if (s, t) in book._bars}
         book._next_close = min(book._open, default=NEVER - MINUTE_MS - close_delay_ms) + MINUTE_MS + close_delay_ms
         oldest = min(book._final, default=None)

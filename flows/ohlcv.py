@@ -31,7 +31,7 @@ from flows.book import BarBook, Counts
 from flows.conditions import ConditionRules
 from flows.detect import settings as detect_settings
 from flows.detect.highlow import SessionExtremes
-from flows.detect.operators import detect_on_bars
+from flows.detect.operators import detect_on_bars, history_gap_ms
 from flows.detect.settings import DetectionSettings
 from flows.settings import Settings
 from schemas.bars import Bar
@@ -63,6 +63,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         elif highlow is not None:
             self.extremes = SessionExtremes(highlow)
         self.history = BarHistory(settings.database_url, max_backoff_s=settings.sink_max_backoff_s) if highlow else None
+        self.history_gap_ms = history_gap_ms(settings)
         options = {
             "close_delay_ms": int(settings.bar_close_delay_s * 1000),
             "lateness_ms": int(settings.allowed_lateness_s * 1000),
@@ -126,8 +127,8 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         """Symbols starting a session cold wait for the database's view of it; fetch it for all at once."""
         assert self.extremes is not None and self.history is not None
         while waiting := self.extremes.waiting():
-            if not self.cutoff_ms:
-                first = min(waiting.values())
+            if not self.cutoff_ms:  # see WarmStart: the database before what this input can reach
+                first = min(waiting.values()) - self.history_gap_ms
                 self.cutoff_ms = first - first % 60_000
             references = self.history.session_references(waiting, self.cutoff_ms, self.extremes.cfg.n_days)
             self.extremes.resolve(references)

@@ -34,7 +34,7 @@ class Channels:
         self.highlow = f"{n}.events.highlow"
         self.trend = f"{n}.events.trend"
         self.surge = f"{n}.events.surge"
-        self.events = f"{n}.events"  # + .{SYMBOL}: every event and alert of one symbol
+        self.events = f"{n}.events.by_symbol"  # + .{SYMBOL}: every event and alert of one symbol
         self.patterns_streaming = f"{n}:patterns:streaming"
         self.patterns_detected = f"{n}:patterns:detected"
         self.indicators = f"{n}:indicators:streaming"
@@ -92,7 +92,7 @@ def route(event: object, channels: Channels) -> list[str]:
     >>> e = PatternEvent(id="x", type="doji", symbol="AAPL", timestamp=0, confidence=0.9,
     ...                  direction="neutral", params={}, signal=100)
     >>> route(e, Channels())
-    ['tickstock:patterns:streaming', 'tickstock:patterns:detected', 'tickstock.events.AAPL']
+    ['tickstock:patterns:streaming', 'tickstock:patterns:detected', 'tickstock.events.by_symbol.AAPL']
     """
     kind = event.kind  # type: ignore[attr-defined]
     if kind == "indicator":

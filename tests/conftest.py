@@ -65,7 +65,7 @@ def services() -> None:
 @pytest.fixture
 def db(services: None) -> Iterator[psycopg.Connection]:
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
-        conn.execute("TRUNCATE ohlcv_1min, symbols")
+        conn.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
         yield conn
 
 

@@ -110,12 +110,19 @@ def test_feeding_the_same_ticks_again_changes_nothing(settings, db):
     assert db.execute("SELECT count(*) FROM symbols").fetchone()[0] == first["symbol"].n_unique()
 
 
-def test_kill_9_and_restart_with_recovery_gives_the_same_table(settings, db, tmp_path):
+def detection_tables(db) -> dict[str, list]:
+    return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in ("events", "indicator_values", "alerts")}
+
+
+def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tmp_path):
+    """Bars, and every detection record with its id, as if the flow had never been interrupted."""
     events = feed(seed=21, symbols=60, rate=120.0, seconds=25 * 60)
     publish(settings, events)
     run_main(build_flow(settings))
     uninterrupted = table_bars(db)
-    db.execute("TRUNCATE ohlcv_1min, symbols")
+    detected = detection_tables(db)
+    assert all(len(rows) > 30 for rows in detected.values()), {t: len(r) for t, r in detected.items()}
+    db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
 
     slow = settings.model_copy(update={"kafka_batch_size": 50})
     env = os.environ | slow.as_env()
@@ -140,6 +147,9 @@ def test_kill_9_and_restart_with_recovery_gives_the_same_table(settings, db, tmp
     resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     assert_frame_equal(table_bars(db), uninterrupted)
+    after = detection_tables(db)
+    for table, rows in detected.items():
+        assert after[table] == rows, f"{table}: {len(after[table])} rows vs {len(rows)} uninterrupted"
 
 
 def test_bars_from_per_second_aggregates_match_bars_from_trades(services, db):

@@ -65,8 +65,8 @@ class BarDetector:
         self.revisions: dict[int, int] = {}  # bar start -> revision, for bars held with revision > 0
         self.trend = "flat"  # direction at the last bar
         self.last_trend = "flat"  # the last direction that was not flat
-        self.session_start = self.session_end = 0  # session VWAP: the session and its running sums
-        self.session_pv = self.session_v = 0.0
+        self.session_start = self.session_end = 0  # the session of the newest bar, for its VWAP
+        self.evicted_pv = self.evicted_v = 0.0  # its bars that left the window: sum of vwap * volume, of volume
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -105,40 +105,37 @@ class BarDetector:
         return out
 
     def _add(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
-        """Put a bar in the series and keep the session VWAP sums right (new bar or correction)."""
+        """Put a bar in the series; a session bar pushed out of the window moves into the evicted sums."""
         s = self.series
-        old_pv = old_v = 0.0
-        last = s.last_timestamp
-        if last is not None and t <= last:
-            i = int(np.searchsorted(s.timestamp, t))
-            if i < len(s) and s.timestamp[i] == t:
-                old_pv, old_v = float(s.vwap[i] * s.volume[i]), float(s.volume[i])
         if t >= self.session_end:
             self.session_start, self.session_end = session_of(t)[1:]
-            self.session_pv = self.session_v = 0.0
-        if self.session_start <= t:
-            self.session_pv += vw * v - old_pv
-            self.session_v += v - old_v
-        return s.upsert(t, o, h, low, c, float(v), vw)
+            self.evicted_pv = self.evicted_v = 0.0
+        full = len(s) == s.window
+        if full:
+            oldest, oldest_pv, oldest_v = s.timestamp[0], s.vwap[0] * s.volume[0], s.volume[0]
+        at = s.upsert(t, o, h, low, c, float(v), vw)
+        if full and at >= 0 and s.timestamp[0] != oldest and oldest >= self.session_start:
+            self.evicted_pv += float(oldest_pv)
+            self.evicted_v += float(oldest_v)
+        return at
 
     # ---- records -------------------------------------------------------------------------
 
     def _session_vwaps(self, at: int) -> list[float | None]:
-        """Session VWAP at each bar from index `at` to the last: the running sums minus what came after."""
+        """Session VWAP at each bar from index `at` on: the session's bars up to it, evicted ones included."""
         s = self.series
-        times, pv, v = s.timestamp[at:], (s.vwap * s.volume)[at:], s.volume[at:]
-        in_session = times >= self.session_start
-        after_pv = np.concatenate((np.cumsum((pv * in_session)[::-1])[::-1][1:], [0.0]))
-        after_v = np.concatenate((np.cumsum((v * in_session)[::-1])[::-1][1:], [0.0]))
+        in_session = s.timestamp >= self.session_start
+        pv = np.cumsum(s.vwap * s.volume * in_session)
+        v = np.cumsum(s.volume * in_session)
         out: list[float | None] = []
-        for j in range(len(times)):
-            volume = self.session_v - after_v[j]
-            out.append(float((self.session_pv - after_pv[j]) / volume) if in_session[j] and volume > 0 else None)
+        for j in range(at, len(s)):
+            volume = self.evicted_v + v[j]
+            out.append(float((self.evicted_pv + pv[j]) / volume) if in_session[j] and volume > 0 else None)
         return out
 
     def _indicator_records(self, values: dict[str, np.ndarray], at: int) -> list[IndicatorValues]:
         times = self.series.timestamp
-        vwaps = self._session_vwaps(at) if at < len(times) - 1 else [self._last_vwap()]
+        vwaps = self._session_vwaps(at)
         records = []
         value = indicators.value
         for offset, j in enumerate(range(at, len(times))):
@@ -159,9 +156,6 @@ class BarDetector:
                 )
             )
         return records
-
-    def _last_vwap(self) -> float | None:
-        return self.session_pv / self.session_v if self.session_v > 0 else None
 
     def _alerts(self, values: dict[str, np.ndarray], bar: Bar) -> list[Alert]:
         p = self.p
@@ -265,7 +259,7 @@ class BarDetector:
         revisions = {t: r for t, r in self.revisions.items() if t in held}
         return msgspec.msgpack.encode((
             SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
-            self.session_start, self.session_end, self.session_pv, self.session_v,
+            self.session_start, self.session_end, self.evicted_pv, self.evicted_v,
         ))  # fmt: skip
 
     @classmethod
@@ -277,5 +271,5 @@ class BarDetector:
         d.series = BarSeries.restore(series, params.cfg.indicators.window)
         d.revisions = {int(t): r for t, r in revisions.items()}
         d.trend, d.last_trend = trend_now, last_trend
-        d.session_start, d.session_end, d.session_pv, d.session_v = start, end, pv, v
+        d.session_start, d.session_end, d.evicted_pv, d.evicted_v = start, end, pv, v
         return d

@@ -32,6 +32,7 @@ from flows.detect.settings import HighLowSettings
 from schemas.events import HighLowEvent, stable_id
 
 SNAPSHOT_VERSION = 1
+_TICK = 1e-9  # binary floating point: 50.05 - 50.0 is 0.0499999..., which must count as $0.05
 
 
 class Reference(NamedTuple):
@@ -101,7 +102,7 @@ class SessionExtremes:
 
     def _broke_high(self, symbol: str, s: _Symbol, price: float, t: int) -> None:
         move = self.min_move(s.reported_high)
-        if price - s.reported_high >= move and t - s.high_at >= self._cooldown_ms:
+        if price - s.reported_high >= move - _TICK and t - s.high_at >= self._cooldown_ms:
             self._emit("session_high", symbol, s, price, s.reported_high, t, move, "up")
             s.reported_high, s.high_at = price, t
         if not s.n_day_high_done and len(s.prior) >= self.cfg.n_days > 0:
@@ -112,7 +113,7 @@ class SessionExtremes:
 
     def _broke_low(self, symbol: str, s: _Symbol, price: float, t: int) -> None:
         move = self.min_move(s.reported_low)
-        if s.reported_low - price >= move and t - s.low_at >= self._cooldown_ms:
+        if s.reported_low - price >= move - _TICK and t - s.low_at >= self._cooldown_ms:
             self._emit("session_low", symbol, s, price, s.reported_low, t, move, "down")
             s.reported_low, s.low_at = price, t
         if not s.n_day_low_done and len(s.prior) >= self.cfg.n_days > 0:

@@ -27,17 +27,24 @@ class WarmStart:
     """Attaches database history to the first bar of every symbol this process has not seen yet.
 
     History is fetched for the symbols that have no detector state here; after a restart the
-    detectors that resumed from a snapshot ignore it.
+    detectors that resumed from a snapshot ignore it. It stops `history_gap_ms` before the
+    symbol's first bar: bars after that may come from this flow's own input (late trades can
+    still open an earlier minute), and a replay or restart must see the history the first
+    run saw, or it would decide different events.
     """
 
     def __init__(self, settings: Settings, limit: int) -> None:
         self._settings = settings
         self._limit = limit
+        self._gap_ms = history_gap_ms(settings)
         self._history: BarHistory | None = None
         self._seen: set[str] = set()
 
     def __call__(self, items: list[tuple[str, Bar]]) -> list[tuple[str, Warmed]]:
-        first = {symbol: bar.timestamp for symbol, bar in items if symbol not in self._seen}
+        first: dict[str, int] = {}
+        for symbol, bar in items:
+            if symbol not in self._seen and symbol not in first:
+                first[symbol] = bar.timestamp - self._gap_ms
         if not first:
             return [(symbol, (bar, None)) for symbol, bar in items]
         if self._history is None:
@@ -53,6 +60,11 @@ class WarmStart:
             else:
                 out.append((symbol, (bar, None)))
         return out
+
+
+def history_gap_ms(settings: Settings) -> int:
+    """How far before its first event a flow's own input can still reach: the allowed lateness and a minute."""
+    return int(settings.allowed_lateness_s * 1000) + 60_000
 
 
 class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):

@@ -37,7 +37,9 @@ def _clamp(x: float) -> float:
 
 def _doji(o, h, low, c, v) -> float:  # noqa: ANN001 - arrays, see Grade
     body, _, _, rng = _parts(o[-1], h[-1], low[-1], c[-1])
-    return 1.0 if rng == 0 else _clamp(1 - (body / rng) / 0.1)
+    if rng == 0:
+        return 0.5  # a bar that never moved (TA-Lib calls it a doji) says nothing: the lowest grade
+    return _clamp(1 - (body / rng) / 0.1)
 
 
 def _shadow_grade(main: float, other: float, rng: float) -> float:
