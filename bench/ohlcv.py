@@ -2,7 +2,10 @@
 
 Measures, in one run and on the same messages:
 - `raw_consume_per_s`: confluent-kafka reading every message (`.value()`), no processing;
-- `ticks_per_s`: the flow (one process) from first poll to the last bar in PostgreSQL and on Redis;
+- `ticks_per_s`: the flow (one process) from first poll to the last bar in PostgreSQL and on Redis,
+  detection off (`DETECT_ENABLED=false`);
+- `ticks_per_s_with_detection`: the same flow over the same messages with every detector on, to the
+  last detection record in PostgreSQL and on Redis (`detection_cost_pct`: the throughput it costs);
 - `p99_bar_latency_ms`: with a real-time feed, from a minute's end plus the close delay to its
   bar arriving on Redis (the sink writes PostgreSQL first, so it is in the table by then).
 Writes `bench/results.json`.
@@ -97,10 +100,11 @@ def raw_consume(s: Settings, expected: int) -> float:
     return seen / elapsed
 
 
-def run_flow_to_end(s: Settings) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.flow_timer"], env=env_for(s), cwd=ROOT, capture_output=True, text=True, check=False
-    )
+def run_flow_to_end(s: Settings, detection: bool) -> dict:
+    with psycopg.connect(s.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
+    env = env_for(s) | {"DETECT_ENABLED": str(detection).lower()}
+    out = subprocess.run([sys.executable, "-m", "bench.flow_timer"], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"flow failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -175,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     database_url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_bench")
     ensure_database(database_url)
     up(database_url, log=lambda *_: None)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE ohlcv_1min, symbols")
 
     run = uuid.uuid4().hex[:6]
     s = bench_settings(run, database_url, kafka_tail=False)
@@ -186,12 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"published {ticks:,} ticks for {args.symbols:,} symbols in {time.perf_counter() - t0:.1f} s", flush=True)
     raw = raw_consume(s, ticks)
     print(f"raw consume: {raw:,.0f} msg/s", flush=True)
-    timed = run_flow_to_end(s)
+    timed = run_flow_to_end(s, detection=False)
     ticks_per_s = ticks / timed["elapsed_s"]
     with psycopg.connect(database_url) as conn:
         bars = conn.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]
-    print(f"flow: {ticks_per_s:,.0f} ticks/s ({ticks_per_s / raw:.2f} x raw), {bars:,} bars, "
-          f"peak RSS {timed['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    print(f"flow, detection off: {ticks_per_s:,.0f} ticks/s ({ticks_per_s / raw:.2f} x raw), {bars:,} bars, "
+          f"{timed['cpu_s']:.2f} s CPU, peak RSS {timed['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    detected = run_flow_to_end(s, detection=True)
+    with_detection = ticks / detected["elapsed_s"]
+    with psycopg.connect(database_url) as conn:
+        records = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "indicator_values", "alerts")}
+    cost = 100 * (1 - with_detection / ticks_per_s)
+    cpu_cost = 100 * (1 - timed["cpu_s"] / detected["cpu_s"])
+    print(f"flow, detection on: {with_detection:,.0f} ticks/s (costs {cost:.1f} %), {records}, "
+          f"{detected['cpu_s']:.2f} s CPU ({cpu_cost:.1f} % of it detection), peak RSS {detected['peak_rss_mb']:.0f} MB",
+          flush=True)  # fmt: skip
 
     results = {
         "symbols": args.symbols,
@@ -201,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         "flow_to_raw_ratio": round(ticks_per_s / raw, 3),
         "bars_written": bars,
         "peak_rss_mb": round(timed["peak_rss_mb"], 1),
+        "ticks_per_s_with_detection": round(with_detection),
+        "detection_cost_pct": round(cost, 1),
+        "detection_records_written": records,
+        "peak_rss_mb_with_detection": round(detected["peak_rss_mb"], 1),
+        "flow_cpu_s": round(timed["cpu_s"], 2),
+        "flow_cpu_s_with_detection": round(detected["cpu_s"], 2),
     }
     if args.latency_seconds:
         ls = bench_settings(run + "l", database_url)

@@ -11,7 +11,7 @@ from connectors.redis_history import History, HistoryLimits
 from connectors.retry import with_backoff
 from schemas.bars import Bar, encode_bar
 from schemas.channels import Channels, route
-from schemas.events import Event, encode_event
+from schemas.events import Event, IndicatorValues, encode_event
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,11 @@ class EventPublisher(Publisher):
 
     def publish_events(self, events: Sequence[Event]) -> None:
         messages: list[tuple[str, bytes]] = []
+        indicators = self._channels.indicators
         for event in events:
             payload = encode_event(event)
-            messages.extend((channel, payload) for channel in route(event, self._channels))
+            if event.__class__ is IndicatorValues:  # most records: one channel, skip the routing
+                messages.append((indicators, payload))
+            else:
+                messages.extend((channel, payload) for channel in route(event, self._channels))
         self.publish(messages)

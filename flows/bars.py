@@ -4,10 +4,14 @@ Pure and order-independent: open/close are chosen by (event time, sequence), nev
 arrival order, so out-of-order trades land where they belong.
 
 >>> bar = MinuteBar("AAPL", 1_700_000_040_000)
->>> bar.add_trade(10.0, 100, 1_700_000_041_000, 2, ALL)
+>>> bar.add_trade(10.0, 100, 1_700_000_041_000, 2, ALL)   # True: a new high (and low) of the bar
+True
 >>> bar.add_trade(9.5, 50, 1_700_000_040_500, 1, ALL)     # earlier, arrives later
+True
+>>> bar.add_trade(9.8, 10, 1_700_000_042_000, 3, ALL)     # inside the range so far
+False
 >>> (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.trades)
-(9.5, 10.0, 9.5, 10.0, 150, 2)
+(9.5, 10.0, 9.5, 9.8, 160, 3)
 """
 
 from __future__ import annotations
@@ -46,16 +50,24 @@ class MinuteBar:
         self.final = False
         self.seen: set = set()
 
-    def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> None:
-        """Apply one trade with the fields its conditions allow (`mask`)."""
+    def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> bool:
+        """Apply one trade with the fields its conditions allow (`mask`).
+
+        Returns whether it set a new high or low of the bar: only such a trade can be a new
+        high or low of anything longer (the session), which spares the detectors the rest.
+        """
+        extreme = False
         if mask & HIGH_LOW:
             high = self.high
             if high is None:
                 self.high = self.low = price
+                extreme = True
             elif price > high:
                 self.high = price
+                extreme = True
             elif price < self.low:  # type: ignore[operator]
                 self.low = price
+                extreme = True
         if mask & OPEN_CLOSE:
             if self.open is None:
                 self.open = self.close = price
@@ -70,6 +82,7 @@ class MinuteBar:
             self.volume += size
             self.notional += price * size
             self.trades += 1
+        return extreme
 
     def add_second(self, agg: SecondAgg) -> None:
         """Fold a per-second aggregate in (for feeds that carry `A` but not trades)."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
-from flows.conditions import ALL, HIGH_LOW, ConditionRules, UnknownCondition
+from flows.conditions import ALL, ConditionRules, UnknownCondition
 from schemas.bars import Bar
 from schemas.polygon import MinuteAgg, Quote, SecondAgg, Trade
 
@@ -79,7 +79,7 @@ class BarBook:
         self.close_delay_ms = close_delay_ms
         self.lateness_ms = lateness_ms
         self.source = source
-        self.on_trade = on_trade  # told (symbol, price, time) of each new trade that may set high/low
+        self.on_trade = on_trade  # told (symbol, price, time) of each new trade that set a new bar high/low
         self.watermark = 0
         self.counts = Counts()
         self._bars: dict[tuple[str, int], MinuteBar] = {}
@@ -162,8 +162,7 @@ class BarBook:
                     counts.duplicates += 1
                 else:
                     seen.add(trade_key)
-                    bar.add_trade(trade.price, trade.size, t, trade.sequence, mask)
-                    if on_trade is not None and mask & HIGH_LOW:
+                    if bar.add_trade(trade.price, trade.size, t, trade.sequence, mask) and on_trade is not None:
                         on_trade(symbol, trade.price, t)
                     if bar.final:
                         bar.revision += 1

@@ -60,6 +60,7 @@ AlertRule = Literal[
     "bollinger_below",  # close below the lower band
 ]
 ALERT_RULES: tuple[str, ...] = AlertRule.__args__  # type: ignore[attr-defined]
+_blake2b = hashlib.blake2b
 
 
 def stable_id(*parts: object) -> str:
@@ -68,7 +69,7 @@ def stable_id(*parts: object) -> str:
     >>> stable_id("pattern", "AAPL", "1m", 60_000, "doji")
     'b18d528b5ff1bfef'
     """
-    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).hexdigest()
+    return _blake2b("|".join(map(str, parts)).encode(), digest_size=8).hexdigest()
 
 
 class _Record(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=False):

@@ -349,3 +349,38 @@ def test_snapshot_and_restore_continue_exactly():
 def test_indicator_settings_reject_a_window_too_short_for_the_periods():
     with pytest.raises(ValueError, match="window"):
         IndicatorSettings(window=50, macd_slow=40)
+
+
+def test_the_book_reports_just_the_trades_that_can_move_a_session_extreme():
+    """Only a new high or low of its minute bar can be a new session high or low: same events as every trade."""
+    import orjson
+
+    from connectors.synthetic import generate
+    from flows.book import BarBook
+    from flows.conditions import ConditionRules
+
+    trades = [e.value for e in generate(seed=5, symbols=20, rate=50.0, seconds=20 * 60, condition_mix="regular",
+                                        duplicate_ratio=0, out_of_order_ratio=0.05, late_ratio=0.01, too_late_ratio=0,
+                                        malformed_ratio=0) if e.topic_kind == "trades"]  # fmt: skip
+    cfg = HighLowSettings(n_days=0)
+
+    def events(x: SessionExtremes) -> list:
+        if x.waiting():
+            x.resolve({s: NO_HISTORY for s in x.waiting()})
+        return x.take()
+
+    through_book, every_trade = SessionExtremes(cfg), SessionExtremes(cfg)
+    calls = []
+    book = BarBook(ConditionRules.load(), on_trade=lambda *a: (calls.append(a), through_book.observe(*a)))
+    got = []
+    for start in range(0, len(trades), 500):
+        book.apply(trades[start : start + 500])
+        got += events(through_book)
+    expected = []
+    for start in range(0, len(trades), 500):
+        for raw in trades[start : start + 500]:
+            t = orjson.loads(raw)
+            every_trade.observe(t["sym"], t["p"], t["t"])
+        expected += events(every_trade)
+    assert len(expected) > 50 and got == expected
+    assert len(calls) < len(trades) / 2, "most trades never reach the detector"

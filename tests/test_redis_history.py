@@ -87,6 +87,6 @@ def test_lost_history_starts_a_new_epoch_and_old_positions_reset(client):
 
 def test_publisher_rejects_a_payload_that_is_not_a_json_object(services):
     publisher = Publisher(Settings().redis_url)
-    with pytest.raises(ValueError, match="not a JSON object"):
+    with pytest.raises(ValueError, match="not a one-line JSON object"):
         publisher.publish([(channel(), b"[1, 2]")])
     publisher.close()

@@ -67,6 +67,7 @@ class BarDetector:
         self.last_trend = "flat"  # the last direction that was not flat
         self.session_start = self.session_end = 0  # the session of the newest bar, for its VWAP
         self.evicted_pv = self.evicted_v = 0.0  # its bars that left the window: sum of vwap * volume, of volume
+        self.total_pv = self.total_v = 0.0  # all its bars
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -105,54 +106,87 @@ class BarDetector:
         return out
 
     def _add(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
-        """Put a bar in the series; a session bar pushed out of the window moves into the evicted sums."""
+        """Put a bar in the series and keep the session VWAP sums.
+
+        The sums are sequential over the session's bars in time order (a bar pushed out of the
+        window moves from the window to the evicted part, the totals keep it), so the same bars
+        give bit-identical VWAPs however they arrived: appends add to the totals, corrections
+        recount them from the window.
+        """
         s = self.series
         if t >= self.session_end:
             self.session_start, self.session_end = session_of(t)[1:]
-            self.evicted_pv = self.evicted_v = 0.0
+            self.evicted_pv = self.evicted_v = self.total_pv = self.total_v = 0.0
+        last = s.last_timestamp
         full = len(s) == s.window
         if full:
             oldest, oldest_pv, oldest_v = s.timestamp[0], s.vwap[0] * s.volume[0], s.volume[0]
         at = s.upsert(t, o, h, low, c, float(v), vw)
-        if full and at >= 0 and s.timestamp[0] != oldest and oldest >= self.session_start:
+        if at < 0:
+            return at
+        if full and s.timestamp[0] != oldest and oldest >= self.session_start:
             self.evicted_pv += float(oldest_pv)
             self.evicted_v += float(oldest_v)
+        if last is None or t > last:
+            if t >= self.session_start:
+                self.total_pv += vw * v
+                self.total_v += v
+        else:
+            pv, volume, _ = self._session_sums()
+            self.total_pv, self.total_v = float(pv[-1]), float(volume[-1])
         return at
+
+    def _session_sums(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Running session sums of vwap x volume and of volume after each bar of the window (index + 1)."""
+        s = self.series
+        in_session = s.timestamp >= self.session_start
+        pv = np.cumsum(np.concatenate(([self.evicted_pv], s.vwap * s.volume * in_session)))
+        volume = np.cumsum(np.concatenate(([self.evicted_v], s.volume * in_session)))
+        return pv, volume, in_session
 
     # ---- records -------------------------------------------------------------------------
 
     def _session_vwaps(self, at: int) -> list[float | None]:
-        """Session VWAP at each bar from index `at` on: the session's bars up to it, evicted ones included."""
+        """Session VWAP at each bar from index `at` on."""
         s = self.series
-        in_session = s.timestamp >= self.session_start
-        pv = np.cumsum(s.vwap * s.volume * in_session)
-        v = np.cumsum(s.volume * in_session)
-        out: list[float | None] = []
-        for j in range(at, len(s)):
-            volume = self.evicted_v + v[j]
-            out.append(float((self.evicted_pv + pv[j]) / volume) if in_session[j] and volume > 0 else None)
-        return out
+        if at == len(s) - 1:
+            in_session = s.timestamp[at] >= self.session_start
+            return [self.total_pv / self.total_v if in_session and self.total_v > 0 else None]
+        pv, volume, in_session = self._session_sums()
+        return [float(pv[j + 1] / volume[j + 1]) if in_session[j] and volume[j + 1] > 0 else None for j in range(at, len(s))]
 
     def _indicator_records(self, values: dict[str, np.ndarray], at: int) -> list[IndicatorValues]:
         times = self.series.timestamp
         vwaps = self._session_vwaps(at)
         records = []
-        value = indicators.value
-        for offset, j in enumerate(range(at, len(times))):
-            row = {name: value(values[name][j]) for name in indicators.COLUMNS}
-            row["vwap"] = vwaps[offset]
-            warm = sum(x is not None for x in row.values()) / len(row)
-            t = int(times[j])
+        symbol, params, revisions = self.symbol, self.p.indicator_params, self.revisions
+        columns = [values[name] for name in indicators.COLUMNS]
+        rows = [[float(c[j]) for c in columns] for j in range(at, len(times))]  # NaN while warming up
+        for offset, (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr) in enumerate(rows):
+            t = int(times[at + offset])
+            vwap = vwaps[offset]
+            fields = (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr, vwap)
+            warm = sum(1 for x in fields if x == x and x is not None) / 11  # NaN != NaN
             records.append(
                 IndicatorValues(
-                    id=stable_id("indicator", self.symbol, TIMEFRAME, t),
-                    symbol=self.symbol,
+                    id=stable_id("indicator", symbol, TIMEFRAME, t),
+                    symbol=symbol,
                     timestamp=t,
                     confidence=round(warm, 4),
                     direction="neutral",
-                    params=self.p.indicator_params,
-                    revision=self.revisions.get(t, 0),
-                    **row,
+                    params=params,
+                    sma=sma if sma == sma else None,
+                    ema=ema if ema == ema else None,
+                    rsi=rsi if rsi == rsi else None,
+                    macd=macd if macd == macd else None,
+                    macd_signal=signal if signal == signal else None,
+                    macd_hist=hist if hist == hist else None,
+                    bb_upper=upper if upper == upper else None,
+                    bb_middle=middle if middle == middle else None,
+                    bb_lower=lower if lower == lower else None,
+                    atr=atr if atr == atr else None,
+                    vwap=vwap,
+                    revision=revisions.get(t, 0),
                 )
             )
         return records
@@ -255,16 +289,18 @@ class BarDetector:
     # ---- recovery ------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        held = set(self.series.timestamp.astype(np.int64).tolist())
-        revisions = {t: r for t, r in self.revisions.items() if t in held}
+        revisions = self.revisions
+        if revisions:  # forget revisions of bars that left the window
+            oldest = self.series.timestamp[0] if len(self.series) else float("inf")
+            revisions = self.revisions = {t: r for t, r in revisions.items() if t >= oldest}
         return msgspec.msgpack.encode((
             SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
-            self.session_start, self.session_end, self.evicted_pv, self.evicted_v,
+            self.session_start, self.session_end, self.evicted_pv, self.evicted_v, self.total_pv, self.total_v,
         ))  # fmt: skip
 
     @classmethod
     def restore(cls, symbol: str, raw: bytes, params: DetectionParams) -> BarDetector:
-        version, series, revisions, trend_now, last_trend, start, end, pv, v = msgspec.msgpack.decode(raw)
+        version, series, revisions, trend_now, last_trend, start, end, pv, v, total_pv, total_v = msgspec.msgpack.decode(raw)
         if version != SNAPSHOT_VERSION:
             raise ValueError(f"bar detector snapshot version {version}, expected {SNAPSHOT_VERSION}")
         d = cls(symbol, params)
@@ -272,4 +308,5 @@ class BarDetector:
         d.revisions = {int(t): r for t, r in revisions.items()}
         d.trend, d.last_trend = trend_now, last_trend
         d.session_start, d.session_end, d.evicted_pv, d.evicted_v = start, end, pv, v
+        d.total_pv, d.total_v = total_pv, total_v
         return d

@@ -13,7 +13,6 @@ of an older bar costs nothing extra: the tail it changed comes out of the same c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -63,11 +62,6 @@ def params(cfg: IndicatorSettings) -> dict[str, int | float]:
         "macd_fast": cfg.macd_fast, "macd_slow": cfg.macd_slow, "macd_signal": cfg.macd_signal,
         "bb_period": cfg.bb_period, "bb_stddev": cfg.bb_stddev, "atr": cfg.atr_period, "window": cfg.window,
     }  # fmt: skip
-
-
-def value(x: float) -> float | None:
-    """A TA-Lib output as a record field: NaN (not warm yet) becomes None."""
-    return None if math.isnan(x) else float(x)
 
 
 class Firing:

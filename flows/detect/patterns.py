@@ -112,9 +112,9 @@ def recognise(
     hits = []
     for name in names:
         recognise_with, grade, _ = TABLE[name]
-        signal = int(recognise_with(o, h, low, c)[-1])
+        signal = recognise_with(o, h, low, c)[-1]
         if signal:
-            hits.append((name, signal, round(float(grade(o, h, low, c, v)), 4)))
+            hits.append((name, int(signal), round(float(grade(o, h, low, c, v)), 4)))
     return hits
 
 

@@ -20,7 +20,7 @@ def volume_ratio(volume: np.ndarray, bars: int) -> float | None:
     """The last bar's volume over the mean of the `bars` before it; None without enough history."""
     if len(volume) <= bars:
         return None
-    mean = float(volume[-bars - 1 : -1].mean())
+    mean = float(volume[-bars - 1 : -1].sum()) / bars
     return float(volume[-1]) / mean if mean > 0 else None
 
 
