@@ -57,6 +57,11 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         self.extremes: SessionExtremes | None = None
         self.cutoff_ms = 0  # database bars from here on may be this flow's own: references ignore them
         if resume is not None:
+            if len(resume) != 4:
+                raise ValueError(
+                    "the recovery directory holds state of an older version of this flow; start over with a fresh one "
+                    "(python -m bytewax.recovery DIR N) and KAFKA_START=earliest to rebuild it"
+                )
             self.key, snapshot, extremes, self.cutoff_ms = resume
             if highlow is not None:
                 self.extremes = SessionExtremes.restore(extremes, highlow) if extremes else SessionExtremes(highlow)

@@ -56,7 +56,7 @@ trap stop_all EXIT
 trap 'echo; exit 130' INT # echo: the terminal's ^C has no newline
 trap 'exit 143' TERM
 
-read -r db_url redis_url final_channel live_channel < <(
+read -r db_url redis_url final_channel live_channel events_pattern patterns_channel < <(
     "$PY" - <<'EOF'
 from urllib.parse import urlsplit
 
@@ -68,7 +68,8 @@ s = Settings()
 r = urlsplit(s.redis_url)  # printed without credentials (redis-cli reads REDISCLI_AUTH)
 redis_url = f"{r.scheme}://{r.hostname}:{r.port or 6379}{r.path}"
 channels = Channels(s.redis_namespace)
-print(public_url(s.database_url), redis_url, channels.ohlcv, channels.live_for("*"))
+print(public_url(s.database_url), redis_url, channels.ohlcv, channels.live_for("*"), channels.events_for("*"),
+      channels.patterns_streaming)
 EOF
 )
 
@@ -93,7 +94,11 @@ say "flow: python -m bytewax.run '$FLOW' ${flow_args[*]}"
 say "latest bars:   psql '$db_url' -c 'SELECT * FROM ohlcv_1min ORDER BY timestamp DESC, symbol LIMIT 20'"
 say "final bars:    redis-cli -u '$redis_url' subscribe $final_channel"
 say "forming bars:  redis-cli -u '$redis_url' psubscribe '$live_channel'"
-say "bars appear once a minute has closed (plus the close delay); the first within about 1.5 minutes"
+say "events:        psql '$db_url' -c 'SELECT kind, type, symbol, timestamp, confidence FROM events ORDER BY timestamp DESC LIMIT 20'"
+say "               redis-cli -u '$redis_url' psubscribe '$events_pattern'    (or: subscribe $patterns_channel)"
+say "indicators:    psql '$db_url' -c 'SELECT * FROM indicator_values ORDER BY timestamp DESC LIMIT 20'"
+say "bars appear once a minute has closed (plus the close delay); the first within about 1.5 minutes;"
+say "session highs/lows at once, patterns and surges with the first bars, RSI-based alerts after 15 minutes"
 say "Ctrl-C stops the feed, the flow and whatever our set-up started"
 
 # Wait for either child; if one ends on its own, the demo is over.
