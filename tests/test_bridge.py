@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import os
 import re
 import signal
@@ -16,7 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.polygon_bridge import split_frame
+from connectors.dead_letter import KIND, REASON
+from connectors.polygon_bridge import Bridge, BridgeSettings, split_frame
 from connectors.synthetic import generate
 from flows.settings import Settings
 from tests.conftest import base_settings, create_topics, read_topic
@@ -83,6 +85,15 @@ def wait_for(s: Settings, n: int, timeout_s: float = 60) -> list[tuple[str, byte
     return got
 
 
+def wait_for_dead_letters(s: Settings, n: int, timeout_s: float = 30) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    got: list[Any] = []
+    while time.monotonic() < deadline and len(got) < n:
+        got = read_topic(s, s.topic_dead_letter)
+        time.sleep(0.2)
+    return got
+
+
 def test_split_frame_keeps_original_bytes() -> None:
     frame = b'[{"ev":"T", "sym":"AAPL","p":1.50,"t":5} ,{"ev":"status","status":"success","message":"x"}]'
     (trade, raw), (st, _) = split_frame(frame)
@@ -105,12 +116,47 @@ def test_mixed_frames_land_on_their_topics_keyed_by_symbol(settings: Settings) -
 
 
 @pytest.mark.integration
-def test_refused_key_exits_non_zero_saying_so(settings: Settings) -> None:
-    with PolygonServer(KEY) as server:
-        proc = start_bridge(settings, server.url, key="wrong")
+@pytest.mark.parametrize(("key", "auth_reply"), [("wrong", "auth_success"), (KEY, "auth_timeout")])
+def test_refused_key_exits_non_zero_saying_so(settings: Settings, key: str, auth_reply: str) -> None:
+    with PolygonServer(KEY, auth_reply=auth_reply) as server:
+        proc = start_bridge(settings, server.url, key=key)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2, out
     assert "refused the API key" in out
+    assert ("auth_failed" if key != KEY else "auth_timeout") in out
+
+
+@pytest.mark.integration
+def test_unroutable_input_is_dead_lettered_with_the_reason_and_the_rest_forwarded(settings: Settings) -> None:
+    good = feed_events(4)[:2]
+    no_symbol = '{"ev":"T","x":4,"i":"9","p":10.5,"s":100,"t":1793629800000}'
+    frames: list[Any] = [
+        [good[0], orjson.loads(no_symbol), {"ev": "LULD", "T": "AAPL", "h": 1.0, "l": 0.9, "t": 1793629800000}],
+        "this is not JSON",
+        [good[1]],
+    ]
+    with PolygonServer(KEY, frames) as server:
+        proc = start_bridge(settings, server.url)
+        got = wait_for(settings, 2)
+        dead = wait_for_dead_letters(settings, 2)
+        code, out = stop_bridge(proc)
+    assert code == 0, out
+    assert set(got) == expected_records(settings, good)
+    reasons = {m.value(): dict(m.headers()) for m in dead}
+    assert reasons[orjson.dumps(orjson.loads(no_symbol))][KIND] == b"malformed"
+    assert b"without a symbol" in reasons[orjson.dumps(orjson.loads(no_symbol))][REASON]
+    assert b"not a JSON array" in reasons[b"this is not JSON"][REASON]
+    assert "malformed=2 ignored=1" in out
+
+
+@pytest.mark.integration
+def test_a_failed_delivery_is_produced_again(settings: Settings) -> None:
+    bridge = Bridge(BridgeSettings(api_key="unused"), settings)
+    value = orjson.dumps(feed_events(1)[0])
+    bridge.producer.produce(settings.topic_trades, value, b"AAPL", partition=99)  # no such partition: refused
+    asyncio.run(bridge.drain())  # serves the failure report and produces the record again
+    assert bridge.stats.delivery_errors == 1
+    assert [(m.key(), m.value()) for m in read_topic(settings, settings.topic_trades)] == [(b"AAPL", value)]
 
 
 @pytest.mark.integration
@@ -191,9 +237,9 @@ def test_unresponsive_kafka_blocks_reading_then_delivers_everything_once(service
         assert "in_flight=50" in out
         for line in out.splitlines():  # never more than the window (+ the event being handed over) unacknowledged
             if " health in=" in line:
-                counts = re.search(r"in=(\{.*?\}) out=(\{.*?\})", line)
+                counts = re.search(r"in=(\{.*?\}) .* acked=(\d+)", line)
                 assert counts is not None
-                read, acked = (sum(ast.literal_eval(g).values()) for g in counts.groups())
+                read, acked = sum(ast.literal_eval(counts.group(1)).values()), int(counts.group(2))
                 assert read - acked <= 51, line
         assert set(got) == expected_records(s, events) and len(got) == len(events), out[-3000:]
     finally:
