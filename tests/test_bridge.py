@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 import pytest
 
 from connectors.dead_letter import KIND, REASON
+from connectors import polygon_bridge
 from connectors.polygon_bridge import Bridge, BridgeSettings, split_frame
 from connectors.synthetic import generate
 from flows.settings import Settings
@@ -61,12 +63,28 @@ def records(s: Settings) -> list[tuple[str, bytes, bytes]]:
     return [(m.topic(), m.key(), m.value()) for t in topics for m in read_topic(s, t)]
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_bridge_left_behind() -> Iterator[None]:
+    """A test that fails half-way must not leave its bridge running (and retrying) forever."""
+    yield
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    _started.clear()
+
+
 def start_bridge(s: Settings, url: str, key: str = KEY, **env: str) -> subprocess.Popen[str]:
     environ = os.environ | s.as_env() | {"MASSIVE_API_KEY": key, "MASSIVE_URL": url, "BRIDGE_HEALTH_INTERVAL_S": "1",
                                          "BRIDGE_BACKOFF_INITIAL_S": "0.1"} | env
     environ.pop("POLYGON_API_KEY", None)
-    return subprocess.Popen([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _started.append(proc)
+    return proc
 
 
 def stop_bridge(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -93,6 +111,16 @@ def wait_for_dead_letters(s: Settings, n: int, timeout_s: float = 30) -> list[An
         got = read_topic(s, s.topic_dead_letter)
         time.sleep(0.2)
     return got
+
+
+def test_key_from_either_variable_and_a_clear_message_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MASSIVE_API_KEY", "POLYGON_API_KEY", "API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("POLYGON_API_KEY", "old-name")
+    assert BridgeSettings().api_key == "old-name"  # type: ignore[call-arg]
+    monkeypatch.delenv("POLYGON_API_KEY")
+    with pytest.raises(SystemExit, match="MASSIVE_API_KEY \\(or POLYGON_API_KEY\\) is not set"):
+        polygon_bridge.main()
 
 
 def test_split_frame_keeps_original_bytes() -> None:
@@ -173,12 +201,14 @@ def test_max_connections_says_another_connection_holds_the_slot(settings: Settin
 def test_dropped_connection_reconnects_resubscribes_and_delivers_everything(settings: Settings) -> None:
     events = feed_events()
     frames = frames_of(events)
+    channels = "T.*,Q.*,A.*,AM.AAPL,AM.MSFT"  # a ticker list as well as wildcards
     with PolygonServer(KEY, frames, drop_after=len(frames) // 3) as server:
-        proc = start_bridge(settings, server.url)
+        proc = start_bridge(settings, server.url, MASSIVE_SUBSCRIPTIONS=channels)
         got = wait_for(settings, len(events))
         code, out = stop_bridge(proc)
     assert code == 0, out
-    assert server.connections == 2 and len(server.subscriptions) == 2  # subscribed again
+    assert server.connections == 2  # subscribed again, to the same channels:
+    assert server.subscriptions == ["A.*,AM.AAPL,AM.MSFT,Q.*,T.*"] * 2
     assert set(got) == expected_records(settings, events) and len(got) == len(events)
     assert "reconnecting in" in out and "feed resumed after" in out
     assert "reconnects=1" in out
