@@ -7,11 +7,12 @@ Why it is built this way:
 - The official `massive.WebSocketClient` speaks the protocol (auth, subscribe, resubscribe) in
   *raw* mode, so every frame reaches us unparsed, status messages included. Connect/auth statuses
   never reach a raw processor, so `_Client` taps `_log_server_statuses` to see them.
-- Events are forwarded untouched: a frame is decoded (in C, once per frame) as `list[msgspec.Raw]`,
-  so each Kafka value is the exact byte slice of its object in the frame, and as the list of the
-  few fields the bridge reads (`ev`/`sym`/`t`/`e`). Per event there is one `produce` call and no
-  Python callback: Kafka reports failures only (`delivery.report.only.error`), acknowledged counts
-  come from the producer's queue length, and the event-time gap is sampled once per frame.
+- Events are forwarded untouched: each frame is decoded twice, each time in one C call, as
+  `list[msgspec.Raw]` (so each Kafka value is the exact byte slice of its object in the frame)
+  and as the list of the few fields the bridge reads (`ev`/`sym`/`t`/`e`). Per event there is
+  one `produce` call and no Python callback: only failed deliveries call back
+  (`delivery.report.only.error`), acknowledged counts come from the producer's queue length,
+  and the event-time gap is sampled once per frame.
 - Nothing acknowledged is lost: the idempotent producer (`acks=all`) retries without a deadline,
   a failed delivery is produced again, and the producer queue is the bounded in-flight window:
   when it is full the bridge stops reading the socket until Kafka drains it. Input the bridge
@@ -29,7 +30,7 @@ import random
 import signal
 import sys
 import time
-from collections import Counter, _count_elements, deque  # type: ignore[attr-defined]
+from collections import Counter, deque
 from operator import attrgetter
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -46,7 +47,6 @@ log = logging.getLogger("tickstock.bridge")
 
 EXIT_KEY_REFUSED: Final = 2
 EXIT_MAX_CONNECTIONS: Final = 3
-FATAL_STATUSES: Final = {"auth_failed", "auth_timeout", "max_connections"}
 
 
 class BridgeSettings(BaseSettings):
@@ -142,7 +142,7 @@ class Stats:
         self.gap_ms_max = 0
 
     def count_frame(self, heads: list[_Head]) -> None:
-        _count_elements(self.events_in, map(_ev, heads))  # one C loop per frame
+        self.events_in.update(map(_ev, heads))  # one C loop per frame
         self.events_in.pop("status", None)
 
     def sample_gap(self, event_ms: int) -> None:
@@ -396,7 +396,10 @@ class Bridge:
                 self._dead_letter(raw, reason, "", "")
                 return
             except BufferError:
-                await self._wait_for_room()
+                pass
+            except KafkaException as exc:
+                self._cannot_produce(exc)
+            await self._wait_for_room()
 
     def _resumed(self, heads: list[_Head]) -> None:
         t = next((h.t or h.e for h in heads if h.ev in self.topics and (h.t or h.e)), 0)
