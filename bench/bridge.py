@@ -8,8 +8,9 @@ compression the official client negotiates by default. Every client runs in its 
   the frames: the fastest the feed goes on this machine;
 - `bridge_events_per_s`: the same feed through `python -m connectors.polygon_bridge`, from its
   subscription until Kafka acknowledged every event;
-- `bridge_cpu_us_per_event` / `feed_cpu_us_per_event`: CPU time per event of the bridge's Python
-  thread and of the feed server's thread. On 2 cores the feed server, the bridge (and its Kafka
+- `bridge_cpu_us_per_event` / `feed_cpu_us_per_event` / `reader_cpu_us_per_event`: CPU time per
+  event of the bridge's Python thread, of the feed server's thread and of the bare reader (the
+  WebSocket's own share of the bridge's cost). On 2 cores the feed server, the bridge (and its Kafka
   thread) and the broker share the cores, so `bridge_events_per_s` is bounded by the machine;
   `bridge_capacity_events_per_s` (1e6 / bridge_cpu_us_per_event) is what the bridge forwards
   with a core of its own, to compare with the feed's rate;
@@ -63,7 +64,7 @@ def frames(events: list[dict[str, object]], max_size: int = FRAME_MAX) -> list[l
     return out
 
 
-async def _read_all(url: str, n_frames: int) -> float:
+async def _read_all(url: str, n_frames: int) -> tuple[float, float]:
     """A bare client: handshake, then receive `n_frames` frames doing nothing with them."""
     async with connect(url, max_size=None) as ws:
         await ws.recv()
@@ -71,15 +72,15 @@ async def _read_all(url: str, n_frames: int) -> float:
         await ws.recv()
         await ws.send(orjson.dumps({"action": "subscribe", "params": "T.*,Q.*"}).decode())
         await ws.recv()
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         for _ in range(n_frames):
             await ws.recv()
-        return time.monotonic() - started
+        return time.monotonic() - started, time.thread_time() - cpu
 
 
 def read_feed(url: str, n_frames: int) -> None:
-    """Entry point of the bare reader's process: prints the seconds it took."""
-    print(asyncio.run(_read_all(url, n_frames)))
+    """Entry point of the bare reader's process: prints the seconds it took and its CPU seconds."""
+    print(json.dumps(asyncio.run(_read_all(url, n_frames))))
 
 
 def _cpu_s(stat_path: str) -> float:
@@ -100,7 +101,9 @@ def fake_feed_rate(events: list[dict[str, object]]) -> dict[str, float]:
         cpu = _server_cpu(server)
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
         cpu = _server_cpu(server) - cpu
-    return {"fake_feed_events_per_s": len(events) / float(out.stdout), "feed_cpu_us_per_event": cpu / len(events) * 1e6}
+    elapsed, reader_cpu = json.loads(out.stdout)
+    return {"fake_feed_events_per_s": len(events) / elapsed, "feed_cpu_us_per_event": cpu / len(events) * 1e6,
+            "reader_cpu_us_per_event": reader_cpu / len(events) * 1e6}  # fmt: skip
 
 
 def bridge_rate(events: list[dict[str, object]], rate: float | None = None) -> dict[str, float]:
