@@ -3,8 +3,8 @@
 ``python -m connectors.replay FILE... [--speed 10]``. Rows become the same event JSON the live
 feed sends (`T`, `Q`, `AM`; ns timestamps -> ms), so the flow cannot tell a replay from a live
 day: that is what makes history and live bars comparable. Files are parsed and encoded with
-polars (vectorised, no Python per row); events are published in event-time order (so per
-symbol too), as fast as possible or `--speed` times real time.
+polars (vectorised, no Python per row); the files' events are merged and published in
+event-time order (so per symbol too), as fast as possible or `--speed` times real time.
 
 Mapping notes: a fractional `size` goes out as `s` = whole shares plus `ds` = the decimal text,
 as the feed does; `conditions` "14,41" -> `c` [14,41] (omitted when empty); the flat file's
@@ -25,7 +25,6 @@ import polars as pl
 from flows.settings import Settings
 
 Kind = Literal["trades", "quotes", "minute_aggs"]
-TOPIC_KIND = {"trades": "trades", "quotes": "quotes", "minute_aggs": "minute_aggs"}
 
 TRADES_SCHEMA = {
     "ticker": pl.String, "conditions": pl.String, "correction": pl.Int64, "exchange": pl.Int64, "id": pl.String,
@@ -79,7 +78,7 @@ def _whole(col: str) -> pl.Expr:
 
 
 def _events(df: pl.DataFrame, kind: Kind) -> pl.DataFrame:
-    """Columns `key`, `t`, `seq`, `value` (the event JSON), in the feed's field order."""
+    """Columns `key`, `t` (event time, ms), `seq`, `value` (the event JSON in the feed's field order)."""
     if kind == "trades":
         fractional = pl.col("size") != pl.col("size").floor()
         parts = [
@@ -108,7 +107,7 @@ def _events(df: pl.DataFrame, kind: Kind) -> pl.DataFrame:
             _field("o", pl.col("open")), _field("c", pl.col("close")), _field("h", pl.col("high")),
             _field("l", pl.col("low")), _field("s", start), _field("e", start + 60_000), pl.lit("}"),
         ]  # fmt: skip
-        t, seq = start, pl.lit(0)
+        t, seq = start + 60_000, pl.lit(0, dtype=pl.Int64)  # a minute bar exists once its minute ends
     return df.select(
         key=pl.col("ticker"), t=t, seq=seq, value=pl.concat_str(parts)
     ).sort("t", "seq", maintain_order=True)
@@ -120,36 +119,48 @@ def flat_file_events(path: Path, kind: Kind | None = None) -> pl.DataFrame:
     return _events(read_flat_file(path, kind), kind)
 
 
-def _paced(events: pl.DataFrame, speed: float | None) -> Iterator[tuple[str, bytes, int]]:
+def merged_events(paths: list[Path], kind: Kind | None = None) -> pl.DataFrame:
+    """Every file's events in one event-time order, with the `kind` each came from.
+
+    The files are interleaved by event time, not published one after another, so a day's
+    trades and quotes reach Kafka as they happened. Ties keep the order of the files given,
+    then each file's own (event time, sequence) order, so every symbol stays in order.
+    """
+    parts = [flat_file_events(path, k).with_columns(kind=pl.lit(k)) for path in paths for k in [kind or kind_of(path)]]
+    if not parts:
+        raise ValueError("no flat files given")
+    return pl.concat(parts).sort("t", maintain_order=True) if len(parts) > 1 else parts[0]
+
+
+def _paced(events: pl.DataFrame, speed: float | None) -> Iterator[tuple[str, str, str, int]]:
     started, first = time.monotonic(), None
-    for key, t, value in events.select("key", "t", "value").iter_rows():
+    for kind, key, value, t in events.select("kind", "key", "value", "t").iter_rows():
         if speed:
             first = t if first is None else first
             ahead = started + (t - first) / 1000 / speed - time.monotonic()
             if ahead > 0.001:
                 time.sleep(ahead)
-        yield key, value.encode(), t
+        yield kind, key, value, t
 
 
-def replay(paths: list[Path], speed: float | None = None, kind: Kind | None = None, settings: Settings | None = None) -> int:
-    """Publish every file's events (idempotent producer, key = symbol); returns how many."""
+def replay(
+    paths: list[Path], speed: float | None = None, kind: Kind | None = None, settings: Settings | None = None
+) -> int:
+    """Publish the files' events merged in event-time order (idempotent producer, key = symbol); returns how many."""
     from connectors.synthetic import _produce_when_room, make_producer
 
     s = settings or Settings()
     topics = {"trades": s.topic_trades, "quotes": s.topic_quotes, "minute_aggs": s.topic_minute_aggs}
     producer, delivery = make_producer(s.kafka_bootstrap_servers, idempotent=True)
     n = 0
-    for path in paths:
-        k = kind or kind_of(path)
-        topic = topics[k]
-        for key, value, _t in _paced(flat_file_events(path, k), speed):
-            try:
-                producer.produce(topic, value, key)
-            except BufferError:
-                _produce_when_room(producer, topic, key.encode(), value)
-            n += 1
-            if n % 10_000 == 0:
-                producer.poll(0)
+    for k, key, value, _t in _paced(merged_events(paths, kind), speed):
+        try:
+            producer.produce(topics[k], value, key)
+        except BufferError:
+            _produce_when_room(producer, topics[k], key.encode(), value.encode())
+        n += 1
+        if n % 10_000 == 0:
+            producer.poll(0)
     if producer.flush(60) or delivery.failed:
         raise SystemExit(f"replay: {delivery.failed} events not delivered ({delivery.first_error})")
     return n

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The live demo: synthetic real-time feed -> Kafka -> OHLCV flow -> PostgreSQL and Redis.
+# With MASSIVE_API_KEY (or POLYGON_API_KEY) set, the feed is the live Massive/Polygon bridge instead.
 #
 # `make demo` runs the set-up targets first, then this. Ctrl-C (SIGINT) or SIGTERM stops what the
 # demo runs and nothing else: the feed, the flow, the Tansu broker if our set-up started it
@@ -85,11 +86,21 @@ start_child() { # description, command...
     pids+=("$!")
     started[$!]=$what
 }
-start_child "synthetic feed" "$PY" -m connectors.synthetic "${feed_args[@]}" >>"$FEED_LOG" 2>&1
+if [[ -n ${MASSIVE_API_KEY:-}${POLYGON_API_KEY:-} ]]; then
+    FEED_LOG=.run/bridge.log
+    start_child "bridge" "$PY" -m connectors.polygon_bridge >>"$FEED_LOG" 2>&1
+else
+    start_child "synthetic feed" "$PY" -m connectors.synthetic "${feed_args[@]}" >>"$FEED_LOG" 2>&1
+fi
 # Bytewax stops on SIGINT with a Rust panic; keep that to one message instead of a backtrace.
 RUST_BACKTRACE=0 start_child "flow" "$PY" -m bytewax.run "$FLOW" "${flow_args[@]}"
 
-say "feed: python -m connectors.synthetic ${feed_args[*]} (log: $FEED_LOG)"
+if [[ $FEED_LOG == .run/bridge.log ]]; then
+    say "feed: python -m connectors.polygon_bridge, live from Massive (log: $FEED_LOG)"
+    say "bridge health: grep health $FEED_LOG | tail -1   (a line every ${BRIDGE_HEALTH_INTERVAL_S:-10} s)"
+else
+    say "feed: python -m connectors.synthetic ${feed_args[*]} (log: $FEED_LOG)"
+fi
 say "flow: python -m bytewax.run '$FLOW' ${flow_args[*]}"
 say "latest bars:   psql '$db_url' -c 'SELECT * FROM ohlcv_1min ORDER BY timestamp DESC, symbol LIMIT 20'"
 say "final bars:    redis-cli -u '$redis_url' subscribe $final_channel"
@@ -107,7 +118,7 @@ wait -n "${pids[@]}" || status=$?
 for pid in "${pids[@]}"; do
     if ! kill -0 "$pid" 2>/dev/null; then
         hint=
-        [[ ${started[$pid]} == "synthetic feed" ]] && hint="; its output is in $FEED_LOG"
+        [[ ${started[$pid]} != flow ]] && hint="; its output is in $FEED_LOG"
         say "the ${started[$pid]} exited on its own (status $status)$hint"
     fi
 done

@@ -1,9 +1,10 @@
 """A local stand-in for Massive's stocks WebSocket, speaking its documented protocol.
 
 The real service cannot run here, so tests run the real client against this: `connected`
-on open, `auth` -> `auth_success`/`auth_failed` (or `max_connections`), `subscribe` -> one
-`success` per channel, then the scripted frames. A frame cursor survives reconnects, so a
-connection dropped with `drop_after` resumes where it stopped on the next connection.
+on open, `auth` -> `auth_success`/`auth_failed` (or `max_connections`, `auth_timeout`),
+`subscribe` -> one `success` per channel, then the scripted frames (optionally paced). A frame
+cursor survives reconnects, so a connection dropped with `drop_after` resumes where it stopped
+on the next connection.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import orjson
 from websockets.asyncio.server import ServerConnection, serve
 
 
-def status(status: str, message: str) -> bytes:
-    return orjson.dumps([{"ev": "status", "status": status, "message": message}])
+def status(status: str, message: str) -> str:
+    return orjson.dumps([{"ev": "status", "status": status, "message": message}]).decode()
 
 
 class PolygonServer:
@@ -27,17 +28,24 @@ class PolygonServer:
     def __init__(
         self,
         key: str,
-        frames: Sequence[Sequence[dict[str, Any]]] = (),
+        frames: Sequence[Sequence[dict[str, Any]] | str] = (),
         *,
         drop_after: int | None = None,
         max_connections: bool = False,
+        auth_reply: str = "auth_success",
         frame_interval_s: float = 0.0,
+        rate: float | None = None,
     ) -> None:
         self.key = key
-        self.frames = [orjson.dumps(list(f)) for f in frames]
+        # text frames, as Massive sends; a str is sent as it is (e.g. a broken frame)
+        self.frames = [f if isinstance(f, str) else orjson.dumps(list(f)).decode() for f in frames]
         self.drop_after = drop_after  # first connection: send this many frames, then drop abruptly
         self.max_connections = max_connections
+        self.auth_reply = auth_reply  # e.g. "auth_timeout": what the server answers a right key with
         self.frame_interval_s = frame_interval_s
+        self.rate = rate  # events per second, paced (None: as fast as the client reads)
+        self.frame_sizes = [1 if isinstance(f, str) else len(f) for f in frames]
+        self.thread_id = 0  # native id of the server's thread, for CPU accounting
         self.cursor = 0
         self.connections = 0
         self.subscriptions: list[str] = []
@@ -62,6 +70,7 @@ class PolygonServer:
         self._thread.join(5)
 
     async def _main(self) -> None:
+        self.thread_id = threading.get_native_id()
         self._stop = asyncio.get_running_loop().create_future()
         async with serve(self._session, "127.0.0.1", 0) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
@@ -80,14 +89,21 @@ class PolygonServer:
             await ws.send(status("max_connections", "Maximum number of websocket connections exceeded."))
             await ws.close(1008, "max_connections")
             return
+        if self.auth_reply != "auth_success":
+            await ws.send(status(self.auth_reply, f"{self.auth_reply} (test server)"))
+            await ws.close()
+            return
         await ws.send(status("auth_success", "authenticated"))
         sub = orjson.loads(await ws.recv())
         assert sub.get("action") == "subscribe", sub
         channels = [c for c in str(sub["params"]).split(",") if c]
         self.subscriptions.append(",".join(sorted(channels)))
-        await ws.send(orjson.dumps([{"ev": "status", "status": "success", "message": f"subscribed to: {c}"} for c in channels]))
+        acks = [{"ev": "status", "status": "success", "message": f"subscribed to: {c}"} for c in channels]
+        await ws.send(orjson.dumps(acks).decode())
         first = self.connections == 1
         sent = 0
+        loop = asyncio.get_running_loop()
+        started, events = loop.time(), 0
         while self.cursor < len(self.frames):
             if first and self.drop_after is not None and sent >= self.drop_after:
                 await asyncio.sleep(0.3)  # let what was sent reach the client first
@@ -98,5 +114,10 @@ class PolygonServer:
             sent += 1
             if self.frame_interval_s:
                 await asyncio.sleep(self.frame_interval_s)
+            if self.rate:
+                events += self.frame_sizes[self.cursor - 1]
+                ahead = started + events / self.rate - loop.time()
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)
         self.all_sent.set()
         await ws.wait_closed()

@@ -11,12 +11,12 @@ import pytest
 from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
-from connectors.replay import flat_file_events, replay
+from connectors.replay import flat_file_events, merged_events, replay
 from connectors.synthetic import generate
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from schemas.polygon import MinuteAgg, Quote, Trade, decode_event
-from tests.conftest import base_settings, create_topics, publish, table_bars
+from tests.conftest import base_settings, create_topics, publish, read_topic, table_bars
 
 TRADES_CSV = """\
 ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,sip_timestamp,size,tape,trf_id,trf_timestamp
@@ -35,6 +35,7 @@ AAPL,12,190.6,300,11,190.5,200,1,"604,605",1793629800000000000,9,179362980000050
 
 
 def gz(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(text.encode()))
     return path
 
@@ -60,6 +61,47 @@ def test_minute_aggs_and_quotes_become_am_and_q(tmp_path: Path) -> None:
     (q,) = [decode_event(v.encode()) for v in flat_file_events(gz(tmp_path / "quotes_v1.csv.gz", QUOTES_CSV))["value"]]
     assert isinstance(q, Quote)
     assert (q.bid_price, q.ask_size, q.condition, q.indicators, q.timestamp) == (190.5, 300, 1, [604, 605], 1793629800000)
+
+
+SPLIT_TRADES = {  # two trades files whose events interleave in time, and quotes in between
+    "a": "ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,sip_timestamp,size,tape,trf_id,trf_timestamp\n"
+    "AAPL,,0,4,1,1793629800000000000,190.0,10,1793629801000000000,100,3,,\n"
+    "AAPL,,0,4,2,1793629802000000000,190.1,11,1793629803000000000,100,3,,\n"
+    "AAPL,,0,4,3,1793629804000000000,190.2,12,1793629805000000000,100,3,,\n",
+    "b": "ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,sip_timestamp,size,tape,trf_id,trf_timestamp\n"
+    "MSFT,,0,4,7,1793629801000000000,400.0,5,1793629802000000000,10,3,,\n"
+    "MSFT,,0,4,8,1793629803000000000,400.1,6,1793629804000000000,10,3,,\n",
+    "quotes": "ticker,ask_exchange,ask_price,ask_size,bid_exchange,bid_price,bid_size,conditions,indicators,participant_timestamp,sequence_number,sip_timestamp,tape,trf_timestamp\n"
+    "AAPL,12,190.6,300,11,190.5,200,1,,1793629802000000000,9,1793629802500000000,3,\n",
+}  # fmt: skip
+
+
+def test_several_files_are_merged_by_event_time_not_one_after_another(tmp_path: Path) -> None:
+    a = gz(tmp_path / "trades_v1" / "a.csv.gz", SPLIT_TRADES["a"])
+    b = gz(tmp_path / "trades_v1" / "b.csv.gz", SPLIT_TRADES["b"])
+    quotes = gz(tmp_path / "quotes_v1.csv.gz", SPLIT_TRADES["quotes"])
+    events = merged_events([a, b, quotes])
+    assert events.select("kind", "key", "t").rows() == [
+        ("trades", "AAPL", 1793629801000), ("trades", "MSFT", 1793629802000), ("quotes", "AAPL", 1793629802500),
+        ("trades", "AAPL", 1793629803000), ("trades", "MSFT", 1793629804000), ("trades", "AAPL", 1793629805000),
+    ]  # fmt: skip
+    minute = gz(tmp_path / "minute_aggs_v1.csv.gz", MINUTE_CSV)
+    last = merged_events([minute, a]).row(-1, named=True)
+    assert (last["kind"], last["t"]) == ("minute_aggs", 1793629860000)  # a minute bar comes once its minute ended
+
+
+@pytest.mark.integration
+def test_replay_of_several_files_publishes_in_event_time_order(services: None, tmp_path: Path) -> None:
+    s = base_settings(topic_partitions=1)  # one partition: Kafka's order is the publish order
+    create_topics(s)
+    a = gz(tmp_path / "trades_v1" / "a.csv.gz", SPLIT_TRADES["a"])
+    b = gz(tmp_path / "trades_v1" / "b.csv.gz", SPLIT_TRADES["b"])
+    assert replay([a, b], settings=s) == 5
+    published = [orjson.loads(m.value()) for m in read_topic(s, s.topic_trades)]
+    assert [(e["sym"], e["t"]) for e in published] == [
+        ("AAPL", 1793629801000), ("MSFT", 1793629802000), ("AAPL", 1793629803000),
+        ("MSFT", 1793629804000), ("AAPL", 1793629805000),
+    ]  # fmt: skip
 
 
 def write_trades_flat_file(path: Path, values: list[bytes]) -> Path:
