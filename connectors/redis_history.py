@@ -2,16 +2,17 @@
 
 Publishing a message on channel C, in one server-side script (atomic, one round trip a batch):
 
-- `HINCRBY history-meta:C offset 1` gives the message its position: offsets are contiguous
-  per channel (1, 2, 3, ...), so a gap is detectable by arithmetic;
+- the hash `history-meta:C` holds the channel's last `offset`; the message gets the next one,
+  so offsets are contiguous per channel (1, 2, 3, ...) and a gap is detectable by arithmetic;
 - the first message of a history (or after the history was lost: Redis restarted, keys
   expired) starts a new `epoch`, a string; a consumer holding another epoch must reset;
 - the message, with `"offset"` and `"epoch"` spliced in as its first fields, is appended to
-  the stream `history:C` (capped by length and by age) and `PUBLISH`ed on C.
+  the stream `history:C` (capped by length and by age, whichever keeps less) and
+  `PUBLISH`ed on C.
 
 Catching up from (epoch, offset) returns the messages after `offset` and says whether that is
-all of them (`complete`) or the consumer must reload its state (`reset`). Streams are capped
-with `~`, so at least `max_len` entries / `max_age_s` seconds are kept.
+all of them (`complete`) or the consumer must reload its state (`reset`). Streams are trimmed
+with `~` (whole nodes), so a little more than the caps may stay.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ META_TTL_MS = 7 * 24 * 3600 * 1000  # an idle channel keeps its epoch and offset
 
 @dataclass(frozen=True)
 class HistoryLimits:
-    """How much history every channel keeps: at least `max_len` messages and `max_age_s` seconds."""
+    """How much history every channel keeps: about the last `max_len` messages, none much older than `max_age_s`."""
 
     max_len: int = 1000
     max_age_s: float = 120.0
@@ -43,7 +44,11 @@ local meta_ttl_ms = tonumber(ARGV[3])
 local blob = ARGV[4]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local epochs = {}
+-- Age trimming and expiry run for a channel at most every `refresh_ms`: per-symbol channels get
+-- about one message a batch, and doing it every time would double their cost. The stream's TTL
+-- covers the gap, so a channel that published within max_age still has its history.
+local refresh_ms = max_age_ms > 0 and math.max(1000, math.floor(max_age_ms / 4)) or 60000
+local epochs, offsets, trimmed = {}, {}, {}
 local count = 0
 local pos, size = 1, #blob
 while pos <= size do
@@ -53,31 +58,35 @@ while pos <= size do
   local payload = string.sub(blob, split + 1, stop - 1)
   pos = stop + 1
   local stream = 'history:' .. channel
-  local meta = 'history-meta:' .. channel
-  local offset = redis.call('HINCRBY', meta, 'offset', 1)
   local epoch = epochs[channel]
-  if not epoch then
-    if offset > 1 then epoch = redis.call('HGET', meta, 'epoch') end
-    if not epoch then
-      epoch = now[1] .. string.format('%06d', tonumber(now[2]))
-      offset = 1
-      redis.call('HSET', meta, 'epoch', epoch, 'offset', 1)
+  if not epoch then  -- first message of this channel in the batch: its position so far
+    local meta = redis.call('HMGET', 'history-meta:' .. channel, 'epoch', 'offset', 'trimmed')
+    epoch, offsets[channel], trimmed[channel] = meta[1], tonumber(meta[2]) or 0, tonumber(meta[3]) or 0
+    if not epoch then  -- no history (new channel, or lost): a new epoch from offset 1
+      epoch, offsets[channel], trimmed[channel] = now[1] .. string.format('%06d', tonumber(now[2])), 0, 0
       redis.call('DEL', stream)
     end
     epochs[channel] = epoch
   end
+  local offset = offsets[channel] + 1
+  offsets[channel] = offset
   local message = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.sub(payload, 2)
   redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', 'o', offset, 'm', message)
   redis.call('PUBLISH', channel, message)
   count = count + 1
 end
-for channel in pairs(epochs) do
-  local stream = 'history:' .. channel
-  if max_age_ms > 0 then
-    redis.call('XTRIM', stream, 'MINID', '~', now_ms - max_age_ms)
-    redis.call('PEXPIRE', stream, max_age_ms)
+for channel, epoch in pairs(epochs) do
+  local stream, meta = 'history:' .. channel, 'history-meta:' .. channel
+  if now_ms - trimmed[channel] >= refresh_ms then
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', offsets[channel], 'trimmed', now_ms)
+    redis.call('PEXPIRE', meta, meta_ttl_ms)
+    if max_age_ms > 0 then
+      redis.call('XTRIM', stream, 'MINID', '~', now_ms - max_age_ms)
+      redis.call('PEXPIRE', stream, max_age_ms + refresh_ms)
+    end
+  else
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', offsets[channel])
   end
-  redis.call('PEXPIRE', 'history-meta:' .. channel, meta_ttl_ms)
 end
 return count
 """

@@ -43,9 +43,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_namespace: str = Field("tickstock", description="first segment of every Redis channel")
     sink_max_backoff_s: float = Field(30.0, gt=0, description="cap of the retry backoff when a sink's server is down")
-    redis_history_max_len: int = Field(1000, ge=1, description="messages each channel's catch-up history keeps (at least)")
+    redis_history_max_len: int = Field(1000, ge=1, description="about how many messages each channel's catch-up history keeps")
     redis_history_max_age_s: float = Field(
-        120.0, ge=0, description="seconds each channel's catch-up history keeps (at least); 0 = no age cap"
+        120.0, ge=0, description="about how many seconds each channel's catch-up history keeps; 0 = no age cap"
     )
 
     @field_validator("kafka_bootstrap_servers", "database_url", "redis_url")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -90,3 +91,18 @@ def test_publisher_rejects_a_payload_that_is_not_a_json_object(services):
     with pytest.raises(ValueError, match="not a one-line JSON object"):
         publisher.publish([(channel(), b"[1, 2]")])
     publisher.close()
+
+
+def test_a_channel_silent_longer_than_the_age_cap_loses_its_history_but_keeps_its_position(client):
+    history, ch = History(client, HistoryLimits(max_len=1000, max_age_s=0.2)), channel()
+    history.publish([(ch, p) for p in payloads(3)])
+    epoch, _ = history.position(ch)
+    deadline = time.monotonic() + 10
+    while client.exists(f"history:{ch}") and time.monotonic() < deadline:  # expires after age + refresh (1 s)
+        time.sleep(0.1)
+    assert not client.exists(f"history:{ch}")
+    missed = history.since(ch, epoch, 1)
+    assert not missed.complete, "the messages are gone: the consumer must reload"
+    history.publish([(ch, p) for p in payloads(1)])
+    assert history.position(ch) == (epoch, 4), "offsets continue: consumers that missed nothing need no reset"
+    assert history.since(ch, epoch, 3).complete
