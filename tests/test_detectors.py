@@ -224,7 +224,7 @@ def test_only_configured_rules_fire_and_critical_ones_say_so():
 
 def test_flat_bars_are_talib_dojis_with_the_lowest_confidence():
     flat = np.full(patterns.BARS, 10.0)
-    hits = patterns.recognise(patterns.TABLE, flat, flat, flat, flat, np.ones(patterns.BARS))
+    hits = patterns.recognise(patterns.select(patterns.TABLE), flat, flat, flat, flat, np.ones(patterns.BARS))
     assert hits == [("doji", 100, 0.5)]
 
 
@@ -238,7 +238,7 @@ def test_flat_bars_are_talib_dojis_with_the_lowest_confidence():
 def test_pattern_confidence_follows_the_old_rules(last, name, direction, confidence):
     o, h, low, c = (np.array([10.0] * (patterns.BARS - 1) + [x]) for x in last)
     h[:-1], low[:-1] = 10.5, 9.5
-    hits = {n: (s, conf) for n, s, conf in patterns.recognise([name], o, h, low, c, np.ones(patterns.BARS))}
+    hits = {n: (s, conf) for n, s, conf in patterns.recognise(patterns.select([name]), o, h, low, c, np.ones(patterns.BARS))}
     signal, conf = hits[name]
     assert patterns.direction(name, signal) == direction
     assert conf == pytest.approx(confidence)
@@ -248,8 +248,8 @@ def test_engulfing_gets_the_old_bonuses_for_size_range_and_volume():
     o = np.array([10.0] * 12 + [10.2, 9.9])
     c = np.array([10.0] * 12 + [10.0, 10.5])
     h, low = np.maximum(o, c) + 0.01, np.minimum(o, c) - 0.01
-    plain = patterns.recognise(["engulfing"], o, h, low, c, np.array([100.0] * 14))
-    strong = patterns.recognise(["engulfing"], o, h, low, c, np.array([100.0] * 13 + [200.0]))
+    plain = patterns.recognise(patterns.select(["engulfing"]), o, h, low, c, np.array([100.0] * 14))
+    strong = patterns.recognise(patterns.select(["engulfing"]), o, h, low, c, np.array([100.0] * 13 + [200.0]))
     assert plain[0][:2] == ("engulfing", 100) and strong[0][:2] == ("engulfing", 100)
     assert plain[0][2] == pytest.approx(0.9) and strong[0][2] == pytest.approx(1.0)
 

@@ -46,6 +46,12 @@ class DetectionParams:
         self.volume_params = {"volume_multiple": cfg.surge.volume_multiple, "volume_bars": cfg.surge.volume_bars}
         self.price_params = {"price_pct": cfg.surge.price_pct, "price_bars": cfg.surge.price_bars}
         self.pattern_params = {name: {"talib": fn.__name__, "bars": patterns.BARS} for name, (fn, _, _) in patterns.TABLE.items()}
+        self.pattern_entries = patterns.select(cfg.patterns.names)
+        self.indicators_on = cfg.enabled and ind.enabled
+        self.alerts_on = cfg.enabled and alerts.enabled
+        self.patterns_on = cfg.enabled and cfg.patterns.enabled
+        self.trend_on = cfg.enabled and cfg.trend.enabled
+        self.surge_on = cfg.enabled and cfg.surge.enabled
         self.alert_params = {
             "rsi": {"rsi_period": ind.rsi_period, "rsi_upper": alerts.rsi_upper, "rsi_lower": alerts.rsi_lower},
             "macd": {"macd_fast": ind.macd_fast, "macd_slow": ind.macd_slow, "macd_signal": ind.macd_signal},
@@ -83,26 +89,28 @@ class BarDetector:
             return []
         last = self.series.last_timestamp
         is_new = last is None or bar.timestamp > last
-        at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, bar.volume,
+        at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, float(bar.volume),
                        bar.vwap if bar.vwap is not None else bar.close)  # fmt: skip
         if at < 0:
             return []  # older than the whole window
         if bar.revision:
             self.revisions[bar.timestamp] = bar.revision
-        s, p, cfg = self.series, self.p, self.p.cfg
-        values = indicators.compute(cfg.indicators, s.high, s.low, s.close) if p.compute_indicators else None
+        p = self.p
+        _, o, h, low, c, v, _ = self.series.columns()
+        values = indicators.compute(p.cfg.indicators, h, low, c) if p.compute_indicators else None
         out: list[Event] = []
-        if values is not None and cfg.indicators.enabled:
-            out.extend(self._indicator_records(values, at))
+        if p.indicators_on:
+            out.extend(self._indicator_records(values, at))  # type: ignore[arg-type]
         if is_new:
-            if values is not None and cfg.alerts.enabled:
-                out.extend(self._alerts(values, bar))
-            if cfg.patterns.enabled:
-                out.extend(self._patterns(bar))
-            if cfg.trend.enabled:
-                out.extend(self._trend(bar))
-            if cfg.surge.enabled:
-                out.extend(self._surges(bar))
+            if p.alerts_on:
+                out.extend(self._alerts(values, bar, c))  # type: ignore[arg-type]
+            if p.patterns_on:
+                n = patterns.BARS
+                out.extend(self._patterns(bar, o[-n:], h[-n:], low[-n:], c[-n:], v[-n:]))
+            if p.trend_on:
+                out.extend(self._trend(bar, c))
+            if p.surge_on:
+                out.extend(self._surges(bar, c, v))
         return out
 
     def _add(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
@@ -118,15 +126,13 @@ class BarDetector:
             self.session_start, self.session_end = session_of(t)[1:]
             self.evicted_pv = self.evicted_v = self.total_pv = self.total_v = 0.0
         last = s.last_timestamp
-        full = len(s) == s.window
-        if full:
-            oldest, oldest_pv, oldest_v = s.timestamp[0], s.vwap[0] * s.volume[0], s.volume[0]
-        at = s.upsert(t, o, h, low, c, float(v), vw)
+        at = s.upsert(t, o, h, low, c, v, vw)
         if at < 0:
             return at
-        if full and s.timestamp[0] != oldest and oldest >= self.session_start:
-            self.evicted_pv += float(oldest_pv)
-            self.evicted_v += float(oldest_v)
+        gone = s.evicted
+        if gone is not None and gone[0] >= self.session_start:
+            self.evicted_pv += float(gone[6] * gone[5])
+            self.evicted_v += float(gone[5])
         if last is None or t > last:
             if t >= self.session_start:
                 self.total_pv += vw * v
@@ -161,40 +167,30 @@ class BarDetector:
         records = []
         symbol, params, revisions = self.symbol, self.p.indicator_params, self.revisions
         columns = [values[name] for name in indicators.COLUMNS]
-        rows = [[float(c[j]) for c in columns] for j in range(at, len(times))]  # NaN while warming up
-        for offset, (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr) in enumerate(rows):
-            t = int(times[at + offset])
+        for offset, j in enumerate(range(at, len(times))):
+            sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = (None if x != x else x for x in (float(c[j]) for c in columns))
             vwap = vwaps[offset]
-            fields = (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr, vwap)
-            warm = sum(1 for x in fields if x == x and x is not None) / 11  # NaN != NaN
+            t = int(times[j])
+            warm = 11 - (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr, vwap).count(None)
             records.append(
                 IndicatorValues(
                     id=stable_id("indicator", symbol, TIMEFRAME, t),
                     symbol=symbol,
                     timestamp=t,
-                    confidence=round(warm, 4),
+                    confidence=round(warm / 11, 4),
                     direction="neutral",
                     params=params,
-                    sma=sma if sma == sma else None,
-                    ema=ema if ema == ema else None,
-                    rsi=rsi if rsi == rsi else None,
-                    macd=macd if macd == macd else None,
-                    macd_signal=signal if signal == signal else None,
-                    macd_hist=hist if hist == hist else None,
-                    bb_upper=upper if upper == upper else None,
-                    bb_middle=middle if middle == middle else None,
-                    bb_lower=lower if lower == lower else None,
-                    atr=atr if atr == atr else None,
-                    vwap=vwap,
+                    sma=sma, ema=ema, rsi=rsi, macd=macd, macd_signal=signal, macd_hist=hist,
+                    bb_upper=upper, bb_middle=middle, bb_lower=lower, atr=atr, vwap=vwap,
                     revision=revisions.get(t, 0),
                 )
-            )
+            )  # fmt: skip
         return records
 
-    def _alerts(self, values: dict[str, np.ndarray], bar: Bar) -> list[Alert]:
+    def _alerts(self, values: dict[str, np.ndarray], bar: Bar, close: np.ndarray) -> list[Alert]:
         p = self.p
         out = []
-        for f in indicators.alerts(p.cfg.alerts, values, self.series.close, len(self.series) - 1):
+        for f in indicators.alerts(p.cfg.alerts, values, close, len(close) - 1):
             out.append(
                 Alert(
                     id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
@@ -214,9 +210,8 @@ class BarDetector:
             )
         return out
 
-    def _patterns(self, bar: Bar) -> list[PatternEvent]:
-        s, n = self.series, patterns.BARS
-        hits = patterns.recognise(self.p.cfg.patterns.names, s.open[-n:], s.high[-n:], s.low[-n:], s.close[-n:], s.volume[-n:])
+    def _patterns(self, bar: Bar, *candles: np.ndarray) -> list[PatternEvent]:
+        hits = patterns.recognise(self.p.pattern_entries, *candles)
         return [
             PatternEvent(
                 id=stable_id("pattern", self.symbol, TIMEFRAME, bar.timestamp, name),
@@ -232,9 +227,9 @@ class BarDetector:
             for name, signal, confidence in hits
         ]
 
-    def _trend(self, bar: Bar) -> list[TrendEvent]:
+    def _trend(self, bar: Bar, close: np.ndarray) -> list[TrendEvent]:
         cfg = self.p.cfg.trend
-        strength, slope = trend.measure(self.series.close, cfg.bars)
+        strength, slope = trend.measure(close, cfg.bars)
         now = trend.direction_of(strength, cfg.min_strength)
         change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]
         self.trend = now
@@ -258,14 +253,14 @@ class BarDetector:
             )
         ]
 
-    def _surges(self, bar: Bar) -> list[SurgeEvent]:
-        cfg, s = self.p.cfg.surge, self.series
+    def _surges(self, bar: Bar, close: np.ndarray, volume: np.ndarray) -> list[SurgeEvent]:
+        cfg = self.p.cfg.surge
         out = []
-        ratio = surge.volume_ratio(s.volume, cfg.volume_bars)
+        ratio = surge.volume_ratio(volume, cfg.volume_bars)
         if ratio is not None and ratio >= cfg.volume_multiple:
             way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]
             out.append(self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params))
-        move = surge.price_surge(s.close, cfg.price_bars, cfg.price_pct)
+        move = surge.price_surge(close, cfg.price_bars, cfg.price_pct)
         if move is not None:
             way = "up" if move > 0 else "down"
             out.append(self._surge("price_surge", bar, move, way, surge.grade(move, cfg.price_pct), self.p.price_params))

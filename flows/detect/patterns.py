@@ -9,7 +9,7 @@ bonuses for size, range and volume); 0.8 and up is what `tickstock:patterns:dete
 >>> import numpy as np
 >>> o, h, l, c = (np.array([10.0] * 13 + [x]) for x in (10.0, 10.6, 9.4, 10.01))
 >>> h[:13], l[:13] = 10.5, 9.5
->>> [(name, signal) for name, signal, _ in recognise(("doji", "hammer"), o, h, l, c, np.ones(14))]
+>>> [(name, signal) for name, signal, _ in recognise(select(("doji", "hammer")), o, h, l, c, np.ones(14))]
 [('doji', 100)]
 """
 
@@ -105,13 +105,20 @@ TABLE: dict[str, tuple[Callable[..., np.ndarray], Grade, bool]] = {
 BARS = 1 + max(abstract.Function(fn.__name__).lookback for fn, _, _ in TABLE.values())
 
 
+Entry = tuple[str, Callable[..., np.ndarray], Grade]
+
+
+def select(names: Sequence[str]) -> list[Entry]:
+    """The table rows for `names`, resolved once so recognising a bar does no lookups."""
+    return [(name, TABLE[name][0], TABLE[name][1]) for name in names]
+
+
 def recognise(
-    names: Sequence[str], o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray
+    entries: Sequence[Entry], o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray
 ) -> list[tuple[str, int, float]]:
-    """(name, TA-Lib signal, confidence) of every pattern in `names` that ends at the last bar."""
+    """(name, TA-Lib signal, confidence) of every pattern in `entries` (see `select`) that ends at the last bar."""
     hits = []
-    for name in names:
-        recognise_with, grade, _ = TABLE[name]
+    for name, recognise_with, grade in entries:
         signal = recognise_with(o, h, low, c)[-1]
         if signal:
             hits.append((name, int(signal), round(float(grade(o, h, low, c, v)), 4)))

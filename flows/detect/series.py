@@ -24,10 +24,11 @@ _SLACK = 64  # appends between two compactions
 
 
 class BarSeries:
-    __slots__ = ("window", "_data", "_start", "_end")
+    __slots__ = ("window", "evicted", "_data", "_start", "_end")
 
     def __init__(self, window: int) -> None:
         self.window = window
+        self.evicted: np.ndarray | None = None  # the bar the last upsert pushed out of the window, if any
         self._data = np.zeros((len(FIELDS), window + _SLACK), dtype=np.float64)
         self._start = 0
         self._end = 0
@@ -37,6 +38,10 @@ class BarSeries:
 
     def _column(self, row: int) -> np.ndarray:
         return self._data[row, self._start : self._end]
+
+    def columns(self) -> np.ndarray:
+        """All columns at once (rows in FIELDS order), e.g. `t, o, h, l, c, v, vw = s.columns()`."""
+        return self._data[:, self._start : self._end]
 
     @property
     def timestamp(self) -> np.ndarray:
@@ -73,8 +78,8 @@ class BarSeries:
     def upsert(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
         """Add or replace the bar starting at `t`; returns its index (0 = oldest held)."""
         row = (t, o, h, low, c, v, vw)
-        last = self.last_timestamp
-        if last is None or t > last:
+        self.evicted = None
+        if self._end == self._start or t > self._data[0, self._end - 1]:
             return self._append(row)
         times = self.timestamp
         i = int(np.searchsorted(times, t))
@@ -90,6 +95,7 @@ class BarSeries:
         self._data[:, at] = row
         self._end += 1
         if len(self) > self.window:
+            self.evicted = self._data[:, self._start].copy()
             self._start += 1
             i -= 1
         return i
@@ -100,6 +106,7 @@ class BarSeries:
         self._data[:, self._end] = row
         self._end += 1
         if self._end - self._start > self.window:
+            self.evicted = self._data[:, self._start].copy()
             self._start += 1
         return self._end - self._start - 1
 

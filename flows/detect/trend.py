@@ -31,9 +31,20 @@ def measure(close: np.ndarray, bars: int) -> tuple[float, float]:
     if len(close) < bars:
         return 0.0, 0.0
     tail = close[-bars:]
-    strength = CORREL(np.arange(bars, dtype=np.float64), tail, bars)[-1]
+    strength = CORREL(_time_axis(bars), tail, bars)[-1]
     slope = LINEARREG_SLOPE(tail, bars)[-1]
     return float(strength), float(slope)
+
+
+_axes: dict[int, np.ndarray] = {}
+
+
+def _time_axis(bars: int) -> np.ndarray:
+    """0, 1, ..., bars - 1 as floats, made once per length."""
+    axis = _axes.get(bars)
+    if axis is None:
+        axis = _axes[bars] = np.arange(bars, dtype=np.float64)
+    return axis
 
 
 def direction_of(strength: float, min_strength: float) -> Direction:
