@@ -12,17 +12,13 @@ server is down, like the sinks.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 import psycopg
 
-from connectors.postgres import connect
-from connectors.retry import with_backoff
+from connectors.postgres import Database
 from flows.detect.highlow import Reference
 from flows.detect.sessions import session_of
-
-log = logging.getLogger(__name__)
 
 BarRow = tuple[int, float, float, float, float, float, float]  # start ms, open, high, low, close, volume, vwap
 
@@ -74,9 +70,7 @@ class BarHistory:
     """Reads of `ohlcv_1min` for warm starts; connects at once so a missing database fails the start-up."""
 
     def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
-        self._url = url
-        self._max_backoff_s = max_backoff_s
-        self._conn: psycopg.Connection | None = connect(url)
+        self._db = Database(url, max_backoff_s=max_backoff_s)
 
     def recent_bars(self, before: dict[str, int], limit: int) -> dict[str, list[BarRow]]:
         """Each symbol's last `limit` bars with prices that start before `before[symbol]` (ms), oldest first."""
@@ -117,31 +111,11 @@ class BarHistory:
         }
 
     def _query(self, sql: str, params: dict) -> list[tuple]:
-        def run() -> list[tuple]:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._url, connect_timeout=5, autocommit=False)
-            with self._conn.cursor() as cur:
-                cur.execute(sql, params)
-                rows = cur.fetchall()
-            self._conn.rollback()
-            return rows
+        def fetch(cur: psycopg.Cursor) -> list[tuple]:
+            cur.execute(sql, params)
+            return cur.fetchall()
 
-        return with_backoff(
-            run,
-            retry_on=(psycopg.OperationalError, psycopg.InterfaceError),
-            what="reading bar history from PostgreSQL",
-            log=log,
-            max_backoff_s=self._max_backoff_s,
-            on_retry=self._drop,
-        )
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error as exc:
-                log.debug("closing a broken connection: %s", exc)
-            self._conn = None
+        return self._db.run(fetch, "reading bar history from PostgreSQL")
 
     def close(self) -> None:
-        self._drop()
+        self._db.close()

@@ -8,17 +8,13 @@ recomputed value (after a bar revision) replaces the old one.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import msgspec
 import psycopg
 
-from connectors.postgres import DatabaseUnavailable, connect
-from connectors.retry import with_backoff
+from connectors.postgres import Database
 from schemas.events import Alert, Event, IndicatorValues
-
-log = logging.getLogger(__name__)
 
 # Each batch goes to PostgreSQL as one JSON array per table (one C call to encode), and the server
 # takes the fields apart: the Python side of the write costs ~1 us a record, not ~10, which
@@ -81,48 +77,22 @@ class EventStore:
     """Writes detection records; blocks and retries while the server is down."""
 
     def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
-        self._url = url
-        self._max_backoff_s = max_backoff_s
-        self._conn: psycopg.Connection | None = connect(url)
-        with self._conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('events') IS NOT NULL AND to_regclass('indicator_values') IS NOT NULL")
-            migrated = cur.fetchone()[0]  # type: ignore[index]
-        self._conn.rollback()
-        if not migrated:
-            raise DatabaseUnavailable("the detection tables (events, indicator_values, alerts) are missing; run `make migrate`")
+        self._db = Database(url, tables=("events", "indicator_values", "alerts"), max_backoff_s=max_backoff_s)
 
     def upsert(self, records: Sequence[Event]) -> None:
         if records:
-            with_backoff(
-                lambda: self._upsert_once(records),
-                retry_on=(psycopg.OperationalError, psycopg.InterfaceError),
-                what=f"writing {len(records)} detection records to PostgreSQL",
-                log=log,
-                max_backoff_s=self._max_backoff_s,
-                on_retry=self._drop_connection,
-            )
-
-    def _upsert_once(self, records: Sequence[Event]) -> None:
-        events: list[Event] = []
-        values: list[Event] = []
-        alerts: list[Event] = []
-        for r in records:
-            (values if r.__class__ is IndicatorValues else alerts if r.__class__ is Alert else events).append(r)
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, connect_timeout=5, autocommit=False)
-        conn = self._conn
-        with conn.transaction(), conn.cursor() as cur:
-            for batch, upsert in ((events, _UPSERT_EVENTS), (values, _UPSERT_INDICATORS), (alerts, _UPSERT_ALERTS)):
-                if batch:
-                    cur.execute(upsert, (_encode(batch).decode(),))
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error as exc:
-                log.debug("closing a broken connection: %s", exc)
-            self._conn = None
+            self._db.run(lambda cur: _upsert(cur, records), f"writing {len(records)} detection records to PostgreSQL")
 
     def close(self) -> None:
-        self._drop_connection()
+        self._db.close()
+
+
+def _upsert(cur: psycopg.Cursor, records: Sequence[Event]) -> None:
+    events: list[Event] = []
+    values: list[Event] = []
+    alerts: list[Event] = []
+    for r in records:
+        (values if r.__class__ is IndicatorValues else alerts if r.__class__ is Alert else events).append(r)
+    for batch, upsert in ((events, _UPSERT_EVENTS), (values, _UPSERT_INDICATORS), (alerts, _UPSERT_ALERTS)):
+        if batch:
+            cur.execute(upsert, (_encode(batch).decode(),))

@@ -1,5 +1,10 @@
-"""Bars into PostgreSQL/TimescaleDB `ohlcv_1min`: COPY into a staging table, then one upsert.
+"""PostgreSQL for the flow: a connection that rides out server restarts, and the bar store.
 
+`Database` checks at start-up that the server answers and is migrated (failing fast with the
+fix), then runs each unit of work in a transaction, reconnecting and retrying with backoff
+while the server is down: a writer blocks rather than drops what it accepted.
+
+`BarStore` writes bars into `ohlcv_1min`: COPY into a staging table, then one upsert.
 Idempotent: writing the same bars again changes nothing, and an older revision never
 overwrites a newer one, so replays and recovery re-emissions are harmless.
 """
@@ -7,7 +12,8 @@ overwrites a newer one, so replays and recovery re-emissions are harmless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import psycopg
 
@@ -15,6 +21,7 @@ from connectors.retry import with_backoff
 from schemas.bars import Bar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COLUMNS = "symbol, timestamp, open, high, low, close, volume, vwap, trades, revision"
 
@@ -52,8 +59,8 @@ class DatabaseUnavailable(RuntimeError):
     """PostgreSQL cannot be reached or is not migrated: say which and how to fix it."""
 
 
-def connect(url: str, timeout_s: int = 5) -> psycopg.Connection:
-    """Connect, failing fast with a message that says what to do."""
+def connect(url: str, tables: Sequence[str] = ("ohlcv_1min",), timeout_s: int = 5) -> psycopg.Connection:
+    """Connect and check `tables` exist, failing fast with a message that says what to do."""
     try:
         conn = psycopg.connect(url, connect_timeout=timeout_s, autocommit=False)
     except psycopg.OperationalError as exc:
@@ -62,45 +69,40 @@ def connect(url: str, timeout_s: int = 5) -> psycopg.Connection:
             "`make services` or set DATABASE_URL"
         ) from exc
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('ohlcv_1min') IS NOT NULL")
-        row = cur.fetchone()
+        cur.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL", (list(tables),))
+        missing = [row[0] for row in cur.fetchall()]
     conn.rollback()
-    if not row or not row[0]:
+    if missing:
         conn.close()
-        raise DatabaseUnavailable(f"table ohlcv_1min is missing in {_redact(url)}; run `make migrate`")
+        raise DatabaseUnavailable(f"table {', '.join(missing)} is missing in {_redact(url)}; run `make migrate`")
     return conn
 
 
-class BarStore:
-    """Writes final bars (and revisions) to `ohlcv_1min`, filling `symbols` as it goes."""
+class Database:
+    """One connection, checked at start, used one transaction at a time, re-opened when it breaks."""
 
-    def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, tables: Sequence[str] = ("ohlcv_1min",), max_backoff_s: float = 30.0) -> None:
         self._url = url
         self._max_backoff_s = max_backoff_s
-        self._conn: psycopg.Connection | None = connect(url)
+        self._conn: psycopg.Connection | None = connect(url, tables)
 
-    def upsert(self, bars: Sequence[Bar]) -> None:
-        """Write `bars` in one transaction; blocks and retries while the server is down."""
-        if bars:
-            with_backoff(
-                lambda: self._upsert_once(bars),
-                retry_on=(psycopg.OperationalError, psycopg.InterfaceError),
-                what=f"writing {len(bars)} bars to PostgreSQL",
-                log=log,
-                max_backoff_s=self._max_backoff_s,
-                on_retry=self._drop_connection,
-            )
+    def run(self, work: Callable[[psycopg.Cursor], T], what: str) -> T:
+        """`work(cursor)` in one transaction; blocks and retries while the server is down."""
 
-    def _upsert_once(self, bars: Sequence[Bar]) -> None:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, connect_timeout=5, autocommit=False)
-        conn = self._conn
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_STAGE)
-            with cur.copy("COPY bar_stage FROM STDIN") as copy:
-                copy.write("".join(map(_copy_line, bars)))
-            cur.execute(_NEW_SYMBOLS)
-            cur.execute(_UPSERT)
+        def attempt() -> T:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._url, connect_timeout=5, autocommit=False)
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                return work(cur)
+
+        return with_backoff(
+            attempt,
+            retry_on=(psycopg.OperationalError, psycopg.InterfaceError),
+            what=what,
+            log=log,
+            max_backoff_s=self._max_backoff_s,
+            on_retry=self._drop_connection,
+        )
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -112,6 +114,29 @@ class BarStore:
 
     def close(self) -> None:
         self._drop_connection()
+
+
+class BarStore:
+    """Writes final bars (and revisions) to `ohlcv_1min`, filling `symbols` as it goes."""
+
+    def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
+        self._db = Database(url, max_backoff_s=max_backoff_s)
+
+    def upsert(self, bars: Sequence[Bar]) -> None:
+        """Write `bars` in one transaction; blocks and retries while the server is down."""
+        if bars:
+            self._db.run(lambda cur: _upsert(cur, bars), f"writing {len(bars)} bars to PostgreSQL")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _upsert(cur: psycopg.Cursor, bars: Sequence[Bar]) -> None:
+    cur.execute(_STAGE)
+    with cur.copy("COPY bar_stage FROM STDIN") as copy:
+        copy.write("".join(map(_copy_line, bars)))
+    cur.execute(_NEW_SYMBOLS)
+    cur.execute(_UPSERT)
 
 
 def _copy_line(b: Bar) -> str:

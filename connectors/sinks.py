@@ -84,55 +84,54 @@ def _publisher_options(settings: Settings) -> dict:
     return {"history": settings.history_limits(), "max_backoff_s": settings.sink_max_backoff_s}
 
 
-class FinalBarSink(FixedPartitionedSink[Bar, None]):
-    """Final bars and revisions (keyed by symbol): upsert into `ohlcv_1min`, then publish."""
+Writer = tuple[Callable[[list], None], Callable[[], None]]  # write a batch, close
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+
+class _StoreThenPublish(FixedPartitionedSink[X, None]):
+    """Records keyed by symbol, written by one partition: database first, then Redis, behind the flow."""
+
+    def __init__(self, part: str, open_writer: Callable[[], Writer]) -> None:
+        self._part = part
+        self._open_writer = open_writer
 
     def list_parts(self) -> list[str]:
-        return ["ohlcv_1min"]
+        return [self._part]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[Bar]:
-        s = self._settings
-        # Connect here, in the flow's thread, so a missing server fails the start-up at once.
-        store = BarStore(s.database_url, max_backoff_s=s.sink_max_backoff_s)
-        publisher = BarPublisher(s.redis_url, Channels(s.redis_namespace), **_publisher_options(s))
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[X]:
+        write, close = self._open_writer()  # connects here, in the flow's thread: a missing server fails the start
+        return _WriteBehind(self._part, write, close)
+
+
+def final_bar_sink(settings: Settings) -> _StoreThenPublish[Bar]:
+    """Final bars and revisions: upsert into `ohlcv_1min`, then publish on the bar channels."""
+
+    def open_writer() -> Writer:
+        store = BarStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
+        publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
 
         def write(bars: list[Bar]) -> None:
             store.upsert(bars)
             publisher.publish_final(bars)
 
-        def close() -> None:
-            store.close()
-            publisher.close()
+        return write, lambda: (store.close(), publisher.close())
 
-        return _WriteBehind("final bar", write, close)
+    return _StoreThenPublish("ohlcv_1min", open_writer)
 
 
-class EventSink(FixedPartitionedSink[Event, None]):
-    """Detection records (keyed by symbol): upsert into their tables, then publish on their channels."""
+def event_sink(settings: Settings) -> _StoreThenPublish[Event]:
+    """Detection records: upsert into their tables, then publish on their channels."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-
-    def list_parts(self) -> list[str]:
-        return ["detection"]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[Event]:
-        s = self._settings
-        store = EventStore(s.database_url, max_backoff_s=s.sink_max_backoff_s)
-        publisher = EventPublisher(s.redis_url, Channels(s.redis_namespace), **_publisher_options(s))
+    def open_writer() -> Writer:
+        store = EventStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
+        publisher = EventPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
 
         def write(events: list[Event]) -> None:
             store.upsert(events)
             publisher.publish_events(events)
 
-        def close() -> None:
-            store.close()
-            publisher.close()
+        return write, lambda: (store.close(), publisher.close())
 
-        return _WriteBehind("detection", write, close)
+    return _StoreThenPublish("detection", open_writer)
 
 
 class _LiveBarPartition(StatelessSinkPartition[Bar]):

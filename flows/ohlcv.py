@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 from connectors.bar_history import BarHistory
 from connectors.dead_letter import dead_letter, dead_letter_sink
 from connectors.kafka_source import KafkaBatchSource, RawBatch
-from connectors.sinks import EventSink, FinalBarSink, LiveBarSink
+from connectors.sinks import LiveBarSink, event_sink, final_bar_sink
 from flows.book import BarBook, Counts
 from flows.conditions import ConditionRules
 from flows.detect import settings as detect_settings
@@ -218,7 +218,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     split = op.branch("bars_or_other", items, _is_bar)
     by_status = op.branch("final_or_live", split.trues, _is_final)
     finals = op.key_on("by_symbol", by_status.trues, _symbol)
-    op.output("final_bars", finals, FinalBarSink(s))
+    op.output("final_bars", finals, final_bar_sink(s))
     op.output("live_bars", by_status.falses, LiveBarSink(s))
     letters = op.branch("dead_letters_or_events", split.falses, _is_dead_letter)
     op.output("dead_letters", letters.trues, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
@@ -226,5 +226,5 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
         events = op.key_on("events_by_symbol", letters.falses, _event_symbol)
         if d.bar_detection_on():
             events = op.merge("events", events, detect_on_bars("detect", finals, s, d))
-        op.output("detection", events, EventSink(s))
+        op.output("detection", events, event_sink(s))
     return flow

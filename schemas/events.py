@@ -27,18 +27,6 @@ Direction = Literal["up", "down", "neutral"]
 Timeframe = Literal["1m", "5m", "15m", "1h", "1d"]
 ParamValue = Union[int, float, str, bool]
 
-PATTERNS = (
-    "doji",
-    "hammer",
-    "inverted_hammer",
-    "shooting_star",
-    "engulfing",
-    "harami",
-    "morning_star",
-    "evening_star",
-    "three_white_soldiers",
-    "three_black_crows",
-)
 PatternName = Literal[
     "doji",
     "hammer",
@@ -51,6 +39,7 @@ PatternName = Literal[
     "three_white_soldiers",
     "three_black_crows",
 ]
+PATTERNS: tuple[str, ...] = PatternName.__args__  # type: ignore[attr-defined]
 AlertRule = Literal[
     "rsi_overbought",  # RSI crossed above its upper level
     "rsi_oversold",  # RSI crossed below its lower level
