@@ -12,6 +12,7 @@ from connectors.retry import with_backoff
 from schemas.bars import Bar, encode_bar
 from schemas.channels import Channels, route
 from schemas.events import Event, IndicatorValues, encode_event
+from schemas.status import FlowHealth, Status, encode_status
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +104,15 @@ class EventPublisher(Publisher):
             else:
                 messages.extend((channel, payload) for channel in route(event, self._channels))
         self.publish(messages)
+
+
+class StatusPublisher(Publisher):
+    """The flow's health and refused input, on the old system's status channels."""
+
+    def __init__(self, url: str, channels: Channels, **options: object) -> None:
+        super().__init__(url, **options)  # type: ignore[arg-type]
+        self._channels = channels
+
+    def publish_status(self, records: Sequence[Status]) -> None:
+        c = self._channels
+        self.publish([(c.health if r.__class__ is FlowHealth else c.errors, encode_status(r)) for r in records])

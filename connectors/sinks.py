@@ -21,11 +21,12 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkParti
 
 from connectors.event_store import EventStore
 from connectors.postgres import BarStore
-from connectors.redis_publish import BarPublisher, EventPublisher
+from connectors.redis_publish import BarPublisher, EventPublisher, StatusPublisher
 from flows.settings import Settings
 from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event
+from schemas.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +154,24 @@ class LiveBarSink(DynamicSink[Bar]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _LiveBarPartition:
         return _LiveBarPartition(self._settings)
+
+
+class _StatusPartition(StatelessSinkPartition[Status]):
+    def __init__(self, settings: Settings) -> None:
+        self._publisher = StatusPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+
+    def write_batch(self, items: list[Status]) -> None:
+        self._publisher.publish_status(items)
+
+    def close(self) -> None:
+        self._publisher.close()
+
+
+class StatusSink(DynamicSink[Status]):
+    """The flow's health and refused input, for dashboards."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatusPartition:
+        return _StatusPartition(self._settings)

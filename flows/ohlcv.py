@@ -24,9 +24,10 @@ from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
 from connectors.bar_history import BarHistory
+from connectors import dead_letter as dead_letters
 from connectors.dead_letter import dead_letter, dead_letter_sink
 from connectors.kafka_source import KafkaBatchSource, RawBatch
-from connectors.sinks import LiveBarSink, event_sink, final_bar_sink
+from connectors.sinks import LiveBarSink, StatusSink, event_sink, final_bar_sink
 from flows.book import BarBook, Counts
 from flows.conditions import ConditionRules
 from flows.detect import settings as detect_settings
@@ -36,6 +37,7 @@ from flows.detect.settings import DetectionSettings
 from flows.settings import Settings
 from schemas.bars import Bar
 from schemas.events import Event, HighLowEvent
+from schemas.status import FlowError, FlowHealth
 
 log = logging.getLogger("tickstock.ohlcv")
 
@@ -43,7 +45,7 @@ EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by o
 WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
 OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
 
-Output = Bar | KafkaSinkMessage | HighLowEvent
+Output = Bar | KafkaSinkMessage | HighLowEvent | FlowHealth
 # partition, bar book, session extremes (None when off), the cutoff for their database references
 BookState = tuple[str, bytes, bytes | None, int]
 
@@ -81,12 +83,16 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]
         self.live_every = settings.live_update_interval_s
         self.idle_after = settings.idle_advance_s
+        self.health_every = settings.health_interval_s
+        self.max_lag_s = settings.health_max_lag_s if settings.kafka_tail else None
         now = time.monotonic()
         self.last_input = now  # wall-clock time of the last data or idle advance
         self.last_live = now
         self.reported = Counts()
         self.last_health = now
         self.health_events = self.book.counts.events
+        c = self.book.counts
+        self.health_dropped = c.malformed + c.too_late + c.unknown_condition
 
     def on_batch(self, batches: list[RawBatch]) -> tuple[list[Output], bool]:
         out: list[Output] = []
@@ -116,7 +122,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
 
     def on_eof(self) -> tuple[list[Output], bool]:
         out: list[Output] = list(self.book.close_all())
-        self._report(time.monotonic(), force=True)
+        self._report(time.monotonic(), out, force=True)
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -143,9 +149,9 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         if now - self.last_live >= self.live_every:
             out.extend(self.book.take_live())
             self.last_live = now
-        self._report(now)
+        self._report(now, out)
 
-    def _report(self, now: float, force: bool = False) -> None:
+    def _report(self, now: float, out: list[Output], force: bool = False) -> None:
         counts, last = self.book.counts, self.reported
         for outcome in ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition"):
             delta = getattr(counts, outcome) - getattr(last, outcome)
@@ -158,16 +164,45 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         if self.book.watermark:
             WATERMARK_LAG.labels(self.key).set(time.time() - self.book.watermark / 1000)
         OPEN_BARS.labels(self.key).set(self.book.open_bars)
-        if force or now - self.last_health >= 10:
-            rate = (counts.events - self.health_events) / max(now - self.last_health, 1e-9)
-            self.last_health, self.health_events = now, counts.events
-            lag = f"{time.time() - self.book.watermark / 1000:.1f}s" if self.book.watermark else "-"
-            log.info(
-                "health %s: events=%d (%.0f/s) final_bars=%d open_bars=%d duplicates=%d revisions=%d "
-                "malformed=%d too_late=%d unknown_condition=%d watermark_lag=%s",
-                self.key, counts.events, rate, counts.bars_final, self.book.open_bars, counts.duplicates,
-                counts.revisions, counts.malformed, counts.too_late, counts.unknown_condition, lag,
-            )  # fmt: skip
+        if force or now - self.last_health >= self.health_every:
+            out.append(self._health(now, counts))
+
+    def _health(self, now: float, counts: Counts) -> FlowHealth:
+        """The health line (log) and message (Redis) for the interval since the last one."""
+        interval = max(now - self.last_health, 1e-9)
+        received = counts.events - self.health_events
+        dropped = counts.malformed + counts.too_late + counts.unknown_condition
+        refused = dropped - self.health_dropped
+        self.last_health, self.health_events, self.health_dropped = now, counts.events, dropped
+        lag = time.time() - self.book.watermark / 1000 if self.book.watermark else None
+        reason = None
+        if received and refused > 0.05 * received:
+            reason = f"{refused} of {received} events refused in the last {interval:.0f} s"
+        elif lag is not None and self.max_lag_s is not None and lag > self.max_lag_s:
+            reason = f"watermark lags the wall clock by {lag:.0f} s"
+        health = FlowHealth(
+            partition=self.key,
+            timestamp=int(time.time() * 1000),
+            status="degraded" if reason else "healthy",
+            reason=reason,
+            received=counts.events,
+            events_per_s=round(received / interval, 1),
+            final_bars=counts.bars_final,
+            open_bars=self.book.open_bars,
+            dropped=dropped,
+            duplicates=counts.duplicates,
+            revisions=counts.revisions,
+            watermark=self.book.watermark or None,
+            watermark_lag_s=round(lag, 1) if lag is not None else None,
+        )
+        log.info(
+            "health %s: %s%s events=%d (%.0f/s) final_bars=%d open_bars=%d duplicates=%d revisions=%d "
+            "malformed=%d too_late=%d unknown_condition=%d watermark_lag=%s",
+            self.key, health.status, f" ({reason})" if reason else "", counts.events, health.events_per_s,
+            counts.bars_final, health.open_bars, counts.duplicates, counts.revisions, counts.malformed,
+            counts.too_late, counts.unknown_condition, f"{lag:.1f}s" if lag is not None else "-",
+        )  # fmt: skip
+        return health
 
 
 def _is_bar(item: Output) -> bool:
@@ -182,8 +217,25 @@ def _is_final(bar: Bar) -> bool:
     return bar.status == "final"
 
 
-def _is_dead_letter(item: KafkaSinkMessage | Event) -> bool:
+def _is_dead_letter(item: KafkaSinkMessage | Event | FlowHealth) -> bool:
     return isinstance(item, KafkaSinkMessage)
+
+
+def _is_health(item: Event | FlowHealth) -> bool:
+    return isinstance(item, FlowHealth)
+
+
+def _error(letter: KafkaSinkMessage) -> FlowError:
+    """The `tickstock:errors` record of a dead letter (its headers say why and where from)."""
+    h = {k: v.decode() for k, v in letter.headers}
+    return FlowError(
+        timestamp=int(time.time() * 1000),
+        error=h[dead_letters.KIND],  # type: ignore[arg-type]
+        reason=h[dead_letters.REASON],
+        topic=h[dead_letters.SOURCE_TOPIC],
+        partition=int(h[dead_letters.SOURCE_PARTITION]),
+        offset=int(h[dead_letters.SOURCE_OFFSET]),
+    )
 
 
 def _event_symbol(event: Event) -> str:
@@ -220,10 +272,13 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     finals = op.key_on("by_symbol", by_status.trues, _symbol)
     op.output("final_bars", finals, final_bar_sink(s))
     op.output("live_bars", by_status.falses, LiveBarSink(s))
-    letters = op.branch("dead_letters_or_events", split.falses, _is_dead_letter)
+    letters = op.branch("dead_letters_or_other", split.falses, _is_dead_letter)
     op.output("dead_letters", letters.trues, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    health = op.branch("health_or_events", letters.falses, _is_health)
+    status = op.merge("health_and_errors", health.trues, op.map("errors", letters.trues, _error))
+    op.output("status", status, StatusSink(s))
     if d.enabled:
-        events = op.key_on("events_by_symbol", letters.falses, _event_symbol)
+        events = op.key_on("events_by_symbol", health.falses, _event_symbol)
         if d.bar_detection_on():
             events = op.merge("events", events, detect_on_bars("detect", finals, s, d))
         op.output("detection", events, event_sink(s))

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     idle_advance_s: float = Field(
         5.0, gt=0, description="a partition silent this long advances its watermark by wall-clock time"
     )
+    health_interval_s: float = Field(10.0, gt=0, description="seconds between health lines and health messages")
+    health_max_lag_s: float = Field(
+        300.0, gt=0, description="a tailing flow whose watermark lags the wall clock more than this reports degraded"
+    )
 
     # --- Sinks -------------------------------------------------------------------------
     database_url: str = "postgresql://postgres@127.0.0.1:5432/tickstock"

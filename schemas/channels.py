@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
+from schemas.status import FlowError, FlowHealth
 
 DETECTED_MIN_CONFIDENCE = 0.8  # tickstock:patterns:detected carries patterns at or above this
 
@@ -40,6 +41,8 @@ class Channels:
         self.indicators = f"{n}:indicators:streaming"
         self.alerts = f"{n}:alerts:indicators"
         self.alerts_critical = f"{n}:alerts:critical"
+        self.health = f"{n}.health.status"  # the flow's health, per partition
+        self.errors = f"{n}:errors"  # every input the flow refused
 
     def ohlcv_for(self, symbol: str) -> str:
         return f"{self.ohlcv}.{symbol}"
@@ -82,6 +85,8 @@ CATALOG: tuple[ChannelSpec, ...] = (
     ChannelSpec("alerts_critical", Alert, "flows.ohlcv (detection sink)", "alerts whose rule the deployment marks critical (ALERT_CRITICAL_RULES)"),
     ChannelSpec("events_for", HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | Alert, "flows.ohlcv (detection sink)",  # type: ignore[arg-type]
                 "every event and alert of one symbol (not indicator values)", per_symbol=True),
+    ChannelSpec("health", FlowHealth, "flows.ohlcv (status sink)", "each partition's counters and healthy/degraded, every 10 s"),
+    ChannelSpec("errors", FlowError, "flows.ohlcv (status sink)", "every refused input: why, and where it is in Kafka"),
 )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import msgspec
 
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
+from schemas.status import FlowError, FlowHealth
 
 OUT = Path(__file__).with_name("json")
 
@@ -25,6 +26,8 @@ EMITTED: dict[str, type] = {
     "pattern": PatternEvent,
     "indicator": IndicatorValues,
     "alert": Alert,
+    "health": FlowHealth,
+    "error": FlowError,
 }
 
 

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["flows.conditions", "flows.bars", "schemas.polygon", "schemas.events", "schemas.channels", "connectors.synthetic",
+@pytest.mark.parametrize("module", ["flows.conditions", "flows.bars", "schemas.polygon", "schemas.events", "schemas.channels", "schemas.status",
+     "connectors.synthetic",
      "flows.detect.settings", "flows.detect.sessions", "flows.detect.series", "flows.detect.indicators",
      "flows.detect.patterns", "flows.detect.trend", "flows.detect.surge", "flows.detect.highlow",
      "flows.detect.bar_detector"])

@@ -18,6 +18,7 @@ from polars.testing import assert_frame_equal
 from connectors.synthetic import generate
 from flows.ohlcv import build_flow
 from schemas.bars import decode_bar
+from schemas.status import decode_status
 from tests.conftest import publish, read_topic, table_bars
 from tests.reference import reference_bars
 
@@ -78,9 +79,11 @@ def test_bars_equal_independent_reference_in_table_and_on_redis(settings, db, re
     assert_frame_equal(on_redis, table.sort("symbol", "timestamp"), check_dtypes=False, rel_tol=1e-9)
 
 
-def test_bad_records_go_to_dead_letters_with_reason_and_good_ones_still_count(settings, db):
+def test_bad_records_go_to_dead_letters_with_reason_and_good_ones_still_count(settings, db, recorder):
     events = feed(seed=5, seconds=22 * 60, malformed_ratio=0.02, too_late_ratio=0.01)
     publish(settings, events)
+    ns = settings.redis_namespace
+    status = recorder(settings.redis_url, f"{ns}[:.][eh][re][ra][ol]*")  # tickstock:errors, tickstock.health.status
     run_main(build_flow(settings))
 
     letters = read_topic(settings, settings.topic_dead_letter)
@@ -96,6 +99,29 @@ def test_bad_records_go_to_dead_letters_with_reason_and_good_ones_still_count(se
     originals = {e.value for e in events if e.label in ("malformed", "too_late")}
     assert {m.value() for m in letters} == originals
     assert_same_bars(table_bars(db), expected_bars(events))
+
+    time.sleep(0.5)
+    published = [(channel, decode_status(data)) for channel, data in status.stop()]
+    errors = [r for channel, r in published if channel == f"{ns}:errors"]
+    expected_errors = set()
+    for m in letters:
+        h = {k: v.decode() for k, v in m.headers()}
+        expected_errors.add((h["dlq.kind"], h["dlq.reason"], h["dlq.topic"], int(h["dlq.partition"]), int(h["dlq.offset"])))
+    assert {(e.error, e.reason, e.topic, e.partition, e.offset) for e in errors} == expected_errors
+    health = [r for channel, r in published if channel == f"{ns}.health.status"]
+    final = {h.partition: h for h in health}  # the last message per partition, sent at the end of input
+    assert len(final) == settings.topic_partitions
+    assert sum(h.received for h in final.values()) == len(events)
+    assert sum(h.dropped for h in final.values()) == len(letters)
+
+
+def test_a_partition_refusing_much_of_its_input_reports_degraded(settings, db, recorder):
+    publish(settings, feed(seed=6, seconds=8 * 60, malformed_ratio=0.12))
+    health = recorder(settings.redis_url, f"{settings.redis_namespace}.health.status")
+    run_main(build_flow(settings))
+    time.sleep(0.5)
+    reports = [decode_status(data) for _, data in health.stop()]
+    assert reports and all(r.status == "degraded" and "refused" in r.reason for r in reports)
 
 
 def test_feeding_the_same_ticks_again_changes_nothing(settings, db):

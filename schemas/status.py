@@ -1,0 +1,69 @@
+"""What the flow says about itself on Redis: health every few seconds, and every input it refused.
+
+The old TickStock's dashboards watched `tickstock.health.status` and `tickstock:errors`; these
+are the flat, versioned records for them.
+
+>>> h = FlowHealth(partition="stocks.trades#0", timestamp=1, status="healthy", received=10,
+...                events_per_s=2.5, final_bars=1, open_bars=3, dropped=0, duplicates=0, revisions=0)
+>>> decode_status(encode_status(h)) == h
+True
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+STATUS_SCHEMA_VERSION = 1
+
+
+class FlowHealth(msgspec.Struct, kw_only=True, tag_field="kind", tag="health"):
+    """One partition's counters since the flow started, and whether it is keeping up.
+
+    `degraded` with a `reason` when more than 5 % of the interval's input was refused, or when
+    the watermark lags the wall clock by more than the configured limit while tailing a live feed.
+    """
+
+    version: int = STATUS_SCHEMA_VERSION
+    component: str = "ohlcv_flow"
+    partition: str
+    timestamp: int  # wall clock, epoch ms
+    status: Literal["healthy", "degraded"]
+    reason: str | None = None
+    received: int  # events read
+    events_per_s: float  # over the last interval
+    final_bars: int  # bars made final (forwarded)
+    open_bars: int
+    dropped: int  # refused input, dead-lettered: malformed + too_late + unknown_condition
+    duplicates: int
+    revisions: int
+    watermark: int | None = None  # event time, epoch ms
+    watermark_lag_s: float | None = None
+
+
+class FlowError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):
+    """One refused input: why, and where it sits in Kafka (the dead-letter topic has its bytes)."""
+
+    version: int = STATUS_SCHEMA_VERSION
+    component: str = "ohlcv_flow"
+    timestamp: int  # wall clock, epoch ms
+    error: Literal["malformed", "too_late", "unknown_condition"]
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+
+
+Status = Union[FlowHealth, FlowError]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Status)
+
+
+def encode_status(record: Status) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_status(raw: bytes) -> Status:
+    return _decoder.decode(raw)
