@@ -157,26 +157,31 @@ class Subscriber:
     `min_confidence` applies to detection records; bars have confidence 1.
     """
 
-    __slots__ = ("symbols", "kinds", "min_confidence", "pending", "floor", "__weakref__")
+    __slots__ = ("symbols", "kinds", "min_confidence", "pending", "replay", "floor", "__weakref__")
 
     def __init__(self, kinds: Iterable[str] = KINDS, min_confidence: float = 0.0) -> None:
         self.symbols: set[str] = set()
         self.kinds: frozenset[str] = frozenset(kinds)
         self.min_confidence = min_confidence
         self.pending: dict[tuple, Message] = {}
+        self.replay: list[Message] = []  # missed messages from the history, sent before `pending`
         # channel -> offset already delivered by a catch-up: live copies at or below are dropped
         self.floor: dict[str, int] = {}
 
     def take(self) -> list[Message]:
         """The unsent messages, oldest first, emptying the buffer."""
         pending = self.pending
-        if not pending:
+        if self.replay:
+            replay, self.replay = self.replay, []
+        elif not pending:
             return []
+        else:
+            replay = []
         messages = list(pending.values())
         pending.clear()
         if self.floor:
             messages = self._above_floor(messages)
-        return messages
+        return replay + messages if replay else messages
 
     def _above_floor(self, messages: list[Message]) -> list[Message]:
         floor = self.floor
@@ -192,14 +197,8 @@ class Subscriber:
 
     def catch_up(self, channel: str, offset: int, messages: list[Message]) -> None:
         """Queue missed messages of `channel` (oldest first), delivered up to `offset`."""
-        floor = self.floor.get(channel, 0)
-        self.floor[channel] = max(floor, offset)
-        # the live copies already pending must go after the missed ones, so re-insert them
-        later = self.pending
-        self.pending = {}
-        for m in messages:
-            self.pending[("catchup", channel, m.offset)] = m
-        self.pending.update(later)
+        self.floor[channel] = max(self.floor.get(channel, 0), offset)
+        self.replay.extend(messages)
 
 
 class Router:
