@@ -8,7 +8,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["flows.conditions", "flows.bars", "schemas.polygon", "schemas.events", "schemas.channels", "connectors.synthetic"])
+@pytest.mark.parametrize("module", ["flows.conditions", "flows.bars", "schemas.polygon", "schemas.events", "schemas.channels", "connectors.synthetic",
+                                    "connectors.gateway.protocol", "connectors.gateway.fanout", "connectors.gateway.auth",
+                                    "connectors.gateway.metrics"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
