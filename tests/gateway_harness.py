@@ -88,8 +88,8 @@ def running_gateway(database_url: str, redis_url: str, history: HistoryLimits | 
 
 
 def live_bar(symbol: str, close: float, minute: int = 0, status: str = "live", revision: int = 0) -> Bar:
-    return Bar(symbol=symbol, timestamp=1_800_000_000_000 + minute * 60_000, open=close, high=close, low=close,
-               close=close, volume=100, vwap=close, trades=1, revision=revision, status=status)  # type: ignore[arg-type]
+    return Bar(symbol=symbol, timestamp=1_800_000_000_000 + minute * 60_000, open=close - 0.2, high=close + 0.3,
+               low=close - 0.4, close=close, volume=100, vwap=close, trades=1, revision=revision, status=status)  # type: ignore[arg-type]
 
 
 class Client:

@@ -10,6 +10,7 @@ connection closes after each response.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 from urllib.parse import unquote, urlsplit
 
@@ -18,6 +19,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 MAX_BODY = 64 * 1024 * 1024
+_OURS = {"content-length", "connection", "date", "server"}  # websockets adds Server itself
 
 
 async def respond_from(app, connection: ServerConnection, request: Request) -> Response:
@@ -50,6 +52,9 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
         if not sent_request:
             sent_request = True
             return {"type": "http.request", "body": b"", "more_body": False}
+        # Streaming responses watch `receive` for a disconnect while they send: there is none
+        # to report (the response is buffered), so wait until they are done and cancel this.
+        await asyncio.Event().wait()
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
@@ -57,7 +62,9 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
         if message["type"] == "http.response.start":
             status = message["status"]
             for k, v in message.get("headers", []):
-                out_headers[k.decode("latin-1")] = v.decode("latin-1")
+                name = k.decode("latin-1")
+                if name.lower() not in _OURS:  # websockets' Headers is a multi-dict: set ours once, below
+                    out_headers[name] = v.decode("latin-1")
         elif message["type"] == "http.response.body":
             body.extend(message.get("body", b""))
             if len(body) > MAX_BODY:
@@ -66,8 +73,7 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
     await app(scope, receive, send)
     out_headers["Content-Length"] = str(len(body))
     out_headers["Connection"] = "close"
-    out_headers.setdefault("Date", email.utils.formatdate(usegmt=True))
-    out_headers.setdefault("Server", "tickstock-gateway")
+    out_headers["Date"] = email.utils.formatdate(usegmt=True)
     reason = _REASONS.get(status, "")
     return Response(status, reason, out_headers, bytes(body))
 
