@@ -93,7 +93,11 @@ _frame = msgspec.json.Decoder(_Frame)
 def run_clients(url: str, subscriptions: list[list[str]], window, out: mp.Queue, connected: mp.Event) -> None:
     import uvloop
 
-    out.put(uvloop.run(_clients(url, subscriptions, window, connected)))
+    try:
+        out.put(uvloop.run(_clients(url, subscriptions, window, connected)))
+    except BaseException as exc:  # the parent reports it instead of waiting for a result
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
+        raise
 
 
 async def _clients(url: str, subscriptions: list[list[str]], window, connected: mp.Event) -> dict:
@@ -150,13 +154,25 @@ async def _clients(url: str, subscriptions: list[list[str]], window, connected: 
             self.lost = True
             state["closed"] += 1
 
-    clients = []
+    async def open_one(symbols: list[str]) -> Client:
+        for attempt in range(5):
+            try:
+                _transport, protocol = await loop.create_connection(lambda: Client(symbols), uri.host, uri.port)
+                return protocol
+            except OSError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    clients: list[Client] = []
     for start in range(0, len(subscriptions), 50):  # stay under the listen backlog
-        made = await asyncio.gather(*(
-            loop.create_connection(lambda s=s: Client(s), uri.host, uri.port)
-            for s in subscriptions[start:start + 50]))
-        clients += [protocol for _transport, protocol in made]
+        clients += await asyncio.gather(*(open_one(s) for s in subscriptions[start:start + 50]))
+    deadline = time.monotonic() + 90
     while state["subscribed"] < len(subscriptions):
+        if time.monotonic() > deadline:
+            lost = sum(c.lost for c in clients)
+            raise RuntimeError(f"{state['subscribed']} of {len(subscriptions)} clients subscribed; {lost} connections lost")
         await asyncio.sleep(0.05)
     connected.set()
     while window[1] == 0 or time.time() < window[1] + 1.0:
@@ -237,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             p.start()
             procs.append(p)
         for event in connected:
-            if not event.wait(max(0.0, connect_deadline - time.time())):
-                raise SystemExit("clients did not all connect and subscribe within 120 s")
+            while not event.wait(0.5):
+                if not out.empty() or time.time() > connect_deadline:
+                    errors = [out.get() for _ in range(out.qsize())] if not out.empty() else []
+                    raise SystemExit(f"clients did not all connect and subscribe: {errors or 'timed out'}")
         measure_from = time.time() + args.warmup
         measure_to = measure_from + args.duration
         window[0], window[1] = measure_from, measure_to
