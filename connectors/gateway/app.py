@@ -389,14 +389,28 @@ class Gateway:
             self._last[channel] = (missed.epoch, missed.offset)
 
     async def _probe_forever(self) -> None:
-        """Publish our own timestamp: its delay through Redis and our reader is the Redis lag."""
-        assert self._redis is not None
+        """Publish our own timestamp: its delay through Redis and our reader is the Redis lag.
+
+        Every 5th probe also checks PostgreSQL, which only REST needs (health says `degraded`).
+        """
+        assert self._redis is not None and self._pool is not None
+        n = 0
         while True:
             await asyncio.sleep(self.settings.probe_interval_s)
             try:
                 await self._redis.publish(self.probe_channel, repr(time.time()))
             except redis.RedisError as exc:
                 log.debug("probe publish failed: %s", exc)
+            n += 1
+            if n % 5 == 0:
+                try:
+                    async with self._pool.connection(timeout=5) as conn:
+                        await conn.execute("SELECT 1")
+                    self._database_ok = True
+                except Exception as exc:  # noqa: BLE001 - any failure means REST cannot answer
+                    if self._database_ok:
+                        log.error("PostgreSQL check failed: %s", exc)
+                    self._database_ok = False
 
     # ---------------------------------------------------------------- buffers -> sockets
     async def _flush_forever(self) -> None:
