@@ -225,16 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "GATEWAY_DEV_MODE": "true", "GATEWAY_PORT": str(port), "REDIS_NAMESPACE": namespace,
            "GATEWAY_BATCH_INTERVAL_MS": str(args.batch_ms), "REDIS_URL": settings.redis_url,
            "DATABASE_URL": settings.database_url}
-    gateway = subprocess.Popen([sys.executable, "-m", "connectors.gateway"], env=env, stdout=subprocess.PIPE,
+    log_path = args.out.with_suffix(".log")
+    log_file = log_path.open("w")
+    gateway = subprocess.Popen([sys.executable, "-m", "connectors.gateway"], env=env, stdout=log_file,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        for line in gateway.stdout:  # type: ignore[union-attr]
-            if line.startswith("gateway: http"):
-                break
-            if gateway.poll() is not None:
-                raise SystemExit(f"the gateway did not start:\n{line}")
-        else:
-            raise SystemExit("the gateway exited before listening")
+        deadline = time.time() + 60
+        while "gateway: http" not in log_path.read_text():
+            if gateway.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"the gateway did not start:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
         symbols = [f"S{i:04d}" for i in range(args.symbols)]
         rng = random.Random(args.seed)
         subscriptions = [rng.sample(symbols, args.per_client) for _ in range(args.clients)]
@@ -286,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             gateway.wait(15)
         except subprocess.TimeoutExpired:
             gateway.kill()
+        log_file.close()
+        errors = [line for line in log_path.read_text().splitlines() if " ERROR " in line or "cutting" in line]
+        if errors:
+            print(f"gateway log ({log_path}), warnings and errors:\n" + "\n".join(errors[-20:]), file=sys.stderr)
 
     latencies = sorted(x for r in results for x in r["latencies"])
     received = sum(r["received"] for r in results)

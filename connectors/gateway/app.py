@@ -95,7 +95,10 @@ class Gateway:
     async def start(self) -> None:
         """Connect to Redis and PostgreSQL (fail fast, naming the fix), then listen."""
         s = self.settings
-        self._redis = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=5)
+        # a bounded pool: a burst of subscribes queues for a connection instead of opening hundreds
+        pool = aioredis.BlockingConnectionPool.from_url(s.redis_url, max_connections=16, timeout=30,
+                                                        socket_connect_timeout=5)
+        self._redis = aioredis.Redis(connection_pool=pool)
         try:
             await self._redis.ping()
         except redis.RedisError as exc:
@@ -221,6 +224,11 @@ class Gateway:
             await self._misbehaved(session, "bad_message", str(exc))
         except Refused as exc:
             await session.ws.send(protocol.error("forbidden", exc.reason), text=True)
+        except ConnectionClosed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - our failure (e.g. Redis busy): say so, keep the client
+            log.exception("handling a message from %s failed", session.grant.user)
+            await session.ws.send(protocol.error("internal", f"the gateway could not handle that: {exc}"), text=True)
 
     async def _misbehaved(self, session: Session, code: str, text: str) -> None:
         """Say what was wrong; cut a client that keeps sending invalid messages."""
@@ -252,11 +260,10 @@ class Gateway:
                 raise Refused(f"kind(s) {', '.join(refused)} not allowed by your token")
         if len(session.symbols | set(message.symbols)) > self.settings.max_symbols:
             raise BadMessage(f"at most {self.settings.max_symbols} symbols per connection (GATEWAY_MAX_SYMBOLS)")
-        wanted = {c for symbol in message.symbols if symbol != ALL for c in self.channels.symbol_channels(symbol, protocol.KINDS)}
-        wanted.add(self.channels.indicators)
+        following = session.symbols | set(message.symbols)
         for channel in message.positions:
             owner = self.channels.channel_symbol(channel)
-            if channel not in wanted and (owner is None or owner not in session.symbols) and channel != self.channels.indicators:
+            if channel != self.channels.indicators and (owner is None or (owner not in following and ALL not in following)):
                 raise BadMessage(f"position for {channel!r}, which is not a channel of the symbols subscribed")
         if message.kinds is not None:
             session.kinds = frozenset(message.kinds)
@@ -304,7 +311,9 @@ class Gateway:
             return
         self.stats.resumes += 1
         messages = [m for m in (self.channels.parse(channel, raw) for raw in missed.messages) if m is not None]
-        wanted = [m for m in messages if m.kind in session.kinds and m.confidence >= session.min_confidence]
+        everything = ALL in session.symbols
+        wanted = [m for m in messages if m.kind in session.kinds and m.confidence >= session.min_confidence
+                  and (everything or m.symbol in session.symbols)]
         session.catch_up(channel, missed.offset, wanted)
         self.router.dirty.add(session)
 
