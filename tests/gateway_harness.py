@@ -81,7 +81,7 @@ def running_gateway(database_url: str, redis_url: str, history: HistoryLimits | 
     try:
         yield Running(gateway, settings.redis_namespace, redis_url, history or HistoryLimits())
     finally:
-        asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()

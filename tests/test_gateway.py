@@ -348,29 +348,40 @@ def test_redis_down_makes_health_error_and_the_gateway_recovers(services, tmp_pa
 
     server = start_redis()
     url = f"redis://127.0.0.1:{port}/0"
+
+    def wait_status(gw, wanted: str) -> httpx.Response:
+        deadline = time.monotonic() + WAIT_S
+        while (report := httpx.get(f"{gw.http}/healthz", timeout=WAIT_S)).json()["status"] != wanted:
+            assert time.monotonic() < deadline, f"health never became {wanted}: {report.json()}"
+            time.sleep(0.1)
+        return report
+
     try:
         with running_gateway(TEST_DATABASE_URL, url, probe_interval_s=0.2) as gw:
-            server.terminate()
-            server.wait(10)
-            deadline = time.monotonic() + WAIT_S
-            while httpx.get(f"{gw.http}/healthz", timeout=WAIT_S).json()["status"] != "error":
-                assert time.monotonic() < deadline, "health never reported the lost Redis"
-                time.sleep(0.1)
-            report = httpx.get(f"{gw.http}/healthz", timeout=WAIT_S)
-            assert report.status_code == 503 and "redis" in report.json()["reason"]
-            server = start_redis()
-            while httpx.get(f"{gw.http}/healthz", timeout=WAIT_S).json()["status"] != "healthy":
-                assert time.monotonic() < deadline + WAIT_S, "the gateway never resubscribed"
-                time.sleep(0.1)
-
-            async def delivered_again() -> None:
+            async def scenario() -> None:
+                nonlocal server
+                channel = gw.channels.live_for("AAPL")
                 client = await Client.open(gw.url)
-                await client.request({"type": "subscribe", "symbols": ["AAPL"]})
+                await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["live"]})
+                gw.bars().publish_live([live_bar("AAPL", 1.0)])
+                await client.until(lambda d: len(d) == 1)
+
+                server.terminate()  # Redis goes away, with everything it held (no persistence)
+                server.wait(10)
+                report = await asyncio.to_thread(wait_status, gw, "error")
+                assert report.status_code == 503 and "redis" in report.json()["reason"]
+                server = start_redis()
+                await asyncio.to_thread(wait_status, gw, "healthy")
+                # the gateway could not replay what its client might have missed: it says so
+                reset = await client.control_reply()
+                assert reset["type"] == "reset" and reset["channel"] == channel
+                assert reset["reason"] == "gateway lost its Redis subscription"
                 gw.bars().publish_live([live_bar("AAPL", 7.0)])
-                assert (await client.until(lambda d: len(d) == 1))[0]["close"] == 7.0
+                got = await client.until(lambda d: len(d) == 2)
+                assert got[-1]["close"] == 7.0 and got[-1]["offset"] == 1 and got[-1]["epoch"] != got[0]["epoch"]
                 await client.close()
 
-            asyncio.run(delivered_again())
+            asyncio.run(scenario())
             assert gw.gateway.stats.redis_reconnects >= 1
     finally:
         server.terminate()

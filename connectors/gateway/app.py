@@ -150,19 +150,20 @@ class Gateway:
         Policy(self.settings.jwt_secret, (), self.settings.dev_mode)
 
     async def stop(self) -> None:
+        """Close clients (1001), stop the tasks, release the pools; each step bounded in time."""
         self._closing = True
         if self._server is not None:
             for session in list(self.sessions):
                 asyncio.ensure_future(session.ws.close(protocol.CLOSE_GOING_AWAY, "gateway shutting down"))
             self._server.close()
-            await self._server.wait_closed()
+            await _bounded(self._server.wait_closed(), 15, "closing client connections")
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _bounded(asyncio.gather(*self._tasks, return_exceptions=True), 10, "stopping tasks")
         if self._pool is not None:
-            await self._pool.close()
+            await _bounded(self._pool.close(timeout=5), 10, "closing the PostgreSQL pool")
         if self._redis is not None:
-            await self._redis.aclose()
+            await _bounded(self._redis.aclose(), 5, "closing the Redis pool")
 
     # ---------------------------------------------------------------- HTTP + handshake
     async def _process_request(self, connection: GatewayConnection, request: Request) -> Response | None:
@@ -342,7 +343,7 @@ class Gateway:
                 self.stats.redis_connected = False
             finally:
                 try:
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), 2)
                 except Exception:  # noqa: BLE001 - the connection is gone either way
                     log.debug("closing a broken pubsub failed", exc_info=True)
             if not self._closing:
@@ -485,3 +486,9 @@ class Gateway:
     def metrics(self) -> bytes:
         return exposition(self.stats, self.depths)
 
+
+async def _bounded(awaitable, timeout_s: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(awaitable, timeout_s)
+    except TimeoutError:
+        log.warning("%s took longer than %.0f s; going on", what, timeout_s)
