@@ -140,6 +140,8 @@ class Gateway:
             self._pool, self.policy, max_bars=s.max_bars, health=self.health, metrics=self.metrics,
             static_dir=str(STATIC_DIR), vendor_dir=str(VENDOR_DIR),
         )
+        if not (VENDOR_DIR / "lightweight-charts.standalone.production.js").exists():
+            log.warning("the dashboard's chart library is missing from %s: run `make dashboard-assets`", VENDOR_DIR)
         self._tasks.append(asyncio.create_task(self._flush_forever(), name="flusher"))
         self._tasks.append(asyncio.create_task(self._probe_forever(), name="redis-probe"))
         log.info("gateway listening on http://%s:%d (ws: /ws, dashboard: /dashboard/)%s", s.host, self.port,
