@@ -208,6 +208,29 @@ def test_slow_client_is_cut_while_a_fast_one_keeps_receiving(services):
         asyncio.run(scenario())
 
 
+def test_a_cut_client_that_never_reads_its_close_frame_is_aborted(services):
+    with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_queue=10, max_buffer_bytes=16 * 1024,
+                         slow_timeout_s=1) as gw:
+        async def scenario() -> None:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", gw.port))
+            stuck = await Client.open(gw.url, sock=sock, max_queue=1)
+            await stuck.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"]})
+            stats = gw.gateway.stats
+            deadline = time.monotonic() + 60
+            n = 0
+            while stats.connections and time.monotonic() < deadline:
+                if not stats.dropped["slow_consumer"]:
+                    await asyncio.to_thread(gw.publish_events, [pattern("AAPL", 0.9, n + i) for i in range(100)])
+                    n += 100
+                await asyncio.sleep(0.05)
+            assert stats.dropped["slow_consumer"] == 1 and stats.connections == 0  # gone without its help
+            sock.close()
+
+        asyncio.run(scenario())
+
+
 def test_resume_after_a_disconnect_gets_exactly_the_missed_messages(gw):
     async def scenario() -> None:
         channel = gw.channels.events_for("AAPL")

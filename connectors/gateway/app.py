@@ -470,6 +470,9 @@ class Gateway:
         reason = f"slow consumer: {queued} messages queued, socket full for {full_s:.1f} s"
         log.warning("cutting %s (%s): %s", session.grant.user, session.ws.remote_address, reason)
         asyncio.ensure_future(session.ws.close(protocol.CLOSE_SLOW_CONSUMER, reason[:120]))
+        # The close frame waits behind what is buffered; a client that reads none of it would
+        # hold the socket (and websockets' close, which waits for the socket to drain) forever.
+        asyncio.get_running_loop().call_later(self.settings.slow_timeout_s, _abort, session.ws)
 
     # ---------------------------------------------------------------- observability
     def depths(self) -> QueueDepths:
@@ -494,3 +497,10 @@ async def _bounded(awaitable, timeout_s: float, what: str) -> None:
         await asyncio.wait_for(awaitable, timeout_s)
     except TimeoutError:
         log.warning("%s took longer than %.0f s; going on", what, timeout_s)
+
+
+def _abort(ws: ServerConnection) -> None:
+    transport = ws.transport
+    if transport is not None and not transport.is_closing():
+        log.warning("aborting %s: it did not read up to its close frame", ws.remote_address)
+        transport.abort()
