@@ -19,7 +19,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
-.PHONY: help venv services broker topics migrate demo test bench bench-queries bench-bridge stop
+.PHONY: help venv services broker topics migrate demo test bench bench-queries bench-bridge stop \
+	dashboard-assets chromium gateway bench-gateway
 
 help:
 	@echo "make demo      set everything up, then run the synthetic feed and the OHLCV flow (Ctrl-C stops all)"
@@ -27,6 +28,8 @@ help:
 	@echo "make bench     set everything up, then run the OHLCV benchmark (BENCH_ARGS=...)"
 	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
+	@echo "make gateway        run the WebSocket/REST gateway and dashboard (dev mode unless GATEWAY_DEV_MODE=false)"
+	@echo "make bench-gateway  1,000 WebSocket clients x 20 of 4,000 symbols -> bench/gateway.json"
 	@echo "make stop      stop the broker and services our set-up started, nothing else"
 	@echo "set-up steps:  venv services broker topics migrate"
 
@@ -53,7 +56,7 @@ migrate: services
 demo: venv services broker topics migrate
 	bash infra/demo.sh
 
-test: venv services broker topics migrate
+test: venv services broker topics migrate dashboard-assets chromium
 	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
 	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
@@ -69,3 +72,18 @@ bench-bridge: venv services broker topics migrate
 stop:
 	if [[ -x $(PY) ]]; then $(PY) -m infra.broker stop; fi
 	bash infra/services.sh stop
+
+# --- gateway (connectors/gateway): dashboard assets from npm, Chromium for the browser test -----
+dashboard-assets:
+	bash infra/dashboard.sh
+
+chromium:
+	bash infra/chromium.sh
+
+GATEWAY_DEV_MODE ?= true
+gateway: venv services migrate dashboard-assets
+	GATEWAY_DEV_MODE=$(GATEWAY_DEV_MODE) $(PY) -m connectors.gateway
+
+BENCH_GATEWAY_ARGS ?=
+bench-gateway: venv services migrate
+	$(PY) -m bench.gateway $(BENCH_GATEWAY_ARGS)

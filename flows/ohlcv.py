@@ -232,9 +232,9 @@ def _error(letter: KafkaSinkMessage) -> FlowError:
         timestamp=int(time.time() * 1000),
         error=h[dead_letters.KIND],  # type: ignore[arg-type]
         reason=h[dead_letters.REASON],
-        topic=h[dead_letters.SOURCE_TOPIC],
-        partition=int(h[dead_letters.SOURCE_PARTITION]),
-        offset=int(h[dead_letters.SOURCE_OFFSET]),
+        source_topic=h[dead_letters.SOURCE_TOPIC],
+        source_partition=int(h[dead_letters.SOURCE_PARTITION]),
+        source_offset=int(h[dead_letters.SOURCE_OFFSET]),
     )
 
 

@@ -43,16 +43,19 @@ class FlowHealth(msgspec.Struct, kw_only=True, tag_field="kind", tag="health"):
 
 
 class FlowError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):
-    """One refused input: why, and where it sits in Kafka (the dead-letter topic has its bytes)."""
+    """One refused input: why, and where it sits in Kafka (the dead-letter topic has its bytes).
+
+    `source_*`, not `topic`/`offset`: `offset` is the channel position every published message carries.
+    """
 
     version: int = STATUS_SCHEMA_VERSION
     component: str = "ohlcv_flow"
     timestamp: int  # wall clock, epoch ms
     error: Literal["malformed", "too_late", "unknown_condition"]
     reason: str
-    topic: str
-    partition: int
-    offset: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
 
 
 Status = Union[FlowHealth, FlowError]

@@ -107,7 +107,7 @@ def test_bad_records_go_to_dead_letters_with_reason_and_good_ones_still_count(se
     for m in letters:
         h = {k: v.decode() for k, v in m.headers()}
         expected_errors.add((h["dlq.kind"], h["dlq.reason"], h["dlq.topic"], int(h["dlq.partition"]), int(h["dlq.offset"])))
-    assert {(e.error, e.reason, e.topic, e.partition, e.offset) for e in errors} == expected_errors
+    assert {(e.error, e.reason, e.source_topic, e.source_partition, e.source_offset) for e in errors} == expected_errors
     health = [r for channel, r in published if channel == f"{ns}.health.status"]
     final = {h.partition: h for h in health}  # the last message per partition, sent at the end of input
     assert len(final) == settings.topic_partitions

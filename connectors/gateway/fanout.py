@@ -1,0 +1,260 @@
+"""In-process fan-out: one Redis message, parsed and encoded once, to every interested client.
+
+Pure: no sockets, no Redis. The app feeds `Router.route` with what its single Redis
+subscription receives and, every batching interval, takes each dirty subscriber's pending
+messages (`Subscriber.take`) and writes them as one frame (`frame`).
+
+Batching and replacement: a subscriber's unsent messages are a dict keyed by what a newer
+message supersedes, so a newer message with the same key replaces the older unsent one:
+
+- `live` (forming bar): one per symbol; the newest forming bar is all a chart needs.
+- `bar` (final bar or revision) and `indicator`: one per symbol and bar start; a revision
+  replaces the unsent original.
+- events and alerts: one per event `id` (ids are stable, so a revised event replaces its
+  unsent original); distinct events are never merged.
+
+>>> channels = ChannelMap(Channels("ts"))
+>>> router = Router()
+>>> alice = Subscriber(kinds={"live"})
+>>> router.subscribe(alice, ["AAPL"])
+>>> for close in (1.0, 2.0):
+...     _ = router.route(channels.parse("ts.market.bars.live.AAPL", b'{"offset":1,"epoch":"e","symbol":"AAPL","close":%.1f}' % close))
+>>> [m.part for m in alice.take()]
+[b'{"channel":"ts.market.bars.live.AAPL","data":{"offset":1,"epoch":"e","symbol":"AAPL","close":2.0}}']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from connectors.gateway.protocol import ALL, BAR_KINDS, KINDS
+from schemas.channels import Channels
+
+
+class _Envelope(msgspec.Struct):
+    """The few fields routing needs; msgspec skips the rest of the payload without building it."""
+
+    offset: int = 0
+    epoch: str = ""
+    kind: str = ""
+    id: str = ""
+    timestamp: int = 0
+    confidence: float = 1.0
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
+class Message:
+    """One Redis message, ready for every subscriber: routing fields and its encoded frame element."""
+
+    __slots__ = ("channel", "symbol", "kind", "key", "confidence", "epoch", "offset", "part")
+
+    def __init__(self, channel: str, symbol: str, kind: str, key: tuple, confidence: float, epoch: str, offset: int,
+                 part: bytes):
+        self.channel = channel
+        self.epoch = epoch
+        self.symbol = symbol
+        self.kind = kind
+        self.key = key
+        self.confidence = confidence
+        self.offset = offset
+        self.part = part
+
+    def __repr__(self) -> str:
+        return f"Message({self.channel!r}, {self.kind}, offset={self.offset})"
+
+
+class ChannelMap:
+    """Which Redis channels the gateway listens to, and what a message on each one is.
+
+    The gateway pattern-subscribes to the per-symbol channels (`...bars.live.{SYMBOL}`,
+    `...ohlcv.{SYMBOL}`, `...events.by_symbol.{SYMBOL}`) and to the indicator channel, so every message
+    it relays carries the position of a channel a client can resume from.
+    """
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+        self._live = channels.live_for("")
+        self._final = channels.ohlcv_for("")
+        self._events = channels.events_for("")
+        self.indicators = channels.indicators
+
+    def patterns(self) -> list[str]:
+        return [self._live + "*", self._final + "*", self._events + "*"]
+
+    def exact(self) -> list[str]:
+        return [self.indicators]
+
+    def symbol_channels(self, symbol: str, kinds: Iterable[str]) -> list[str]:
+        """The channels carrying `kinds` of `symbol` (what a client resumes from)."""
+        kinds = set(kinds)
+        out = []
+        if "live" in kinds:
+            out.append(self._live + symbol)
+        if "bar" in kinds:
+            out.append(self._final + symbol)
+        if kinds - BAR_KINDS - {"indicator"}:
+            out.append(self._events + symbol)
+        return out
+
+    def channel_symbol(self, channel: str) -> str | None:
+        """The symbol a per-symbol channel belongs to; None for the indicator channel."""
+        for prefix in (self._live, self._final, self._events):
+            if channel.startswith(prefix):
+                return channel[len(prefix) :]
+        return None
+
+    def parse(self, channel: str, data: bytes) -> Message | None:
+        """Classify and encode one Redis message; None if it is not for clients (or unreadable)."""
+        try:
+            head = _envelope.decode(data)
+        except msgspec.DecodeError:
+            return None
+        if channel.startswith(self._live):
+            symbol, kind = channel[len(self._live) :], "live"
+            key: tuple = (symbol, "live")
+        elif channel.startswith(self._final):
+            symbol, kind = channel[len(self._final) :], "bar"
+            key = (symbol, "bar", head.timestamp)
+        elif channel.startswith(self._events):
+            symbol, kind = channel[len(self._events) :], head.kind
+            if kind not in KINDS:
+                return None
+            key = (kind, head.id or head.offset)
+        elif channel == self.indicators:
+            symbol = _symbol_of(data)
+            if symbol is None:
+                return None
+            kind, key = "indicator", (symbol, "indicator", head.timestamp)
+        else:
+            return None
+        part = b'{"channel":"' + channel.encode() + b'","data":' + data + b"}"
+        return Message(channel, symbol, kind, key, head.confidence, head.epoch, head.offset, part)
+
+
+class _Symbol(msgspec.Struct):
+    symbol: str = ""
+
+
+_symbol_decoder = msgspec.json.Decoder(_Symbol)
+
+
+def _symbol_of(data: bytes) -> str | None:
+    try:
+        return _symbol_decoder.decode(data).symbol or None
+    except msgspec.DecodeError:
+        return None
+
+
+class Subscriber:
+    """One client's filters (watchlist, kinds, minimum confidence) and its unsent messages.
+
+    `min_confidence` applies to detection records; bars have confidence 1.
+    """
+
+    __slots__ = ("symbols", "kinds", "min_confidence", "pending", "replay", "floor", "__weakref__")
+
+    def __init__(self, kinds: Iterable[str] = KINDS, min_confidence: float = 0.0) -> None:
+        self.symbols: set[str] = set()
+        self.kinds: frozenset[str] = frozenset(kinds)
+        self.min_confidence = min_confidence
+        self.pending: dict[tuple, Message] = {}
+        self.replay: list[Message] = []  # missed messages from the history, sent before `pending`
+        # channel -> offset already delivered by a catch-up: live copies at or below are dropped
+        self.floor: dict[str, int] = {}
+
+    def take(self) -> list[Message]:
+        """The unsent messages, oldest first, emptying the buffer."""
+        pending = self.pending
+        if self.replay:
+            replay, self.replay = self.replay, []
+        elif not pending:
+            return []
+        else:
+            replay = []
+        messages = list(pending.values())
+        pending.clear()
+        if self.floor:
+            messages = self._above_floor(messages)
+        return replay + messages if replay else messages
+
+    def _above_floor(self, messages: list[Message]) -> list[Message]:
+        floor = self.floor
+        kept = []
+        for m in messages:
+            below = floor.get(m.channel)
+            if below is None:
+                kept.append(m)
+            elif m.offset > below:
+                del floor[m.channel]  # pub/sub is ordered: later live messages are all newer
+                kept.append(m)
+        return kept
+
+    def catch_up(self, channel: str, offset: int, messages: list[Message]) -> None:
+        """Queue missed messages of `channel` (oldest first), delivered up to `offset`."""
+        self.floor[channel] = max(self.floor.get(channel, 0), offset)
+        self.replay.extend(messages)
+
+
+class Router:
+    """Symbol -> subscribers index; `route` puts a message into every matching subscriber's buffer."""
+
+    def __init__(self) -> None:
+        self.by_symbol: dict[str, set[Subscriber]] = {}
+        self.everything: set[Subscriber] = set()  # subscribed to `*`
+        self.dirty: set[Subscriber] = set()
+        self.replaced = 0  # unsent messages superseded by a newer one with the same key
+
+    def subscribe(self, sub: Subscriber, symbols: Iterable[str]) -> None:
+        for symbol in symbols:
+            sub.symbols.add(symbol)
+            if symbol == ALL:
+                self.everything.add(sub)
+            else:
+                self.by_symbol.setdefault(symbol, set()).add(sub)
+
+    def unsubscribe(self, sub: Subscriber, symbols: Iterable[str]) -> None:
+        for symbol in symbols:
+            sub.symbols.discard(symbol)
+            if symbol == ALL:
+                self.everything.discard(sub)
+                continue
+            subs = self.by_symbol.get(symbol)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.by_symbol[symbol]
+
+    def remove(self, sub: Subscriber) -> None:
+        self.unsubscribe(sub, list(sub.symbols))
+        self.dirty.discard(sub)
+        sub.pending.clear()
+
+    def wants(self, symbol: str) -> bool:
+        return bool(self.everything) or symbol in self.by_symbol
+
+    def route(self, m: Message) -> int:
+        """Buffer `m` for every subscriber whose filters take it; returns how many."""
+        subs = self.by_symbol.get(m.symbol)
+        if subs is None and not self.everything:
+            return 0
+        kind, conf, key, dirty = m.kind, m.confidence, m.key, self.dirty
+        n = 0
+        for group in (subs or (), self.everything):
+            for sub in group:
+                if kind in sub.kinds and conf >= sub.min_confidence:
+                    pending = sub.pending
+                    if key in pending:
+                        self.replaced += 1
+                    pending[key] = m
+                    dirty.add(sub)
+                    n += 1
+        return n
+
+
+def frame(messages: list[Message]) -> bytes:
+    """One batch frame: `{"type":"batch","messages":[{"channel":..,"data":{..}}, ...]}`."""
+    return b'{"type":"batch","messages":[' + b",".join([m.part for m in messages]) + b"]}"

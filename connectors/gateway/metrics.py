@@ -1,0 +1,137 @@
+"""Counters the gateway keeps, its health verdict, and their Prometheus exposition.
+
+The hot path bumps plain integers on `Stats` (a prometheus_client `Counter.inc` per message per
+client would cost more than the delivery itself); a custom collector reads them at scrape time.
+
+>>> s = Stats()
+>>> s.redis_connected, s.redis_lag_s = True, 0.002
+>>> health(s, database_ok=True, now=s.last_probe_at)["status"]
+'healthy'
+>>> s.redis_connected = False
+>>> health(s, database_ok=True, now=0)["reason"]
+'redis subscription down: live delivery stopped'
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+DEGRADED_LAG_S = 1.0  # Redis messages reach the gateway later than this: degraded
+
+
+@dataclass
+class Stats:
+    received: int = 0  # messages from Redis
+    relayed: int = 0  # of those, wanted by at least one client
+    delivered: int = 0  # messages written to clients (one per client per message)
+    frames: int = 0  # WebSocket frames written
+    replaced: int = 0  # unsent messages superseded by a newer one (batching replacement)
+    connections: int = 0
+    connections_total: int = 0
+    rejected: Counter = field(default_factory=Counter)  # handshake refusals by status
+    dropped: Counter = field(default_factory=Counter)  # clients cut, by reason
+    client_errors: int = 0  # invalid client messages
+    resumes: int = 0  # channels caught up from history
+    resets: int = 0  # channels whose history was gone
+    redis_connected: bool = False
+    redis_reconnects: int = 0
+    redis_lag_s: float = 0.0  # last probe's publish-to-receipt time
+    last_probe_at: float = field(default_factory=time.time)
+    started_at: float = field(default_factory=time.time)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "relayed": self.relayed,
+            "delivered": self.delivered,
+            "frames": self.frames,
+            "replaced": self.replaced,
+            "connections": self.connections,
+            "connections_total": self.connections_total,
+            "dropped": sum(self.dropped.values()),
+            "client_errors": self.client_errors,
+            "resumes": self.resumes,
+            "resets": self.resets,
+            "redis_reconnects": self.redis_reconnects,
+        }
+
+
+def health(stats: Stats, *, database_ok: bool, now: float, probe_interval_s: float = 1.0) -> dict:
+    """healthy / degraded / error, with the reason and the counters (the old system's shape)."""
+    silent_s = now - stats.last_probe_at
+    if not stats.redis_connected:
+        status, reason = "error", "redis subscription down: live delivery stopped"
+    elif silent_s > max(5.0, 5 * probe_interval_s):
+        status, reason = "error", f"no Redis probe received for {silent_s:.1f} s"
+    elif stats.redis_lag_s > DEGRADED_LAG_S:
+        status, reason = "degraded", f"Redis messages arrive {stats.redis_lag_s:.2f} s late"
+    elif not database_ok:
+        status, reason = "degraded", "PostgreSQL unreachable: REST endpoints failing, live delivery fine"
+    else:
+        status, reason = "healthy", "ok"
+    return {
+        "status": status,
+        "reason": reason,
+        "redis_lag_ms": round(stats.redis_lag_s * 1000, 3),
+        "uptime_s": round(now - stats.started_at, 1),
+        "counters": stats.counters(),
+        "dropped_by_reason": dict(stats.dropped),
+    }
+
+
+@dataclass
+class QueueDepths:
+    pending_total: int
+    pending_max: int
+    buffered_bytes: int
+
+
+class _Collector:
+    def __init__(self, stats: Stats, depths: Callable[[], QueueDepths]) -> None:
+        self._stats = stats
+        self._depths = depths
+
+    def collect(self) -> Iterable:
+        s = self._stats
+        counters = [
+            ("tickstock_gateway_redis_messages", "messages received from Redis", s.received),
+            ("tickstock_gateway_relayed_messages", "Redis messages wanted by at least one client", s.relayed),
+            ("tickstock_gateway_delivered_messages", "messages written to clients", s.delivered),
+            ("tickstock_gateway_frames", "WebSocket batch frames written", s.frames),
+            ("tickstock_gateway_replaced_messages", "unsent messages replaced by a newer one", s.replaced),
+            ("tickstock_gateway_connections", "WebSocket connections accepted", s.connections_total),
+            ("tickstock_gateway_client_errors", "invalid client messages", s.client_errors),
+            ("tickstock_gateway_resumed_channels", "channels caught up from history", s.resumes),
+            ("tickstock_gateway_reset_channels", "channels whose history was gone (client told to reset)", s.resets),
+            ("tickstock_gateway_redis_reconnects", "Redis subscription reconnects", s.redis_reconnects),
+        ]
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=value)
+        dropped = CounterMetricFamily("tickstock_gateway_dropped_clients", "clients disconnected by the gateway", labels=["reason"])
+        for reason, n in sorted(s.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        rejected = CounterMetricFamily("tickstock_gateway_rejected_handshakes", "refused connections", labels=["status"])
+        for status, n in sorted(s.rejected.items()):
+            rejected.add_metric([str(status)], n)
+        yield rejected
+        d = self._depths()
+        yield GaugeMetricFamily("tickstock_gateway_open_connections", "connected clients", value=s.connections)
+        yield GaugeMetricFamily("tickstock_gateway_queue_messages", "unsent messages, all clients", value=d.pending_total)
+        yield GaugeMetricFamily("tickstock_gateway_queue_messages_max", "unsent messages of the fullest client", value=d.pending_max)
+        yield GaugeMetricFamily("tickstock_gateway_socket_buffer_bytes", "bytes in socket write buffers", value=d.buffered_bytes)
+        yield GaugeMetricFamily("tickstock_gateway_redis_lag_seconds", "Redis publish to gateway receipt (probe)", value=s.redis_lag_s)
+        yield GaugeMetricFamily("tickstock_gateway_redis_up", "1 while the Redis subscription is connected", value=float(s.redis_connected))
+
+
+def exposition(stats: Stats, depths: Callable[[], QueueDepths]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(stats, depths))  # type: ignore[arg-type]
+    return generate_latest(registry)
