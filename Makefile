@@ -53,7 +53,7 @@ topics: broker
 migrate: services
 	$(PY) -m infra.migrate
 
-demo: venv services broker topics migrate
+demo: venv services broker topics migrate dashboard-assets
 	bash infra/demo.sh
 
 test: venv services broker topics migrate dashboard-assets chromium

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The live demo: synthetic real-time feed -> Kafka -> OHLCV flow -> PostgreSQL and Redis.
+# The live demo: synthetic real-time feed -> Kafka -> OHLCV flow -> PostgreSQL and Redis -> gateway and dashboard.
 # With MASSIVE_API_KEY (or POLYGON_API_KEY) set, the feed is the live Massive/Polygon bridge instead.
 #
 # `make demo` runs the set-up targets first, then this. Ctrl-C (SIGINT) or SIGTERM stops what the
@@ -94,6 +94,9 @@ else
 fi
 # Bytewax stops on SIGINT with a Rust panic; keep that to one message instead of a backtrace.
 RUST_BACKTRACE=0 start_child "flow" "$PY" -m bytewax.run "$FLOW" "${flow_args[@]}"
+# The gateway and its dashboard, without authentication: a local demo (GATEWAY_DEV_MODE, README: Gateway).
+GATEWAY_LOG=.run/gateway.log
+GATEWAY_DEV_MODE=true start_child "gateway" "$PY" -m connectors.gateway >>"$GATEWAY_LOG" 2>&1
 
 if [[ $FEED_LOG == .run/bridge.log ]]; then
     say "feed: python -m connectors.polygon_bridge, live from Massive (log: $FEED_LOG)"
@@ -110,7 +113,8 @@ say "               redis-cli -u '$redis_url' psubscribe '$events_pattern'    (o
 say "indicators:    psql '$db_url' -c 'SELECT * FROM indicator_values ORDER BY timestamp DESC LIMIT 20'"
 say "bars appear once a minute has closed (plus the close delay); the first within about 1.5 minutes;"
 say "session highs/lows at once, patterns and surges with the first bars, RSI-based alerts after 15 minutes"
-say "Ctrl-C stops the feed, the flow and whatever our set-up started"
+say "dashboard:     http://${GATEWAY_HOST:-127.0.0.1}:${GATEWAY_PORT:-8765}/   (gateway log: $GATEWAY_LOG; development mode, no login)"
+say "Ctrl-C stops the feed, the flow, the gateway and whatever our set-up started"
 
 # Wait for either child; if one ends on its own, the demo is over.
 status=0
@@ -118,7 +122,8 @@ wait -n "${pids[@]}" || status=$?
 for pid in "${pids[@]}"; do
     if ! kill -0 "$pid" 2>/dev/null; then
         hint=
-        [[ ${started[$pid]} != flow ]] && hint="; its output is in $FEED_LOG"
+        [[ ${started[$pid]} == gateway ]] && hint="; its output is in $GATEWAY_LOG"
+        [[ ${started[$pid]} != flow && ${started[$pid]} != gateway ]] && hint="; its output is in $FEED_LOG"
         say "the ${started[$pid]} exited on its own (status $status)$hint"
     fi
 done
