@@ -19,13 +19,14 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
-.PHONY: help venv services broker topics migrate demo test bench bench-queries bench-bridge stop
+.PHONY: help venv services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop
 
 help:
 	@echo "make demo      set everything up, then run the synthetic feed and the OHLCV flow (Ctrl-C stops all)"
 	@echo "make test      set everything up, then run the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make bench     set everything up, then run the OHLCV benchmark (BENCH_ARGS=...)"
 	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
+	@echo "make bench-sink     the sink's upsert per minute-boundary batch on that database -> bench/sink.json"
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
 	@echo "make stop      stop the broker and services our set-up started, nothing else"
 	@echo "set-up steps:  venv services broker topics migrate"
@@ -62,6 +63,9 @@ bench: venv services broker topics migrate
 
 bench-queries: venv services
 	$(PY) -m bench.queries $(BENCH_QUERIES_ARGS)
+
+bench-sink: venv services
+	$(PY) -m bench.sink $(BENCH_SINK_ARGS)
 
 bench-bridge: venv services broker topics migrate
 	$(PY) -m bench.bridge $(BENCH_ARGS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import time
@@ -90,6 +91,7 @@ def run(url: str, batches: int, symbol_count: int, revised_share: float, without
         "upsert_mean_ms": round(statistics.fmean(samples), 1),
         "mean_ms_per_1000_bars": round(statistics.fmean(samples) * 1000 / per_batch, 1),
         "triggers": not without_triggers,
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     return result
 

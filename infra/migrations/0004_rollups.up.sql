@@ -10,7 +10,7 @@
 -- current by statement-level triggers on ohlcv_1min, so a revised minute reaches every timeframe in
 -- the same transaction. ohlcv_5min reads it as it is; ohlcv_15min/1hour/1day group it (3, 12 and
 -- 288 rows per bucket at most). Same names and columns as before and as TimescaleDB's continuous
--- aggregates. Filters on symbol and timestamp are index range scans at every timeframe (see the
+-- aggregates. Filters on symbol and timestamp are index conditions at every timeframe (see the
 -- indexes below), whatever the history length.
 --
 -- Cost on the write path, per write statement: one UPDATE of the touched buckets through a join
@@ -226,18 +226,28 @@ BEGIN
     GROUP BY 1, 2
     ORDER BY 2, 1;
 
-    -- ohlcv_5min reads the rollup as it is; the coarser views group it. A filter on a grouped
-    -- view's `timestamp` reaches the rollup as `date_bin(width, timestamp, origin) <op> value`.
-    -- Per symbol, a btree on (symbol, that expression) makes it a range scan, whatever the history.
-    -- Across symbols, one BRIN index over the timestamp and the three expressions: rows are written
-    -- in time order, so block ranges map to time ranges; it costs next to nothing to maintain,
-    -- unlike four more btrees updated by every new bucket.
+    -- ohlcv_5min reads the rollup as it is: a symbol and time range is a primary-key range scan.
+    -- The coarser views group it; a filter on their `timestamp` reaches the rollup as
+    -- `date_bin(width, timestamp, origin) <op> value`, which this BRIN index answers: rows are
+    -- written in time order, so its block ranges are time ranges. With a symbol filter too,
+    -- PostgreSQL ANDs the BRIN bitmap with the primary key's, fetching only that symbol's rows in
+    -- that time range. A BRIN index costs next to nothing to maintain; three expression btrees
+    -- (one per coarse width) would answer slightly faster but tripled the cost of every new bucket
+    -- on the write path (measured: README).
+    -- Appended at its right end only (new buckets are the newest): cheap. It finds the open buckets
+    -- for the merge below, and answers ohlcv_5min across symbols.
+    CREATE INDEX bars_5min_timestamp_idx ON rollups.bars_5min (timestamp);
     CREATE INDEX bars_5min_time_brin ON rollups.bars_5min USING brin (
         timestamp,
         date_bin('15 minutes', timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
         date_bin('1 hour', timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
         date_bin('1 day', timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00')
-    ) WITH (pages_per_range = 32, autosummarize = on);
+    ) WITH (pages_per_range = 32);
+    -- New block ranges are summarized by VACUUM: have autovacuum visit the rollup every ~20k new
+    -- buckets (~25 minutes of 4,000 live symbols) rather than at 20 % growth, so the BRIN index
+    -- stays selective for recent days (and the visibility map current).
+    ALTER TABLE rollups.bars_5min SET (autovacuum_vacuum_insert_threshold = 20000,
+                                       autovacuum_vacuum_insert_scale_factor = 0);
     FOR frame IN
         SELECT * FROM (VALUES
             ('ohlcv_5min',  INTERVAL '5 minutes',  '5min'),
@@ -254,9 +264,6 @@ BEGIN
                    trades
             FROM rollups.bars_5min;
         ELSE
-            EXECUTE format(
-                'CREATE INDEX %I ON rollups.bars_5min (symbol, date_bin(%L::interval, timestamp, TIMESTAMPTZ %L))',
-                'bars_5min_symbol_' || frame.label || '_idx', frame.width, '2000-01-01 00:00:00+00');
             EXECUTE format($sql$
                 CREATE VIEW %I AS
                 SELECT symbol,
@@ -302,14 +309,27 @@ BEGIN
     -- PostgreSQL fires the UPDATE and INSERT triggers of an INSERT .. ON CONFLICT DO UPDATE (UPDATE
     -- first). Prices merge idempotently (greatest/least/earliest/latest), so merging a row that a
     -- recompute already saw changes nothing.
-    CREATE FUNCTION rollups.after_write() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    -- enable_mergejoin off: every open bucket of a minute has the same timestamp, and a merge join
+    -- on it (which row estimates of transition tables can make look cheap) degenerates into a
+    -- cross product; hash joins and key probes are what these joins need.
+    CREATE FUNCTION rollups.after_write() RETURNS trigger LANGUAGE plpgsql SET enable_mergejoin = off AS $fn$
     DECLARE
         symbols text[];          -- buckets whose prices need a recompute
         buckets timestamptz[];
         empty_symbols text[];    -- buckets left without minutes
         empty_buckets timestamptz[];
+        lo timestamptz;          -- first and last bucket an INSERT touched
+        hi timestamptz;
     BEGIN
         IF TG_OP = 'INSERT' THEN
+            -- The statement's time span, as plan-time values (EXECUTE .. USING plans with them): a
+            -- minute's batch touches one or two buckets, whose rows the timestamp index finds in a
+            -- few adjacent pages, instead of one primary-key probe per symbol.
+            SELECT date_bin('5 minutes', min(timestamp), TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                   date_bin('5 minutes', max(timestamp), TIMESTAMPTZ '2000-01-01 00:00:00+00')
+            INTO lo, hi
+            FROM new_rows;
+            EXECUTE $merge$
             WITH added AS (
                 SELECT symbol, date_bin('5 minutes', timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
                        count(*) AS minutes,
@@ -343,7 +363,7 @@ BEGIN
                     priced_volume = r.priced_volume + p.priced_volume,
                     trades = r.trades + p.trades
                 FROM priced p
-                WHERE r.symbol = p.symbol AND r.timestamp = p.bucket
+                WHERE r.timestamp BETWEEN $1 AND $2 AND r.symbol = p.symbol AND r.timestamp = p.bucket
                 RETURNING r.symbol, r.timestamp
             )
             INSERT INTO rollups.bars_5min AS r (symbol, timestamp, minutes, open, open_at, high, low, close, close_at,
@@ -363,12 +383,15 @@ BEGIN
                 volume = r.volume + excluded.volume,
                 priced_value = r.priced_value + excluded.priced_value,
                 priced_volume = r.priced_volume + excluded.priced_volume,
-                trades = r.trades + excluded.trades;
+                trades = r.trades + excluded.trades
+            $merge$ USING lo, hi;
             RETURN NULL;
         END IF;
 
         IF TG_OP = 'UPDATE' THEN
-            -- deltas: + new rows, - old rows, per bucket; prices merged from the new rows
+            -- deltas: + new rows, - old rows, per bucket; prices merged from the new rows. No join
+            -- between the transition tables: their row counts are unknown when this plan is cached,
+            -- and a nested loop over two of them is quadratic.
             WITH changes AS (
                 SELECT symbol, timestamp, 1 AS sign, open, high, low, close, volume, vwap, trades FROM new_rows
                 UNION ALL
@@ -376,53 +399,68 @@ BEGIN
             ), delta AS (
                 SELECT symbol, date_bin('5 minutes', timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
                        sum(sign) AS minutes,
-                       min(timestamp) FILTER (WHERE sign > 0 AND open IS NOT NULL) AS open_at,
+                       (array_agg(open ORDER BY timestamp) FILTER (WHERE open IS NOT NULL))[1] AS open,
+                       min(timestamp) FILTER (WHERE open IS NOT NULL) AS open_at,
                        max(high) AS high,
                        min(low) AS low,
-                       max(timestamp) FILTER (WHERE sign > 0 AND close IS NOT NULL) AS close_at,
+                       (array_agg(close ORDER BY timestamp DESC) FILTER (WHERE close IS NOT NULL))[1] AS close,
+                       max(timestamp) FILTER (WHERE close IS NOT NULL) AS close_at,
                        sum(sign * volume) AS volume,
                        coalesce(sum(sign * vwap * volume) FILTER (WHERE vwap IS NOT NULL AND volume > 0), 0) AS priced_value,
                        coalesce(sum(sign * volume) FILTER (WHERE vwap IS NOT NULL AND volume > 0), 0) AS priced_volume,
                        sum(sign * trades) AS trades
                 FROM changes
                 GROUP BY 1, 2
-            )
-            , merged AS (
-            INSERT INTO rollups.bars_5min AS r (symbol, timestamp, minutes, open, open_at, high, low, close, close_at,
-                                                volume, priced_value, priced_volume, trades)
-            SELECT d.symbol, d.bucket, d.minutes, o.open, d.open_at, d.high, d.low, c.close, d.close_at,
-                   d.volume, d.priced_value, d.priced_volume, d.trades
-            FROM delta d
-            LEFT JOIN new_rows o ON o.symbol = d.symbol AND o.timestamp = d.open_at
-            LEFT JOIN new_rows c ON c.symbol = d.symbol AND c.timestamp = d.close_at
-            ON CONFLICT (symbol, timestamp) DO UPDATE SET
-                minutes = r.minutes + excluded.minutes,
-                open = CASE WHEN r.open_at IS NULL OR excluded.open_at <= r.open_at THEN coalesce(excluded.open, r.open) ELSE r.open END,
-                open_at = least(r.open_at, excluded.open_at),
-                high = greatest(r.high, excluded.high),
-                low = least(r.low, excluded.low),
-                close = CASE WHEN r.close_at IS NULL OR excluded.close_at >= r.close_at THEN coalesce(excluded.close, r.close) ELSE r.close END,
-                close_at = greatest(r.close_at, excluded.close_at),
-                volume = r.volume + excluded.volume,
-                priced_value = r.priced_value + excluded.priced_value,
-                priced_volume = r.priced_volume + excluded.priced_volume,
-                trades = r.trades + excluded.trades
-            RETURNING r.symbol, r.timestamp, r.minutes
+            ), merged AS (
+                INSERT INTO rollups.bars_5min AS r (symbol, timestamp, minutes, open, open_at, high, low, close, close_at,
+                                                    volume, priced_value, priced_volume, trades)
+                SELECT symbol, bucket, minutes, open, open_at, high, low, close, close_at,
+                       volume, priced_value, priced_volume, trades
+                FROM delta
+                ON CONFLICT (symbol, timestamp) DO UPDATE SET
+                    minutes = r.minutes + excluded.minutes,
+                    open = CASE WHEN r.open_at IS NULL OR excluded.open_at <= r.open_at THEN coalesce(excluded.open, r.open) ELSE r.open END,
+                    open_at = least(r.open_at, excluded.open_at),
+                    high = greatest(r.high, excluded.high),
+                    low = least(r.low, excluded.low),
+                    close = CASE WHEN r.close_at IS NULL OR excluded.close_at >= r.close_at THEN coalesce(excluded.close, r.close) ELSE r.close END,
+                    close_at = greatest(r.close_at, excluded.close_at),
+                    volume = r.volume + excluded.volume,
+                    priced_value = r.priced_value + excluded.priced_value,
+                    priced_volume = r.priced_volume + excluded.priced_volume,
+                    trades = r.trades + excluded.trades
+                RETURNING r.symbol, r.timestamp, r.minutes
             )
             SELECT array_agg(symbol), array_agg(timestamp) INTO empty_symbols, empty_buckets
             FROM merged WHERE minutes <= 0;
 
             -- buckets whose prices a merge cannot fix: an old row left the bucket (key changed), or
-            -- its high fell, its low rose, or its open/close became NULL
-            SELECT array_agg(o.symbol), array_agg(date_bin('5 minutes', o.timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+            -- its high fell, its low rose, or its open/close became NULL (old and new side by side
+            -- per key, by grouping rather than joining)
+            SELECT array_agg(symbol), array_agg(date_bin('5 minutes', timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00'))
             INTO symbols, buckets
-            FROM old_rows o
-            LEFT JOIN new_rows n ON n.symbol = o.symbol AND n.timestamp = o.timestamp
-            WHERE n.symbol IS NULL
-               OR o.high > n.high OR (o.high IS NOT NULL AND n.high IS NULL)
-               OR o.low < n.low OR (o.low IS NOT NULL AND n.low IS NULL)
-               OR (o.open IS NOT NULL AND n.open IS NULL)
-               OR (o.close IS NOT NULL AND n.close IS NULL);
+            FROM (
+                SELECT symbol, timestamp,
+                       count(*) FILTER (WHERE side = 'new') AS kept,
+                       max(high) FILTER (WHERE side = 'old') AS old_high, max(high) FILTER (WHERE side = 'new') AS new_high,
+                       max(low) FILTER (WHERE side = 'old') AS old_low, max(low) FILTER (WHERE side = 'new') AS new_low,
+                       bool_or(open IS NOT NULL) FILTER (WHERE side = 'old') AS old_open,
+                       bool_or(open IS NOT NULL) FILTER (WHERE side = 'new') AS new_open,
+                       bool_or(close IS NOT NULL) FILTER (WHERE side = 'old') AS old_close,
+                       bool_or(close IS NOT NULL) FILTER (WHERE side = 'new') AS new_close
+                FROM (
+                    SELECT 'old' AS side, symbol, timestamp, open, high, low, close FROM old_rows
+                    UNION ALL
+                    SELECT 'new', symbol, timestamp, open, high, low, close FROM new_rows
+                ) AS sides
+                GROUP BY symbol, timestamp
+            ) AS k
+            WHERE old_open IS NOT NULL  -- the key had an old row
+              AND (kept = 0
+                   OR old_high > new_high OR (old_high IS NOT NULL AND new_high IS NULL)
+                   OR old_low < new_low OR (old_low IS NOT NULL AND new_low IS NULL)
+                   OR (old_open AND NOT new_open)
+                   OR (old_close AND NOT new_close));
         ELSE  -- DELETE
             WITH delta AS (
                 SELECT symbol, date_bin('5 minutes', timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
