@@ -8,7 +8,8 @@ the previous 15 minutes (late trades). It writes past the newest bar already in 
 realistic index depth), then deletes what it wrote, leaving the database as it found it.
 
 `--without-triggers` disables the user triggers on `ohlcv_1min` for the run (FK checks stay):
-the cost of the bare upsert, to tell what the triggers add. Writes p50/p95/mean per batch to
+the cost of the bare upsert, to tell what the triggers add; `--disable NAME` disables one trigger
+(e.g. the `rollups_after_*` ones, to time `latest_bars` alone). Writes p50/p95/mean per batch to
 bench/sink.json (or `--out`).
 """
 
@@ -24,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from connectors.postgres import BarStore
 from schemas.bars import Bar
@@ -54,7 +56,9 @@ def minute_batch(symbols: list[str], minute_ms: int, revised: int, rng: random.R
     return bars
 
 
-def run(url: str, batches: int, symbol_count: int, revised_share: float, without_triggers: bool) -> dict[str, float]:
+def run(
+    url: str, batches: int, symbol_count: int, revised_share: float, without_triggers: bool, disabled: list[str]
+) -> dict[str, object]:
     with psycopg.connect(url, autocommit=True) as conn:
         newest = conn.execute("SELECT max(timestamp) FROM ohlcv_1min").fetchone()[0]  # type: ignore[index]
         names = [r[0] for r in conn.execute("SELECT symbol FROM symbols ORDER BY symbol LIMIT %s", (symbol_count,))]
@@ -62,6 +66,8 @@ def run(url: str, batches: int, symbol_count: int, revised_share: float, without
             raise SystemExit(f"needs {symbol_count} symbols with bars: run `make bench-queries` first")
         if without_triggers:
             conn.execute("ALTER TABLE ohlcv_1min DISABLE TRIGGER USER")
+        for name in disabled:
+            conn.execute(sql.SQL("ALTER TABLE ohlcv_1min DISABLE TRIGGER {}").format(sql.Identifier(name)))
     start = newest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1, hours=14, minutes=30)
     start_ms = int(start.timestamp() * 1000)
     rng, store, samples = random.Random(6), BarStore(url), []
@@ -78,6 +84,8 @@ def run(url: str, batches: int, symbol_count: int, revised_share: float, without
         with psycopg.connect(url, autocommit=True) as conn:
             if without_triggers:
                 conn.execute("ALTER TABLE ohlcv_1min ENABLE TRIGGER USER")
+            for name in disabled:
+                conn.execute(sql.SQL("ALTER TABLE ohlcv_1min ENABLE TRIGGER {}").format(sql.Identifier(name)))
             conn.execute("DELETE FROM ohlcv_1min WHERE timestamp >= %s", (start,))
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     per_batch = symbol_count + revised
@@ -91,6 +99,7 @@ def run(url: str, batches: int, symbol_count: int, revised_share: float, without
         "upsert_mean_ms": round(statistics.fmean(samples), 1),
         "mean_ms_per_1000_bars": round(statistics.fmean(samples) * 1000 / per_batch, 1),
         "triggers": not without_triggers,
+        "disabled_triggers": disabled,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     return result
@@ -102,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbols", type=int, default=4000, help="new bars per batch (one per symbol)")
     parser.add_argument("--revised", type=float, default=0.05, help="share of symbols with a revision per batch")
     parser.add_argument("--without-triggers", action="store_true", help="disable user triggers on ohlcv_1min meanwhile")
+    parser.add_argument("--disable", action="append", default=[], metavar="NAME", help="disable this trigger meanwhile")
     parser.add_argument("--database-url", default=DEFAULT_URL)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    result = run(args.database_url, args.batches, args.symbols, args.revised, args.without_triggers)
+    result = run(args.database_url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable)
     for key, value in result.items():
         print(f"  {key}: {value}")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
