@@ -52,7 +52,9 @@ def symbol_names(n: int) -> list[str]:
 
 
 def day_frame(day_index: int, day: date, symbols: int, minutes: int) -> pl.DataFrame:
-    """One trading day of plausible bars for every symbol, from a hash (deterministic, no numpy)."""
+    """One trading day of plausible bars for every symbol, from a hash (deterministic, no numpy), in
+    time order (minute by minute, every symbol), the physical order in which the flow writes them:
+    a symbol's rows are spread over the day's pages as in production, not packed together."""
     rows = symbols * minutes
     start = datetime.combine(day, datetime.min.time()) + SESSION_OPEN
     i = pl.int_range(rows, dtype=pl.Int64)
@@ -70,7 +72,7 @@ def day_frame(day_index: int, day: date, symbols: int, minutes: int) -> pl.DataF
         volume=100 + (noise // 7 % 5000).cast(pl.Int64),
         vwap=(close - 0.01).round(4),
         trades=1 + (noise // 11 % 60).cast(pl.Int64),
-    )
+    ).sort("timestamp", "symbol")
 
 
 def load(url: str, days: int, symbols: int, minutes: int) -> float:
@@ -103,7 +105,10 @@ def load(url: str, days: int, symbols: int, minutes: int) -> float:
         conn.execute("CREATE INDEX ohlcv_1min_timestamp_idx ON ohlcv_1min (timestamp DESC)")
         conn.execute("VACUUM ANALYZE ohlcv_1min")
         conn.execute("VACUUM ANALYZE symbols")
-    migrate.up(url, log=lambda _: None)  # derived views; fills latest_bars from the bars
+    migrate.up(url, log=lambda _: None)  # derived views and rollup (0004), latest_bars, from the bars
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('rollups.bars_5min')").fetchone() != (None,):
+            conn.execute("VACUUM ANALYZE rollups.bars_5min")  # as after a restore; autovacuum does it live
     return time.perf_counter() - began
 
 
