@@ -1,13 +1,17 @@
 -- Reverts 0004_rollups: 0002's query-time views and latest_bars triggers come back; ohlcv_1min and
 -- latest_bars' rows are untouched.
-DROP TRIGGER IF EXISTS rollups_after_insert ON ohlcv_1min;
-DROP TRIGGER IF EXISTS rollups_after_update ON ohlcv_1min;
-DROP TRIGGER IF EXISTS rollups_after_delete ON ohlcv_1min;
-DROP TRIGGER IF EXISTS rollups_after_truncate ON ohlcv_1min;
-DROP TRIGGER IF EXISTS latest_bars_after_insert ON ohlcv_1min;
-DROP TRIGGER IF EXISTS latest_bars_after_update ON ohlcv_1min;
-DROP TRIGGER IF EXISTS latest_bars_after_delete ON ohlcv_1min;
-DROP TRIGGER IF EXISTS latest_bars_after_write ON ohlcv_1min;
+-- 0004's triggers (which of them exist depends on the server): whichever exist
+DO $$
+DECLARE
+    name TEXT;
+BEGIN
+    FOR name IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'ohlcv_1min'::regclass
+                AND (tgname LIKE 'rollups\_after\_%' OR tgname LIKE 'latest\_bars\_after\_%')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON ohlcv_1min', name);
+    END LOOP;
+END
+$$;
 DROP FUNCTION latest_bars_after_write(), latest_bars_after_write_row(), latest_bars_refill(text[]);
 ALTER TABLE latest_bars RESET (fillfactor);
 

@@ -43,10 +43,18 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 -- latest_bars
 -- ---------------------------------------------------------------------------------------------
-DROP TRIGGER IF EXISTS latest_bars_on_insert ON ohlcv_1min;
-DROP TRIGGER IF EXISTS latest_bars_on_update ON ohlcv_1min;
-DROP TRIGGER IF EXISTS latest_bars_on_write ON ohlcv_1min;
-DROP TRIGGER latest_bars_on_delete ON ohlcv_1min;
+-- 0002's triggers (statement-level on plain PostgreSQL, row-level on a hypertable): whichever exist
+DO $$
+DECLARE
+    name TEXT;
+BEGIN
+    FOR name IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'ohlcv_1min'::regclass
+                AND tgname IN ('latest_bars_on_insert', 'latest_bars_on_update', 'latest_bars_on_write', 'latest_bars_on_delete')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON ohlcv_1min', name);
+    END LOOP;
+END
+$$;
 
 ALTER TABLE latest_bars SET (fillfactor = 40);
 -- Rewrite it so existing pages get the free space too (a derived table: refilled from ohlcv_1min).
