@@ -25,10 +25,11 @@
 -- With TimescaleDB (ohlcv_1min a hypertable) nothing of this is created: 0002's continuous
 -- aggregates already are materialized, time-indexed rollups.
 --
--- latest_bars (0002) gets cheaper triggers: SQL over the transition tables directly instead of
+-- latest_bars (0002) gets rewritten triggers: SQL over the transition tables directly instead of
 -- building and unnesting arrays of rows, an UPDATE through a join instead of ON CONFLICT, rows
 -- written only when newer and different, a key change (UPDATE of symbol/timestamp) handled, and
--- fillfactor 40 so the per-minute rewrite of every symbol's row is a HOT update in place.
+-- fillfactor 40 so the per-minute rewrite of every symbol's row is a HOT update in place. Measured
+-- about as fast as 0002's (~10-15 ms per 4,000-bar batch): rewriting 4,000 rows is the cost.
 
 CREATE OR REPLACE FUNCTION pg_temp.bars_are_plain() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
