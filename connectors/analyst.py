@@ -68,7 +68,9 @@ INDICATOR_SCHEMA: Final[dict[str, pl.DataType]] = {
     "timestamp": _TIME,
     **{
         name: pl.Float64()
-        for name in ("sma", "ema", "rsi", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr", "vwap")
+        for name in (
+            "sma", "ema", "rsi", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr", "vwap"
+        )
     },
     "revision": pl.Int64(),
 }

@@ -193,7 +193,8 @@ def _check_retention(conn: psycopg.Connection, settings: PolicySettings) -> None
     if settings.retention_bars is None:
         return
     widest = conn.execute(
-        "SELECT max((j.config->>'start_offset')::interval)::text, bool_or(%s::interval <= (j.config->>'start_offset')::interval)"
+        "SELECT max((j.config->>'start_offset')::interval)::text,"
+        " bool_or(%s::interval <= (j.config->>'start_offset')::interval)"
         " FROM timescaledb_information.jobs j"
         " JOIN timescaledb_information.continuous_aggregates c"  # the job names the view (2.13+) or its hypertable
         "   ON (j.hypertable_schema, j.hypertable_name) IN ((c.view_schema, c.view_name),"
@@ -208,7 +209,9 @@ def _check_retention(conn: psycopg.Connection, settings: PolicySettings) -> None
         )
 
 
-def apply(database_url: str, settings: PolicySettings, *, dry_run: bool = False, log: Callable[[str], None] = print) -> list[str]:
+def apply(
+    database_url: str, settings: PolicySettings, *, dry_run: bool = False, log: Callable[[str], None] = print
+) -> list[str]:
     """Bring every hypertable's policies to `settings`, in one transaction. Returns the SQL run (or,
     with `dry_run`, that would run)."""
     done: list[str] = []

@@ -134,8 +134,8 @@ def test_revised_bars_upsert_into_compressed_chunks(timescale_url: str) -> None:
     day = int(datetime(2024, 1, 2, 14, 30, tzinfo=UTC).timestamp() * 1000)
 
     def minute_bar(revision: int, close: float) -> Bar:
-        return Bar(symbol="AAPL", timestamp=day, open=10.0, high=max(11.0, close), low=9.0, close=close, volume=100 + revision,
-                   vwap=10.0, trades=1, revision=revision, status="final")  # fmt: skip
+        return Bar(symbol="AAPL", timestamp=day, open=10.0, high=max(11.0, close), low=9.0, close=close,
+                   volume=100 + revision, vwap=10.0, trades=1, revision=revision, status="final")  # fmt: skip
 
     store = BarStore(timescale_url)
     try:
