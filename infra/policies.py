@@ -12,7 +12,8 @@ in about a quarter of memory):
     day, and a compression or retention step drops or compresses whole days.
   * `events`, `alerts`: 7 days. Far fewer rows (a fraction of bars fire anything); day chunks would
     be tiny and many.
-A new interval applies to chunks created afterwards.
+A new interval applies to chunks created afterwards. The continuous aggregates of 0002 keep
+TimescaleDB's default for their own hypertables (ten times the raw table's interval).
 
 Compression (the old, still supported `timescaledb.compress` API; TimescaleDB >= 2.11 is required
 because the sink upserts revised bars, and INSERT .. ON CONFLICT DO UPDATE into compressed chunks
