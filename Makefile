@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
-.PHONY: help venv services broker topics migrate demo test bench bench-queries bench-bridge stop \
+.PHONY: help venv services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
 	dashboard-assets chromium gateway bench-gateway
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make test      set everything up, then run the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make bench     set everything up, then run the OHLCV benchmark (BENCH_ARGS=...)"
 	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
+	@echo "make bench-sink     the sink's upsert per minute-boundary batch on that database -> bench/sink.json"
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
 	@echo "make gateway        run the WebSocket/REST gateway and dashboard (dev mode unless GATEWAY_DEV_MODE=false)"
 	@echo "make bench-gateway  1,000 WebSocket clients x 20 of 4,000 symbols -> bench/gateway.json"
@@ -65,6 +66,9 @@ bench: venv services broker topics migrate
 
 bench-queries: venv services
 	$(PY) -m bench.queries $(BENCH_QUERIES_ARGS)
+
+bench-sink: venv services
+	$(PY) -m bench.sink $(BENCH_SINK_ARGS)
 
 bench-bridge: venv services broker topics migrate
 	$(PY) -m bench.bridge $(BENCH_ARGS)

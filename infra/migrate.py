@@ -5,7 +5,8 @@ transaction together with its row in `schema_migrations`, so a failing file leav
 exactly as it was; re-running is a no-op. A Postgres advisory lock keeps two processes (two test
 runs, two deploys) from migrating the same database at once.
 
-    python -m infra.migrate [up] [--to N]      apply pending migrations (up to N)
+    python -m infra.migrate [up] [--to N]      apply pending migrations (up to N), then the TimescaleDB
+                                               policies of infra/policies.py (a no-op without TimescaleDB)
     python -m infra.migrate down --to N        revert every migration above N (0 = all)
     python -m infra.migrate status             list applied and pending migrations
 """
@@ -24,6 +25,8 @@ import psycopg
 from pydantic import ValidationError
 
 from infra.databases import DatabaseUnreachable, connect, describe
+from infra.policies import PolicyError, PolicySettings
+from infra.policies import apply as apply_policies
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 LOCK_KEY = 0x7469636B_6D696772  # "tick" "migr": constant so every process contends for the same lock
@@ -177,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             args.database_url = Settings().database_url
         if args.command == "up":
             up(args.database_url, to=args.to, directory=args.migrations_dir)
+            apply_policies(args.database_url, PolicySettings())  # TimescaleDB policies follow the schema
         elif args.command == "down":
             down(args.database_url, to=args.to, directory=args.migrations_dir)
         else:
             status(args.database_url, directory=args.migrations_dir)
-    except (MigrationError, DatabaseUnreachable, ValidationError) as exc:
+    except (MigrationError, PolicyError, DatabaseUnreachable, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -63,6 +63,26 @@ def services() -> None:
 
 
 @pytest.fixture
+def database_url() -> Iterator[str]:
+    """A throwaway database, created empty and dropped after the test (migration tests)."""
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from infra.databases import connect
+
+    base = os.environ.get("DATABASE_URL", TEST_DATABASE_URL)
+    name = f"tickstock_migtest_{uuid.uuid4().hex[:10]}"
+    admin_url = make_conninfo(base, dbname="postgres")
+    with connect(admin_url) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(base, dbname=name)
+    finally:
+        with connect(admin_url) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def db(services: None) -> Iterator[psycopg.Connection]:
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
         conn.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")

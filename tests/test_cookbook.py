@@ -1,7 +1,9 @@
-"""Every ```sql block of docs/cookbook.md runs, and returns rows, on two generated trading days."""
+"""Every ```sql block of docs/cookbook.md runs, and returns rows, on two generated trading days of bars
+with the detection rows (events, indicator values, alerts) a detector would write for them."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from datetime import UTC, datetime, timedelta
@@ -60,7 +62,44 @@ def two_days(db: psycopg.Connection) -> psycopg.Connection:
     ) as copy:
         for row in rows:
             copy.write_row(row)
+    db.execute("TRUNCATE events, indicator_values, alerts")
+    detections(db, [r for r in rows if r[5] is not None], rng)
     return db
+
+
+def detections(db: psycopg.Connection, priced: list[tuple], rng: random.Random) -> None:
+    """Events, 1m/5m indicator values and alerts on the priced bars, as the detection sink writes them."""
+    events, indicators, alerts = [], [], []
+    event_kinds = [("pattern", "doji"), ("pattern", "engulfing"), ("trend", "trend_start"), ("surge", "volume_surge")]
+    alert_rules = [("rsi_overbought", "warning"), ("macd_cross_up", "critical"), ("bollinger_below", "critical")]
+    for n, (symbol, ts, _o, _h, _l, close, *_rest) in enumerate(priced):
+        warm = ts.hour * 60 + ts.minute - (14 * 60 + 30) >= 20  # indicators need 20 bars
+        rsi = 50 + 35 * ((n * 7919) % 100 - 50) / 50 if warm else None
+        band = close * 0.01
+        values = (close, close, rsi, 0.1, 0.05, 0.05, close - band, close, close + band, 0.2, close, 0)
+        indicators.append((symbol, "1m", ts, *values))
+        if ts.minute % 5 == 0:
+            indicators.append((symbol, "5m", ts, *values))
+        if n % 23 == 0:
+            kind, kind_type = rng.choice(event_kinds)
+            confidence = rng.choice([0.55, 0.85, 0.95])
+            events.append(
+                (symbol, ts, f"e{n}", kind, kind_type, "1m", "up", confidence, close, 0, json.dumps({"bars": 20}), "{}")
+            )
+        if n % 31 == 0:  # a new session high, between two bar starts
+            at = ts + timedelta(seconds=17)
+            detail = json.dumps({"previous": close - 0.1})
+            events.append((symbol, at, f"h{n}", "highlow", "session_high", None, "up", 1.0, close, 0, "{}", detail))
+        if warm and n % 37 == 0:
+            rule, severity = rng.choice(alert_rules)
+            indicator = rule.split("_")[0]
+            alerts.append(
+                (symbol, ts, f"a{n}", rule, severity, "1m", "up", 0.9, indicator, 71.0, 70.0, f"{rule} {symbol}", 0, "{}")
+            )
+    with db.cursor() as cur:
+        cur.executemany(f"INSERT INTO events VALUES ({', '.join(['%s'] * 12)})", events)
+        cur.executemany(f"INSERT INTO indicator_values VALUES ({', '.join(['%s'] * 15)})", indicators)
+        cur.executemany(f"INSERT INTO alerts VALUES ({', '.join(['%s'] * 14)})", alerts)
 
 
 @pytest.mark.parametrize(("title", "query"), recipes(), ids=[title for title, _ in recipes()])

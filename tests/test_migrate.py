@@ -7,17 +7,12 @@ import shutil
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from infra import migrate
-from infra.databases import connect
 
 BASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_test")
 REPO = Path(__file__).resolve().parent.parent
@@ -30,19 +25,6 @@ SHIPPED = [m.version for m in migrate.discover()]
 
 def quiet(_: str) -> None:
     pass
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    name = f"tickstock_migtest_{uuid.uuid4().hex[:10]}"
-    admin_url = make_conninfo(BASE_URL, dbname="postgres")
-    with connect(admin_url) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(BASE_URL, dbname=name)
-    finally:
-        with connect(admin_url) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def tables(url: str) -> set[str]:

@@ -1,0 +1,127 @@
+"""The flow's write path at a minute boundary: `python -m bench.sink [--batches 40 --symbols 4000]`.
+
+Times `connectors.postgres.BarStore.upsert` (COPY into staging + one INSERT .. ON CONFLICT, with
+every trigger the migrations put on `ohlcv_1min`) for batches shaped like the ones the flow
+writes when a minute closes: one new bar per symbol, plus `--revised` of them as revisions of
+the previous 15 minutes (late trades). It writes past the newest bar already in the database
+(by default the `make bench-queries` database, so the tables have a month of history and
+realistic index depth), then deletes what it wrote, leaving the database as it found it.
+
+`--without-triggers` disables the user triggers on `ohlcv_1min` for the run (FK checks stay):
+the cost of the bare upsert, to tell what the triggers add; `--disable NAME` disables one trigger
+(e.g. the `rollups_after_*` ones, to time `latest_bars` alone). Writes p50/p95/mean per batch to
+bench/sink.json (or `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from connectors.postgres import BarStore
+from schemas.bars import Bar
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/tickstock_bench_queries"
+OUT = Path(__file__).with_name("sink.json")
+LATE_MINUTES = 15  # ALLOWED_LATENESS_S / 60: how far back a revision reaches
+
+
+def minute_batch(symbols: list[str], minute_ms: int, revised: int, rng: random.Random) -> list[Bar]:
+    """One bar per symbol for `minute_ms`, plus `revised` revisions of earlier minutes."""
+    bars = []
+    for n, symbol in enumerate(symbols):
+        close = 20 + n % 500 + rng.random()
+        bars.append(
+            Bar(symbol=symbol, timestamp=minute_ms, open=round(close - 0.05, 4), high=round(close + 0.1, 4),
+                low=round(close - 0.1, 4), close=round(close, 4), volume=100 + rng.randrange(5000),
+                vwap=round(close - 0.01, 4), trades=1 + rng.randrange(60), revision=0, status="final")
+        )  # fmt: skip
+    for symbol in rng.sample(symbols, revised):
+        back = rng.randint(1, LATE_MINUTES)
+        close = 20 + rng.random() * 500
+        bars.append(
+            Bar(symbol=symbol, timestamp=minute_ms - back * 60_000, open=round(close, 4), high=round(close + 0.3, 4),
+                low=round(close - 0.3, 4), close=round(close + 0.1, 4), volume=200 + rng.randrange(5000),
+                vwap=round(close, 4), trades=2 + rng.randrange(60), revision=1 + rng.randrange(3), status="final")
+        )  # fmt: skip
+    return bars
+
+
+def run(
+    url: str, batches: int, symbol_count: int, revised_share: float, without_triggers: bool, disabled: list[str]
+) -> dict[str, object]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        newest = conn.execute("SELECT max(timestamp) FROM ohlcv_1min").fetchone()[0]  # type: ignore[index]
+        names = [r[0] for r in conn.execute("SELECT symbol FROM symbols ORDER BY symbol LIMIT %s", (symbol_count,))]
+        if newest is None or len(names) < symbol_count:
+            raise SystemExit(f"needs {symbol_count} symbols with bars: run `make bench-queries` first")
+        if without_triggers:
+            conn.execute("ALTER TABLE ohlcv_1min DISABLE TRIGGER USER")
+        for name in disabled:
+            conn.execute(sql.SQL("ALTER TABLE ohlcv_1min DISABLE TRIGGER {}").format(sql.Identifier(name)))
+    start = newest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1, hours=14, minutes=30)
+    start_ms = int(start.timestamp() * 1000)
+    rng, store, samples = random.Random(6), BarStore(url), []
+    revised = int(symbol_count * revised_share)
+    try:
+        for i in range(LATE_MINUTES + batches):
+            bars = minute_batch(names, start_ms + i * 60_000, revised if i >= LATE_MINUTES else 0, rng)
+            began = time.perf_counter()
+            store.upsert(bars)
+            if i >= LATE_MINUTES:  # the first minutes only give the revisions something to revise
+                samples.append((time.perf_counter() - began) * 1000)
+    finally:
+        store.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            if without_triggers:
+                conn.execute("ALTER TABLE ohlcv_1min ENABLE TRIGGER USER")
+            for name in disabled:
+                conn.execute(sql.SQL("ALTER TABLE ohlcv_1min ENABLE TRIGGER {}").format(sql.Identifier(name)))
+            conn.execute("DELETE FROM ohlcv_1min WHERE timestamp >= %s", (start,))
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    per_batch = symbol_count + revised
+    result = {
+        "batch_bars": per_batch,
+        "new_bars": symbol_count,
+        "revised_bars": revised,
+        "batches": batches,
+        "upsert_p50_ms": round(cuts[49], 1),
+        "upsert_p95_ms": round(cuts[94], 1),
+        "upsert_mean_ms": round(statistics.fmean(samples), 1),
+        "mean_ms_per_1000_bars": round(statistics.fmean(samples) * 1000 / per_batch, 1),
+        "triggers": not without_triggers,
+        "disabled_triggers": disabled,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=40, help="timed minute-boundary batches")
+    parser.add_argument("--symbols", type=int, default=4000, help="new bars per batch (one per symbol)")
+    parser.add_argument("--revised", type=float, default=0.05, help="share of symbols with a revision per batch")
+    parser.add_argument("--without-triggers", action="store_true", help="disable user triggers on ohlcv_1min meanwhile")
+    parser.add_argument("--disable", action="append", default=[], metavar="NAME", help="disable this trigger meanwhile")
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    result = run(args.database_url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable)
+    for key, value in result.items():
+        print(f"  {key}: {value}")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

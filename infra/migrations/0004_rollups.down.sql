@@ -1,0 +1,76 @@
+-- Reverts 0004_rollups: 0002's query-time views and latest_bars triggers come back; ohlcv_1min and
+-- latest_bars' rows are untouched.
+-- 0004's triggers (which of them exist depends on the server): whichever exist
+DO $$
+DECLARE
+    name TEXT;
+BEGIN
+    FOR name IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'ohlcv_1min'::regclass
+                AND (tgname LIKE 'rollups\_after\_%' OR tgname LIKE 'latest\_bars\_after\_%')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON ohlcv_1min', name);
+    END LOOP;
+END
+$$;
+DROP FUNCTION latest_bars_after_write(), latest_bars_after_write_row(), latest_bars_refill(text[]);
+ALTER TABLE latest_bars RESET (fillfactor);
+
+-- 0002's latest_bars triggers, as 0002 created them
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        CREATE TRIGGER latest_bars_on_write AFTER INSERT OR UPDATE ON ohlcv_1min
+            FOR EACH ROW EXECUTE FUNCTION latest_bars_track();
+        CREATE TRIGGER latest_bars_on_delete AFTER DELETE ON ohlcv_1min
+            FOR EACH ROW EXECUTE FUNCTION latest_bars_track();
+    ELSE
+        CREATE TRIGGER latest_bars_on_insert AFTER INSERT ON ohlcv_1min
+            REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION latest_bars_track();
+        CREATE TRIGGER latest_bars_on_update AFTER UPDATE ON ohlcv_1min
+            REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION latest_bars_track();
+        CREATE TRIGGER latest_bars_on_delete AFTER DELETE ON ohlcv_1min
+            REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION latest_bars_track();
+    END IF;
+END
+$$;
+
+-- 0002's query-time views in place of the rollup-backed ones (plain PostgreSQL only)
+DO $$
+DECLARE
+    frame RECORD;
+BEGIN
+    IF to_regnamespace('rollups') IS NULL THEN
+        RETURN;  -- TimescaleDB: the continuous aggregates were never replaced
+    END IF;
+    FOR frame IN
+        SELECT * FROM (VALUES
+            ('ohlcv_5min',  INTERVAL '5 minutes'),
+            ('ohlcv_15min', INTERVAL '15 minutes'),
+            ('ohlcv_1hour', INTERVAL '1 hour'),
+            ('ohlcv_1day',  INTERVAL '1 day')
+        ) AS f (name, width)
+    LOOP
+        EXECUTE format('DROP VIEW %I', frame.name);
+        EXECUTE format($sql$
+            CREATE VIEW %I AS
+            SELECT symbol,
+                   date_bin(%L::interval, timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS timestamp,
+                   (array_agg(open ORDER BY timestamp) FILTER (WHERE open IS NOT NULL))[1] AS open,
+                   max(high) AS high,
+                   min(low) AS low,
+                   (array_agg(close ORDER BY timestamp DESC) FILTER (WHERE close IS NOT NULL))[1] AS close,
+                   sum(volume)::bigint AS volume,
+                   sum(vwap * volume) FILTER (WHERE vwap IS NOT NULL AND volume > 0)
+                     / NULLIF(sum(volume) FILTER (WHERE vwap IS NOT NULL AND volume > 0), 0) AS vwap,
+                   sum(trades)::bigint AS trades
+            FROM ohlcv_1min
+            GROUP BY 1, 2
+        $sql$, frame.name, frame.width);
+        EXECUTE format('COMMENT ON VIEW %I IS %L', frame.name,
+            format('%s bars from ohlcv_1min, buckets aligned to UTC (timestamp = bucket start)', frame.width));
+    END LOOP;
+    DROP TABLE rollups.bars_5min;
+    DROP FUNCTION rollups.after_write(), rollups.clear(), rollups.recompute_prices(text[], timestamptz[]);
+    DROP SCHEMA rollups;
+END
+$$;
