@@ -1,4 +1,4 @@
-"""Run the OHLCV flow once to the end of its input and print how long it took, as JSON.
+"""Run the bar flow once to the end of its input and print how long it took, as JSON.
 
 Runs in its own process so `peak_rss_mb` is the flow's alone; timing starts after imports. `cpu_s`
 is the process's CPU time (all its threads), a figure that depends less on what else the machine runs.
@@ -17,11 +17,11 @@ from flows.ohlcv import build_flow
 
 def main() -> None:
     flow = build_flow()
-    started, cpu = time.perf_counter(), time.process_time()
+    started_at, started, cpu = time.time(), time.perf_counter(), time.process_time()
     run_main(flow)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"elapsed_s": elapsed, "cpu_s": cpu, "peak_rss_mb": peak_kb / 1024}))
+    print(json.dumps({"elapsed_s": elapsed, "cpu_s": cpu, "peak_rss_mb": peak_kb / 1024, "started_at": started_at}))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Header names follow the Kafka Connect convention so standard tooling can read th
 
 from __future__ import annotations
 
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
+from bytewax.connectors.kafka import KafkaSinkMessage
 
+from connectors.kafka_sink import Record, TopicSink
 from connectors.kafka_source import RawBatch
 
 REASON = "dlq.reason"
@@ -31,5 +32,10 @@ def dead_letter(batch: RawBatch, index: int, kind: str, reason: str) -> KafkaSin
     )
 
 
-def dead_letter_sink(bootstrap: str, topic: str) -> KafkaSink:
-    return KafkaSink([bootstrap], topic, add_config={"acks": "all", "linger.ms": 5})
+def dead_letter_sink(bootstrap: str, topic: str) -> TopicSink[KafkaSinkMessage[bytes, bytes]]:
+    """Dead letters (keyed by their source partition) onto `topic`, delivered before the epoch commits."""
+    return TopicSink(bootstrap, topic, _record)
+
+
+def _record(letter: KafkaSinkMessage[bytes, bytes]) -> Record:
+    return letter.key, letter.value, letter.headers  # type: ignore[return-value]

@@ -1,13 +1,14 @@
-"""The dataflow: Kafka ticks -> 1-minute bars and detection -> PostgreSQL + Redis, bad input -> dead letters.
+"""The bar flow: Kafka ticks -> 1-minute bars -> PostgreSQL, Redis and the bars topic; bad input -> dead letters.
 
 Run it with::
 
     python -m bytewax.run "flows.ohlcv:build_flow()"                    # one process
     python -m bytewax.run "flows.ohlcv:build_flow()" -r RECOVERY_DIR -s 5 -b 0   # restartable
 
-Composition only: the bar logic lives in `flows.book`, detection in `flows.detect`, the I/O in
-`connectors`. Session highs and lows are detected on trades inside the partition's step (the
-trades are decoded there once); everything else is detected on final bars, per symbol.
+Composition only: the bar logic lives in `flows.book`, the I/O in `connectors`. Session highs
+and lows are detected here, on trades, inside the partition's step (the trades are decoded
+there once); final bars and revisions also go to Kafka (`TOPIC_BARS`), where the detection
+flow (`flows.detection`) reads them.
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ from prometheus_client import Counter, Gauge
 from connectors.bar_history import BarHistory
 from connectors import dead_letter as dead_letters
 from connectors.dead_letter import dead_letter, dead_letter_sink
+from connectors.kafka_sink import Record, TopicSink
 from connectors.kafka_source import KafkaBatchSource, RawBatch
 from connectors.sinks import LiveBarSink, StatusSink, event_sink, final_bar_sink
 from flows.book import BarBook, Counts
 from flows.conditions import ConditionRules
 from flows.detect import settings as detect_settings
 from flows.detect.highlow import SessionExtremes
-from flows.detect.operators import detect_on_bars, history_gap_ms
+from flows.detect.operators import history_gap_ms
 from flows.detect.settings import DetectionSettings
 from flows.settings import Settings
-from schemas.bars import Bar
+from schemas.bars import Bar, encode_bar
 from schemas.events import Event, HighLowEvent
 from schemas.status import FlowError, FlowHealth
 
@@ -242,6 +244,14 @@ def _event_symbol(event: Event) -> str:
     return event.symbol
 
 
+def _letter_key(letter: KafkaSinkMessage) -> str:
+    return letter.key.decode()  # the source partition
+
+
+def _bar_record(bar: Bar) -> Record:
+    return bar.symbol, encode_bar(bar), None
+
+
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The dataflow, configured from the environment unless `settings` / `detection` are given."""
     s = settings if settings is not None else Settings()
@@ -258,7 +268,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     flow = Dataflow("ohlcv")
     source = KafkaBatchSource(
         s.kafka_bootstrap_servers,
-        [s.bar_topic()],
+        [s.bar_input_topic()],
         start=s.kafka_start,
         tail=s.kafka_tail,
         batch_size=s.kafka_batch_size,
@@ -272,14 +282,14 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     finals = op.key_on("by_symbol", by_status.trues, _symbol)
     op.output("final_bars", finals, final_bar_sink(s))
     op.output("live_bars", by_status.falses, LiveBarSink(s))
+    op.output("bars_topic", finals, TopicSink(s.kafka_bootstrap_servers, s.topic_bars, _bar_record))
     letters = op.branch("dead_letters_or_other", split.falses, _is_dead_letter)
-    op.output("dead_letters", letters.trues, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    keyed_letters = op.key_on("dead_letters_by_partition", letters.trues, _letter_key)
+    op.output("dead_letters", keyed_letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
     health = op.branch("health_or_events", letters.falses, _is_health)
     status = op.merge("health_and_errors", health.trues, op.map("errors", letters.trues, _error))
     op.output("status", status, StatusSink(s))
-    if d.enabled:
+    if d.enabled and d.highlow.enabled:
         events = op.key_on("events_by_symbol", health.falses, _event_symbol)
-        if d.bar_detection_on():
-            events = op.merge("events", events, detect_on_bars("detect", finals, s, d))
-        op.output("detection", events, event_sink(s))
+        op.output("highs_and_lows", events, event_sink(s))
     return flow

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     topic_second_aggs: str = "stocks.aggs.second"
     topic_minute_aggs: str = "stocks.aggs.minute"
     topic_dead_letter: str = "stocks.deadletter"
+    topic_bars: str = Field("stocks.bars.1m", description="final 1-minute bars and revisions, key = symbol (JSON)")
     topic_partitions: int = Field(4, ge=1, description="partitions per topic when we create them")
     kafka_batch_size: int = Field(10_000, ge=1, description="max messages per consume call")
     kafka_start: Literal["earliest", "latest"] = "earliest"
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
             self.topic_second_aggs,
             self.topic_minute_aggs,
             self.topic_dead_letter,
+            self.topic_bars,
         ]
 
     def as_env(self) -> dict[str, str]:
@@ -79,5 +81,5 @@ class Settings(BaseSettings):
     def history_limits(self) -> HistoryLimits:
         return HistoryLimits(self.redis_history_max_len, self.redis_history_max_age_s)
 
-    def bar_topic(self) -> str:
+    def bar_input_topic(self) -> str:
         return self.topic_trades if self.bar_source == "trades" else self.topic_second_aggs

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The live demo: synthetic real-time feed -> Kafka -> OHLCV flow -> PostgreSQL and Redis -> gateway and dashboard.
+# The live demo: synthetic real-time feed -> Kafka -> bar flow -> PostgreSQL, Redis, bars topic -> detection flow
+# -> PostgreSQL and Redis -> gateway and dashboard.
 # With MASSIVE_API_KEY (or POLYGON_API_KEY) set, the feed is the live Massive/Polygon bridge instead.
 #
 # `make demo` runs the set-up targets first, then this. Ctrl-C (SIGINT) or SIGTERM stops what the
@@ -94,6 +95,7 @@ else
 fi
 # Bytewax stops on SIGINT with a Rust panic; keep that to one message instead of a backtrace.
 RUST_BACKTRACE=0 start_child "flow" "$PY" -m bytewax.run "$FLOW" "${flow_args[@]}"
+RUST_BACKTRACE=0 start_child "detection flow" "$PY" -m bytewax.run "flows.detection:build_flow()" "${flow_args[@]}"
 # The gateway and its dashboard, without authentication: a local demo (GATEWAY_DEV_MODE, README: Gateway).
 GATEWAY_LOG=.run/gateway.log
 GATEWAY_DEV_MODE=true start_child "gateway" "$PY" -m connectors.gateway >>"$GATEWAY_LOG" 2>&1
@@ -104,7 +106,8 @@ if [[ $FEED_LOG == .run/bridge.log ]]; then
 else
     say "feed: python -m connectors.synthetic ${feed_args[*]} (log: $FEED_LOG)"
 fi
-say "flow: python -m bytewax.run '$FLOW' ${flow_args[*]}"
+say "flows: python -m bytewax.run '$FLOW' ${flow_args[*]}  (bars, session highs/lows)"
+say "       python -m bytewax.run 'flows.detection:build_flow()' ${flow_args[*]}  (indicators, patterns, trends, surges, alerts)"
 say "latest bars:   psql '$db_url' -c 'SELECT * FROM ohlcv_1min ORDER BY timestamp DESC, symbol LIMIT 20'"
 say "final bars:    redis-cli -u '$redis_url' subscribe $final_channel"
 say "forming bars:  redis-cli -u '$redis_url' psubscribe '$live_channel'"
@@ -114,7 +117,7 @@ say "indicators:    psql '$db_url' -c 'SELECT * FROM indicator_values ORDER BY t
 say "bars appear once a minute has closed (plus the close delay); the first within about 1.5 minutes;"
 say "session highs/lows at once, patterns and surges with the first bars, RSI-based alerts after 15 minutes"
 say "dashboard:     http://${GATEWAY_HOST:-127.0.0.1}:${GATEWAY_PORT:-8765}/   (gateway log: $GATEWAY_LOG; development mode, no login)"
-say "Ctrl-C stops the feed, the flow, the gateway and whatever our set-up started"
+say "Ctrl-C stops the feed, the flows, the gateway and whatever our set-up started"
 
 # Wait for either child; if one ends on its own, the demo is over.
 status=0
@@ -123,7 +126,7 @@ for pid in "${pids[@]}"; do
     if ! kill -0 "$pid" 2>/dev/null; then
         hint=
         [[ ${started[$pid]} == gateway ]] && hint="; its output is in $GATEWAY_LOG"
-        [[ ${started[$pid]} != flow && ${started[$pid]} != gateway ]] && hint="; its output is in $FEED_LOG"
+        [[ ${started[$pid]} == *feed || ${started[$pid]} == bridge ]] && hint="; its output is in $FEED_LOG"
         say "the ${started[$pid]} exited on its own (status $status)$hint"
     fi
 done

@@ -34,6 +34,7 @@ def base_settings(**overrides: object) -> Settings:
         "topic_second_aggs": f"t{run}.aggs.second",
         "topic_minute_aggs": f"t{run}.aggs.minute",
         "topic_dead_letter": f"t{run}.deadletter",
+        "topic_bars": f"t{run}.bars",
         "redis_namespace": f"test{run}",
         "database_url": TEST_DATABASE_URL,
         "kafka_tail": False,

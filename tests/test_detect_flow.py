@@ -18,8 +18,9 @@ from bytewax.testing import run_main
 
 from connectors.postgres import BarStore
 from connectors.synthetic import DEFAULT_START_MS, generate
+from flows import detection as detection_flow
+from flows import ohlcv
 from flows.detect.settings import DetectionSettings
-from flows.ohlcv import build_flow
 from schemas.bars import Bar
 from schemas.channels import CATALOG, DETECTED_MIN_CONFIDENCE, Channels
 from schemas.export import OUT
@@ -42,11 +43,18 @@ def feed(**kw):
     return list(generate(**options))
 
 
+def run_both(settings, detection: DetectionSettings | None = None) -> None:
+    """The bar flow to the end of its input, then the detection flow over the bars it published."""
+    d = detection or DetectionSettings()
+    run_main(ohlcv.build_flow(settings, d))
+    run_main(detection_flow.build_flow(settings, d))
+
+
 def test_events_land_in_their_tables_and_on_their_catalog_channels(settings, db, recorder):
     publish(settings, feed())
     ns = settings.redis_namespace
     dotted, colon = recorder(settings.redis_url, f"{ns}.*"), recorder(settings.redis_url, f"{ns}:*")
-    run_main(build_flow(settings, DetectionSettings(alerts={"critical": ("bollinger_above", "bollinger_below")})))
+    run_both(settings, DetectionSettings(alerts={"critical": ("bollinger_above", "bollinger_below")}))
     time.sleep(0.5)
     messages = dotted.stop() + colon.stop()
 
@@ -89,7 +97,7 @@ def test_events_land_in_their_tables_and_on_their_catalog_channels(settings, db,
 
 def test_feeding_the_same_ticks_again_gives_the_same_rows(settings, db):
     publish(settings, feed(seed=4, seconds=25 * 60))
-    run_main(build_flow(settings))
+    run_both(settings)
     tables = ("events", "indicator_values", "alerts")
 
     def contents() -> dict[str, list]:
@@ -101,7 +109,7 @@ def test_feeding_the_same_ticks_again_gives_the_same_rows(settings, db):
 
     first, written = contents(), versions()
     assert all(first.values())
-    run_main(build_flow(settings))
+    run_both(settings)
     assert contents() == first, "same ids, same values"
     # Events and alerts are decided once and never rewritten. Indicator rows may be: a late
     # minute recomputes later bars, and a replay repeats those intermediate values on the way.
@@ -127,7 +135,7 @@ def test_indicators_are_valid_from_the_first_bar_when_history_is_in_the_database
         store.upsert(history_bars(s, DEFAULT_START_MS - 30 * MINUTE, 200, base=50.0))  # before the lateness reach
     store.close()
     publish(settings, events)
-    run_main(build_flow(settings))
+    run_both(settings)
 
     for symbol in symbols:
         bars = db.execute("SELECT close::float8, high::float8, low::float8, timestamp FROM ohlcv_1min "
@@ -163,7 +171,7 @@ def test_n_day_highs_fire_against_the_previous_sessions_in_the_database(services
             store.upsert([b.__replace__(high=first_price[symbol] * 1.002, low=first_price[symbol] * 0.998) for b in bars])
     store.close()
     publish(s, events)
-    run_main(build_flow(s, DetectionSettings(highlow={"n_days": 3})))
+    run_main(ohlcv.build_flow(s, DetectionSettings(highlow={"n_days": 3})))
 
     rows = db.execute("SELECT symbol, type, price, detail->>'previous' FROM events WHERE type LIKE 'n_day_%%'").fetchall()
     assert rows, "the day's trades leave the previous sessions' range"
@@ -177,7 +185,8 @@ def test_n_day_highs_fire_against_the_previous_sessions_in_the_database(services
 
 def test_a_bad_detection_setting_stops_the_flow_at_start_with_the_variable_named(settings):
     env = os.environ | settings.as_env() | {"DETECT_SURGE__VOLUME_MULTIPLE": "0.5"}
-    result = subprocess.run([sys.executable, "-m", "bytewax.run", "flows.ohlcv:build_flow()"], env=env, cwd=ROOT,
-                            capture_output=True, timeout=60)  # fmt: skip
-    assert result.returncode != 0
-    assert b"DETECT_SURGE__VOLUME_MULTIPLE" in result.stderr and b"greater than 1" in result.stderr
+    for flow in ("flows.ohlcv:build_flow()", "flows.detection:build_flow()"):
+        result = subprocess.run([sys.executable, "-m", "bytewax.run", flow], env=env, cwd=ROOT, capture_output=True,
+                                timeout=60)  # fmt: skip
+        assert result.returncode != 0
+        assert b"DETECT_SURGE__VOLUME_MULTIPLE" in result.stderr and b"greater than 1" in result.stderr

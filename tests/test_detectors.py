@@ -384,3 +384,15 @@ def test_the_book_reports_just_the_trades_that_can_move_a_session_extreme():
         expected += events(every_trade)
     assert len(expected) > 50 and got == expected
     assert len(calls) < len(trades) / 2, "most trades never reach the detector"
+
+
+def test_a_bar_delivered_again_or_an_older_revision_changes_nothing():
+    d = BarDetector("AAA", DetectionParams(DetectionSettings()))
+    for i in range(30):
+        d.on_bar(bar(i, 10 + 0.01 * i))
+    revised = d.on_bar(bar(28, 11.0, revision=1))
+    assert revised, "a newer revision recomputes"
+    assert d.on_bar(bar(28, 11.0, revision=1)) == [], "the same revision again: a repeat"
+    assert d.on_bar(bar(28, 10.28, revision=0)) == [], "an older revision after a newer one: stale"
+    assert d.on_bar(bar(29, 10.29)) == [], "the newest bar again"
+    assert d.series.close[-2] == 11.0

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -16,10 +17,12 @@ from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
 from connectors.synthetic import generate
+from flows.detection import build_flow as build_detection
 from flows.ohlcv import build_flow
+from flows.settings import Settings
 from schemas.bars import decode_bar
 from schemas.status import decode_status
-from tests.conftest import publish, read_topic, table_bars
+from tests.conftest import create_topics, publish, read_topic, table_bars
 from tests.reference import reference_bars
 
 pytestmark = pytest.mark.integration
@@ -140,39 +143,63 @@ def detection_tables(db) -> dict[str, list]:
     return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in ("events", "indicator_values", "alerts")}
 
 
+def kill_9_then_resume(flow: str, s: Settings, recovery: Path, progress: Callable[[], bool]) -> None:
+    """Run `flow` with a recovery store, SIGKILL it once `progress()` says so, then run it again to the end."""
+    env = os.environ | s.as_env()
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, env=env, cwd=ROOT)
+    command = [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "1", "-b", "0"]
+    running = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and running.poll() is None and not progress():
+        time.sleep(0.05)
+    assert running.poll() is None, "the flow finished before it could be killed; make the input bigger"
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+
+
+def count(db, table: str) -> int:
+    return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
 def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tmp_path):
-    """Bars, and every detection record with its id, as if the flow had never been interrupted."""
+    """Bars and highs/lows as if the bar flow had never been interrupted; the bars it published
+    again after the restart change nothing downstream either (the detection flow's tables)."""
     events = feed(seed=21, symbols=60, rate=120.0, seconds=25 * 60)
     publish(settings, events)
     run_main(build_flow(settings))
+    run_main(build_detection(settings))
     uninterrupted = table_bars(db)
     detected = detection_tables(db)
     assert all(len(rows) > 30 for rows in detected.values()), {t: len(r) for t, r in detected.items()}
     db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
 
-    slow = settings.model_copy(update={"kafka_batch_size": 50})
-    env = os.environ | slow.as_env()
-    recovery = tmp_path / "recovery"
-    recovery.mkdir()
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, env=env, cwd=ROOT)
-    command = [sys.executable, "-m", "bytewax.run", "flows.ohlcv:build_flow()", "-r", str(recovery), "-s", "1", "-b", "0"]
-
-    flow = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and flow.poll() is None:
-        written = db.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]
-        if written >= len(uninterrupted) * 0.4:
-            break
-        time.sleep(0.05)
-    assert flow.poll() is None, "the flow finished before it could be killed; make the input bigger"
-    flow.send_signal(signal.SIGKILL)
-    flow.wait()
-    partial = db.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]
-    assert 0 < partial < len(uninterrupted)
-
-    resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    # the same ticks, small batches, bars to a topic of their own, killed at ~40 % of the table
+    again = settings.model_copy(update={"kafka_batch_size": 50, "topic_bars": settings.topic_bars + ".again"})
+    create_topics(again)
+    kill_9_then_resume("flows.ohlcv:build_flow()", again, tmp_path / "recovery",
+                       lambda: count(db, "ohlcv_1min") >= len(uninterrupted) * 0.4)  # fmt: skip
     assert_frame_equal(table_bars(db), uninterrupted)
+    assert 0 < len(read_topic(again, again.topic_bars)) - count(db, "ohlcv_1min"), "the restart published bars again"
+    run_main(build_detection(again))
+    after = detection_tables(db)
+    for table, rows in detected.items():
+        assert after[table] == rows, f"{table}: {len(after[table])} rows vs {len(rows)} uninterrupted"
+
+
+def test_kill_9_of_the_detection_flow_gives_the_same_events_and_ids(settings, db, tmp_path):
+    publish(settings, feed(seed=22, symbols=60, rate=120.0, seconds=25 * 60))
+    run_main(build_flow(settings))
+    run_main(build_detection(settings))
+    detected = detection_tables(db)
+    db.execute("TRUNCATE indicator_values, alerts")
+    db.execute("DELETE FROM events WHERE kind <> 'highlow'")  # highs and lows are the bar flow's
+
+    slow = settings.model_copy(update={"kafka_batch_size": 20})
+    kill_9_then_resume("flows.detection:build_flow()", slow, tmp_path / "recovery",
+                       lambda: count(db, "indicator_values") >= len(detected["indicator_values"]) * 0.4)  # fmt: skip
     after = detection_tables(db)
     for table, rows in detected.items():
         assert after[table] == rows, f"{table}: {len(after[table])} rows vs {len(rows)} uninterrupted"

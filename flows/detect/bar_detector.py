@@ -89,8 +89,10 @@ class BarDetector:
             return []
         last = self.series.last_timestamp
         is_new = last is None or bar.timestamp > last
-        at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, float(bar.volume),
-                       bar.vwap if bar.vwap is not None else bar.close)  # fmt: skip
+        vwap = bar.vwap if bar.vwap is not None else bar.close
+        if not is_new and self._seen(bar, vwap):
+            return []
+        at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
         if at < 0:
             return []  # older than the whole window
         if bar.revision:
@@ -112,6 +114,17 @@ class BarDetector:
             if p.surge_on:
                 out.extend(self._surges(bar, c, v))
         return out
+
+    def _seen(self, bar: Bar, vwap: float) -> bool:
+        """An older revision than the one held, or the very bar held: a repeat from upstream, nothing to do.
+
+        (The bar flow delivers at least once: after a restart it may send bars again.)
+        """
+        held = self.revisions.get(bar.timestamp, 0)
+        if bar.revision < held:
+            return True
+        row = self.series.row(bar.timestamp)
+        return bar.revision == held and row == (bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
 
     def _add(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
         """Put a bar in the series and keep the session VWAP sums.

@@ -75,6 +75,14 @@ class BarSeries:
     def last_timestamp(self) -> int | None:
         return int(self._data[0, self._end - 1]) if self._end > self._start else None
 
+    def row(self, t: int) -> tuple[float, ...] | None:
+        """The held bar starting at `t` (open, high, low, close, volume, vwap), or None."""
+        times = self.timestamp
+        i = int(np.searchsorted(times, t))
+        if i < len(times) and times[i] == t:
+            return tuple(self._data[1:, self._start + i].tolist())
+        return None
+
     def upsert(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
         """Add or replace the bar starting at `t`; returns its index (0 = oldest held)."""
         row = (t, o, h, low, c, v, vw)

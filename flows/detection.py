@@ -1,0 +1,84 @@
+"""The detection flow: final bars from Kafka -> per-symbol indicators, alerts, patterns, trends and surges.
+
+Run it beside the bar flow (`flows.ohlcv`), which publishes every final bar and revision on
+`TOPIC_BARS`::
+
+    python -m bytewax.run "flows.detection:build_flow()"
+    python -m bytewax.run "flows.detection:build_flow()" -r RECOVERY_DIR -s 5 -b 0   # restartable
+
+Why a flow of its own: detecting costs more per bar than building the bar did, so in its own
+process it runs on another core, and however slow it gets (a slow database for the indicator
+rows, a backlog after a restart), bars reach analysts and dashboards on time. Kafka between the
+two keeps each bar's revisions in order (key = symbol) and lets either flow restart on its own.
+
+Composition only: the detectors live in `flows.detect`, the I/O in `connectors`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import bytewax.operators as op
+import msgspec
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+
+from connectors.dead_letter import dead_letter, dead_letter_sink
+from connectors.kafka_source import KafkaBatchSource, RawBatch
+from connectors.sinks import event_sink
+from flows.detect import settings as detect_settings
+from flows.detect.operators import detect_on_bars
+from flows.detect.settings import DetectionSettings
+from flows.settings import Settings
+from schemas.bars import Bar
+
+log = logging.getLogger("tickstock.detection")
+
+_bars = msgspec.json.Decoder(Bar)
+
+
+def _bars_of(batch: RawBatch) -> list[tuple[str, Bar] | KafkaSinkMessage]:
+    """A consumed batch as (symbol, bar) items; an undecodable record becomes a dead letter."""
+    out: list[tuple[str, Bar] | KafkaSinkMessage] = []
+    decode = _bars.decode
+    for index, raw in enumerate(batch.values):
+        try:
+            bar = decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            out.append(dead_letter(batch, index, "malformed", f"invalid bar: {exc}"))
+            continue
+        if bar.status == "final":
+            out.append((bar.symbol, bar))
+    return out
+
+
+def _is_bar(item: tuple[str, Bar] | KafkaSinkMessage) -> bool:
+    return isinstance(item, tuple)
+
+
+def _letter_key(letter: KafkaSinkMessage) -> str:
+    return letter.key.decode()
+
+
+def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
+    """The detection dataflow, configured from the environment unless `settings` / `detection` are given."""
+    s = settings if settings is not None else Settings()
+    if detection is None:
+        try:
+            detection = detect_settings.load()
+        except detect_settings.DetectionConfigError as exc:
+            raise SystemExit(f"detection flow: {exc}") from None
+    if not detection.bar_detection_on():
+        raise SystemExit("detection flow: every detector on bars is off (DETECT_*), so it has nothing to do")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flow = Dataflow("detection")
+    source = KafkaBatchSource(
+        s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
+    )
+    items = op.flat_map("decode", op.input("bars", flow, source), _bars_of)
+    split = op.branch("bars_or_dead_letters", items, _is_bar)
+    events = detect_on_bars("detect", split.trues, s, detection)  # type: ignore[arg-type]
+    op.output("detection", events, event_sink(s))
+    letters = op.key_on("dead_letters_by_partition", split.falses, _letter_key)  # type: ignore[arg-type]
+    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    return flow
