@@ -9,6 +9,7 @@
 #
 #   SYNTHETIC_ARGS  feed options (default: --symbols 4000 --rate 2000 --realtime)
 #   FLOW            Bytewax flow to run (default: "flows.ohlcv:build_flow()"); FLOW_ARGS: extra bytewax.run options
+#   DETECTION_FLOW_ARGS  extra bytewax.run options of the detection flow (its own recovery directory, if any)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +19,7 @@ FEED_LOG=.run/synthetic.log
 FLOW=${FLOW:-flows.ohlcv:build_flow()}
 read -ra feed_args <<<"${SYNTHETIC_ARGS:---symbols 4000 --rate 2000 --realtime}"
 read -ra flow_args <<<"${FLOW_ARGS:-}"
+read -ra detection_args <<<"${DETECTION_FLOW_ARGS:-}"
 mkdir -p .run
 
 say() { printf 'demo: %s\n' "$*"; }
@@ -95,7 +97,7 @@ else
 fi
 # Bytewax stops on SIGINT with a Rust panic; keep that to one message instead of a backtrace.
 RUST_BACKTRACE=0 start_child "flow" "$PY" -m bytewax.run "$FLOW" "${flow_args[@]}"
-RUST_BACKTRACE=0 start_child "detection flow" "$PY" -m bytewax.run "flows.detection:build_flow()" "${flow_args[@]}"
+RUST_BACKTRACE=0 start_child "detection flow" "$PY" -m bytewax.run "flows.detection:build_flow()" "${detection_args[@]}"
 # The gateway and its dashboard, without authentication: a local demo (GATEWAY_DEV_MODE, README: Gateway).
 GATEWAY_LOG=.run/gateway.log
 GATEWAY_DEV_MODE=true start_child "gateway" "$PY" -m connectors.gateway >>"$GATEWAY_LOG" 2>&1
@@ -107,7 +109,7 @@ else
     say "feed: python -m connectors.synthetic ${feed_args[*]} (log: $FEED_LOG)"
 fi
 say "flows: python -m bytewax.run '$FLOW' ${flow_args[*]}  (bars, session highs/lows)"
-say "       python -m bytewax.run 'flows.detection:build_flow()' ${flow_args[*]}  (indicators, patterns, trends, surges, alerts)"
+say "       python -m bytewax.run 'flows.detection:build_flow()' ${detection_args[*]}  (indicators, patterns, trends, surges, alerts)"
 say "latest bars:   psql '$db_url' -c 'SELECT * FROM ohlcv_1min ORDER BY timestamp DESC, symbol LIMIT 20'"
 say "final bars:    redis-cli -u '$redis_url' subscribe $final_channel"
 say "forming bars:  redis-cli -u '$redis_url' psubscribe '$live_channel'"
