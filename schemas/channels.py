@@ -82,7 +82,7 @@ CATALOG: tuple[ChannelSpec, ...] = (
     ChannelSpec("patterns_detected", PatternEvent, "flows.detection (detection sink)", f"patterns with confidence >= {DETECTED_MIN_CONFIDENCE}"),
     ChannelSpec("indicators", IndicatorValues, "flows.detection (detection sink)", "indicator values, one message per final bar or revision"),
     ChannelSpec("alerts", Alert, "flows.detection (detection sink)", "every indicator alert (RSI levels, MACD crosses, Bollinger breaks)"),
-    ChannelSpec("alerts_critical", Alert, "flows.detection (detection sink)", "alerts whose rule the deployment marks critical (ALERT_CRITICAL_RULES)"),
+    ChannelSpec("alerts_critical", Alert, "flows.detection (detection sink)", "alerts whose rule the deployment marks critical (DETECT_ALERTS__CRITICAL)"),
     ChannelSpec("events_for", HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | Alert, "flows.ohlcv and flows.detection",  # type: ignore[arg-type]
                 "every event and alert of one symbol (not indicator values)", per_symbol=True),
     ChannelSpec("health", FlowHealth, "flows.ohlcv (status sink)", "each partition's counters and healthy/degraded, every 10 s"),
