@@ -86,6 +86,12 @@ def test_events_and_alerts_newest_first_in_record_shape(rest):
     assert [e["id"] for e in only.json()["events"]] == ["a1", "e1"]
 
 
+def test_symbols_trading_now_busiest_minute_first(rest):
+    assert rest.get("/api/symbols").json() == {"count": 2, "symbols": ["AAPL", "MSFT"]}  # AAPL's bar is newer
+    assert rest.get("/api/symbols", params={"limit": 1}).json()["symbols"] == ["AAPL"]
+    assert rest.get("/api/symbols", params={"limit": 0}).status_code == 422
+
+
 @pytest.mark.parametrize(("path", "params", "status", "says"), [
     ("/api/ticks/recent", {"symbol": "AA PL"}, 400, "invalid symbol 'AA PL'"),
     ("/api/ticks/recent", {"symbol": "$"}, 400, "invalid symbol"),
@@ -115,13 +121,16 @@ def test_bad_input_gets_a_clear_4xx(rest, path, params, status, says):
 
 def test_rest_requires_a_token_granting_the_symbol_when_auth_is_on(db):
     db.execute("INSERT INTO symbols (symbol) VALUES ('AAPL'), ('MSFT')")
+    db.execute("INSERT INTO ohlcv_1min (symbol, timestamp, volume, trades) VALUES ('AAPL', %s, 5, 1), ('MSFT', %s, 9, 1)",
+               (T0, T0))  # fmt: skip
     with running_gateway(TEST_DATABASE_URL, Settings().redis_url, dev_mode=False, jwt_secret=SECRET) as gw:
         token = Policy(SECRET, (), False).issue("alice", ["AAPL"], ["*"], ttl_s=60, now=time.time())
         with httpx.Client(base_url=gw.http, timeout=WAIT_S) as client:
             missing = client.get("/api/ticks/recent", params={"symbol": "AAPL"})
             assert missing.status_code == 401 and missing.json()["detail"].startswith("missing token")
             ok = client.get("/api/ticks/recent", params={"symbol": "AAPL"}, headers={"Authorization": f"Bearer {token}"})
-            assert ok.status_code == 200 and ok.json() == {"symbol": "AAPL", "count": 0, "ticks": []}
+            assert ok.status_code == 200 and [t["volume"] for t in ok.json()["ticks"]] == [5]
+            assert client.get("/api/symbols", params={"token": token}).json()["symbols"] == ["AAPL"], "only granted symbols"
             other = client.get("/api/ticks/recent", params={"symbol": "MSFT", "token": token})
             assert other.status_code == 403 and other.json()["detail"] == "symbol MSFT is not allowed by your token"
             assert client.get("/healthz").status_code == 200  # probes need no token

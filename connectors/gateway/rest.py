@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from connectors.analyst import TIMEFRAMES
 from connectors.gateway.auth import Grant, Policy, Refused
+from connectors.gateway.protocol import ALL
 from connectors.gateway.protocol import SYMBOL_RE
 
 SymbolQuery = Annotated[str, Query(min_length=1, max_length=20, description="ticker, e.g. AAPL", examples=["AAPL"])]
@@ -43,6 +44,11 @@ class RecentTicks(BaseModel):
     symbol: str
     count: int
     ticks: list[Tick]
+
+
+class Symbols(BaseModel):
+    count: int
+    symbols: list[str]
 
 
 class BarOut(Tick):
@@ -76,17 +82,20 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
         redoc_url=None,
     )
 
+    def admitted(request: Request) -> Grant:
+        auth = request.headers.get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else request.query_params.get("token")
+        try:
+            return policy.admit(token, request.headers.get("origin"), now=time.time())
+        except Refused as exc:
+            raise HTTPException(exc.status, exc.reason) from None
+
     def grant_for(request: Request, symbol: str) -> str:
         """The normalised symbol, after checking the caller's token allows it."""
         value = symbol.strip().upper()
         if not SYMBOL_RE.match(value):
             raise HTTPException(400, f"invalid symbol {symbol!r}: 1-20 letters, digits, '.' or '-'")
-        auth = request.headers.get("authorization", "")
-        token = auth[7:] if auth.lower().startswith("bearer ") else request.query_params.get("token")
-        try:
-            grant: Grant = policy.admit(token, request.headers.get("origin"), now=time.time())
-        except Refused as exc:
-            raise HTTPException(exc.status, exc.reason) from None
+        grant = admitted(request)
         if not grant.allows_symbol(value):
             raise HTTPException(403, f"symbol {value} is not allowed by your token")
         return value
@@ -95,6 +104,18 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
         row = await (await conn.execute("SELECT 1 FROM symbols WHERE symbol = %s", (symbol,))).fetchone()
         if row is None:
             raise HTTPException(404, f"unknown symbol {symbol} (never seen by the pipeline)")
+
+    @app.get("/api/symbols", response_model=Symbols, summary="Symbols with a bar in the last hour, busiest minute first")
+    async def symbols(request: Request, limit: Annotated[int, Query(ge=1, le=5000)] = 100) -> dict:
+        grant = admitted(request)
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT symbol FROM latest_bars WHERE timestamp >= (SELECT max(timestamp) FROM latest_bars) - interval '1 hour'"
+                " ORDER BY timestamp DESC, volume DESC LIMIT %s",
+                (limit if ALL in grant.symbols else 5000,),
+            )
+            found = [row[0] for row in await cur.fetchall() if grant.allows_symbol(row[0])][:limit]
+        return {"count": len(found), "symbols": found}
 
     @app.get("/api/ticks/recent", response_model=RecentTicks, summary="Latest 1-minute bars of a symbol, newest first")
     async def recent(request: Request, symbol: SymbolQuery,

@@ -8,7 +8,7 @@
 const params = new URLSearchParams(location.search);
 const token = params.get("token"); // omitted in dev mode
 const $ = (id) => document.getElementById(id);
-const state = { symbol: (params.get("symbol") || "AAPL").toUpperCase(), ws: null, positions: {}, retry: 500,
+const state = { symbol: (params.get("symbol") || "").toUpperCase(), ws: null, positions: {}, retry: 500,
                 candles: new Map(), events: 0, lastBarTime: 0 };
 window.dashboard = state; // for tests and curious people
 
@@ -180,6 +180,20 @@ $("pick").addEventListener("submit", async (event) => {
 
 setInterval(() => { if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send('{"type":"ping"}'); }, 15_000);
 
-$("symbol").value = state.symbol;
-$("title").textContent = state.symbol;
-Promise.all([loadBars(), loadEvents()]).finally(connect);
+// The symbols trading now, busiest first: suggestions for the picker, and the default symbol.
+async function loadSymbols() {
+  try {
+    const body = await api("/api/symbols?limit=500");
+    $("symbols").replaceChildren(...body.symbols.map((s) => Object.assign(document.createElement("option"), { value: s })));
+    if (!state.symbol && body.symbols.length) state.symbol = body.symbols[0];
+  } catch (err) {
+    status(String(err.message));
+  }
+  if (!state.symbol) state.symbol = "AAPL";
+}
+
+loadSymbols().then(() => {
+  $("symbol").value = state.symbol;
+  $("title").textContent = state.symbol;
+  return Promise.all([loadBars(), loadEvents()]);
+}).finally(connect);
