@@ -64,10 +64,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     """The detection dataflow, configured from the environment unless `settings` / `detection` are given."""
     s = settings if settings is not None else Settings()
     if detection is None:
-        try:
-            detection = detect_settings.load()
-        except detect_settings.DetectionConfigError as exc:
-            raise SystemExit(f"detection flow: {exc}") from None
+        detection = detect_settings.load_or_exit("detection flow")
     if not detection.bar_detection_on():
         raise SystemExit("detection flow: every detector on bars is off (DETECT_*), so it has nothing to do")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

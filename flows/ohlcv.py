@@ -256,10 +256,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     """The dataflow, configured from the environment unless `settings` / `detection` are given."""
     s = settings if settings is not None else Settings()
     if detection is None:
-        try:
-            detection = detect_settings.load()
-        except detect_settings.DetectionConfigError as exc:
-            raise SystemExit(f"ohlcv flow: {exc}") from None
+        detection = detect_settings.load_or_exit("ohlcv flow")
     d = detection
     # The books hold millions of small objects (trade ids) for the lateness window; the default
     # collector thresholds would rescan them constantly for cycles they never form.

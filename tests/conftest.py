@@ -7,6 +7,9 @@ saying what is missing rather than skipping.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -42,6 +45,27 @@ def base_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def private_redis(port: int, directory: str | None = None) -> subprocess.Popen:
+    """A redis-server of the test's own on `port` (tests that kill Redis never touch the shared one)."""
+    command = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no"] + (["--dir", directory] if directory else [])  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            redis.Redis(port=port).ping()
+            return server
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    server.kill()
+    raise RuntimeError("private redis-server did not start")
 
 
 @pytest.fixture(scope="session")

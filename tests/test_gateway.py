@@ -13,7 +13,6 @@ import socket
 import time
 
 import pytest
-import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -22,7 +21,7 @@ from connectors.gateway.auth import Policy
 from connectors.redis_history import HistoryLimits
 from flows.settings import Settings
 from schemas.events import Alert, PatternEvent, stable_id
-from tests.conftest import TEST_DATABASE_URL
+from tests.conftest import TEST_DATABASE_URL, free_port, private_redis
 from tests.gateway_harness import SECRET, WAIT_S, Client, live_bar, running_gateway
 
 pytestmark = pytest.mark.integration
@@ -354,20 +353,10 @@ def test_redis_down_makes_health_error_and_the_gateway_recovers(services, tmp_pa
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server binary not found (make services installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
 
     def start_redis() -> subprocess.Popen:
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-        for _ in range(100):
-            try:
-                redis.Redis(port=port).ping()
-                return proc
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise AssertionError("private redis-server did not start")
+        return private_redis(port, str(tmp_path))
 
     server = start_redis()
     url = f"redis://127.0.0.1:{port}/0"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import threading
 import time
 
@@ -16,7 +14,7 @@ from connectors.postgres import BarStore, DatabaseUnavailable
 from schemas.channels import Channels
 from connectors.redis_publish import BarPublisher, RedisUnavailable
 from schemas.bars import Bar, decode_bar
-from tests.conftest import TEST_DATABASE_URL
+from tests.conftest import TEST_DATABASE_URL, free_port, private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -67,31 +65,10 @@ def test_unreachable_redis_fails_fast_with_the_fix():
         BarPublisher("redis://127.0.0.1:1/0", Channels())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_server(port: int) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(100):
-        try:
-            redis.Redis(port=port).ping()
-            return server
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("private redis-server did not start")
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary (Debian redis-server)")
 def test_redis_publish_waits_for_the_server_to_return_and_then_delivers():
-    port = _free_port()
-    server = _redis_server(port)
+    port = free_port()
+    server = private_redis(port)
     url = f"redis://127.0.0.1:{port}/0"
     publisher = BarPublisher(url, Channels("t"), max_backoff_s=0.2)
     publisher.publish_final([bar("AAA", 0)])
@@ -104,7 +81,7 @@ def test_redis_publish_waits_for_the_server_to_return_and_then_delivers():
     time.sleep(0.6)
     assert not done.is_set(), "publishing must block while Redis is down, not drop the bars"
 
-    server = _redis_server(port)
+    server = private_redis(port)
     listener = redis.Redis(port=port).pubsub()
     listener.subscribe("t.market.ohlcv.BBB")
     listener.get_message(timeout=2)

@@ -192,3 +192,11 @@ def load() -> DetectionSettings:
         raise DetectionConfigError(f"invalid detection settings{source}: " + "; ".join(problems)) from None
     except ValueError as exc:  # malformed TOML or a variable that is not JSON where JSON is needed
         raise DetectionConfigError(f"invalid detection settings: {exc}") from None
+
+
+def load_or_exit(component: str) -> DetectionSettings:
+    """`load()` for a service's start-up: a bad setting ends the process with the message, no traceback."""
+    try:
+        return load()
+    except DetectionConfigError as exc:
+        raise SystemExit(f"{component}: {exc}") from None
