@@ -182,7 +182,8 @@ def test_unroutable_input_is_dead_lettered_with_the_reason_and_the_rest_forwarde
 def test_a_failed_delivery_is_produced_again(settings: Settings) -> None:
     bridge = Bridge(BridgeSettings(api_key="unused"), settings)
     value = orjson.dumps(feed_events(1)[0])
-    bridge.producer.produce(settings.topic_trades, value, b"AAPL", partition=99)  # no such partition: refused
+    bridge.producer.produce(settings.topic_trades, value, b"AAPL")
+    bridge.producer.purge(in_queue=True, in_flight=False)  # still lingering in the queue: its delivery fails
     asyncio.run(bridge.drain())  # serves the failure report and produces the record again
     assert bridge.stats.delivery_errors == 1
     assert [(m.key(), m.value()) for m in read_topic(settings, settings.topic_trades)] == [(b"AAPL", value)]
