@@ -23,9 +23,9 @@ export TEST_DATABASE_URL SYNTHETIC_ARGS
 	dashboard-assets chromium gateway bench-gateway
 
 help:
-	@echo "make demo      set everything up, then run the synthetic feed and the OHLCV flow (Ctrl-C stops all)"
+	@echo "make demo      set everything up, then run the synthetic feed, both flows, the gateway and dashboard (Ctrl-C stops all)"
 	@echo "make test      set everything up, then run the test suite (PYTEST_ARGS=... to pass options)"
-	@echo "make bench     set everything up, then run the OHLCV benchmark (BENCH_ARGS=...)"
+	@echo "make bench     set everything up, then the flows' benchmark, detection off and on (BENCH_ARGS=...)"
 	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
 	@echo "make bench-sink     the sink's upsert per minute-boundary batch on that database -> bench/sink.json"
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
