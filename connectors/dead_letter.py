@@ -5,10 +5,13 @@ Header names follow the Kafka Connect convention so standard tooling can read th
 
 from __future__ import annotations
 
+import time
+
 from bytewax.connectors.kafka import KafkaSinkMessage
 
 from connectors.kafka_sink import Record, TopicSink
 from connectors.kafka_source import RawBatch
+from schemas.status import FlowError
 
 REASON = "dlq.reason"
 KIND = "dlq.kind"  # malformed | too_late | unknown_condition
@@ -39,3 +42,21 @@ def dead_letter_sink(bootstrap: str, topic: str) -> TopicSink[KafkaSinkMessage[b
 
 def _record(letter: KafkaSinkMessage[bytes, bytes]) -> Record:
     return letter.key, letter.value, letter.headers  # type: ignore[return-value]
+
+
+def letter_key(letter: KafkaSinkMessage[bytes, bytes]) -> str:
+    """What the dead-letter sink is keyed by: the source partition."""
+    return letter.key.decode()
+
+
+def error_record(letter: KafkaSinkMessage[bytes, bytes]) -> FlowError:
+    """The `tickstock:errors` record of a dead letter: its headers say why and where from."""
+    h = {k: v.decode() for k, v in letter.headers}
+    return FlowError(
+        timestamp=int(time.time() * 1000),
+        error=h[KIND],  # type: ignore[arg-type]
+        reason=h[REASON],
+        source_topic=h[SOURCE_TOPIC],
+        source_partition=int(h[SOURCE_PARTITION]),
+        source_offset=int(h[SOURCE_OFFSET]),
+    )

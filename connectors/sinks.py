@@ -135,43 +135,43 @@ def event_sink(settings: Settings) -> _StoreThenPublish[Event]:
     return _StoreThenPublish("detection", open_writer)
 
 
-class _LiveBarPartition(StatelessSinkPartition[Bar]):
-    def __init__(self, settings: Settings) -> None:
-        self._publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+class _RedisPartition(StatelessSinkPartition[X], Generic[X]):
+    def __init__(self, publish: Callable[[list[X]], None], close: Callable[[], None]) -> None:
+        self._publish = publish
+        self._close = close
 
-    def write_batch(self, items: list[Bar]) -> None:
-        self._publisher.publish_live(items)
+    def write_batch(self, items: list[X]) -> None:
+        self._publish(items)
 
     def close(self) -> None:
-        self._publisher.close()
+        self._close()
 
 
-class LiveBarSink(DynamicSink[Bar]):
+class _RedisOnly(DynamicSink[X]):
+    """Records that go to Redis alone (nothing to store first), published by every worker."""
+
+    def __init__(self, open_publisher: Callable[[], tuple[Callable[[list[X]], None], Callable[[], None]]]) -> None:
+        self._open_publisher = open_publisher
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition[X]:
+        return _RedisPartition(*self._open_publisher())
+
+
+def live_bar_sink(settings: Settings) -> _RedisOnly[Bar]:
     """Forming-bar updates for dashboards."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def open_publisher() -> tuple[Callable[[list[Bar]], None], Callable[[], None]]:
+        publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        return publisher.publish_live, publisher.close
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LiveBarPartition:
-        return _LiveBarPartition(self._settings)
-
-
-class _StatusPartition(StatelessSinkPartition[Status]):
-    def __init__(self, settings: Settings) -> None:
-        self._publisher = StatusPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
-
-    def write_batch(self, items: list[Status]) -> None:
-        self._publisher.publish_status(items)
-
-    def close(self) -> None:
-        self._publisher.close()
+    return _RedisOnly(open_publisher)
 
 
-class StatusSink(DynamicSink[Status]):
+def status_sink(settings: Settings) -> _RedisOnly[Status]:
     """The flow's health and refused input, for dashboards."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def open_publisher() -> tuple[Callable[[list[Status]], None], Callable[[], None]]:
+        publisher = StatusPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        return publisher.publish_status, publisher.close
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatusPartition:
-        return _StatusPartition(self._settings)
+    return _RedisOnly(open_publisher)

@@ -23,7 +23,7 @@ import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 
-from connectors.dead_letter import dead_letter, dead_letter_sink
+from connectors.dead_letter import dead_letter, dead_letter_sink, letter_key
 from connectors.kafka_source import KafkaBatchSource, RawBatch
 from connectors.sinks import event_sink
 from flows.detect import settings as detect_settings
@@ -56,10 +56,6 @@ def _is_bar(item: tuple[str, Bar] | KafkaSinkMessage) -> bool:
     return isinstance(item, tuple)
 
 
-def _letter_key(letter: KafkaSinkMessage) -> str:
-    return letter.key.decode()
-
-
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The detection dataflow, configured from the environment unless `settings` / `detection` are given."""
     s = settings if settings is not None else Settings()
@@ -76,6 +72,6 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     split = op.branch("bars_or_dead_letters", items, _is_bar)
     events = detect_on_bars("detect", split.trues, s, detection)  # type: ignore[arg-type]
     op.output("detection", events, event_sink(s))
-    letters = op.key_on("dead_letters_by_partition", split.falses, _letter_key)  # type: ignore[arg-type]
+    letters = op.key_on("dead_letters_by_partition", split.falses, letter_key)  # type: ignore[arg-type]
     op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
     return flow

@@ -25,11 +25,10 @@ from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
 from connectors.bar_history import BarHistory
-from connectors import dead_letter as dead_letters
-from connectors.dead_letter import dead_letter, dead_letter_sink
+from connectors.dead_letter import dead_letter, dead_letter_sink, error_record, letter_key
 from connectors.kafka_sink import Record, TopicSink
 from connectors.kafka_source import KafkaBatchSource, RawBatch
-from connectors.sinks import LiveBarSink, StatusSink, event_sink, final_bar_sink
+from connectors.sinks import event_sink, final_bar_sink, live_bar_sink, status_sink
 from flows.book import BarBook, Counts
 from flows.conditions import ConditionRules
 from flows.detect import settings as detect_settings
@@ -39,7 +38,7 @@ from flows.detect.settings import DetectionSettings
 from flows.settings import Settings
 from schemas.bars import Bar, encode_bar
 from schemas.events import Event, HighLowEvent
-from schemas.status import FlowError, FlowHealth
+from schemas.status import FlowHealth
 
 log = logging.getLogger("tickstock.ohlcv")
 
@@ -227,25 +226,8 @@ def _is_health(item: Event | FlowHealth) -> bool:
     return isinstance(item, FlowHealth)
 
 
-def _error(letter: KafkaSinkMessage) -> FlowError:
-    """The `tickstock:errors` record of a dead letter (its headers say why and where from)."""
-    h = {k: v.decode() for k, v in letter.headers}
-    return FlowError(
-        timestamp=int(time.time() * 1000),
-        error=h[dead_letters.KIND],  # type: ignore[arg-type]
-        reason=h[dead_letters.REASON],
-        source_topic=h[dead_letters.SOURCE_TOPIC],
-        source_partition=int(h[dead_letters.SOURCE_PARTITION]),
-        source_offset=int(h[dead_letters.SOURCE_OFFSET]),
-    )
-
-
 def _event_symbol(event: Event) -> str:
     return event.symbol
-
-
-def _letter_key(letter: KafkaSinkMessage) -> str:
-    return letter.key.decode()  # the source partition
 
 
 def _bar_record(bar: Bar) -> Record:
@@ -278,14 +260,14 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     by_status = op.branch("final_or_live", split.trues, _is_final)
     finals = op.key_on("by_symbol", by_status.trues, _symbol)
     op.output("final_bars", finals, final_bar_sink(s))
-    op.output("live_bars", by_status.falses, LiveBarSink(s))
+    op.output("live_bars", by_status.falses, live_bar_sink(s))
     op.output("bars_topic", finals, TopicSink(s.kafka_bootstrap_servers, s.topic_bars, _bar_record))
     letters = op.branch("dead_letters_or_other", split.falses, _is_dead_letter)
-    keyed_letters = op.key_on("dead_letters_by_partition", letters.trues, _letter_key)
+    keyed_letters = op.key_on("dead_letters_by_partition", letters.trues, letter_key)
     op.output("dead_letters", keyed_letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
     health = op.branch("health_or_events", letters.falses, _is_health)
-    status = op.merge("health_and_errors", health.trues, op.map("errors", letters.trues, _error))
-    op.output("status", status, StatusSink(s))
+    status = op.merge("health_and_errors", health.trues, op.map("errors", letters.trues, error_record))
+    op.output("status", status, status_sink(s))
     if d.enabled and d.highlow.enabled:
         events = op.key_on("events_by_symbol", health.falses, _event_symbol)
         op.output("highs_and_lows", events, event_sink(s))
