@@ -17,6 +17,17 @@ import msgspec
 
 STATUS_SCHEMA_VERSION = 1
 
+# Why an input was refused (the dead letter's `dlq.kind` and the error record's `error`):
+# - malformed: not a valid record of its topic (undecodable, a field out of range, a null value, ...)
+# - too_large: bigger than the flow accepts for one record (its dead letter keeps a prefix)
+# - too_late: beyond the allowed lateness of its minute
+# - future: further ahead of the wall clock (or of the partition's watermark) than allowed
+# - unknown_condition: a sale condition code missing from the rule table
+# - capacity: the partition already holds as many symbols as it may (state stays bounded)
+# - rejected: the database refused the record it produced (e.g. a value out of its column's range)
+DeadLetterKind = Literal["malformed", "too_large", "too_late", "future", "unknown_condition", "capacity", "rejected"]
+DEAD_LETTER_KINDS: tuple[str, ...] = DeadLetterKind.__args__  # type: ignore[attr-defined]
+
 
 class FlowHealth(msgspec.Struct, kw_only=True, tag_field="kind", tag="health"):
     """One partition's counters since the flow started, and whether it is keeping up.
@@ -51,7 +62,7 @@ class FlowError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):
     version: int = STATUS_SCHEMA_VERSION
     component: str = "ohlcv_flow"
     timestamp: int  # wall clock, epoch ms
-    error: Literal["malformed", "too_late", "unknown_condition"]
+    error: DeadLetterKind
     reason: str
     source_topic: str
     source_partition: int
