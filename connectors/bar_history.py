@@ -82,24 +82,29 @@ class BarHistory:
             out.setdefault(symbol, []).append(tuple(bar))  # type: ignore[arg-type]
         return out
 
-    def session_references(self, first_trades: dict[str, int], cutoff_ms: int, n_days: int) -> dict[str, Reference]:
-        """For each symbol, its session's extremes from bars before `cutoff_ms` and its previous sessions'.
+    def session_references(self, first_trades: dict[str, int], gap_ms: int, n_days: int) -> dict[str, Reference]:
+        """For each symbol, its session's extremes from bars before its cutoff and its previous sessions'.
 
-        The session is the one containing the symbol's first trade. Bars from `cutoff_ms` on are
-        left out: they may have been written by this flow itself, before a restart.
+        The session is the one containing the symbol's first trade (the first this flow has
+        for it, or the first since its state was dropped for idleness). Its cutoff is that
+        trade's minute less `gap_ms` (the allowed lateness and a minute): bars from there on may
+        have been written by this flow's own input, before a restart, and must not count twice;
+        bars before it this input cannot reach, so a replay sees what the first run saw.
         """
         if not first_trades:
             return {}
         symbols = list(first_trades)
         sessions = [session_of(t) for t in first_trades.values()]
         starts = [_utc(s.start_ms) for s in sessions]
+        cutoffs = [t - gap_ms - (t - gap_ms) % 60_000 for t in first_trades.values()]
         today = {
             symbol: (high, low)
             for symbol, high, low in self._query(
                 _TODAY,
-                {"symbols": symbols, "starts": starts, "ends": [_utc(min(s.end_ms, cutoff_ms)) for s in sessions]},
+                {"symbols": symbols, "starts": starts,
+                 "ends": [_utc(min(s.end_ms, c)) for s, c in zip(sessions, cutoffs, strict=True)]},
             )
-        }
+        }  # fmt: skip
         prior: dict[str, list[tuple[str, float, float]]] = {}
         if n_days > 0:
             span = n_days * 7 // 5 + 10  # calendar days that hold n_days sessions, with holidays to spare

@@ -106,10 +106,11 @@ def letter_key(letter: KafkaSinkMessage[bytes, bytes]) -> str:
     return letter.key.decode("utf-8", "replace") if letter.key is not None else ""
 
 
-def error_record(letter: KafkaSinkMessage[bytes, bytes]) -> FlowError:
+def error_record(letter: KafkaSinkMessage[bytes, bytes], component: str = "ohlcv_flow") -> FlowError:
     """The `tickstock:errors` record of a dead letter: its headers say why and where from."""
     h = headers(letter)
     return FlowError(
+        component=component,
         timestamp=int(time.time() * 1000),
         error=h[KIND],  # type: ignore[arg-type]
         reason=h[REASON],

@@ -8,12 +8,12 @@ recomputed value (after a bar revision) replaces the old one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import psycopg
 
-from connectors.postgres import Database
+from connectors.postgres import Database, raise_refused
 from schemas.events import Alert, Event, IndicatorValues
 
 # Each batch goes to PostgreSQL as one JSON array per table (one C call to encode), and the server
@@ -79,9 +79,12 @@ class EventStore:
     def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
         self._db = Database(url, tables=("events", "indicator_values", "alerts"), max_backoff_s=max_backoff_s)
 
-    def upsert(self, records: Sequence[Event]) -> None:
-        if records:
-            self._db.run(lambda cur: _upsert(cur, records), f"writing {len(records)} detection records to PostgreSQL")
+    def upsert(self, records: Sequence[Event], rejected: Callable[[Event, str], None] | None = None) -> list[Event]:
+        """Write `records`; returns those written (the database may refuse some for their values: see BarStore)."""
+        if not records:
+            return []
+        what = f"writing {len(records)} detection records to PostgreSQL"
+        return self._db.run_each(records, _upsert, what, rejected or raise_refused)
 
     def close(self) -> None:
         self._db.close()

@@ -2,7 +2,11 @@
 
 `Database` checks at start-up that the server answers and is migrated (failing fast with the
 fix), then runs each unit of work in a transaction, reconnecting and retrying with backoff
-while the server is down: a writer blocks rather than drops what it accepted.
+while the server is down or refuses for reasons of its own (shutting down, out of connections,
+disk full, a lost lock, a missing grant): a writer blocks rather than drops what it accepted.
+A refusal of the data itself (a value out of its column's range, a constraint) is not retried:
+`run_each` splits the batch until it finds the records refused, hands them back with the
+reason (the sinks dead-letter them) and writes the rest.
 
 `BarStore` writes bars into `ohlcv_1min`: COPY into a staging table, then one upsert.
 Idempotent: writing the same bars again changes nothing, and an older revision never
@@ -22,6 +26,10 @@ from schemas.bars import Bar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
+
+# Refusals of the data: retrying the same rows cannot succeed (SQLSTATE classes 22 and 23).
+DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
 COLUMNS = "symbol, timestamp, open, high, low, close, volume, vwap, trades, revision"
 
@@ -97,12 +105,37 @@ class Database:
 
         return with_backoff(
             attempt,
-            retry_on=(psycopg.OperationalError, psycopg.InterfaceError),
+            retry_on=(psycopg.Error,),
+            give_up_on=DATA_ERRORS,
             what=what,
             log=log,
             max_backoff_s=self._max_backoff_s,
             on_retry=self._drop_connection,
         )
+
+    def run_each(
+        self,
+        items: Sequence[R],
+        work: Callable[[psycopg.Cursor, Sequence[R]], None],
+        what: str,
+        rejected: Callable[[R, str], None],
+    ) -> list[R]:
+        """`work(cursor, items)` in one transaction; returns the items written.
+
+        When the database refuses the batch for its data, the halves are tried on their own
+        until each refused item is alone: it goes to `rejected` with the reason, every other
+        item is written. (Only a failing batch pays for this.)
+        """
+        try:
+            self.run(lambda cur: work(cur, items), what)
+            return list(items)
+        except DATA_ERRORS as exc:
+            if len(items) == 1:
+                rejected(items[0], refusal(exc))
+                return []
+            log.warning("%s: the database refused a value (%s); finding the record(s) it refuses", what, refusal(exc))
+            mid = len(items) // 2
+            return self.run_each(items[:mid], work, what, rejected) + self.run_each(items[mid:], work, what, rejected)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -122,10 +155,15 @@ class BarStore:
     def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
         self._db = Database(url, max_backoff_s=max_backoff_s)
 
-    def upsert(self, bars: Sequence[Bar]) -> None:
-        """Write `bars` in one transaction; blocks and retries while the server is down."""
-        if bars:
-            self._db.run(lambda cur: _upsert(cur, bars), f"writing {len(bars)} bars to PostgreSQL")
+    def upsert(self, bars: Sequence[Bar], rejected: Callable[[Bar, str], None] | None = None) -> list[Bar]:
+        """Write `bars` in one transaction; blocks and retries while the server is down.
+
+        Returns the bars written: all of them, unless the database refused some for their
+        values, which go to `rejected` (raised when there is none).
+        """
+        if not bars:
+            return []
+        return self._db.run_each(bars, _upsert, f"writing {len(bars)} bars to PostgreSQL", rejected or raise_refused)
 
     def close(self) -> None:
         self._db.close()
@@ -149,6 +187,16 @@ def _copy_line(b: Bar) -> str:
 
 def _decimal(value: float | None) -> str:
     return "\\N" if value is None else repr(value)
+
+
+def refusal(exc: psycopg.Error) -> str:
+    """Why the database refused a record: SQLSTATE and its primary message (never the connection string)."""
+    return f"PostgreSQL refused it: {exc.sqlstate} {exc.diag.message_primary or type(exc).__name__}"
+
+
+def raise_refused(item: object, reason: str) -> None:
+    """For callers with no use for refused records: a refusal is an error."""
+    raise ValueError(f"{reason}: {item!r}"[:1000])
 
 
 def _redact(url: str) -> str:

@@ -17,10 +17,13 @@ with `~` (whole nodes), so a little more than the caps may stay.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
+
+log = logging.getLogger(__name__)
 
 STREAM_PREFIX = "history:"
 META_PREFIX = "history-meta:"
@@ -48,7 +51,7 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- about one message a batch, and doing it every time would double their cost. The stream's TTL
 -- covers the gap, so a channel that published within max_age still has its history.
 local refresh_ms = max_age_ms > 0 and math.max(1000, math.floor(max_age_ms / 4)) or 60000
-local epochs, offsets, trimmed = {}, {}, {}
+local epochs, offsets, trimmed, failed = {}, {}, {}, {}
 local count = 0
 local pos, size = 1, #blob
 while pos <= size do
@@ -60,7 +63,11 @@ while pos <= size do
   local stream = 'history:' .. channel
   local epoch = epochs[channel]
   if not epoch then  -- first message of this channel in the batch: its position so far
-    local meta = redis.call('HMGET', 'history-meta:' .. channel, 'epoch', 'offset', 'trimmed')
+    local meta = redis.pcall('HMGET', 'history-meta:' .. channel, 'epoch', 'offset', 'trimmed')
+    if meta.err then  -- our key holds something else: start its history over
+      redis.call('DEL', 'history-meta:' .. channel)
+      meta = {}
+    end
     epoch, offsets[channel], trimmed[channel] = meta[1], tonumber(meta[2]) or 0, tonumber(meta[3]) or 0
     if not epoch then  -- no history (new channel, or lost): a new epoch from offset 1
       epoch, offsets[channel], trimmed[channel] = now[1] .. string.format('%06d', tonumber(now[2])), 0, 0
@@ -71,7 +78,10 @@ while pos <= size do
   local offset = offsets[channel] + 1
   offsets[channel] = offset
   local message = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.sub(payload, 2)
-  redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', 'o', offset, 'm', message)
+  -- A history that cannot be written (e.g. the key was replaced by another type) must not stop
+  -- the live message: publish anyway, and report the channel.
+  local added = redis.pcall('XADD', stream, 'MAXLEN', '~', max_len, '*', 'o', offset, 'm', message)
+  if type(added) == 'table' and added.err then failed[#failed + 1] = channel end
   redis.call('PUBLISH', channel, message)
   count = count + 1
 end
@@ -81,14 +91,14 @@ for channel, epoch in pairs(epochs) do
     redis.call('HSET', meta, 'epoch', epoch, 'offset', offsets[channel], 'trimmed', now_ms)
     redis.call('PEXPIRE', meta, meta_ttl_ms)
     if max_age_ms > 0 then
-      redis.call('XTRIM', stream, 'MINID', '~', now_ms - max_age_ms)
+      redis.pcall('XTRIM', stream, 'MINID', '~', now_ms - max_age_ms)
       redis.call('PEXPIRE', stream, max_age_ms + refresh_ms)
     end
   else
     redis.call('HSET', meta, 'epoch', epoch, 'offset', offsets[channel])
   end
 end
-return count
+return {count, failed}
 """
 
 _CATCH_UP = """
@@ -132,7 +142,12 @@ class History:
                 raise ValueError(f"payload for {channel} is not a one-line JSON object: {payload[:40]!r}")
             parts += (channel.encode(), payload)
         if parts:
-            self._publish(args=[self.limits.max_len, int(self.limits.max_age_s * 1000), META_TTL_MS, b"\n".join(parts)])
+            _, failed = self._publish(
+                args=[self.limits.max_len, int(self.limits.max_age_s * 1000), META_TTL_MS, b"\n".join(parts)]
+            )
+            if failed:
+                log.error("the history of %d channel(s) could not be written (published live only): %s",
+                          len(failed), b", ".join(failed[:5]).decode(errors="replace"))  # fmt: skip
 
     def position(self, channel: str) -> tuple[str, int]:
         """The channel's current (epoch, offset); ("", 0) before its first message."""

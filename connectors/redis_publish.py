@@ -52,9 +52,13 @@ class Publisher:
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         for start in range(0, len(messages), _CHUNK):
             chunk = messages[start : start + _CHUNK]
+            # Every Redis refusal is waited out: down, loading, OOM, READONLY (a replica), MISCONF
+            # (failing to save), missing ACL grants. The script writes nothing before such a refusal,
+            # so a retry publishes each message once. Only a client-side DataError (a bug) is raised.
             with_backoff(
                 lambda chunk=chunk: self._history.publish(chunk),
-                retry_on=(redis.ConnectionError, redis.TimeoutError),
+                retry_on=(redis.RedisError,),
+                give_up_on=(redis.DataError,),
                 what=f"publishing {len(chunk)} messages to Redis",
                 log=log,
                 max_backoff_s=self._max_backoff_s,

@@ -19,14 +19,20 @@ from typing import Generic, TypeVar
 
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
+import msgspec
+
+from connectors.dead_letter import error_record, letter
 from connectors.event_store import EventStore
+from connectors.kafka_sink import Record, TopicWriter
 from connectors.postgres import BarStore
-from connectors.redis_publish import BarPublisher, EventPublisher, StatusPublisher
+from connectors.redis_publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
 from flows.settings import Settings
 from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event
-from schemas.status import Status
+from schemas.status import Status, encode_status
+
+encode_json = msgspec.json.Encoder().encode
 
 log = logging.getLogger(__name__)
 
@@ -103,32 +109,74 @@ class _StoreThenPublish(FixedPartitionedSink[X, None]):
         return _WriteBehind(self._part, write, close)
 
 
+class Refusals:
+    """Records the database refused for their values: dead-lettered and announced, never a stopped flow.
+
+    The dead letter's value is the record's JSON (kind `rejected`, the reason from PostgreSQL,
+    the table as its source); the same goes to `tickstock:errors`. Used from the writer thread.
+    """
+
+    def __init__(self, settings: Settings, table: str, component: str) -> None:
+        self._settings = settings
+        self._table = table
+        self._component = component
+        self._letters: list = []
+        self._writer: TopicWriter | None = None
+
+    def __call__(self, record: object, reason: str) -> None:
+        log.error("%s: %s; dead-lettered: %.300s", self._table, reason, record)
+        self._letters.append(letter(encode_json(record), kind="rejected", reason=reason, topic=self._table,
+                                    partition=None, offset=None, key=getattr(record, "symbol", "").encode()))  # fmt: skip
+
+    def deliver(self, publisher: Publisher) -> None:
+        """Dead letters onto their topic (waiting for Kafka), then their error records onto Redis."""
+        if not self._letters:
+            return
+        letters, self._letters = self._letters, []
+        if self._writer is None:
+            s = self._settings
+            self._writer = TopicWriter(s.kafka_bootstrap_servers, s.topic_dead_letter, _letter_record)
+        self._writer.write_batch(letters)
+        self._writer.snapshot()
+        errors = [error_record(m, component=self._component) for m in letters]
+        channel = Channels(self._settings.redis_namespace).errors
+        publisher.publish([(channel, encode_status(e)) for e in errors])
+
+
+def _letter_record(m: object) -> Record:
+    return m.key, m.value, m.headers  # type: ignore[attr-defined]
+
+
 def final_bar_sink(settings: Settings) -> _StoreThenPublish[Bar]:
     """Final bars and revisions: upsert into `ohlcv_1min`, then publish on the bar channels."""
 
     def open_writer() -> Writer:
         store = BarStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
         publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        refused = Refusals(settings, "ohlcv_1min", "ohlcv_flow")
 
         def write(bars: list[Bar]) -> None:
-            store.upsert(bars)
-            publisher.publish_final(bars)
+            written = store.upsert(bars, refused)
+            publisher.publish_final(written)
+            refused.deliver(publisher)
 
         return write, lambda: (store.close(), publisher.close())
 
     return _StoreThenPublish("ohlcv_1min", open_writer)
 
 
-def event_sink(settings: Settings) -> _StoreThenPublish[Event]:
+def event_sink(settings: Settings, component: str = "detection_flow") -> _StoreThenPublish[Event]:
     """Detection records: upsert into their tables, then publish on their channels."""
 
     def open_writer() -> Writer:
         store = EventStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
         publisher = EventPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        refused = Refusals(settings, "detection records", component)
 
         def write(events: list[Event]) -> None:
-            store.upsert(events)
-            publisher.publish_events(events)
+            written = store.upsert(events, refused)
+            publisher.publish_events(written)
+            refused.deliver(publisher)
 
         return write, lambda: (store.close(), publisher.close())
 

@@ -13,24 +13,27 @@ however the messages were batched; that is what makes restarts reproducible.
 - A trade for a final bar within `lateness_ms` of the minute's end revises it
   (`revision` + 1 per trade applied); one later than that is rejected as too late.
 - A trade seen before (same symbol, exchange, trade id, TRF id) is counted once.
+- An event too far ahead of the wall clock or of the watermark moves no watermark: it is
+  refused as `future` or held until the jump is confirmed (`flows.event_time`).
+- State stays bounded whatever the input: at most `max_symbols` symbols hold bars at once
+  (more are refused as `capacity`), and every field of an event is bounded (`schemas.polygon`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
 from flows.conditions import ALL, ConditionRules, UnknownCondition
+from flows.event_time import NEVER, Horizon
 from schemas.bars import Bar
 from schemas.polygon import MinuteAgg, Quote, SecondAgg, Trade
+from schemas.symbols import RULE as SYMBOL_RULE
+from schemas.symbols import is_symbol
 
-NEVER = 1 << 62
-# Polygon tickers: BRK.A, BF.B, TEST/WS, ... Checked once per new bar, not per trade.
-_valid_symbol = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-/:]{0,19}").fullmatch
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3  # 3: the horizon's held events; 2 restores with none held
 
 # Decoding into a union makes msgspec insist on the `ev` tag (a bare struct would not);
 # the second member is there for that alone and is rejected below.
@@ -41,11 +44,16 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 
 
 class Reject(msgspec.Struct, frozen=True):
-    """An input the book refused: `index` is its position in the batch given to `apply`."""
+    """An input the book refused, with its bytes.
+
+    `index` is the input's position as the caller gave it to `apply` (`positions`, e.g. Kafka
+    offsets), or its index in the batch; a held event refused later keeps the position it came with.
+    """
 
     index: int
-    kind: str  # "malformed" | "too_late" | "unknown_condition"
+    kind: str  # schemas.status.DEAD_LETTER_KINDS
     reason: str
+    value: bytes | None = None
 
 
 class Counts(msgspec.Struct):
@@ -59,6 +67,13 @@ class Counts(msgspec.Struct):
     too_late: int = 0
     unknown_condition: int = 0
     bars_final: int = 0
+    future: int = 0
+    capacity: int = 0
+    held: int = 0  # events held for a watermark jump (then applied, or refused as `future`)
+
+    @property
+    def refused(self) -> int:
+        return self.malformed + self.too_late + self.unknown_condition + self.future + self.capacity
 
 
 class BarBook:
@@ -72,6 +87,8 @@ class BarBook:
         lateness_ms: int = 900_000,
         source: str = "trades",
         on_trade: Callable[[str, float, int], None] | None = None,
+        horizon: Horizon | None = None,
+        max_symbols: int = 100_000,
     ) -> None:
         if source not in ("trades", "second_aggs"):
             raise ValueError(f"unknown bar source {source!r}")
@@ -80,6 +97,8 @@ class BarBook:
         self.lateness_ms = lateness_ms
         self.source = source
         self.on_trade = on_trade  # told (symbol, price, time) of each new trade that set a new bar high/low
+        self.horizon = horizon or Horizon(max_ahead_of_clock_ms=60_000, max_jump_ms=max(lateness_ms, 1), confirm=20)
+        self.max_symbols = max_symbols
         self.watermark = 0
         self.counts = Counts()
         self._bars: dict[tuple[str, int], MinuteBar] = {}
@@ -92,24 +111,61 @@ class BarBook:
 
     # ---- input -------------------------------------------------------------------------
 
-    def apply(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
-        """Apply a batch of raw events (wire JSON) in order.
+    def apply(self, values: Sequence[bytes | None], positions: Sequence[int] | None = None) -> tuple[list[Bar], list[Reject]]:
+        """Apply a batch of raw events (wire JSON; None for a Kafka tombstone) in order.
 
         Returns the bars that became final or were revised by this batch, in the order that
         happened (a revision per late trade applied), and the inputs refused, with the reason.
         The order depends on the messages alone, not on how they were batched, so what is
         computed downstream from a symbol's bars (detection) is the same after a restart.
+        `positions` (e.g. Kafka offsets) identify the inputs in the rejects; default: the index.
         """
+        if positions is None:
+            positions = range(len(values))
         if self.source == "trades":
-            return self._apply_trades(values)
-        return self._apply_seconds(values)
+            finals, rejects = self._apply_trades(values, positions, jump=False)
+        else:
+            finals, rejects = self._apply_seconds(values, positions, jump=False)
+        self.counts.events += len(values)
+        return finals, rejects
 
-    def _apply_trades(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
+    def drain_held(self) -> list[Reject]:
+        """End of a finite input: events still held for an unconfirmed jump are refused as `future`."""
+        why = "the input ended before later events confirmed the jump"
+        return self._count([
+            Reject(h.position, "future", self.horizon.unconfirmed(h, self.watermark, why), h.value)
+            for h in self.horizon.drain()
+        ])  # fmt: skip
+
+    def _count(self, rejects: list[Reject]) -> list[Reject]:
+        counts = self.counts
+        for r in rejects:
+            setattr(counts, r.kind, getattr(counts, r.kind) + 1)
+        return rejects
+
+    def _release(self, held: list, jump_done: bool, finals: list[Bar], rejects: list[Reject]) -> None:
+        """Held events leave the horizon: applied when their jump was confirmed, else refused as outliers."""
+        if jump_done:
+            apply = self._apply_trades if self.source == "trades" else self._apply_seconds
+            more, refused = apply([h.value for h in held], [h.position for h in held], jump=True)
+            finals.extend(more)
+            rejects.extend(refused)  # counted by that call
+        else:
+            why = f"{self.horizon.confirm} ordinary events came after it first (an outlier)"
+            rejects.extend(self._count([
+                Reject(h.position, "future", self.horizon.unconfirmed(h, self.watermark, why), h.value) for h in held
+            ]))  # fmt: skip
+
+    def _apply_trades(
+        self, values: Sequence[bytes | None], positions: Sequence[int], *, jump: bool
+    ) -> tuple[list[Bar], list[Reject]]:
         # The hot loop: locals instead of attribute lookups, and the symbol's current bar
         # tried before building a (symbol, minute) key. Keep it lean; the rules it follows are
-        # spelled out in the module docstring and tested in tests/test_book.py.
+        # spelled out in the module docstring and tested in tests/test_book.py. `jump`: these are
+        # held events whose watermark jump was confirmed (the jump limit does not apply).
         finals: list[Bar] = []
         rejects: list[Reject] = []
+        released: list[Reject] = []  # rejects of held events applied or refused meanwhile (counted there)
         decode = _trade_decoder.decode
         known = self.rules.known.get
         bars = self._bars
@@ -118,21 +174,47 @@ class BarBook:
         lateness = MINUTE_MS + self.lateness_ms
         counts = self.counts
         on_trade = self.on_trade
+        horizon = self.horizon
         watermark = self.watermark
+        wall_limit = horizon.wall_limit()
+        limit = wall_limit if jump else horizon.limit(watermark, wall_limit)
+        holding = bool(horizon.held) and not jump
         next_tick = min(self._next_close, self._next_expire)
         for index, raw in enumerate(values):
             try:
                 trade = decode(raw)
             except _DecodeErrors as exc:
-                rejects.append(Reject(index, "malformed", f"invalid trade event: {exc}"))
+                rejects.append(Reject(positions[index], "malformed", f"invalid trade event: {exc}", raw))
+                continue
+            except TypeError:
+                rejects.append(Reject(positions[index], "malformed", _NULL, raw))
                 continue
             if trade.__class__ is not Trade:
-                rejects.append(Reject(index, "malformed", "a quote (Q) where a trade (T) was expected"))
+                rejects.append(Reject(positions[index], "malformed", "a quote (Q) where a trade (T) was expected", raw))
                 continue
             t = trade.timestamp
+            if t > limit:
+                if t > wall_limit:
+                    rejects.append(Reject(positions[index], "future", horizon.ahead_of_clock(t, wall_limit), raw))
+                    continue
+                counts.held += 1
+                confirmed = horizon.hold(t, raw, positions[index])  # type: ignore[arg-type]
+                holding = True
+                if confirmed is not None:
+                    self.watermark = watermark
+                    self._release(confirmed, True, finals, released)
+                    watermark, holding = self.watermark, False
+                    limit = horizon.limit(watermark, wall_limit)
+                    next_tick = min(self._next_close, self._next_expire)
+                continue
+            if holding and t >= watermark:
+                outliers = horizon.normal()
+                if outliers is not None:
+                    self._release(outliers, False, finals, released)
+                    holding = False
             start = t - t % MINUTE_MS
             if start + lateness < watermark:
-                rejects.append(Reject(index, "too_late", _too_late(t, start, watermark, self.lateness_ms)))
+                rejects.append(Reject(positions[index], "too_late", _too_late(t, start, watermark, self.lateness_ms), raw))
                 continue
             conditions = trade.conditions
             if not conditions:
@@ -143,7 +225,7 @@ class BarBook:
                     try:
                         mask = self.rules.mask(conditions)
                     except UnknownCondition as exc:
-                        rejects.append(Reject(index, "unknown_condition", str(exc)))
+                        rejects.append(Reject(positions[index], "unknown_condition", str(exc), raw))
                         continue
             if mask:
                 symbol = trade.symbol
@@ -151,8 +233,9 @@ class BarBook:
                 if bar is None or bar.start != start:
                     bar = bars.get((symbol, start))
                     if bar is None:
-                        if not _valid_symbol(symbol):
-                            rejects.append(Reject(index, "malformed", f"invalid symbol {symbol!r}"))
+                        refusal = self._refuse_new_bar(symbol)
+                        if refusal is not None:
+                            rejects.append(Reject(positions[index], refusal[0], refusal[1], raw))
                             continue
                         bar = self._new_bar(symbol, start)
                         next_tick = min(self._next_close, self._next_expire)
@@ -174,41 +257,74 @@ class BarBook:
                 counts.ignored += 1
             if t > watermark:
                 watermark = t
+                limit = wall_limit if jump else min(wall_limit, t + horizon.max_jump_ms)
             if watermark >= next_tick:
                 finals.extend(self.advance(watermark))
                 next_tick = min(self._next_close, self._next_expire)
         self.watermark = watermark
-        counts.events += len(values)
-        for r in rejects:
-            setattr(counts, r.kind, getattr(counts, r.kind) + 1)
-        return finals, rejects
+        self._count(rejects)
+        return finals, rejects + released if released else rejects
 
-    def _apply_seconds(self, values: list[bytes]) -> tuple[list[Bar], list[Reject]]:
+    def _refuse_new_bar(self, symbol: str) -> tuple[str, str] | None:
+        """Why a bar for `symbol` may not be opened (checked once per new bar, not per trade)."""
+        if not is_symbol(symbol):
+            return "malformed", f"invalid symbol {symbol!r}: {SYMBOL_RULE}"
+        if symbol not in self._current and len(self._current) >= self.max_symbols:
+            return "capacity", (
+                f"the partition already holds bars of {len(self._current)} symbols, the most it may "
+                f"(MAX_SYMBOLS_PER_PARTITION={self.max_symbols}); a new symbol waits until older ones expire"
+            )
+        return None
+
+    def _apply_seconds(
+        self, values: Sequence[bytes | None], positions: Sequence[int], *, jump: bool
+    ) -> tuple[list[Bar], list[Reject]]:
         finals: list[Bar] = []
         rejects: list[Reject] = []
+        released: list[Reject] = []
+        horizon = self.horizon
+        wall_limit = horizon.wall_limit()
         for index, raw in enumerate(values):
+            position = positions[index]
             try:
                 agg = _second_decoder.decode(raw)
             except _DecodeErrors as exc:
-                rejects.append(Reject(index, "malformed", f"invalid per-second aggregate: {exc}"))
-                self.counts.malformed += 1
+                rejects.append(Reject(position, "malformed", f"invalid per-second aggregate: {exc}", raw))
+                continue
+            except TypeError:
+                rejects.append(Reject(position, "malformed", _NULL, raw))
                 continue
             if agg.__class__ is not SecondAgg:
-                rejects.append(Reject(index, "malformed", "a minute aggregate (AM) where A was expected"))
-                self.counts.malformed += 1
+                rejects.append(Reject(position, "malformed", "a minute aggregate (AM) where A was expected", raw))
                 continue
+            t = agg.end - 1
+            if agg.start > t or t - agg.start >= MINUTE_MS:
+                rejects.append(Reject(position, "malformed", f"window start {agg.start} / end {agg.end} is not a second", raw))
+                continue
+            if t > (wall_limit if jump else horizon.limit(self.watermark, wall_limit)):
+                if t > wall_limit:
+                    rejects.append(Reject(position, "future", horizon.ahead_of_clock(t, wall_limit), raw))
+                    continue
+                self.counts.held += 1
+                confirmed = horizon.hold(t, raw, position)  # type: ignore[arg-type]
+                if confirmed is not None:
+                    self._release(confirmed, True, finals, released)
+                continue
+            if horizon.held and not jump and t >= self.watermark:
+                outliers = horizon.normal()
+                if outliers is not None:
+                    self._release(outliers, False, finals, released)
             start = agg.start - agg.start % MINUTE_MS
             if start + MINUTE_MS + self.lateness_ms < self.watermark:
                 rejects.append(
-                    Reject(index, "too_late", _too_late(agg.start, start, self.watermark, self.lateness_ms))
+                    Reject(position, "too_late", _too_late(agg.start, start, self.watermark, self.lateness_ms), raw)
                 )
-                self.counts.too_late += 1
                 continue
             bar = self._bars.get((agg.symbol, start))
             if bar is None:
-                if not _valid_symbol(agg.symbol):
-                    rejects.append(Reject(index, "malformed", f"invalid symbol {agg.symbol!r}"))
-                    self.counts.malformed += 1
+                refusal = self._refuse_new_bar(agg.symbol)
+                if refusal is not None:
+                    rejects.append(Reject(position, refusal[0], refusal[1], raw))
                     continue
                 bar = self._new_bar(agg.symbol, start)
             if agg.start in bar.seen:
@@ -225,9 +341,9 @@ class BarBook:
                     finals.append(bar.record("final"))
                 else:
                     self._live[bar] = None
-            finals.extend(self.advance(agg.end - 1))
-        self.counts.events += len(values)
-        return finals, rejects
+            finals.extend(self.advance(t))
+        self._count(rejects)
+        return finals, rejects + released if released else rejects
 
     # ---- time --------------------------------------------------------------------------
 
@@ -301,6 +417,11 @@ class BarBook:
         return updates
 
     @property
+    def symbols(self) -> int:
+        """Symbols holding open or still revisable bars (what `max_symbols` bounds)."""
+        return len(self._current)
+
+    @property
     def open_bars(self) -> int:
         return sum(len(bars) for bars in self._open.values())
 
@@ -311,7 +432,7 @@ class BarBook:
         counts = [getattr(self.counts, f) for f in self.counts.__struct_fields__]
         bars = [bar.to_row() for bar in self._bars.values()]
         live = [(bar.symbol, bar.start) for bar in self._live]
-        return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, live))
+        return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, live, self.horizon.snapshot()))
 
     @classmethod
     def restore(
@@ -323,11 +444,16 @@ class BarBook:
         lateness_ms: int,
         source: str,
         on_trade: Callable[[str, float, int], None] | None = None,
+        horizon: Horizon | None = None,
+        max_symbols: int = 100_000,
     ) -> BarBook:
-        version, watermark, counts, rows, live = msgspec.msgpack.decode(snapshot)
-        if version != SNAPSHOT_VERSION:
+        version, watermark, counts, rows, live, *rest = msgspec.msgpack.decode(snapshot)
+        if version not in (2, SNAPSHOT_VERSION):
             raise ValueError(f"bar book snapshot version {version}, expected {SNAPSHOT_VERSION}")
-        book = cls(rules, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, source=source, on_trade=on_trade)
+        book = cls(rules, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, source=source, on_trade=on_trade,
+                   horizon=horizon, max_symbols=max_symbols)  # fmt: skip
+        if rest:
+            book.horizon.restore(rest[0])
         book.watermark = watermark
         book.counts = Counts(*counts)
         for row in rows:
@@ -342,6 +468,9 @@ class BarBook:
         oldest = min(book._final, default=None)
         book._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + lateness_ms + 1
         return book
+
+
+_NULL = "null value (a Kafka tombstone): an event is a JSON object"
 
 
 def _too_late(t: int, start: int, watermark: int, lateness_ms: int) -> str:

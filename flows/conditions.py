@@ -25,6 +25,7 @@ VOLUME = 4
 ALL = HIGH_LOW | OPEN_CLOSE | VOLUME
 
 RULES_CSV = Path(__file__).with_name("conditions.csv")
+MAX_KNOWN_COMBINATIONS = 4096  # the feed uses a few dozen; beyond this, masks are computed each time
 
 INTRADAY_OVERRIDES: Mapping[int, int] = {
     # Form T (extended hours): the consolidated table says volume only, but Polygon's
@@ -74,5 +75,6 @@ class ConditionRules:
                 if one is None:
                     raise UnknownCondition(f"unknown sale condition {code} (not in the rule table)")
                 found &= one
-            self.known[key] = found
+            if len(self.known) < MAX_KNOWN_COMBINATIONS:  # a flood of odd combinations must not grow it
+                self.known[key] = found
         return found

@@ -19,42 +19,17 @@ from __future__ import annotations
 import logging
 
 import bytewax.operators as op
-import msgspec
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 
-from connectors.dead_letter import dead_letter, dead_letter_sink, letter_key
-from connectors.kafka_source import KafkaBatchSource, RawBatch
+from connectors.dead_letter import dead_letter_sink, letter_key
+from connectors.kafka_source import KafkaBatchSource
 from connectors.sinks import event_sink
 from flows.detect import settings as detect_settings
-from flows.detect.operators import detect_on_bars
+from flows.detect.operators import detect_on_bars, gate_bars
 from flows.detect.settings import DetectionSettings
 from flows.settings import Settings
-from schemas.bars import Bar
 
 log = logging.getLogger("tickstock.detection")
-
-_bars = msgspec.json.Decoder(Bar)
-
-
-def _bars_of(batch: RawBatch) -> list[tuple[str, Bar] | KafkaSinkMessage]:
-    """A consumed batch as (symbol, bar) items; an undecodable record becomes a dead letter."""
-    out: list[tuple[str, Bar] | KafkaSinkMessage] = []
-    decode = _bars.decode
-    for index, raw in enumerate(batch.values):
-        try:
-            bar = decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            out.append(dead_letter(batch, index, "malformed", f"invalid bar: {exc}"))
-            continue
-        if bar.status == "final":
-            out.append((bar.symbol, bar))
-    return out
-
-
-def _is_bar(item: tuple[str, Bar] | KafkaSinkMessage) -> bool:
-    return isinstance(item, tuple)
-
 
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The detection dataflow, configured from the environment unless `settings` / `detection` are given."""
@@ -68,10 +43,9 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     source = KafkaBatchSource(
         s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
     )
-    items = op.flat_map("decode", op.input("bars", flow, source), _bars_of)
-    split = op.branch("bars_or_dead_letters", items, _is_bar)
-    events = detect_on_bars("detect", split.trues, s, detection)  # type: ignore[arg-type]
+    bars, refused = gate_bars("gate", op.input("bars", flow, source), s)
+    events = detect_on_bars("detect", bars, s, detection)
     op.output("detection", events, event_sink(s))
-    letters = op.key_on("dead_letters_by_partition", split.falses, letter_key)  # type: ignore[arg-type]
+    letters = op.key_on("dead_letters_by_partition", refused, letter_key)
     op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
     return flow

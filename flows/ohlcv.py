@@ -25,12 +25,13 @@ from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
 from connectors.bar_history import BarHistory
-from connectors.dead_letter import dead_letter, dead_letter_sink, error_record, letter_key
+from connectors.dead_letter import dead_letter_sink, error_record, letter, letter_key
 from connectors.kafka_sink import Record, TopicSink
 from connectors.kafka_source import KafkaBatchSource, RawBatch
 from connectors.sinks import event_sink, final_bar_sink, live_bar_sink, status_sink
-from flows.book import BarBook, Counts
+from flows.book import BarBook, Counts, Reject
 from flows.conditions import ConditionRules
+from flows.event_time import Horizon
 from flows.detect import settings as detect_settings
 from flows.detect.highlow import SessionExtremes
 from flows.detect.operators import history_gap_ms
@@ -45,6 +46,9 @@ log = logging.getLogger("tickstock.ohlcv")
 EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by outcome", ["partition", "outcome"])
 WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
 OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
+SYMBOLS = Gauge("tickstock_bar_state_symbols", "Symbols with state in the partition, by holder", ["partition", "state"])
+OUTCOMES = ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition", "future", "capacity", "held")
+CAUGHT_UP_FRESH_S = 3.0  # a caught-up marker older than this says nothing about the source now
 
 Output = Bar | KafkaSinkMessage | HighLowEvent | FlowHealth
 # partition, bar book, session extremes (None when off), the cutoff for their database references
@@ -56,9 +60,10 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
 
     def __init__(self, settings: Settings, detection: DetectionSettings, resume: BookState | None) -> None:
         self.key = "?"  # the partition; bytewax gives builders the state, not the key
+        self.topic, self.partition = "?", -1
         highlow = detection.highlow if detection.enabled and detection.highlow.enabled else None
         self.extremes: SessionExtremes | None = None
-        self.cutoff_ms = 0  # database bars from here on may be this flow's own: references ignore them
+        self.cutoff_ms = 0  # kept in the snapshot for older recovery stores; references cut off per symbol now
         if resume is not None:
             if len(resume) != 4:
                 raise ValueError(
@@ -66,6 +71,8 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
                     "(python -m bytewax.recovery DIR N) and KAFKA_START=earliest to rebuild it"
                 )
             self.key, snapshot, extremes, self.cutoff_ms = resume
+            self.topic, _, partition = self.key.rpartition("#")
+            self.partition = int(partition)
             if highlow is not None:
                 self.extremes = SessionExtremes.restore(extremes, highlow) if extremes else SessionExtremes(highlow)
         elif highlow is not None:
@@ -77,36 +84,55 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             "lateness_ms": int(settings.allowed_lateness_s * 1000),
             "source": settings.bar_source,
             "on_trade": self.extremes.observe if self.extremes is not None else None,
+            "horizon": Horizon(
+                max_ahead_of_clock_ms=int(settings.event_max_ahead_s * 1000),
+                max_jump_ms=settings.max_jump_ms(),
+                confirm=settings.watermark_jump_confirm,
+            ),
+            "max_symbols": settings.max_symbols_per_partition,
         }
         if resume is not None:
             self.book = BarBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type]
         else:
             self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]
+        # Per-symbol high/low state of symbols idle this long (event time) is dropped; never sooner
+        # than the lateness allows, so a forgotten symbol's bars are in the database when it is back.
+        self.idle_ms = max(int(settings.symbol_idle_s * 1000), 2 * self.history_gap_ms)
+        self.next_forget = 0
         self.live_every = settings.live_update_interval_s
         self.idle_after = settings.idle_advance_s
         self.health_every = settings.health_interval_s
         self.max_lag_s = settings.health_max_lag_s if settings.kafka_tail else None
         now = time.monotonic()
         self.last_input = now  # wall-clock time of the last data or idle advance
+        self.caught_up_at = -1e9  # wall-clock time of the source's last caught-up marker
         self.last_live = now
         self.reported = Counts()
         self.last_health = now
         self.health_events = self.book.counts.events
-        c = self.book.counts
-        self.health_dropped = c.malformed + c.too_late + c.unknown_condition
+        self.health_dropped = self.book.counts.refused
 
     def on_batch(self, batches: list[RawBatch]) -> tuple[list[Output], bool]:
         out: list[Output] = []
-        self.key = batches[0].key
+        first = batches[0]
+        self.key, self.topic, self.partition = first.key, first.topic, first.partition
+        now = time.monotonic()
+        data = False
         for batch in batches:
-            finals, rejects = self.book.apply(batch.values)
+            if not batch.values:
+                if batch.caught_up:
+                    self.caught_up_at = now
+                continue
+            data = True
+            finals, rejects = self.book.apply(batch.values, batch.offsets)
             out.extend(finals)
-            out.extend(dead_letter(batch, r.index, r.kind, r.reason) for r in rejects)
+            out.extend(self._letters(rejects))
             if self.extremes is not None:
                 self._resolve_references()
                 out.extend(self.extremes.take())
-        now = time.monotonic()
-        self.last_input = now
+        if data:
+            self.last_input = now
+            self._forget_idle_symbols()
         self._tick(now, out)
         return out, StatefulBatchLogic.RETAIN
 
@@ -114,17 +140,39 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         now = time.monotonic()
         out: list[Output] = []
         idle = now - self.last_input
-        if idle >= self.idle_after and self.book.watermark:
+        source_caught_up = now - self.caught_up_at <= CAUGHT_UP_FRESH_S
+        if idle >= self.idle_after and self.book.watermark and source_caught_up:
             # A silent partition must still close its bars: let event time follow the wall clock.
+            # Only while the source has read everything and the broker answers: an outage is
+            # not silence, and trades buffered upstream meanwhile must still find their bars open.
             out.extend(self.book.advance(self.book.watermark + int(idle * 1000)))
             self.last_input = now
         self._tick(now, out)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Output], bool]:
-        out: list[Output] = list(self.book.close_all())
+        out: list[Output] = list(self._letters(self.book.drain_held()))
+        out.extend(self.book.close_all())
         self._report(time.monotonic(), out, force=True)
         return out, StatefulBatchLogic.RETAIN
+
+    def _letters(self, rejects: list[Reject]) -> list[KafkaSinkMessage]:
+        """Dead letters of refused input (bounded in size), keyed by this partition."""
+        key = self.key.encode()
+        return [
+            letter(r.value, kind=r.kind, reason=r.reason, topic=self.topic, partition=self.partition, offset=r.index, key=key)
+            for r in rejects
+        ]
+
+    def _forget_idle_symbols(self) -> None:
+        """Per-symbol high/low state of long-idle symbols goes (checked once per 1/10 of the idle time)."""
+        watermark = self.book.watermark
+        if self.extremes is None or watermark < self.next_forget:
+            return
+        self.next_forget = watermark + self.idle_ms // 10
+        forgotten = self.extremes.forget_idle(watermark - self.idle_ms)
+        if forgotten:
+            log.info("%s: forgot the high/low state of %d symbols idle for %.0f s", self.key, forgotten, self.idle_ms / 1000)
 
     def notify_at(self) -> datetime | None:
         now = time.monotonic()
@@ -139,10 +187,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         """Symbols starting a session cold wait for the database's view of it; fetch it for all at once."""
         assert self.extremes is not None and self.history is not None
         while waiting := self.extremes.waiting():
-            if not self.cutoff_ms:  # see WarmStart: the database before what this input can reach
-                first = min(waiting.values()) - self.history_gap_ms
-                self.cutoff_ms = first - first % 60_000
-            references = self.history.session_references(waiting, self.cutoff_ms, self.extremes.cfg.n_days)
+            references = self.history.session_references(waiting, self.history_gap_ms, self.extremes.cfg.n_days)
             self.extremes.resolve(references)
 
     def _tick(self, now: float, out: list[Output]) -> None:
@@ -154,7 +199,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
 
     def _report(self, now: float, out: list[Output], force: bool = False) -> None:
         counts, last = self.book.counts, self.reported
-        for outcome in ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition"):
+        for outcome in OUTCOMES:
             delta = getattr(counts, outcome) - getattr(last, outcome)
             if delta:
                 EVENTS.labels(self.key, outcome).inc(delta)
@@ -165,6 +210,9 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         if self.book.watermark:
             WATERMARK_LAG.labels(self.key).set(time.time() - self.book.watermark / 1000)
         OPEN_BARS.labels(self.key).set(self.book.open_bars)
+        SYMBOLS.labels(self.key, "bars").set(self.book.symbols)
+        if self.extremes is not None:
+            SYMBOLS.labels(self.key, "highlow").set(self.extremes.symbols)
         if force or now - self.last_health >= self.health_every:
             out.append(self._health(now, counts))
 
@@ -172,7 +220,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         """The health line (log) and message (Redis) for the interval since the last one."""
         interval = max(now - self.last_health, 1e-9)
         received = counts.events - self.health_events
-        dropped = counts.malformed + counts.too_late + counts.unknown_condition
+        dropped = counts.refused
         refused = dropped - self.health_dropped
         self.last_health, self.health_events, self.health_dropped = now, counts.events, dropped
         lag = time.time() - self.book.watermark / 1000 if self.book.watermark else None
@@ -195,13 +243,18 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             revisions=counts.revisions,
             watermark=self.book.watermark or None,
             watermark_lag_s=round(lag, 1) if lag is not None else None,
+            dead_letters={k: getattr(counts, k) for k in ("malformed", "too_late", "future", "unknown_condition", "capacity")},
+            held=len(self.book.horizon.held),
+            symbols=self.book.symbols,
+            highlow_symbols=self.extremes.symbols if self.extremes is not None else None,
         )
         log.info(
-            "health %s: %s%s events=%d (%.0f/s) final_bars=%d open_bars=%d duplicates=%d revisions=%d "
-            "malformed=%d too_late=%d unknown_condition=%d watermark_lag=%s",
+            "health %s: %s%s events=%d (%.0f/s) final_bars=%d open_bars=%d symbols=%d duplicates=%d revisions=%d "
+            "malformed=%d too_late=%d future=%d unknown_condition=%d capacity=%d held=%d watermark_lag=%s",
             self.key, health.status, f" ({reason})" if reason else "", counts.events, health.events_per_s,
-            counts.bars_final, health.open_bars, counts.duplicates, counts.revisions, counts.malformed,
-            counts.too_late, counts.unknown_condition, f"{lag:.1f}s" if lag is not None else "-",
+            counts.bars_final, health.open_bars, health.symbols, counts.duplicates, counts.revisions, counts.malformed,
+            counts.too_late, counts.future, counts.unknown_condition, counts.capacity, health.held,
+            f"{lag:.1f}s" if lag is not None else "-",
         )  # fmt: skip
         return health
 

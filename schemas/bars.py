@@ -9,11 +9,20 @@ A bar is flat, versioned JSON. `status` says which kind of message it is:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
+
+from schemas.polygon import MAX_EPOCH_MS, MIN_EPOCH_MS, Price
 
 BAR_SCHEMA_VERSION = 1
+
+# Bounds matter when bars are read back (the detection flow decodes the bars topic, which anyone
+# can write to): every value must fit its column (NUMERIC, BIGINT, INTEGER) and its arithmetic.
+BarTime = Annotated[int, Meta(ge=MIN_EPOCH_MS, lt=MAX_EPOCH_MS, multiple_of=60_000)]
+Volume = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
+Counter = Annotated[int, Meta(ge=0, lt=1 << 31)]
 
 
 class Bar(msgspec.Struct, gc=False, kw_only=True):
@@ -22,15 +31,15 @@ class Bar(msgspec.Struct, gc=False, kw_only=True):
     version: int = BAR_SCHEMA_VERSION
     symbol: str
     timeframe: Literal["1m"] = "1m"
-    timestamp: int  # bucket start, epoch milliseconds UTC
-    open: float | None  # None when no trade in the bucket may set open/close
-    high: float | None
-    low: float | None
-    close: float | None
-    volume: int
-    vwap: float | None
-    trades: int  # trades that counted toward volume
-    revision: int  # 0 when first final; +1 per late trade applied after that
+    timestamp: BarTime  # bucket start, epoch milliseconds UTC
+    open: Price | None  # None when no trade in the bucket may set open/close
+    high: Price | None
+    low: Price | None
+    close: Price | None
+    volume: Volume
+    vwap: Price | None
+    trades: Counter  # trades that counted toward volume
+    revision: Counter  # 0 when first final; +1 per late trade applied after that
     status: Literal["live", "final"]
 
 

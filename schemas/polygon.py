@@ -15,58 +15,69 @@ from typing import Annotated, Union
 import msgspec
 from msgspec import Meta, field
 
-Symbol = Annotated[str, Meta(min_length=1, max_length=20)]
+# Every field is bounded, so no value can overflow what consumes it (BIGINT columns, msgpack
+# snapshots, datetime arithmetic) and no record can grow state without limit; a value out of
+# these ranges makes the event `malformed` with msgspec's precise message.
+Symbol = Annotated[str, Meta(min_length=1, max_length=20)]  # the full rule is schemas.symbols
 Price = Annotated[float, Meta(gt=0, lt=100_000_000)]  # finite: 1e999 would decode as inf
-Size = Annotated[int, Meta(ge=0)]
-EpochMs = Annotated[int, Meta(gt=0)]
+Size = Annotated[int, Meta(ge=0, le=1 << 40)]  # 1.1e12 shares: above any real trade, and a bar's sum stays in BIGINT
+MIN_EPOCH_MS = 946_684_800_000  # 2000-01-01 UTC: before any trade Polygon serves
+MAX_EPOCH_MS = 4_102_444_800_000  # 2100-01-01 UTC: how far ahead is allowed is the flow's decision (flows.event_time)
+EpochMs = Annotated[int, Meta(ge=MIN_EPOCH_MS, lt=MAX_EPOCH_MS)]
+Code = Annotated[int, Meta(ge=0, le=1 << 31)]  # exchange, tape, condition and indicator codes, TRF ids
+Count = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]  # sequence numbers, day volumes: BIGINT
+TradeId = Annotated[str, Meta(max_length=64)]
+Codes = Annotated[list[Code], Meta(max_length=32)]
+Number = Annotated[float, Meta(ge=-1e15, le=1e15)]  # optional decimals (VWAPs, average sizes): finite
+DecimalText = Annotated[str, Meta(max_length=32)]
 
 
 class Trade(msgspec.Struct, tag_field="ev", tag="T", gc=False, kw_only=True, omit_defaults=True):
     """`T`: one trade. Identified by (symbol, exchange, trade_id, trf_id)."""
 
     symbol: Symbol = field(name="sym")
-    exchange: int = field(name="x")
-    trade_id: str = field(name="i")
-    tape: int = field(name="z", default=0)
+    exchange: Code = field(name="x")
+    trade_id: TradeId = field(name="i")
+    tape: Code = field(name="z", default=0)
     price: Price = field(name="p")
     size: Size = field(name="s")
-    conditions: list[int] = field(name="c", default_factory=list)
+    conditions: Codes = field(name="c", default_factory=list)
     timestamp: EpochMs = field(name="t")  # SIP time, ms
-    sequence: int = field(name="q", default=0)  # increasing per ticker, not contiguous
-    trf_id: int | None = field(name="trfi", default=None)
-    trf_timestamp: int | None = field(name="trft", default=None)
-    decimal_size: str | None = field(name="ds", default=None)
+    sequence: Count = field(name="q", default=0)  # increasing per ticker, not contiguous
+    trf_id: Code | None = field(name="trfi", default=None)
+    trf_timestamp: Count | None = field(name="trft", default=None)
+    decimal_size: DecimalText | None = field(name="ds", default=None)
 
 
 class Quote(msgspec.Struct, tag_field="ev", tag="Q", gc=False, kw_only=True, omit_defaults=True):
     """`Q`: NBBO quote."""
 
     symbol: Symbol = field(name="sym")
-    bid_exchange: int | None = field(name="bx", default=None)
-    bid_price: float = field(name="bp")
-    bid_size: int = field(name="bs", default=0)
-    ask_exchange: int | None = field(name="ax", default=None)
-    ask_price: float = field(name="ap")
-    ask_size: int = field(name="as", default=0)
-    condition: int | None = field(name="c", default=None)
-    indicators: list[int] = field(name="i", default_factory=list)
+    bid_exchange: Code | None = field(name="bx", default=None)
+    bid_price: Number = field(name="bp")
+    bid_size: Count = field(name="bs", default=0)
+    ask_exchange: Code | None = field(name="ax", default=None)
+    ask_price: Number = field(name="ap")
+    ask_size: Count = field(name="as", default=0)
+    condition: Code | None = field(name="c", default=None)
+    indicators: Codes = field(name="i", default_factory=list)
     timestamp: EpochMs = field(name="t")
-    sequence: int = field(name="q", default=0)
-    tape: int = field(name="z", default=0)
+    sequence: Count = field(name="q", default=0)
+    tape: Code = field(name="z", default=0)
 
 
 class _Aggregate(msgspec.Struct, gc=False, kw_only=True, omit_defaults=True):
     symbol: Symbol = field(name="sym")
     volume: Size = field(name="v")
-    day_volume: int | None = field(name="av", default=None)
-    day_open: float | None = field(name="op", default=None)
-    vwap: float | None = field(name="vw", default=None)
+    day_volume: Count | None = field(name="av", default=None)
+    day_open: Number | None = field(name="op", default=None)
+    vwap: Number | None = field(name="vw", default=None)
     open: Price = field(name="o")
     close: Price = field(name="c")
     high: Price = field(name="h")
     low: Price = field(name="l")
-    day_vwap: float | None = field(name="a", default=None)
-    average_size: float | None = field(name="z", default=None)
+    day_vwap: Number | None = field(name="a", default=None)
+    average_size: Number | None = field(name="z", default=None)
     start: EpochMs = field(name="s")
     end: EpochMs = field(name="e")
 

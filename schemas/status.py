@@ -46,11 +46,15 @@ class FlowHealth(msgspec.Struct, kw_only=True, tag_field="kind", tag="health"):
     events_per_s: float  # over the last interval
     final_bars: int  # bars made final (forwarded)
     open_bars: int
-    dropped: int  # refused input, dead-lettered: malformed + too_late + unknown_condition
+    dropped: int  # refused input, dead-lettered (every kind)
     duplicates: int
     revisions: int
     watermark: int | None = None  # event time, epoch ms
     watermark_lag_s: float | None = None
+    dead_letters: dict[str, int] | None = None  # refused input since the start, by kind (DEAD_LETTER_KINDS)
+    held: int | None = None  # events held for a watermark jump to be confirmed (flows.event_time)
+    symbols: int | None = None  # symbols with bars in the partition's state
+    highlow_symbols: int | None = None  # symbols with session high/low state
 
 
 class FlowError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):

@@ -31,7 +31,7 @@ from flows.detect.sessions import session_of
 from flows.detect.settings import HighLowSettings
 from schemas.events import HighLowEvent, stable_id
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: each symbol's last trade time (for forgetting idle symbols)
 _TICK = 1e-9  # binary floating point: 50.05 - 50.0 is 0.0499999..., which must count as $0.05
 
 
@@ -45,10 +45,11 @@ class Reference(NamedTuple):
 
 class _Symbol:
     __slots__ = ("day", "start", "end", "high", "low", "reported_high", "reported_low",
-                 "high_at", "low_at", "prior", "n_day_high_done", "n_day_low_done")  # fmt: skip
+                 "high_at", "low_at", "prior", "n_day_high_done", "n_day_low_done", "last")  # fmt: skip
 
     def __init__(self, day: str, start: int, end: int, prior: list[tuple[str, float, float]]) -> None:
         self.day, self.start, self.end = day, start, end
+        self.last = start  # event time of the newest trade seen
         self.high: float | None = None
         self.low: float | None = None
         self.reported_high = self.reported_low = 0.0
@@ -89,6 +90,8 @@ class SessionExtremes:
             s = self._roll(symbol, s, t)
         elif t < s.start:
             return  # a late trade of an earlier session: that session is over
+        if t > s.last:
+            s.last = t
         high = s.high
         if high is None:
             s.high = s.low = s.reported_high = s.reported_low = price
@@ -180,6 +183,23 @@ class SessionExtremes:
         for trade in queue:
             self.observe(*trade)
 
+    def forget_idle(self, before_ms: int) -> int:
+        """Drop the state of symbols whose newest trade is older than `before_ms` (event time).
+
+        Bounds memory under a flood of distinct symbols. A forgotten symbol that trades again
+        waits for its references like a new one, and gets them from the database, which by
+        then holds its bars (callers keep `before_ms` well behind the allowed lateness).
+        """
+        idle = [symbol for symbol, s in self._symbols.items() if s.last < before_ms]
+        for symbol in idle:
+            del self._symbols[symbol]
+        return len(idle)
+
+    @property
+    def symbols(self) -> int:
+        """Symbols with state here (for the flow's health and metrics)."""
+        return len(self._symbols)
+
     def take(self) -> list[HighLowEvent]:
         events, self._events = self._events, []
         return events
@@ -194,10 +214,12 @@ class SessionExtremes:
     @classmethod
     def restore(cls, raw: bytes, cfg: HighLowSettings) -> SessionExtremes:
         version, rows = msgspec.msgpack.decode(raw)
-        if version != SNAPSHOT_VERSION:
+        if version not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"session extremes snapshot version {version}, expected {SNAPSHOT_VERSION}")
         extremes = cls(cfg)
         for symbol, row in rows.items():
+            if version == 1:
+                row.append(max(row[1], row[7], row[8]))  # last: the newest time it knew of
             s = _Symbol.__new__(_Symbol)
             for name, value in zip(_Symbol.__slots__, row, strict=True):
                 setattr(s, name, value)

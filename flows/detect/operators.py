@@ -9,51 +9,160 @@ such symbols at once.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+
 import bytewax.operators as op
+import msgspec
+from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from connectors.bar_history import BarHistory, BarRow
+from connectors.dead_letter import letter
+from connectors.kafka_source import RawBatch
+from flows.bars import MINUTE_MS
 from flows.detect.bar_detector import BarDetector, DetectionParams
 from flows.detect.settings import DetectionSettings
+from flows.event_time import Horizon
 from flows.settings import Settings
 from schemas.bars import Bar
 from schemas.events import Event
 
 Warmed = tuple[Bar, list[BarRow] | None]  # a bar, with the history to start from on a symbol's first
+Gated = tuple[str, Bar] | KafkaSinkMessage  # a bar for its symbol's detector, or a dead letter
+# the partition key, the watermark (newest bar start seen) and the horizon's held bars
+GateState = tuple[str, int, tuple[list, int]]
+
+_bar_decoder = msgspec.json.Decoder(Bar)
+
+
+class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
+    """One partition of the bars topic: decodes its records and keeps their event time honest.
+
+    Anyone can write to the bars topic. An undecodable or null record becomes a dead letter;
+    a bar further ahead of the wall clock than allowed, or beyond the partition's jump limit
+    without confirmation (`flows.event_time`), is dead-lettered as `future`: one bar stamped
+    in 2099 would otherwise make every later bar of its symbol look old, and silence its
+    patterns, trends, surges and alerts for good. Revisions of older bars are ordinary.
+    """
+
+    def __init__(self, settings: Settings, resume: GateState | None) -> None:
+        self.horizon = Horizon(
+            max_ahead_of_clock_ms=int(settings.event_max_ahead_s * 1000) + MINUTE_MS,  # a bar is stamped with its start
+            # bars trail the present by up to the lateness and their minute: never a jump among themselves
+            max_jump_ms=settings.max_jump_ms() + 2 * MINUTE_MS,
+            confirm=settings.watermark_jump_confirm,
+        )
+        self.key, self.watermark = "?", 0
+        if resume is not None:
+            self.key, self.watermark, held = resume
+            self.horizon.restore(held)
+
+    def on_batch(self, batches: list[RawBatch]) -> tuple[list[Gated], bool]:
+        out: list[Gated] = []
+        for batch in batches:
+            self.key = batch.key
+            if batch.values:
+                self._gate(batch.topic, batch.partition, batch.offsets, batch.values, out, jump=False)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Gated], bool]:
+        topic, _, partition = self.key.rpartition("#")
+        why = "the input ended before later bars confirmed the jump"
+        out: list[Gated] = [self._letter(topic, partition, h.position, h.value, "future",
+                                         self.horizon.unconfirmed(h, self.watermark, why))
+                            for h in self.horizon.drain()]  # fmt: skip
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> GateState:
+        return (self.key, self.watermark, self.horizon.snapshot())
+
+    def _letter(self, topic: str, partition: object, offset: int, value: bytes | None, kind: str, reason: str) -> KafkaSinkMessage:
+        return letter(value, kind=kind, reason=reason, topic=topic, partition=int(partition), offset=offset,  # type: ignore[call-overload]
+                      key=self.key.encode())  # fmt: skip
+
+    def _gate(self, topic: str, partition: int, offsets: Sequence[int], values: Sequence[bytes | None],
+              out: list[Gated], *, jump: bool) -> None:  # fmt: skip
+        horizon = self.horizon
+        wall_limit = horizon.wall_limit()
+        decode = _bar_decoder.decode
+        for offset, raw in zip(offsets, values, strict=True):
+            if raw is None:
+                out.append(self._letter(topic, partition, offset, raw, "malformed", "null value (a Kafka tombstone): a bar is a JSON object"))
+                continue
+            try:
+                bar = decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                out.append(self._letter(topic, partition, offset, raw, "malformed", f"invalid bar: {exc}"))
+                continue
+            t = bar.timestamp
+            if t > (wall_limit if jump else horizon.limit(self.watermark, wall_limit)):
+                if t > wall_limit:
+                    out.append(self._letter(topic, partition, offset, raw, "future", horizon.ahead_of_clock(t, wall_limit)))
+                    continue
+                confirmed = horizon.hold(t, raw, offset)
+                if confirmed is not None:
+                    self._gate(topic, partition, [h.position for h in confirmed], [h.value for h in confirmed], out, jump=True)
+                continue
+            if horizon.held and not jump and t >= self.watermark:
+                outliers = horizon.normal()
+                if outliers is not None:
+                    why = f"{horizon.confirm} ordinary bars came after it first (an outlier)"
+                    out.extend(self._letter(topic, partition, h.position, h.value, "future",
+                                            horizon.unconfirmed(h, self.watermark, why)) for h in outliers)  # fmt: skip
+            if t > self.watermark:
+                self.watermark = t
+            if bar.status == "final":  # forming bars have no place on this topic: nothing to decide on
+                out.append((bar.symbol, bar))
 
 
 class WarmStart:
-    """Attaches database history to the first bar of every symbol this process has not seen yet.
+    """Attaches database history to the first bar of every symbol this process has not seen lately.
 
     History is fetched for the symbols that have no detector state here; after a restart the
     detectors that resumed from a snapshot ignore it. It stops `history_gap_ms` before the
     symbol's first bar: bars after that may come from this flow's own input (late trades can
     still open an earlier minute), and a replay or restart must see the history the first
-    run saw, or it would decide different events.
+    run saw, or it would decide different events. Symbols not seen for `idle_s` are forgotten
+    here (their detectors drop their state after the same time, see DetectLogic), so the set
+    stays bounded; a detector that still has its state just ignores the history.
     """
 
     def __init__(self, settings: Settings, limit: int) -> None:
         self._settings = settings
         self._limit = limit
         self._gap_ms = history_gap_ms(settings)
+        self._idle_s = settings.symbol_idle_s
         self._history: BarHistory | None = None
-        self._seen: set[str] = set()
+        self._seen: dict[str, float] = {}  # symbol -> wall-clock time of its last bar here
+        self._next_prune = time.monotonic() + self._idle_s
 
-    def __call__(self, items: list[tuple[str, Bar]]) -> list[tuple[str, Warmed]]:
-        first: dict[str, int] = {}
-        for symbol, bar in items:
-            if symbol not in self._seen and symbol not in first:
-                first[symbol] = bar.timestamp - self._gap_ms
-        if not first:
-            return [(symbol, (bar, None)) for symbol, bar in items]
+    def _db(self) -> BarHistory:
         if self._history is None:
             s = self._settings
             self._history = BarHistory(s.database_url, max_backoff_s=s.sink_max_backoff_s)
-        found = self._history.recent_bars(first, self._limit)
-        self._seen.update(first)
+        return self._history
+
+    def history(self, symbol: str, first_ms: int) -> list[BarRow]:
+        """One symbol's history before its bar at `first_ms` (a detector that lost its state)."""
+        return self._db().recent_bars({symbol: first_ms - self._gap_ms}, self._limit).get(symbol, [])
+
+    def __call__(self, items: list[tuple[str, Bar]]) -> list[tuple[str, Warmed]]:
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + self._idle_s / 10
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self._idle_s}
+        first: dict[str, int] = {}
+        seen = self._seen
+        for symbol, bar in items:
+            if symbol not in seen and symbol not in first:
+                first[symbol] = bar.timestamp - self._gap_ms
+        found = self._db().recent_bars(first, self._limit) if first else {}
         out: list[tuple[str, Warmed]] = []
         for symbol, bar in items:
+            seen[symbol] = now
             if symbol in first:
                 out.append((symbol, (bar, found.get(symbol, []))))
                 del first[symbol]
@@ -68,15 +177,24 @@ def history_gap_ms(settings: Settings) -> int:
 
 
 class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
-    """One symbol's detector; its snapshot is the detector's compact state."""
+    """One symbol's detector; its snapshot is the detector's compact state.
 
-    def __init__(self, params: DetectionParams, resume: bytes | None) -> None:
+    A symbol that gets no bar for `idle_s` (wall clock) loses its state (memory stays bounded
+    however many symbols ever appear); when it has a bar again, it starts from its history in
+    the database, like a symbol seen for the first time.
+    """
+
+    def __init__(self, params: DetectionParams, warm: WarmStart, idle_s: float, resume: bytes | None) -> None:
         self._params = params
+        self._warm = warm
+        self._idle = timedelta(seconds=idle_s)
         self._resume = resume
         self._detector: BarDetector | None = None
+        self._last = datetime.now(timezone.utc)
 
     def on_batch(self, items: list[Warmed]) -> tuple[list[Event], bool]:
         out: list[Event] = []
+        self._last = datetime.now(timezone.utc)
         for bar, history in items:
             detector = self._detector
             if detector is None:
@@ -84,10 +202,16 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
                     detector = BarDetector.restore(bar.symbol, self._resume, self._params)
                 else:
                     detector = BarDetector(bar.symbol, self._params)
-                    detector.warm(history or [])
+                    detector.warm(history if history is not None else self._warm.history(bar.symbol, bar.timestamp))
                 self._detector, self._resume = detector, None
             out.extend(detector.on_bar(bar))
         return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self._last + self._idle
+
+    def on_notify(self) -> tuple[list[Event], bool]:
+        return [], StatefulBatchLogic.DISCARD
 
     def snapshot(self) -> bytes:
         if self._detector is None:  # restored but not woken since: hand the state on unchanged
@@ -96,9 +220,23 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
         return self._detector.snapshot()
 
 
+def gate_bars(step_id: str, batches: Stream[RawBatch], settings: Settings) -> tuple[KeyedStream[Bar], Stream[KafkaSinkMessage]]:
+    """Batches of the bars topic -> (final bars keyed by symbol, dead letters)."""
+    keyed = op.key_on(f"{step_id}_by_partition", batches, lambda b: b.key)
+    gated = op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed, lambda resume: BarGate(settings, resume)))
+    split = op.branch(f"{step_id}_bars_or_letters", gated, _is_bar)
+    return split.trues, split.falses  # type: ignore[return-value]
+
+
+def _is_bar(item: Gated) -> bool:
+    return isinstance(item, tuple)
+
+
 def detect_on_bars(step_id: str, bars: KeyedStream[Bar], settings: Settings, detection: DetectionSettings) -> KeyedStream[Event]:
     """Final bars keyed by symbol -> detection records keyed by symbol."""
     params = DetectionParams(detection)
-    warmed: Stream = op.flat_map_batch(f"{step_id}_warm_start", bars, WarmStart(settings, detection.indicators.window))
-    records = op.stateful_batch(f"{step_id}_per_symbol", warmed, lambda resume: DetectLogic(params, resume))  # type: ignore[arg-type]
+    warm = WarmStart(settings, detection.indicators.window)
+    warmed: Stream = op.flat_map_batch(f"{step_id}_warm_start", bars, warm)
+    idle_s = settings.symbol_idle_s
+    records = op.stateful_batch(f"{step_id}_per_symbol", warmed, lambda resume: DetectLogic(params, warm, idle_s, resume))  # type: ignore[arg-type]
     return records

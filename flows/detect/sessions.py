@@ -22,6 +22,7 @@ class Session(NamedTuple):
 
 
 _by_hour: dict[int, Session] = {}
+_MAX_CACHED_HOURS = 4096
 
 
 def session_of(ms: int) -> Session:
@@ -32,5 +33,7 @@ def session_of(ms: int) -> Session:
         day = datetime.fromtimestamp(hour * 3600, UTC).astimezone(EASTERN).date()
         start = datetime(day.year, day.month, day.day, tzinfo=EASTERN)
         end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=EASTERN)
+        if len(_by_hour) >= _MAX_CACHED_HOURS:  # times from all over the calendar must not grow it
+            _by_hour.clear()
         session = _by_hour[hour] = Session(day.isoformat(), int(start.timestamp() * 1000), int(end.timestamp() * 1000))
     return session
