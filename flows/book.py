@@ -29,7 +29,7 @@ from flows.bars import MINUTE_MS, MinuteBar
 from flows.conditions import ALL, ConditionRules, UnknownCondition
 from flows.event_time import NEVER, Horizon
 from schemas.bars import Bar
-from schemas.polygon import MinuteAgg, Quote, SecondAgg, Trade
+from schemas.polygon import DECODE_ERRORS, MinuteAgg, Quote, SecondAgg, Trade
 from schemas.symbols import RULE as SYMBOL_RULE
 from schemas.symbols import is_symbol
 
@@ -39,7 +39,6 @@ SNAPSHOT_VERSION = 3  # 3: the horizon's held events; 2 restores with none held
 # the second member is there for that alone and is rejected below.
 _trade_decoder = msgspec.json.Decoder(Trade | Quote)
 _second_decoder = msgspec.json.Decoder(SecondAgg | MinuteAgg)
-_DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError)
 _snapshot_encoder = msgspec.msgpack.Encoder()
 
 
@@ -183,7 +182,7 @@ class BarBook:
         for index, raw in enumerate(values):
             try:
                 trade = decode(raw)
-            except _DecodeErrors as exc:
+            except DECODE_ERRORS as exc:
                 rejects.append(Reject(positions[index], "malformed", f"invalid trade event: {exc}", raw))
                 continue
             except TypeError:
@@ -288,7 +287,7 @@ class BarBook:
             position = positions[index]
             try:
                 agg = _second_decoder.decode(raw)
-            except _DecodeErrors as exc:
+            except DECODE_ERRORS as exc:
                 rejects.append(Reject(position, "malformed", f"invalid per-second aggregate: {exc}", raw))
                 continue
             except TypeError:

@@ -27,13 +27,14 @@ from connectors.sinks import event_sink
 from flows.detect import settings as detect_settings
 from flows.detect.operators import detect_on_bars, gate_bars
 from flows.detect.settings import DetectionSettings
+from flows import settings as flow_settings
 from flows.settings import Settings
 
 log = logging.getLogger("tickstock.detection")
 
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The detection dataflow, configured from the environment unless `settings` / `detection` are given."""
-    s = settings if settings is not None else Settings()
+    s = settings if settings is not None else flow_settings.load_or_exit("detection flow")
     if detection is None:
         detection = detect_settings.load_or_exit("detection flow")
     if not detection.bar_detection_on():

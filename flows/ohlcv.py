@@ -36,6 +36,7 @@ from flows.detect import settings as detect_settings
 from flows.detect.highlow import SessionExtremes
 from flows.detect.operators import history_gap_ms
 from flows.detect.settings import DetectionSettings
+from flows import settings as flow_settings
 from flows.settings import Settings
 from schemas.bars import Bar, encode_bar
 from schemas.events import Event, HighLowEvent
@@ -289,7 +290,7 @@ def _bar_record(bar: Bar) -> Record:
 
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The dataflow, configured from the environment unless `settings` / `detection` are given."""
-    s = settings if settings is not None else Settings()
+    s = settings if settings is not None else flow_settings.load_or_exit("ohlcv flow")
     if detection is None:
         detection = detect_settings.load_or_exit("ohlcv flow")
     d = detection

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+import sys
+
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.redis_history import HistoryLimits
@@ -131,3 +133,33 @@ class Settings(BaseSettings):
 
     def bar_input_topic(self) -> str:
         return self.topic_trades if self.bar_source == "trades" else self.topic_second_aggs
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names each bad variable and what is wrong with it."""
+
+
+def describe(exc: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as `VARIABLE: problem; ...` (the input is cut short: it may be huge or a secret)."""
+    problems = []
+    for error in exc.errors():
+        where = "__".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "?"
+        problems.append(f"{prefix}{where.upper()}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def load() -> Settings:
+    """The deployment's settings from the environment, or `SettingsError` saying what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings: {describe(exc)}") from None
+
+
+def load_or_exit(component: str) -> Settings:
+    """`load()` for a program's start-up: a bad setting ends it with the message and exit code 2, no traceback."""
+    try:
+        return load()
+    except SettingsError as exc:
+        print(f"{component}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

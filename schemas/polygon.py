@@ -92,6 +92,11 @@ class MinuteAgg(_Aggregate, tag_field="ev", tag="AM"):
 
 Event = Union[Trade, Quote, SecondAgg, MinuteAgg]
 
+# Everything msgspec's JSON decoder raises for bad input: DecodeError (ValidationError is one),
+# UnicodeDecodeError for invalid UTF-8 inside a string, RecursionError for absurd nesting in a
+# field it skips. (TypeError means the input was not bytes at all, e.g. a Kafka tombstone.)
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
 _batch_decoder = msgspec.json.Decoder(list[Event])
 _one_decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
@@ -103,7 +108,7 @@ def decode_events(frame: bytes) -> list[Event]:
 
 
 def decode_event(raw: bytes) -> Event:
-    """Decode one event; raises `msgspec.ValidationError`/`DecodeError` with the reason."""
+    """Decode one event; raises one of `DECODE_ERRORS` with the reason."""
     return _one_decoder.decode(raw)
 
 

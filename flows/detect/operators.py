@@ -29,6 +29,7 @@ from flows.event_time import Horizon
 from flows.settings import Settings
 from schemas.bars import Bar
 from schemas.events import Event
+from schemas.polygon import DECODE_ERRORS
 
 Warmed = tuple[Bar, list[BarRow] | None]  # a bar, with the history to start from on a symbol's first
 Gated = tuple[str, Bar] | KafkaSinkMessage  # a bar for its symbol's detector, or a dead letter
@@ -94,7 +95,7 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
                 continue
             try:
                 bar = decode(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 out.append(self._letter(topic, partition, offset, raw, "malformed", f"invalid bar: {exc}"))
                 continue
             t = bar.timestamp

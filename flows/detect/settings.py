@@ -14,6 +14,7 @@ setting, so a typo stops the flow before it reads a single tick.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -199,4 +200,5 @@ def load_or_exit(component: str) -> DetectionSettings:
     try:
         return load()
     except DetectionConfigError as exc:
-        raise SystemExit(f"{component}: {exc}") from None
+        print(f"{component}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
