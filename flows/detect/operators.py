@@ -18,6 +18,7 @@ import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from prometheus_client import Gauge
 
 from connectors.bar_history import BarHistory, BarRow
 from connectors.dead_letter import letter
@@ -30,6 +31,8 @@ from flows.settings import Settings
 from schemas.bars import Bar
 from schemas.events import Event
 from schemas.polygon import DECODE_ERRORS
+
+DETECTORS = Gauge("tickstock_detection_symbols", "Symbols with detector state in this process")
 
 Warmed = tuple[Bar, list[BarRow] | None]  # a bar, with the history to start from on a symbol's first
 Gated = tuple[str, Bar] | KafkaSinkMessage  # a bar for its symbol's detector, or a dead letter
@@ -186,6 +189,7 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
     """
 
     def __init__(self, params: DetectionParams, warm: WarmStart, idle_s: float, resume: bytes | None) -> None:
+        DETECTORS.inc()
         self._params = params
         self._warm = warm
         self._idle = timedelta(seconds=idle_s)
@@ -212,6 +216,7 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
         return self._last + self._idle
 
     def on_notify(self) -> tuple[list[Event], bool]:
+        DETECTORS.dec()
         return [], StatefulBatchLogic.DISCARD
 
     def snapshot(self) -> bytes:
