@@ -39,6 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from connectors.gateway import protocol
 from connectors.gateway.asgi import respond_from
@@ -333,6 +334,8 @@ class Gateway:
 
     async def _on_message(self, session: Session, raw: str | bytes) -> None:
         s = self.settings
+        if session.ws.state is not State.OPEN:  # closing (e.g. cut for misbehaving): read no further
+            return
         if not session.take_token(s.rate_limit_per_s, s.rate_burst, time.monotonic()):
             self.stats.rate_limited += 1
             await self._misbehaved(session, "rate_limited", f"more than {s.rate_limit_per_s:g} messages/s "

@@ -51,6 +51,7 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
     body = bytearray()
     sent_request = False
     started = False
+    declared_length: str | None = None  # the app's Content-Length (HEAD: it sends no body)
 
     async def receive() -> dict:
         nonlocal sent_request
@@ -63,12 +64,14 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
-        nonlocal status, started
+        nonlocal status, started, declared_length
         if message["type"] == "http.response.start":
             started = True
             status = message["status"]
             for k, v in message.get("headers", []):
                 name = k.decode("latin-1")
+                if name.lower() == "content-length":
+                    declared_length = v.decode("latin-1")
                 if name.lower() not in _OURS:  # websockets' Headers is a multi-dict: set ours once, below
                     out_headers[name] = v.decode("latin-1")
         elif message["type"] == "http.response.body":
@@ -84,9 +87,11 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
             status, body = 500, bytearray(b'{"detail":"internal error"}')
             out_headers = Headers()
             out_headers["Content-Type"] = "application/json"
-    out_headers["Content-Length"] = str(len(body))  # for HEAD too: the length GET would send
-    if scope["method"] == "HEAD":
+    if scope["method"] == "HEAD":  # headers only, with the length GET would send
+        out_headers["Content-Length"] = declared_length if declared_length is not None and not body else str(len(body))
         body = bytearray()
+    else:
+        out_headers["Content-Length"] = str(len(body))
     out_headers["Connection"] = "close"
     out_headers["Date"] = email.utils.formatdate(usegmt=True)
     reason = _REASONS.get(status, "")

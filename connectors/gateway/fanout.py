@@ -156,7 +156,7 @@ class ChannelMap:
         except msgspec.ValidationError:
             self._ignore("bad routing fields")
             return None
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError, ValueError):  # ValueError: msgspec's UnicodeDecodeError
             self._ignore("not a JSON object")
             return None
         if not data.isascii():  # msgspec does not check the UTF-8 of strings it skips
@@ -203,7 +203,7 @@ _symbol_decoder = msgspec.json.Decoder(_Symbol)
 def _symbol_of(data: bytes) -> str | None:
     try:
         return _symbol_decoder.decode(data).symbol or None
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, ValueError):
         return None
 
 

@@ -123,6 +123,8 @@ def decode_client(raw: bytes | str) -> ClientMessage:
         raise BadMessage(f"not JSON: {safe_text(str(exc))}") from None
     except RecursionError:
         raise BadMessage("not JSON: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise BadMessage("not JSON: invalid UTF-8") from None
     if isinstance(message, Ping):
         return message
     message.symbols = list(dict.fromkeys(check_symbol(s) for s in message.symbols))

@@ -208,7 +208,7 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
             "Live delivery (WebSocket `/ws`, see README) and REST over the pipeline's tables. Every /api operation "
             "needs a token (HS256 JWT from `python -m connectors.gateway token`) as `Authorization: Bearer` or "
             "`?token=`, granting the symbol and the kind it reads; unknown or repeated parameters are refused (400). "
-            "Only GET (and HEAD) are served: any other method answers 405 with an `Allow` header."
+            "Only GET is served: any other method answers 405 with an `Allow` header."
         ),
         docs_url=None,  # Swagger UI loads its assets from a CDN; /openapi.json is the document
         redoc_url=None,
