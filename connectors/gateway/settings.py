@@ -216,10 +216,11 @@ def describe_errors(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
-        field = loc[0] if loc else ""
+        field = loc[0].lower().removeprefix("gateway_") if loc else ""  # a field name or the alias (REDIS_URL)
         name = f"GATEWAY_{field.upper()}" if field else "settings"
         message = error.get("msg", "invalid").removeprefix("Value error, ")
         value = error.get("input")
-        shown = "" if field in SECRET_FIELDS or not loc or isinstance(value, dict) else f" (got {str(value)[:60]!r})"
+        secret = field in SECRET_FIELDS or not loc or isinstance(value, dict)
+        shown = "" if secret else f" (got {str(value)[:60]!r})"
         lines.append(f"  {name}: {message}{shown}")
     return "\n".join(lines)
