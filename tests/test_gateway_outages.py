@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flows.settings import Settings
@@ -47,13 +49,18 @@ def start_redis(port: int, directory: str, *extra: str) -> subprocess.Popen:
     deadline = time.monotonic() + 30
     while True:
         try:
-            redis.Redis(port=port).ping()
+            no_retry(port).ping()
             return server
         except redis.BusyLoadingError:
             return server  # up, still loading its dataset
         except redis.ConnectionError:
             assert time.monotonic() < deadline, "private redis-server did not start"
             time.sleep(0.05)
+
+
+def no_retry(port: int) -> redis.Redis:
+    """A client that reports LOADING at once (redis-py otherwise retries it until the load is done)."""
+    return redis.Redis(port=port, retry=Retry(NoBackoff(), 0))
 
 
 @pytest.fixture
@@ -135,12 +142,15 @@ def test_redis_errors_of_every_kind_are_survived(services, redis_server_binary, 
                 await delivered()
 
                 # LOADING: Redis restarts with a large dataset; the gateway retries through the load
-                admin.execute_command("DEBUG", "POPULATE", 3_000_000)
+                admin.execute_command("DEBUG", "POPULATE", 50_000)
                 admin.save()
                 server.terminate()
                 server.wait(30)
-                server = await asyncio.to_thread(start_redis, port, str(data_dir), *options)
-                loading = redis.Redis(port=port).info("persistence")["loading"]
+                # Redis' own testing knobs: a delay per key (the load lasts a few seconds) and answering
+                # clients (LOADING) every KB instead of every 2 MB
+                server = await asyncio.to_thread(start_redis, port, str(data_dir), *options, "--key-load-delay", "20",
+                                                 "--loading-process-events-interval-bytes", "1024")
+                loading = no_retry(port).info("persistence")["loading"]
                 if loading:
                     await resume_during()
                 await asyncio.to_thread(wait_for, lambda: health(gw)["status"] == "healthy", "healthy after loading", 60)
