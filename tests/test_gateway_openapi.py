@@ -70,9 +70,10 @@ def test_the_document_states_every_status_method_and_constraint(documented_gatew
                 assert "404" in responses and params["symbol"]["pattern"] and params["symbol"]["maxLength"] == 20
             for name in ("since", "start", "end"):
                 if name in params:
-                    schema = params[name]
-                    schema = next((s for s in schema.get("anyOf", [schema]) if s.get("type") == "string"), schema)
-                    assert schema["format"] == "date-time", name
+                    schema = params[name]  # optional ones: anyOf [string, null], the format beside it
+                    string = next(s for s in schema.get("anyOf", [schema]) if s.get("type") == "string")
+                    assert schema.get("format", string.get("format")) == "date-time", name
+                    assert string["maxLength"] == 40
             if "limit" in params:
                 assert params["limit"]["minimum"] == 1 and "maximum" in params["limit"]
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200", "503"}
