@@ -67,7 +67,8 @@ def test_the_document_states_every_status_method_and_constraint(documented_gatew
             assert item["get"]["security"] == [{"HTTPBearer": []}, {"APIKeyQuery": []}]
             params = {p["name"]: p["schema"] for p in item["get"]["parameters"]}
             if "symbol" in params:
-                assert "404" in responses and params["symbol"]["pattern"] and params["symbol"]["maxLength"] == 20
+                assert params["symbol"]["pattern"] and params["symbol"]["maxLength"] == 20
+                assert ("404" in responses) == (path in ("/api/ticks/recent", "/api/bars"))  # unknown symbol
             for name in ("since", "start", "end"):
                 if name in params:
                     schema = params[name]  # optional ones: anyOf [string, null], the format beside it
