@@ -270,10 +270,14 @@ def rest_gateway(services):
 
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
         conn.execute("INSERT INTO symbols (symbol) VALUES ('AAPL') ON CONFLICT DO NOTHING")
-    with running_gateway(TEST_DATABASE_URL, REDIS_URL) as gw:
-        doc = httpx.get(f"{gw.http}/openapi.json", timeout=WAIT_S).json()
-        with httpx.Client(base_url=gw.http, timeout=WAIT_S) as client:
-            yield client, doc
+    try:
+        with running_gateway(TEST_DATABASE_URL, REDIS_URL) as gw:
+            doc = httpx.get(f"{gw.http}/openapi.json", timeout=WAIT_S).json()
+            with httpx.Client(base_url=gw.http, timeout=WAIT_S) as client:
+                yield client, doc
+    finally:
+        with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
+            conn.execute("DELETE FROM symbols WHERE symbol = 'AAPL'")
 
 
 NAMES = ["symbol", "since", "start", "end", "limit", "kind", "timeframe", "token", "x", "Symbol", "symbol[]", ""]

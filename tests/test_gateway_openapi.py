@@ -44,12 +44,15 @@ def schemathesis_command() -> list[str]:
 
 @pytest.fixture
 def documented_gateway(db):
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    now = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)
     db.execute("INSERT INTO symbols (symbol) VALUES ('AAPL'), ('BACpL')")
     db.execute("INSERT INTO ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision)"
                " VALUES ('AAPL', %s, 1, 2, 0.5, 1.5, 10, 1.2, 3, 0)", (now - timedelta(minutes=5),))
-    with running_gateway(TEST_DATABASE_URL, Settings().redis_url, dev_mode=False, jwt_secret=SECRET) as gw:
-        yield gw
+    try:
+        with running_gateway(TEST_DATABASE_URL, Settings().redis_url, dev_mode=False, jwt_secret=SECRET) as gw:
+            yield gw
+    finally:
+        db.execute("TRUNCATE ohlcv_1min, symbols")
 
 
 def test_the_document_states_every_status_method_and_constraint(documented_gateway):

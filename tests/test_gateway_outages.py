@@ -63,6 +63,13 @@ def no_retry(port: int) -> redis.Redis:
     return redis.Redis(port=port, retry=Retry(NoBackoff(), 0))
 
 
+def _loaded(port: int) -> bool:
+    try:
+        return no_retry(port).info("persistence")["loading"] == 0
+    except redis.RedisError:
+        return False
+
+
 @pytest.fixture
 def redis_server_binary():
     if shutil.which("redis-server") is None:
@@ -154,6 +161,7 @@ def test_redis_errors_of_every_kind_are_survived(services, redis_server_binary, 
                 if loading:
                     await resume_during()
                 await asyncio.to_thread(wait_for, lambda: health(gw)["status"] == "healthy", "healthy after loading", 60)
+                await asyncio.to_thread(wait_for, lambda: _loaded(port), "the load to finish (for the publisher)", 60)
                 await delivered()
                 await client.close()
                 return loading

@@ -33,7 +33,7 @@ from tests.gateway_harness import SECRET, WAIT_S, Client, live_bar, running_gate
 pytestmark = pytest.mark.integration
 
 REDIS_URL = Settings().redis_url
-T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
+T0 = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)  # fixed: /api/symbols is relative to the newest bar
 EVENT_KINDS = ("highlow", "trend", "surge", "pattern", "alert")
 SYMBOL_GRANTS = (("AAPL",), ("MSFT",), ("*",))
 KIND_GRANTS = tuple((k,) for k in KINDS) + (("*",), ())
@@ -64,8 +64,12 @@ def secured(services):
         db.execute("INSERT INTO alerts (symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator,"
                    " value, threshold, message, revision, params) VALUES ('AAPL', %s, 'a1', 'rsi_overbought', 'warning',"
                    " '1m', 'down', 0.9, 'rsi', 72, 70, 'RSI 72', 0, '{}')", (T0,))
-    with running_gateway(TEST_DATABASE_URL, REDIS_URL, dev_mode=False, jwt_secret=SECRET, batch_interval_ms=20) as gw:
-        yield gw
+    try:
+        with running_gateway(TEST_DATABASE_URL, REDIS_URL, dev_mode=False, jwt_secret=SECRET, batch_interval_ms=20) as gw:
+            yield gw
+    finally:  # leave no rows for tests that do not truncate (the browser test reads recent bars)
+        with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as db:
+            db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
 
 
 def token(symbols: tuple[str, ...], kinds: tuple[str, ...], user: str = "u") -> str:
