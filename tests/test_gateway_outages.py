@@ -171,7 +171,7 @@ def test_redis_errors_of_every_kind_are_survived(services, redis_server_binary, 
             stats = gw.gateway.stats
             assert stats.redis_reconnects >= 1  # the restart
             assert all(t.running for t in stats.tasks.values()) and stats.internal_errors == 0
-            assert health(gw)["status"] == "healthy"
+            wait_for(lambda: health(gw)["status"] == "healthy", "healthy at the end")
     finally:
         for p in (server, master):
             p.kill()  # not terminate: a server that cannot save refuses to shut down

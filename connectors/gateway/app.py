@@ -35,6 +35,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
@@ -156,7 +158,10 @@ class Gateway:
             raise GatewayUnavailable(
                 f"Redis at {redis_at} is unreachable ({_brief(exc)}); start it with `make services` or set REDIS_URL"
             ) from None
-        self._history = History(redis.Redis.from_url(s.redis_url, socket_connect_timeout=5, socket_timeout=10))
+        # no retries inside redis-py (it would wait out a LOADING Redis for many seconds, holding the
+        # reader): the gateway's own loops retry, with backoff, and report
+        self._history = History(redis.Redis.from_url(s.redis_url, socket_connect_timeout=5, socket_timeout=10,
+                                                     retry=Retry(NoBackoff(), 0)))
         options = f"-c statement_timeout={int(s.db_statement_timeout_s * 1000)}"
         self._pool = AsyncConnectionPool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max,
                                          open=False, check=AsyncConnectionPool.check_connection,
