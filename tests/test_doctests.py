@@ -17,7 +17,7 @@ import pytest
         "flows.detect.patterns", "flows.detect.trend", "flows.detect.surge", "flows.detect.highlow",
         "flows.detect.bar_detector",
         "connectors.gateway.protocol", "connectors.gateway.fanout", "connectors.gateway.auth",
-        "connectors.gateway.metrics",
+        "connectors.gateway.metrics", "connectors.gateway.rest",
     ],
 )  # fmt: skip
 def test_docstring_examples(module):

@@ -2,6 +2,9 @@
 
     python -m connectors.gateway                       # serve (settings: GATEWAY_* env vars, README)
     python -m connectors.gateway token alice --symbols AAPL,MSFT --kinds live,bar,alert --ttl 3600
+
+Exit codes: 0 stopped cleanly; 1 a dependency (Redis, PostgreSQL) unreachable at start; 2 a bad
+setting or argument (the message names it; never a traceback).
 """
 
 from __future__ import annotations
@@ -18,30 +21,44 @@ from pydantic import ValidationError
 
 from connectors.gateway.app import Gateway, GatewayUnavailable
 from connectors.gateway.auth import Policy
-from connectors.gateway.settings import GatewaySettings
+from connectors.gateway.settings import GatewaySettings, describe_errors
+
+
+class BadSettings(Exception):
+    """Invalid GATEWAY_* settings: the message lists each variable and its rule."""
 
 
 def _settings() -> GatewaySettings:
     try:
         return GatewaySettings()
     except ValidationError as exc:
-        sys.exit(f"error: invalid gateway settings:\n{exc}")
+        raise BadSettings(f"invalid gateway settings:\n{describe_errors(exc)}") from None
 
 
 def token(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m connectors.gateway token",
                                      description="Print a signed token (GATEWAY_JWT_SECRET) for a user.")
     parser.add_argument("user")
-    parser.add_argument("--symbols", default="*", help="comma-separated tickers, or * (default)")
-    parser.add_argument("--kinds", default="*", help="comma-separated kinds (live,bar,highlow,trend,surge,pattern,indicator,alert) or *")
-    parser.add_argument("--ttl", type=float, default=None, help="seconds (default GATEWAY_TOKEN_TTL_S)")
-    args = parser.parse_args(argv)
-    s = _settings()
+    parser.add_argument("--symbols", default="*", help="comma-separated tickers, or * (default): written into the token")
+    parser.add_argument("--kinds", default="*",
+                        help="comma-separated kinds (live,bar,highlow,trend,surge,pattern,indicator,alert), or * (default)")
+    parser.add_argument("--ttl", type=float, default=None,
+                        help="seconds (default GATEWAY_TOKEN_TTL_S; at most GATEWAY_MAX_TOKEN_LIFETIME_S)")
     try:
-        policy = Policy(s.jwt_secret, (), dev_mode=False)
-        print(policy.issue(args.user, args.symbols.split(","), args.kinds.split(","),
-                           ttl_s=args.ttl or s.token_ttl_s, now=time.time()))
-    except ValueError as exc:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage and the problem
+        return 2 if exc.code else 0
+    try:
+        s = _settings()
+        policy = Policy(s.jwt_secret, (), dev_mode=False, audience=s.jwt_audience, issuer=s.jwt_issuer,
+                        max_lifetime_s=s.max_token_lifetime_s)
+        symbols = [x for x in args.symbols.split(",") if x.strip()]
+        kinds = [x.strip() for x in args.kinds.split(",") if x.strip()]
+        if not symbols or not kinds:
+            raise ValueError("--symbols and --kinds must each name at least one (or *)")
+        print(policy.issue(args.user, symbols, kinds, ttl_s=s.token_ttl_s if args.ttl is None else args.ttl,
+                           now=time.time()))
+    except (ValueError, BadSettings) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -68,20 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    settings = _settings()
     try:
+        settings = _settings()
         Gateway(settings).validate()
-    except ValueError as exc:
+    except (BadSettings, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if settings.dev_mode:
         logging.getLogger("tickstock.gateway").warning(
-            "GATEWAY_DEV_MODE=true: no token required, any Origin accepted; never expose this gateway")
+            "GATEWAY_DEV_MODE=true: no token required, any Origin accepted, on %s%s; never expose this gateway",
+            settings.host, " (GATEWAY_DEV_MODE_ALLOW_REMOTE=true: reachable from other machines)"
+            if settings.dev_mode_allow_remote else "")
     try:
         uvloop.run(serve(settings))
     except GatewayUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     return 0
 
 

@@ -4,14 +4,17 @@ The gateway serves WebSockets with the `websockets` library (see README: it cost
 half the CPU per frame of Starlette on uvicorn here) and everything else with FastAPI. Both
 share one port: `websockets` parses every request and hands non-WebSocket ones to
 `process_request`, which runs the ASGI app for that one request and returns its response.
-Only GET is possible (websockets rejects other methods), which is all the REST API needs; the
-connection closes after each response.
+websockets parses any method but no request body (it answers 400 to one), so the app sees the
+real method: GET and HEAD are served, anything else gets the app's 405 with `Allow`. The
+connection closes after each response. Whatever the app raises, the client gets an HTTP answer
+(the app's own 500 if it sent one, else a bare 500) and never the exception's text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -19,6 +22,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 MAX_BODY = 64 * 1024 * 1024
+log = logging.getLogger("tickstock.gateway.http")
 _OURS = {"content-length", "connection", "date", "server"}  # websockets adds Server itself
 
 
@@ -31,7 +35,7 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": request.method.upper(),
         "scheme": "http",
         "path": unquote(url.path),
         "raw_path": url.path.encode(),
@@ -46,6 +50,8 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
     out_headers = Headers()
     body = bytearray()
     sent_request = False
+    started = False
+    declared_length: str | None = None  # the app's Content-Length (HEAD: it sends no body)
 
     async def receive() -> dict:
         nonlocal sent_request
@@ -58,11 +64,14 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
-        nonlocal status
+        nonlocal status, started, declared_length
         if message["type"] == "http.response.start":
+            started = True
             status = message["status"]
             for k, v in message.get("headers", []):
                 name = k.decode("latin-1")
+                if name.lower() == "content-length":
+                    declared_length = v.decode("latin-1")
                 if name.lower() not in _OURS:  # websockets' Headers is a multi-dict: set ours once, below
                     out_headers[name] = v.decode("latin-1")
         elif message["type"] == "http.response.body":
@@ -70,8 +79,19 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
             if len(body) > MAX_BODY:
                 raise RuntimeError("response too large")
 
-    await app(scope, receive, send)
-    out_headers["Content-Length"] = str(len(body))
+    try:
+        await app(scope, receive, send)
+    except Exception:  # noqa: BLE001 - Starlette re-raises after sending its 500; answer, never crash the handshake
+        log.exception("HTTP %s %s failed", scope["method"], scope["path"][:200])
+        if not started:
+            status, body = 500, bytearray(b'{"detail":"internal error"}')
+            out_headers = Headers()
+            out_headers["Content-Type"] = "application/json"
+    if scope["method"] == "HEAD":  # headers only, with the length GET would send
+        out_headers["Content-Length"] = declared_length if declared_length is not None and not body else str(len(body))
+        body = bytearray()
+    else:
+        out_headers["Content-Length"] = str(len(body))
     out_headers["Connection"] = "close"
     out_headers["Date"] = email.utils.formatdate(usegmt=True)
     reason = _REASONS.get(status, "")

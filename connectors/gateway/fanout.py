@@ -21,27 +21,46 @@ message supersedes, so a newer message with the same key replaces the older unse
 ...     _ = router.route(channels.parse("ts.market.bars.live.AAPL", b'{"offset":1,"epoch":"e","symbol":"AAPL","close":%.1f}' % close))
 >>> [m.part for m in alice.take()]
 [b'{"channel":"ts.market.bars.live.AAPL","data":{"offset":1,"epoch":"e","symbol":"AAPL","close":2.0}}']
+
+Whatever arrives from Redis (any bytes, any channel name), `ChannelMap.parse` returns a Message
+or None and never raises: it relays only a JSON object of at most `max_bytes` bytes in valid
+UTF-8 (browsers close a connection on invalid UTF-8 in a text frame), on a channel whose
+symbol is a valid symbol (schemas/symbols.py: so the channel name is safe to embed in a frame),
+with routing fields of the right types and ranges (offset and timestamp within int64,
+confidence in [0, 1]). What it drops is counted by reason in `ChannelMap.ignored`.
+
+>>> channels.parse("ts.market.bars.live.AAPL", b'{"offset":99999999999999999999}') is None
+True
+>>> channels.parse('ts.market.bars.live.A"B', b'{"offset":1}') is None, dict(channels.ignored)
+(True, {'bad routing fields': 1, 'invalid symbol in channel': 1})
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
-from connectors.gateway.protocol import ALL, BAR_KINDS, KINDS
+from connectors.gateway.protocol import ALL, BAR_KINDS, INT64_MAX, KINDS, MAX_EPOCH_LENGTH
 from schemas.channels import Channels
+from schemas.symbols import is_symbol
+
+EVENT_CHANNEL_KINDS = frozenset(KINDS) - BAR_KINDS - {"indicator"}
+DEFAULT_MAX_BYTES = 256 * 1024
 
 
 class _Envelope(msgspec.Struct):
     """The few fields routing needs; msgspec skips the rest of the payload without building it."""
 
-    offset: int = 0
-    epoch: str = ""
-    kind: str = ""
-    id: str = ""
-    timestamp: int = 0
-    confidence: float = 1.0
+    offset: Annotated[int, Meta(ge=0, le=INT64_MAX)] = 0
+    epoch: Annotated[str, Meta(max_length=MAX_EPOCH_LENGTH)] = ""
+    kind: Annotated[str, Meta(max_length=32)] = ""
+    id: Annotated[str, Meta(max_length=256)] = ""
+    timestamp: Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)] = 0
+    confidence: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
@@ -75,12 +94,14 @@ class ChannelMap:
     it relays carries the position of a channel a client can resume from.
     """
 
-    def __init__(self, channels: Channels) -> None:
+    def __init__(self, channels: Channels, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.channels = channels
+        self.max_bytes = max_bytes
         self._live = channels.live_for("")
         self._final = channels.ohlcv_for("")
         self._events = channels.events_for("")
         self.indicators = channels.indicators
+        self.ignored: Counter[str] = Counter()  # messages not relayed, by reason
 
     def patterns(self) -> list[str]:
         return [self._live + "*", self._final + "*", self._events + "*"]
@@ -107,12 +128,43 @@ class ChannelMap:
                 return channel[len(prefix) :]
         return None
 
+    def channel_kinds(self, channel: str) -> frozenset[str]:
+        """The kinds a channel carries (what a client must follow to care about it)."""
+        if channel.startswith(self._live):
+            return frozenset({"live"})
+        if channel.startswith(self._final):
+            return frozenset({"bar"})
+        if channel.startswith(self._events):
+            return EVENT_CHANNEL_KINDS
+        if channel == self.indicators:
+            return frozenset({"indicator"})
+        return frozenset()
+
+    def _ignore(self, reason: str) -> None:
+        self.ignored[reason] += 1
+
     def parse(self, channel: str, data: bytes) -> Message | None:
         """Classify and encode one Redis message; None if it is not for clients (or unreadable)."""
+        if type(data) is not bytes:
+            self._ignore("not bytes")
+            return None
+        if len(data) > self.max_bytes:
+            self._ignore("too large (GATEWAY_MAX_RELAY_BYTES)")
+            return None
         try:
             head = _envelope.decode(data)
-        except msgspec.DecodeError:
+        except msgspec.ValidationError:
+            self._ignore("bad routing fields")
             return None
+        except (msgspec.DecodeError, RecursionError, ValueError):  # ValueError: msgspec's UnicodeDecodeError
+            self._ignore("not a JSON object")
+            return None
+        if not data.isascii():  # msgspec does not check the UTF-8 of strings it skips
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                self._ignore("invalid UTF-8")
+                return None
         if channel.startswith(self._live):
             symbol, kind = channel[len(self._live) :], "live"
             key: tuple = (symbol, "live")
@@ -121,22 +173,28 @@ class ChannelMap:
             key = (symbol, "bar", head.timestamp)
         elif channel.startswith(self._events):
             symbol, kind = channel[len(self._events) :], head.kind
-            if kind not in KINDS:
+            if kind not in EVENT_CHANNEL_KINDS:
+                self._ignore("unknown event kind")
                 return None
             key = (kind, head.id or head.offset)
         elif channel == self.indicators:
             symbol = _symbol_of(data)
             if symbol is None:
+                self._ignore("no symbol in indicator message")
                 return None
             kind, key = "indicator", (symbol, "indicator", head.timestamp)
         else:
+            self._ignore("not a client channel")
+            return None
+        if not is_symbol(symbol):
+            self._ignore("invalid symbol in channel")
             return None
         part = b'{"channel":"' + channel.encode() + b'","data":' + data + b"}"
         return Message(channel, symbol, kind, key, head.confidence, head.epoch, head.offset, part)
 
 
 class _Symbol(msgspec.Struct):
-    symbol: str = ""
+    symbol: Annotated[str, Meta(max_length=64)] = ""
 
 
 _symbol_decoder = msgspec.json.Decoder(_Symbol)
@@ -145,7 +203,7 @@ _symbol_decoder = msgspec.json.Decoder(_Symbol)
 def _symbol_of(data: bytes) -> str | None:
     try:
         return _symbol_decoder.decode(data).symbol or None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, ValueError):
         return None
 
 
@@ -163,8 +221,13 @@ class Subscriber:
         self.min_confidence = min_confidence
         self.pending: dict[tuple, Message] = {}
         self.replay: list[Message] = []  # missed messages from the history, sent before `pending`
-        # channel -> offset already delivered by a catch-up: live copies at or below are dropped
+        # channel -> offset already delivered by a catch-up: live copies at or below are dropped.
+        # Bounded: entries go when a newer live message arrives or the symbol is unsubscribed.
         self.floor: dict[str, int] = {}
+
+    def queued(self) -> int:
+        """Messages waiting to be written (counted against GATEWAY_MAX_QUEUE)."""
+        return len(self.pending) + len(self.replay)
 
     def take(self) -> list[Message]:
         """The unsent messages, oldest first, emptying the buffer."""
@@ -232,6 +295,8 @@ class Router:
         self.unsubscribe(sub, list(sub.symbols))
         self.dirty.discard(sub)
         sub.pending.clear()
+        sub.replay.clear()
+        sub.floor.clear()
 
     def wants(self, symbol: str) -> bool:
         return bool(self.everything) or symbol in self.by_symbol

@@ -10,6 +10,9 @@ client would cost more than the delivery itself); a custom collector reads them 
 >>> s.redis_connected = False
 >>> health(s, database_ok=True, now=0)["reason"]
 'redis subscription down: live delivery stopped'
+
+Every background task runs under a supervisor that records it here (`TaskState`): a task that
+died is logged, restarted with backoff and counted, and /healthz says so while it is down.
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
 DEGRADED_LAG_S = 1.0  # Redis messages reach the gateway later than this: degraded
+ESSENTIAL_TASKS = frozenset({"redis-reader", "flusher"})  # without these nothing is delivered
+
+
+@dataclass
+class TaskState:
+    """One supervised background task: whether it runs, how often it died, the last error's type."""
+
+    running: bool = False
+    restarts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def report(self) -> dict:
+        return {"running": self.running, "restarts": self.restarts, "last_error": self.last_error,
+                "last_error_at": self.last_error_at}
 
 
 @dataclass
@@ -45,6 +63,14 @@ class Stats:
     redis_lag_s: float = 0.0  # last probe's publish-to-receipt time
     last_probe_at: float = field(default_factory=time.time)
     started_at: float = field(default_factory=time.time)
+    ignored: Counter = field(default_factory=Counter)  # Redis messages not relayed, by reason
+    rate_limited: int = 0  # client messages refused by the per-connection rate limit
+    internal_errors: int = 0  # client messages the gateway failed on (logged with a reference)
+    redis_errors: int = 0  # Redis commands that failed on a client's behalf (retried, then refused)
+    database_errors: int = 0  # REST requests answered 503 because PostgreSQL failed
+    channels_forgotten: int = 0  # channel positions dropped from the bounded recovery map
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    dev_mode: bool = False
 
     def counters(self) -> dict[str, int]:
         return {
@@ -60,13 +86,30 @@ class Stats:
             "resumes": self.resumes,
             "resets": self.resets,
             "redis_reconnects": self.redis_reconnects,
+            "ignored": sum(self.ignored.values()),
+            "rate_limited": self.rate_limited,
+            "internal_errors": self.internal_errors,
+            "redis_errors": self.redis_errors,
+            "database_errors": self.database_errors,
+            "channels_forgotten": self.channels_forgotten,
+            "task_restarts": sum(t.restarts for t in self.tasks.values()),
         }
+
+    def task(self, name: str) -> TaskState:
+        return self.tasks.setdefault(name, TaskState())
 
 
 def health(stats: Stats, *, database_ok: bool, now: float, probe_interval_s: float = 1.0) -> dict:
     """healthy / degraded / error, with the reason and the counters (the old system's shape)."""
     silent_s = now - stats.last_probe_at
-    if not stats.redis_connected:
+    down = sorted(name for name, t in stats.tasks.items() if not t.running)
+    essential = [name for name in down if name in ESSENTIAL_TASKS]
+    if essential or down:
+        name = (essential or down)[0]
+        t = stats.tasks[name]
+        status = "error" if essential else "degraded"
+        reason = f"background task {name} is restarting after {t.last_error or 'an exit'} ({t.restarts} restarts)"
+    elif not stats.redis_connected:
         status, reason = "error", "redis subscription down: live delivery stopped"
     elif silent_s > max(5.0, 5 * probe_interval_s):
         status, reason = "error", f"no Redis probe received for {silent_s:.1f} s"
@@ -81,8 +124,12 @@ def health(stats: Stats, *, database_ok: bool, now: float, probe_interval_s: flo
         "reason": reason,
         "redis_lag_ms": round(stats.redis_lag_s * 1000, 3),
         "uptime_s": round(now - stats.started_at, 1),
+        "dev_mode": stats.dev_mode,
+        "database": "ok" if database_ok else "unreachable",
         "counters": stats.counters(),
         "dropped_by_reason": dict(stats.dropped),
+        "ignored_by_reason": dict(stats.ignored),
+        "tasks": {name: t.report() for name, t in sorted(stats.tasks.items())},
     }
 
 
@@ -111,6 +158,10 @@ class _Collector:
             ("tickstock_gateway_resumed_channels", "channels caught up from history", s.resumes),
             ("tickstock_gateway_reset_channels", "channels whose history was gone (client told to reset)", s.resets),
             ("tickstock_gateway_redis_reconnects", "Redis subscription reconnects", s.redis_reconnects),
+            ("tickstock_gateway_rate_limited_messages", "client messages refused by the rate limit", s.rate_limited),
+            ("tickstock_gateway_internal_errors", "client messages the gateway failed on", s.internal_errors),
+            ("tickstock_gateway_redis_errors", "Redis commands failed on a client's behalf", s.redis_errors),
+            ("tickstock_gateway_database_errors", "REST requests answered 503 (PostgreSQL failed)", s.database_errors),
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
@@ -122,6 +173,14 @@ class _Collector:
         for status, n in sorted(s.rejected.items()):
             rejected.add_metric([str(status)], n)
         yield rejected
+        ignored = CounterMetricFamily("tickstock_gateway_ignored_messages", "Redis messages not relayed", labels=["reason"])
+        for reason, n in sorted(s.ignored.items()):
+            ignored.add_metric([reason], n)
+        yield ignored
+        restarts = CounterMetricFamily("tickstock_gateway_task_restarts", "background task restarts", labels=["task"])
+        for name, t in sorted(s.tasks.items()):
+            restarts.add_metric([name], t.restarts)
+        yield restarts
         d = self._depths()
         yield GaugeMetricFamily("tickstock_gateway_open_connections", "connected clients", value=s.connections)
         yield GaugeMetricFamily("tickstock_gateway_queue_messages", "unsent messages, all clients", value=d.pending_total)
@@ -129,6 +188,7 @@ class _Collector:
         yield GaugeMetricFamily("tickstock_gateway_socket_buffer_bytes", "bytes in socket write buffers", value=d.buffered_bytes)
         yield GaugeMetricFamily("tickstock_gateway_redis_lag_seconds", "Redis publish to gateway receipt (probe)", value=s.redis_lag_s)
         yield GaugeMetricFamily("tickstock_gateway_redis_up", "1 while the Redis subscription is connected", value=float(s.redis_connected))
+        yield GaugeMetricFamily("tickstock_gateway_dev_mode", "1 in development mode (no authentication)", value=float(s.dev_mode))
 
 
 def exposition(stats: Stats, depths: Callable[[], QueueDepths]) -> bytes:

@@ -9,17 +9,21 @@ Subscribe(symbols=['AAPL'], kinds=['live'], min_confidence=None, positions={})
 Traceback (most recent call last):
 ...
 connectors.gateway.protocol.BadMessage: Expected `array`, got `str` - at `$.symbols`
+
+Every size is bounded in the types (symbols per message, position entries, string lengths,
+integers within int64), so a message is refused in the decoder before it costs any work, with
+the reason.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from schemas.events import KINDS as EVENT_KINDS
+from schemas.symbols import InvalidSymbol, normalise
 
 PROTOCOL_VERSION = 1
 
@@ -28,9 +32,13 @@ PROTOCOL_VERSION = 1
 KINDS: tuple[str, ...] = ("live", "bar", *EVENT_KINDS)
 BAR_KINDS = frozenset({"live", "bar"})
 
-# Tickers: letters, digits, dot, dash (BRK.B, BF-B); `*` = every symbol the token allows.
-SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,19}$")
+# Symbols are schemas/symbols.py's (one definition); `*` = every symbol the token allows.
 ALL = "*"
+INT64_MAX = 2**63 - 1
+MAX_SYMBOLS_PER_MESSAGE = 1000
+MAX_CHANNEL_LENGTH = 200
+MAX_EPOCH_LENGTH = 64
+MAX_PING_ID_LENGTH = 128
 
 # Close codes (RFC 6455 leaves 4000-4999 to applications).
 CLOSE_GOING_AWAY = 1001  # the gateway is shutting down: reconnect (elsewhere) and resume
@@ -45,14 +53,21 @@ CLOSE_CODES: dict[int, str] = {
 }
 
 Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
-Offset = Annotated[int, Meta(ge=0)]
+Offset = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+Symbols = Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=MAX_SYMBOLS_PER_MESSAGE)]
+Kinds = Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=len(KINDS) * 2)]
 
 
 class Position(msgspec.Struct, forbid_unknown_fields=True):
     """A channel position as carried by every message: resume after `offset` of `epoch`."""
 
-    epoch: str
+    epoch: Annotated[str, Meta(max_length=MAX_EPOCH_LENGTH)]
     offset: Offset
+
+
+# a resume names at most the three channels of each symbol of the message, plus the indicators
+Positions = Annotated[dict[Annotated[str, Meta(max_length=MAX_CHANNEL_LENGTH)], Position],
+                      Meta(max_length=3 * MAX_SYMBOLS_PER_MESSAGE + 1)]
 
 
 class Subscribe(msgspec.Struct, tag="subscribe", forbid_unknown_fields=True):
@@ -62,26 +77,29 @@ class Subscribe(msgspec.Struct, tag="subscribe", forbid_unknown_fields=True):
     gateway sends what was missed, or a `reset` for a channel whose history is gone.
     """
 
-    symbols: list[str] = []
-    kinds: list[str] | None = None
+    symbols: Symbols = []
+    kinds: Kinds | None = None
     min_confidence: Confidence | None = None
-    positions: dict[str, Position] = {}
+    positions: Positions = {}
 
 
 class Unsubscribe(msgspec.Struct, tag="unsubscribe", forbid_unknown_fields=True):
     """Remove symbols and/or kinds."""
 
-    symbols: list[str] = []
-    kinds: list[str] = []
+    symbols: Symbols = []
+    kinds: Kinds = []
 
 
 class Ping(msgspec.Struct, tag="ping", forbid_unknown_fields=True):
     """Application-level keep-alive for clients (browsers) that cannot send WebSocket pings."""
 
-    id: int | str | None = None
+    id: Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)] | Annotated[str, Meta(max_length=MAX_PING_ID_LENGTH)] | None = None
 
 
 ClientMessage = Subscribe | Unsubscribe | Ping
+
+
+BINARY_FRAME = "binary frame: the protocol is JSON in text frames"
 
 
 class BadMessage(ValueError):
@@ -89,39 +107,56 @@ class BadMessage(ValueError):
 
 
 _decoder = msgspec.json.Decoder(ClientMessage)
-MAX_SYMBOLS_PER_MESSAGE = 1000
 
 
 def decode_client(raw: bytes | str) -> ClientMessage:
-    """Parse and validate one client message; symbols are upper-cased."""
+    """Parse and validate one client message; symbols normalised.
+
+    Raises BadMessage, and nothing else, whatever `raw` is. (The app refuses binary frames
+    before this: `BINARY_FRAME`.)
+    """
     try:
         message = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise BadMessage(str(exc)) from None
+        raise BadMessage(safe_text(str(exc))) from None
     except msgspec.DecodeError as exc:
-        raise BadMessage(f"not JSON: {exc}") from None
+        raise BadMessage(f"not JSON: {safe_text(str(exc))}") from None
+    except RecursionError:
+        raise BadMessage("not JSON: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise BadMessage("not JSON: invalid UTF-8") from None
     if isinstance(message, Ping):
         return message
-    if len(message.symbols) > MAX_SYMBOLS_PER_MESSAGE:
-        raise BadMessage(f"at most {MAX_SYMBOLS_PER_MESSAGE} symbols per message")
-    message.symbols = [check_symbol(s) for s in message.symbols]
+    message.symbols = list(dict.fromkeys(check_symbol(s) for s in message.symbols))
     kinds = message.kinds or []
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
-        raise BadMessage(f"unknown kind(s) {', '.join(unknown)}; expected some of {', '.join(KINDS)}")
+        raise BadMessage(f"unknown kind(s) {', '.join(safe_text(k, 32) for k in unknown[:5])}; expected some of {', '.join(KINDS)}")
+    if message.kinds is not None:
+        message.kinds = list(dict.fromkeys(message.kinds))
+    if isinstance(message, Unsubscribe):
+        message.kinds = list(dict.fromkeys(message.kinds))
     return message
 
 
 def check_symbol(symbol: str) -> str:
-    """The symbol upper-cased, or BadMessage.
+    """A symbol as schemas/symbols.py normalises it, or `*`; BadMessage otherwise.
 
-    >>> check_symbol("brk.b")
-    'BRK.B'
+    >>> check_symbol("brk.b"), check_symbol("BACpL"), check_symbol(" * ")
+    ('BRK.B', 'BACpL', '*')
     """
-    value = symbol.strip().upper()
-    if value != ALL and not SYMBOL_RE.match(value):
-        raise BadMessage(f"invalid symbol {symbol!r}: 1-20 letters, digits, '.' or '-'")
-    return value
+    if symbol.strip() == ALL:
+        return ALL
+    try:
+        return normalise(symbol)
+    except InvalidSymbol as exc:
+        raise BadMessage(safe_text(str(exc))) from None
+
+
+def safe_text(text: str, limit: int = 300) -> str:
+    """Client-controlled text for a reply: bounded, no control characters."""
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return shown + "..." if len(text) > limit else shown
 
 
 _encoder = msgspec.json.Encoder()

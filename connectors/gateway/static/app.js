@@ -8,7 +8,9 @@
 const params = new URLSearchParams(location.search);
 const token = params.get("token"); // omitted in dev mode
 const $ = (id) => document.getElementById(id);
-const state = { symbol: (params.get("symbol") || "").toUpperCase(), ws: null, positions: {}, retry: 500,
+// schemas/symbols.py's rule: only an all-lower-case entry is upper-cased (BACpL stays BACpL)
+const normalise = (text) => { const v = text.trim(); return v === v.toLowerCase() ? v.toUpperCase() : v; };
+const state = { symbol: normalise(params.get("symbol") || ""), ws: null, positions: {}, retry: 500,
                 candles: new Map(), events: 0, lastBarTime: 0 };
 window.dashboard = state; // for tests and curious people
 
@@ -166,7 +168,7 @@ function onMessage(m) {
 
 $("pick").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const next = $("symbol").value.trim().toUpperCase();
+  const next = normalise($("symbol").value);
   if (!next || next === state.symbol) return;
   const previous = state.symbol;
   state.symbol = next;
