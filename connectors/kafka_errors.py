@@ -1,9 +1,11 @@
 """What a Kafka error means for a producer that must not lose what it accepted.
 
-Three answers, because they call for three different actions:
+Four answers, because they call for four different actions:
 - `RETRY` (transient): the broker is down or restarting, a request timed out, a partition is
-  changing leader, the broker forgot the producer's state (a fatal idempotence error: the
-  producer is replaced). Try again later, with backoff; the record is kept.
+  changing leader. Try again later, with backoff; the record is kept.
+- `RENEW` (transient, but not for this producer): the broker forgot or fenced the idempotent
+  producer's state (a broker restart, an epoch bump it does not accept: Tansu answers
+  PRODUCER_FENCED to every later record). Replace the producer, then produce the record again.
 - `DEAD_LETTER` (permanent for this record): the broker will never take this record (too
   large, invalid). Retrying it would loop forever; it goes to the dead-letter topic with the
   reason, and the records around it go on.
@@ -17,8 +19,8 @@ backed-off retry loop; dropping a record on one that was transient would lose da
 
 >>> judge(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)), judge(KafkaError(KafkaError._TRANSPORT))
 (('dead_letter', 'too_large'), ('retry', None))
->>> judge(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
-('stop', None)
+>>> judge(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)), judge(KafkaError(KafkaError.PRODUCER_FENCED))
+(('stop', None), ('renew', None))
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import Final, Literal
 
 from confluent_kafka import KafkaError
 
-Verdict = Literal["retry", "dead_letter", "stop"]
+Verdict = Literal["retry", "renew", "dead_letter", "stop"]
 RETRY: Final = "retry"
+RENEW: Final = "renew"
 DEAD_LETTER: Final = "dead_letter"
 STOP: Final = "stop"
 
@@ -68,6 +71,18 @@ PRODUCER_REFUSED: Final[frozenset[int]] = frozenset(
     }
 )
 
+# the idempotent producer's state is gone on the broker's side: only a new producer gets on
+PRODUCER_LOST: Final[frozenset[int]] = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError._FATAL,
+    }
+)
+
 # our own purge (stop, producer replaced): the record was taken back, not refused
 TAKEN_BACK: Final[frozenset[int]] = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
@@ -80,4 +95,6 @@ def judge(err: KafkaError) -> tuple[Verdict, str | None]:
         return DEAD_LETTER, kind
     if code in PRODUCER_REFUSED:
         return STOP, None
+    if code in PRODUCER_LOST or err.fatal():
+        return RENEW, None
     return RETRY, None

@@ -59,7 +59,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from connectors.bridge_spool import Record, Spool, SpoolError
 from connectors.dead_letter import SHA256, TRUNCATED, letter
 from connectors.feed_frames import Head, split_frame as _split
-from connectors.kafka_errors import DEAD_LETTER, STOP, TAKEN_BACK, judge
+from connectors.kafka_errors import DEAD_LETTER, RENEW, STOP, TAKEN_BACK, judge
 from flows.settings import Settings
 from schemas.symbols import RULE, SYMBOL_PATTERN, is_symbol
 
@@ -76,6 +76,7 @@ MAX_EVENT_TYPES: Final = 32  # distinct `ev` values counted by name; the rest as
 MAX_EVENT_TYPE_CHARS: Final = 16
 OTHER: Final = "(other)"
 TAKE_BACK_TIMEOUT_S: Final = 10.0  # for the producer to hand back purged records
+QUIET_S: Final = 30.0  # this long without a failure (beyond twice the backoff cap), backoff starts over
 
 _SUBSCRIPTION = re.compile(rf"[A-Z]{{1,10}}\.(\*|{SYMBOL_PATTERN})")
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
@@ -426,6 +427,8 @@ class Bridge:
         if verdict == STOP:
             self.kafka_refused = f"{err.name()}: {err.str()} (for topic {msg.topic()})"
             return
+        if verdict == RENEW and self.fatal_error is None:
+            self.fatal_error = f"{err.name()}: {err.str()}"  # replaced (with backoff), then produced again
         self._back_off()
         if _power_of_two(self.stats.delivery_errors):  # 1, 2, 4, 8, ...: not a line per record
             log.warning("delivery failed (%s); producing it again in %.2f s; %d failures so far",
@@ -434,7 +437,7 @@ class Bridge:
     def _back_off(self) -> None:
         """Schedule the next resend round (one per burst of failures), later each round, capped."""
         now = time.monotonic()
-        if now - self.last_failure > 2 * self.cfg.bridge_retry_backoff_max_s:
+        if now - self.last_failure > 2 * self.cfg.bridge_retry_backoff_max_s + QUIET_S:
             self.retry_attempt = 0  # a quiet spell: start again from the initial delay
         self.last_failure = now
         if self.retry_at <= now:
@@ -491,7 +494,7 @@ class Bridge:
         if verdict == DEAD_LETTER:
             self._refuse_record(record, kind or "malformed", f"Kafka refused the record: {err.name()}: {err.str()}")
             return True
-        if err.code() == KafkaError._FATAL:
+        if verdict == RENEW:
             self.fatal_error = self.fatal_error or str(err)
         elif verdict == STOP:
             self.kafka_refused = f"{err.name()}: {err.str()} (for topic {record[0]})"
@@ -548,7 +551,7 @@ class Bridge:
         back off like deliveries, so a broker that keeps refusing is not hammered.
         """
         now = time.monotonic()
-        if now - self.replace_at > 2 * self.cfg.bridge_retry_backoff_max_s:
+        if now - self.replace_at > 2 * self.cfg.bridge_retry_backoff_max_s + QUIET_S:
             self.replace_attempt = 0
         kept = self._take_back()
         if kept:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from connectors.bridge_spool import MAGIC, Spool, SpoolError
 from connectors.feed_frames import split_frame
-from connectors.kafka_errors import DEAD_LETTER, RETRY, STOP, judge
+from connectors.kafka_errors import DEAD_LETTER, RENEW, RETRY, STOP, judge
 from connectors.polygon_bridge import backoff_s
 
 # --- strategies --------------------------------------------------------------------------
@@ -177,8 +177,10 @@ def test_the_modules_examples_run() -> None:
         (KafkaError._MSG_TIMED_OUT, RETRY, None),
         (KafkaError.NOT_LEADER_FOR_PARTITION, RETRY, None),  # leader change
         (KafkaError.LEADER_NOT_AVAILABLE, RETRY, None),
-        (KafkaError.UNKNOWN_PRODUCER_ID, RETRY, None),  # the broker forgot the producer's state
-        (KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, RETRY, None),
+        (KafkaError.UNKNOWN_PRODUCER_ID, RENEW, None),  # the broker forgot the producer's state
+        (KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, RENEW, None),
+        (KafkaError.PRODUCER_FENCED, RENEW, None),  # Tansu's answer to an epoch bump
+        (KafkaError._FATAL, RENEW, None),
         (KafkaError.NOT_ENOUGH_REPLICAS, RETRY, None),
         (KafkaError._PURGE_QUEUE, RETRY, None),
         (KafkaError.MSG_SIZE_TOO_LARGE, DEAD_LETTER, "too_large"),
