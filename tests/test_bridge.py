@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +71,13 @@ def records(s: Settings) -> list[tuple[str, bytes, bytes]]:
 
 
 _started: list[subprocess.Popen[str]] = []
+_spool_dirs: list[str] = []
+
+
+def spool_dir() -> str:
+    """A spool directory of the test's own (removed after it): bridges must not share one."""
+    _spool_dirs.append(tempfile.mkdtemp(prefix="bridge-spool-"))
+    return _spool_dirs[-1]
 
 
 @pytest.fixture(autouse=True)
@@ -81,12 +89,15 @@ def _no_bridge_left_behind() -> Iterator[None]:
             proc.kill()
             proc.communicate(timeout=30)
     _started.clear()
+    for directory in _spool_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
+    _spool_dirs.clear()
 
 
 def start_bridge(s: Settings, url: str, key: str = KEY, **env: str) -> subprocess.Popen[str]:
     environ = os.environ | s.as_env() | {"MASSIVE_API_KEY": key, "MASSIVE_URL": url, "BRIDGE_HEALTH_INTERVAL_S": "1",
                                          "BRIDGE_BACKOFF_INITIAL_S": "0.1",
-                                         "BRIDGE_SPOOL_DIR": tempfile.mkdtemp(prefix="bridge-spool-")} | env
+                                         "BRIDGE_SPOOL_DIR": spool_dir()} | env
     environ.pop("POLYGON_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -570,7 +581,7 @@ def test_sigterm_with_kafka_cut_stops_in_bounded_time_spools_what_was_read_and_t
     forever: after BRIDGE_STOP_TIMEOUT_S it writes what it read to the spool and exits. The next
     start, with Kafka back, produces the spool first: every event exactly once."""
     broker_port, proxy_port = free_port(), free_port()
-    spool_dir = tempfile.mkdtemp(prefix="bridge-spool-")
+    spooled_in = spool_dir()
     with KafkaProxy(proxy_port, broker_port) as proxy:
         tansu = start_tansu(broker_port, advertised_port=proxy_port)
         try:
@@ -580,7 +591,7 @@ def test_sigterm_with_kafka_cut_stops_in_bounded_time_spools_what_was_read_and_t
             frames = frames_of(events)
             before = sum(len(f) for f in frames[:20])
             with PolygonServer(KEY, frames, hold_after=20) as server:
-                proc = start_bridge(s, server.url, BRIDGE_STOP_TIMEOUT_S="1", BRIDGE_SPOOL_DIR=spool_dir)
+                proc = start_bridge(s, server.url, BRIDGE_STOP_TIMEOUT_S="1", BRIDGE_SPOOL_DIR=spooled_in)
                 assert len(wait_for(s, before)) == before  # the first 20 frames are in Kafka
                 proxy.cut()
                 server.release()
@@ -588,20 +599,20 @@ def test_sigterm_with_kafka_cut_stops_in_bounded_time_spools_what_was_read_and_t
                 time.sleep(1.0)  # the bridge reads the rest into its window
                 code, out = stop_bridge(proc)  # waits at most 60 s: a bridge waiting for Kafka fails here
             assert code == 0, out[-3000:]
-            spooled = read_spool(spool_dir)
+            spooled = read_spool(spooled_in)
             assert len(spooled) == len(events) - before, out[-3000:]
             assert "Kafka did not acknowledge them within BRIDGE_STOP_TIMEOUT_S=1 s; wrote" in out
             proxy.restore()
             with PolygonServer(KEY, []) as quiet:
-                proc = start_bridge(s, quiet.url, BRIDGE_SPOOL_DIR=spool_dir)
+                proc = start_bridge(s, quiet.url, BRIDGE_SPOOL_DIR=spooled_in)
                 got = wait_for(s, len(events), 90)
                 deadline = time.monotonic() + 30
-                while Spool(Path(spool_dir)).pending() and time.monotonic() < deadline:
+                while Spool(Path(spooled_in)).pending() and time.monotonic() < deadline:
                     time.sleep(0.1)
                 code, out = stop_bridge(proc)
             assert code == 0, out[-3000:]
             assert "before reading the feed" in out
-            assert Spool(Path(spool_dir)).pending() == []  # acknowledged, so removed
+            assert Spool(Path(spooled_in)).pending() == []  # acknowledged, so removed
             assert len(got) == len(events) and set(got) == expected_records(s, events)
         finally:
             tansu.kill()
@@ -714,3 +725,51 @@ def test_a_flood_of_distinct_symbols_is_forwarded_with_a_bounded_memory_of_them(
     assert len(bridge.symbols) == 500
     got = {(m.key(), m.value()) for m in read_topic(settings, settings.topic_trades)}
     assert got == {(e["sym"].encode(), orjson.dumps(e)) for e in events}
+
+
+@pytest.mark.integration
+def test_a_stop_in_the_middle_of_a_frame_spools_the_rest_of_it(settings: Settings, tmp_path: Path) -> None:
+    """Kafka cut, the window (10) full half-way through a 100-event frame, then a stop: the 10 in
+    the producer and the 90 never handed over all go to the spool, in order."""
+    with KafkaProxy(free_port(), int(settings.kafka_bootstrap_servers.rsplit(":", 1)[1])) as proxy:
+        proxy.cut()
+        via_proxy = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{proxy.port}"})
+        bridge = Bridge(BridgeSettings(api_key="unused", bridge_max_in_flight=10, bridge_stop_timeout_s=0.2,
+                                       bridge_spool_dir=tmp_path), via_proxy)  # fmt: skip
+        events = [trade(f"S{n}", n) for n in range(100)]
+        spool = Spool(tmp_path)
+        spool.lock()
+
+        async def scenario() -> int:
+            reading = asyncio.ensure_future(bridge.on_frame(orjson.dumps(events)))
+            while bridge.stats.handed < 10:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert not reading.done()  # waiting for room
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            return await bridge.stop(spool)
+
+        assert asyncio.run(scenario()) == 0
+    assert len(bridge.unsent) == 0
+    spooled = read_spool(str(tmp_path))
+    assert sorted(spooled) == sorted((settings.topic_trades, e["sym"].encode(), orjson.dumps(e), None) for e in events)
+    assert [r for r in spooled if r[1] != b"S0"][-1][1] == b"S99"  # the unsent ones last, in frame order
+
+
+@pytest.mark.integration
+def test_records_neither_kafka_nor_the_spool_takes_are_a_loud_exit_5(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with KafkaProxy(free_port(), int(settings.kafka_bootstrap_servers.rsplit(":", 1)[1])) as proxy:
+        proxy.cut()
+        via_proxy = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{proxy.port}"})
+        bridge = Bridge(BridgeSettings(api_key="unused", bridge_stop_timeout_s=0, bridge_spool_dir=tmp_path), via_proxy)
+        bridge.producer.produce(settings.topic_trades, b'{"ev":"T"}', b"AAPL")
+        gone = tmp_path / "spool"
+        spool = Spool(gone)
+        spool.lock()
+        (gone / ".lock").unlink()
+        gone.rmdir()  # the disk under the spool went away
+        assert asyncio.run(bridge.stop(spool)) == polygon_bridge.EXIT_NOT_SPOOLED
+    assert "1 records read from the feed are lost" in caplog.text
