@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import orjson
@@ -145,3 +146,239 @@ def test_replayed_flat_file_gives_the_same_bars_as_the_live_events(settings: Set
     assert replay([path], settings=replayed) == len(live)
     run_main(build_flow(replayed))
     assert_frame_equal(table_bars(db), live_bars)
+
+
+# --- hostile flat files --------------------------------------------------------------------
+
+import csv  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings as hypothesis_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from connectors.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_OFFSET, SOURCE_TOPIC, TRUNCATED  # noqa: E402
+from connectors.replay import FlatFileError, flat_file, main  # noqa: E402
+from schemas.status import DEAD_LETTER_KINDS  # noqa: E402
+
+TRADE_COLUMNS = TRADES_CSV.splitlines()[0].split(",")
+GOOD = {"ticker": "AAPL", "conditions": "14,41", "correction": "0", "exchange": "4", "id": "7",
+        "participant_timestamp": "1793629800000000000", "price": "190.5", "sequence_number": "9",
+        "sip_timestamp": "1793629800200000000", "size": "100", "tape": "3", "trf_id": "", "trf_timestamp": ""}  # fmt: skip
+NOW_MS = 1796100000000  # 2026-12-01, the wall clock the checks use in these tests
+
+
+def csv_of(rows: list[dict[str, Any]], columns: list[str] = TRADE_COLUMNS) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(c, "") for c in columns])
+    return out.getvalue()
+
+
+BAD_TRADES = [  # (the field changed, its value, what the reason says, the dead-letter kind)
+    ("ticker", "", "ticker is missing", "malformed"),
+    ("ticker", "A B", "ticker 'A B' is not a symbol", "malformed"),
+    ("ticker", "日本", "ticker '日本' is not a symbol", "malformed"),
+    ("ticker", "X" * 5000, "is not a symbol", "malformed"),
+    ("price", "", "price is missing", "malformed"),
+    ("price", "abc", "price 'abc' is not a number", "malformed"),
+    ("price", "NaN", "price 'NaN' is not a finite number", "malformed"),
+    ("price", "inf", "price 'inf' is not a finite number", "malformed"),
+    ("price", "1e400", "price '1e400' is not a finite number", "malformed"),
+    ("price", "-1", "price '-1' is not a price", "malformed"),
+    ("price", "0", "price '0' is not a price", "malformed"),
+    ("price", "1e9", "price '1e9' is not a price", "malformed"),
+    ("size", "-5", "size '-5' is not a size", "malformed"),
+    ("size", "1e30", "size '1e30' is not a size", "malformed"),
+    ("size", "NaN", "size 'NaN' is not a finite number", "malformed"),
+    ("exchange", "99999999999999999999", "exchange '99999999999999999999' is not an integer within int64", "malformed"),
+    ("exchange", "4.5", "exchange '4.5' is not an integer", "malformed"),
+    ("exchange", "", "exchange is missing", "malformed"),
+    ("id", "", "id is missing", "malformed"),
+    ("sequence_number", "-9223372036854775809", "is not an integer within int64", "malformed"),
+    ("sip_timestamp", "0", "sip_timestamp '0' is not a time after 1970", "malformed"),
+    ("sip_timestamp", "-1793629800000000000", "is not a time after 1970", "malformed"),
+    ("sip_timestamp", "99999999999999999999", "is not an integer within int64", "malformed"),
+    ("sip_timestamp", "9223372036854775807", "is after the wall clock", "future"),
+    ("sip_timestamp", "1.5e18", "is not an integer within int64", "malformed"),
+    ("conditions", "a,b", "conditions 'a,b' are not integer codes", "malformed"),
+    ("conditions", "14;41", "are not integer codes", "malformed"),
+    ("conditions", "-1", "are not integer codes", "malformed"),
+    ("conditions", "1.5", "are not integer codes", "malformed"),
+    ("conditions", "9999999999", "are not integer codes", "malformed"),
+    ("trf_timestamp", "-5", "trf_timestamp '-5' is not a time after 1970", "malformed"),
+]
+
+
+def test_every_bad_value_is_refused_with_its_reason_and_row_and_the_good_rows_become_events(tmp_path: Path) -> None:
+    rows = []
+    for n, (field, value, _, _) in enumerate(BAD_TRADES):
+        rows.append(GOOD | {"id": f"good{n}"})
+        rows.append(GOOD | {"id": f"bad{n}", field: value})
+    rows.append(GOOD | {"id": 'quote " backslash \\ newline-free \x01 日本 🚀'})  # any Unicode in an id: escaped
+    f = flat_file(gz(tmp_path / "trades_v1.csv.gz", csv_of(rows)), now_ms=NOW_MS)
+    events = [orjson.loads(v) for v in f.events["value"]]
+    assert sorted(e["i"] for e in events) == sorted([f"good{n}" for n in range(len(BAD_TRADES))] + [rows[-1]["id"]])
+    assert all(isinstance(decode_event(v.encode()), Trade) for v in f.events["value"])
+    refused = {row: (kind, reason, json.loads(value)) for row, kind, reason, _, value in f.refused.iter_rows()}
+    assert len(refused) == len(BAD_TRADES)
+    for n, (field, value, says, kind) in enumerate(BAD_TRADES):
+        got_kind, reason, original = refused[2 * n + 2]  # the row number in the file (1 = first after the header)
+        assert says in reason and got_kind == kind, (field, value, reason)
+        assert original["id"] == (f"bad{n}" if field != "id" else None)  # the dead letter holds the row's own fields
+        assert original[field] == (value or None)
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused_and_the_others_kept(tmp_path: Path) -> None:
+    text = csv_of([GOOD | {"id": "1"}]) + csv_of([GOOD | {"id": "2"}]).splitlines()[1] + ",extra,fields\n"
+    text += csv_of([GOOD | {"id": "3"}]).splitlines()[1] + "\n" + 'AAPL,"14,41\n'  # and an unbalanced quote
+    f = flat_file(gz(tmp_path / "trades_v1.csv.gz", text), now_ms=NOW_MS)
+    assert [orjson.loads(v)["i"] for v in f.events["value"]] == ["1", "3"]
+    reasons = dict(zip(f.refused["row"], f.refused["reason"], strict=True))
+    assert reasons[2] == "the row has 15 fields, the header 13"
+    assert "is missing" in reasons[4]  # the unbalanced quote swallowed the rest of its line: fields missing
+
+
+def test_a_file_with_missing_or_extra_columns(tmp_path: Path) -> None:
+    optional_gone = [c for c in TRADE_COLUMNS if c not in ("trf_id", "trf_timestamp", "tape", "conditions")]
+    f = flat_file(gz(tmp_path / "trades_v1.csv.gz", csv_of([GOOD], optional_gone + ["surprise"])), now_ms=NOW_MS)
+    (event,) = [orjson.loads(v) for v in f.events["value"]]
+    assert "z" not in event and "c" not in event and event["sym"] == "AAPL"
+    required_gone = [c for c in TRADE_COLUMNS if c != "price"]
+    with pytest.raises(FlatFileError, match=r"trades_v1.csv.gz: no column price for trades"):
+        flat_file(gz(tmp_path / "trades_v1.csv.gz", csv_of([GOOD], required_gone)), now_ms=NOW_MS)
+
+
+def test_times_outside_the_files_day_are_refused(tmp_path: Path) -> None:
+    rows = [GOOD, GOOD | {"id": "old", "sip_timestamp": "1000000000000000000"}]  # 2001 in a 2026-11-02 file
+    f = flat_file(gz(tmp_path / "trades_v1" / "2026-11-02.csv.gz", csv_of(rows)), now_ms=NOW_MS)
+    assert f.events.height == 1
+    assert "is outside the file's day" in f.refused["reason"][0]
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot open it"),
+        (b"", "it is empty"),
+        (gzip.compress(TRADES_CSV.encode())[:-10], "truncated or corrupt gzip"),
+        (gzip.compress(TRADES_CSV.encode())[:40], "truncated or corrupt gzip"),
+        (b"\x1f\x8b" + bytes(range(256)) * 4, "truncated or corrupt gzip"),
+        (b"\x00\xff\xfe binary junk \x01\x02\n\x03", "no column"),
+        (gzip.compress(b""), "it is empty"),
+        (gzip.compress(b"just,a,header\n"), "no column ticker"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_a_precise_error_naming_it(tmp_path: Path, content: bytes | None, says: str) -> None:
+    path = tmp_path / "trades_v1.csv.gz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(FlatFileError, match=re.escape(str(path)) + ".*" + re.escape(says)):
+        flat_file(path)
+
+
+def test_the_command_exits_2_naming_the_file_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "trades_v1.csv.gz"
+    path.write_bytes(gzip.compress(TRADES_CSV.encode())[:-10])
+    proc = subprocess.run([sys.executable, "-m", "connectors.replay", str(path)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert proc.returncode == 2
+    assert f"replay: {path}: truncated or corrupt gzip" in proc.stderr and "Traceback" not in proc.stderr
+    assert main([str(tmp_path / "trades_v1_nope.csv.gz")]) == 2
+    with pytest.raises(SystemExit) as bad_speed:
+        main([str(path), "--speed", "nan"])
+    assert bad_speed.value.code == 2
+
+
+# Any text for any field (written as proper CSV), with the hostile values of each kind mixed in.
+hostile_number = st.sampled_from(["", "NaN", "inf", "-inf", "1e400", "-0", "0", "-1", "1e30", "99999999999999999999",
+                                  "9223372036854775807", "-9223372036854775808", "abc", " 5", "+5", "5.0", "0x10"])  # fmt: skip
+field_value = st.one_of(hostile_number, st.text(max_size=12), st.integers().map(str),
+                        st.floats(allow_nan=True, allow_infinity=True).map(repr))  # fmt: skip
+plausible = {"ticker": st.sampled_from(["AAPL", "BRK.A", "BACpL", "msft", "", "A B", "日本", "X" * 30]),
+             "price": st.floats(0.01, 1e5).map(str), "size": st.floats(0, 1e6).map(str),
+             "sip_timestamp": st.integers(1793600000000000000, 1793700000000000000).map(str),
+             "conditions": st.sampled_from(["", "14,41", "12", "1, 2", "a", "-1", "07"])}  # fmt: skip
+
+
+@st.composite
+def trade_rows(draw: st.DrawFn) -> dict[str, str]:
+    row = dict(GOOD)
+    for column in TRADE_COLUMNS:
+        choice = draw(st.integers(0, 9))
+        if choice == 0:
+            row[column] = draw(field_value)
+        elif choice == 1 and column in plausible:
+            row[column] = draw(plausible[column])
+    return row
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(trade_rows(), min_size=1, max_size=30))
+def test_any_values_either_become_the_event_they_say_or_are_refused_with_a_reason(rows: list[dict[str, str]]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f = flat_file(gz(Path(tmp) / "trades_v1.csv.gz", csv_of(rows)), now_ms=NOW_MS)
+    published = set(f.events["row"].to_list())
+    refused = set(f.refused["row"].to_list())
+    assert published.isdisjoint(refused) and published | refused == set(range(1, len(rows) + 1))
+    assert set(f.refused["kind"]) <= set(DEAD_LETTER_KINDS) and all(f.refused["reason"])
+    for row, value in zip(f.events["row"], f.events["value"], strict=True):
+        trade = decode_event(value.encode())  # the feed's own schema accepts it
+        assert isinstance(trade, Trade)
+        source = rows[row - 1]
+        assert trade.symbol == source["ticker"] and trade.trade_id == source["id"]
+        assert trade.price == float(source["price"]) and math.isfinite(trade.price)
+        assert trade.size == math.floor(float(source["size"]))
+        assert trade.timestamp == int(source["sip_timestamp"]) // 1_000_000 > 0
+        assert trade.exchange == int(source["exchange"])
+        codes = source["conditions"].replace(" ", "")
+        assert trade.conditions == ([int(c) for c in codes.split(",")] if codes else [])
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300), st.booleans())
+def test_any_bytes_are_either_read_or_a_flat_file_error(content: bytes, compress: bool) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trades_v1.csv.gz"
+        path.write_bytes(gzip.compress(TRADES_CSV.encode()[:60] + content) if compress else content)
+        try:
+            f = flat_file(path, now_ms=NOW_MS)
+        except FlatFileError as exc:
+            assert str(path) in str(exc)
+            return
+    assert all(isinstance(decode_event(v.encode()), Trade) for v in f.events["value"])
+
+
+@pytest.mark.integration
+def test_replay_dead_letters_bad_rows_with_file_and_row_and_publishes_the_good_ones_once(
+    services: None, tmp_path: Path
+) -> None:
+    s = base_settings(topic_partitions=1)
+    create_topics(s)
+    rows = [GOOD | {"id": "g1"}, GOOD | {"id": "b1", "price": "NaN"}, GOOD | {"id": "g2", "sip_timestamp": "1793629800300000000"},
+            GOOD | {"id": "x" * 2_000_000, "sip_timestamp": "1793629800400000000"},  # an event too large for Kafka
+            GOOD | {"id": "b2", "ticker": "A/B"}]  # fmt: skip
+    path = gz(tmp_path / "trades_v1" / "2026-11-02.csv.gz", csv_of(rows))
+    report: dict[str, object] = {}
+    assert replay([path], settings=s, report=report) == 2
+    assert [orjson.loads(m.value())["i"] for m in read_topic(s, s.topic_trades)] == ["g1", "g2"]
+    dead = {int(dict(m.headers())[SOURCE_OFFSET] or 0): (m, dict(m.headers())) for m in read_topic(s, s.topic_dead_letter)}
+    assert set(dead) == {2, 4, 5} and report["dead_letters"] == {"malformed": 2, "too_large": 1}
+    for row in (2, 4, 5):
+        assert dead[row][1][SOURCE_TOPIC] == str(path).encode()
+    assert b"price 'NaN' is not a finite number" in dead[2][1][REASON] and json.loads(dead[2][0].value())["id"] == "b1"
+    assert b"ticker 'A/B' is not a symbol" in dead[5][1][REASON] and dead[5][0].key() is None
+    big, headers = dead[4]
+    assert headers[KIND] == b"too_large" and headers[TRUNCATED] == b"true" and b"MSG_SIZE_TOO_LARGE" in headers[REASON]
+    assert int(headers[SIZE]) > 2_000_000 and len(big.value()) == 512 * 1024 and len(headers[SHA256]) == 64
+    assert big.key() == b"AAPL"
