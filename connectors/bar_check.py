@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from connectors.replay import flat_file_events, read_flat_file
+from connectors.replay import FlatFileError, flat_file_events, read_flat_file
 from flows.book import BarBook
 from flows.conditions import ConditionRules
 
@@ -165,12 +165,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     for path in (args.minute_aggs, args.trades):
         if path is not None and not path.is_file():
             parser.error(f"no such file: {path}")
-    theirs = polygon_bars(args.minute_aggs)
     refused: dict[str, int] = {}
-    if args.trades is not None:
-        result = book_bars(args.trades)
-        ours, refused = result.bars, result.refused
-    else:
+    try:
+        theirs = polygon_bars(args.minute_aggs)
+        if args.trades is not None:
+            result = book_bars(args.trades)
+            ours, refused = result.bars, result.refused
+    except FlatFileError as exc:
+        print(f"bar_check: {exc}", file=sys.stderr)
+        return 2
+    if args.trades is None:
         start = theirs["timestamp"].min() or 0
         end = (theirs["timestamp"].max() or 0) + MINUTE_MS
         ours = stored_bars(args.database_url, start, end)  # type: ignore[arg-type]

@@ -119,9 +119,13 @@ def read_flat_file(path: Path, kind: Kind) -> pl.DataFrame:
     sorts good rows from bad ones.
     """
     try:
-        return pl.read_csv(path, schema_overrides=SCHEMAS[kind])
+        df = pl.read_csv(path, schema_overrides=SCHEMAS[kind])
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise FlatFileError(path, f"cannot read it: {_first_line(exc)}") from None
+    missing = [c for c in REQUIRED[kind] if c not in df.columns]
+    if missing:
+        raise FlatFileError(path, f"required column(s) {', '.join(missing)} missing: is it a {kind} file?")
+    return df
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import pytest
     "module",
     [
         "flows.conditions", "flows.bars", "schemas.polygon", "schemas.events", "schemas.channels", "schemas.status",
-        "connectors.synthetic", "schemas.symbols", "connectors.dead_letter",
+        "connectors.synthetic", "schemas.symbols", "connectors.dead_letter", "flows.event_time",
         "flows.detect.settings", "flows.detect.sessions", "flows.detect.series", "flows.detect.indicators",
         "flows.detect.patterns", "flows.detect.trend", "flows.detect.surge", "flows.detect.highlow",
         "flows.detect.bar_detector",
