@@ -38,12 +38,13 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import polars as pl
+from msgspec import Meta
 
 from flows.settings import Settings
-from schemas.polygon import Price
+from schemas.polygon import MAX_CODES, MAX_TRADE_ID, Code, Count, EpochMs, Price, Size, bounds
 from schemas.symbols import RULE, SYMBOL_PATTERN
 
 Kind = Literal["trades", "quotes", "minute_aggs"]
@@ -76,6 +77,8 @@ NOT_FORWARDED = {"correction", "participant_timestamp", "transactions"}  # not c
 
 _PRICE_LOW, _PRICE_HIGH = Price.__metadata__[0].gt, Price.__metadata__[0].lt  # the feed schema's bounds
 _MAX_WHOLE = 2.0**63  # a size's whole part must fit int64
+_INT64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]  # ns times: their range is checked in ms below
+_MAX_SIZE = float(bounds(Size)[2]) + 1  # sizes (and minute volumes) as the feed schema bounds them
 _MS_PER_DAY = 86_400_000
 FUTURE_MARGIN_MS = _MS_PER_DAY  # a flat file holds history: nothing after the wall clock plus this
 _CODES = r"^ *(0|[1-9]\d{0,8})( *, *(0|[1-9]\d{0,8}))* *$"  # condition / indicator codes, as JSON spells them
@@ -250,21 +253,27 @@ class _Checks:
         self.typed[col] = pl.col(col)
         self.checks.append((~pl.col(col).str.contains(_SYMBOL), _why(f"{col} '{{}}' is not a symbol ({RULE})", col), "malformed"))
 
-    def text(self, col: str) -> None:
+    def text(self, col: str, max_chars: int) -> None:
         self.typed[col] = pl.col(col)
         self.checks.append((pl.col(col).str.contains("\ufffd", literal=True),
                             pl.lit(f"{col} is not valid UTF-8"), "malformed"))  # fmt: skip
+        self.checks.append((pl.col(col).str.len_chars() > max_chars,
+                            pl.lit(f"{col} is longer than {max_chars} characters"), "malformed"))  # fmt: skip
 
-    def integer(self, col: str) -> pl.Expr:
+    def integer(self, col: str, kind: object = Count) -> pl.Expr:
+        """An integer column within the feed schema's range for `kind` (an Annotated type of schemas.polygon)."""
         if not self._present(col, pl.Int64()):
             return self.typed[col]
         if self.columns[col] == pl.Int64:
             self.typed[col] = value = pl.col(col)
-            return value
-        value = pl.col(col).cast(pl.Int64, strict=False)
-        self.typed[col] = value
-        self.checks.append((pl.col(col).is_not_null() & value.is_null(),
-                            _why(f"{col} '{{}}' is not an integer within int64", col), "malformed"))  # fmt: skip
+        else:
+            value = pl.col(col).cast(pl.Int64, strict=False)
+            self.typed[col] = value
+            self.checks.append((pl.col(col).is_not_null() & value.is_null(),
+                                _why(f"{col} '{{}}' is not an integer within int64", col), "malformed"))  # fmt: skip
+        low, low_in, high, high_in = bounds(kind)
+        outside = (value < low if low_in else value <= low) | (value > high if high_in else value >= high)
+        self.checks.append((outside, _why(f"{col} '{{}}' is outside {low}..{high}", col), "malformed"))
         return value
 
     def number(self, col: str, low: float, high: float, what: str, low_open: bool = False) -> pl.Expr:
@@ -291,13 +300,17 @@ class _Checks:
         self.checks.append((pl.col(col).is_not_null() & ~pl.col(col).str.contains(_CODES),
                             _why(f"{col} '{{}}' are not integer codes (digits, no leading zero, commas between)", col),
                             "malformed"))  # fmt: skip
+        self.checks.append((pl.col(col).str.count_matches(",", literal=True) >= MAX_CODES,
+                            pl.lit(f"{col}: more than {MAX_CODES} codes"), "malformed"))  # fmt: skip
 
     def time_ns(self, col: str, now_ms: int, day: tuple[int, int] | None) -> None:
         if not self._present(col, pl.Int64()):
             return
-        value = self.integer(col)
+        value = self.integer(col, _INT64)
         ms = value // 1_000_000
-        self.checks.append((ms <= 0, _why(f"{col} '{{}}' is not a time after 1970 (ns)", col), "malformed"))
+        first, _, last, _ = bounds(EpochMs)
+        self.checks.append(((ms < first) | (ms >= last),
+                            _why(f"{col} '{{}}' is not a time in 2000-2099 (ns)", col), "malformed"))  # fmt: skip
         self.checks.append((ms > now_ms + FUTURE_MARGIN_MS,
                             _why(f"{col} '{{}}' is after the wall clock: a flat file holds history", col), "future"))  # fmt: skip
         if day is not None:
@@ -325,27 +338,29 @@ def _checks(kind: Kind, schema: dict[str, pl.DataType], now_ms: int, day: tuple[
     c.required(*REQUIRED[kind])
     c.symbol("ticker")
     if kind == "trades":
-        c.integer("exchange")
-        c.text("id")
+        c.integer("exchange", Code)
+        c.text("id", MAX_TRADE_ID)
         c.number("price", _PRICE_LOW, _PRICE_HIGH, f"a price ({_PRICE_LOW:g} < p < {_PRICE_HIGH:g})", low_open=True)
-        c.number("size", 0, _MAX_WHOLE, "a size (0 <= s < 2^63)")
+        c.number("size", 0, _MAX_SIZE, f"a size (0 <= s < {_MAX_SIZE:g})")
         c.codes("conditions")
         c.time_ns("sip_timestamp", now_ms, day)
-        for col in ("tape", "sequence_number", "trf_id"):
-            c.integer(col)
+        c.integer("tape", Code)
+        c.integer("sequence_number", Count)
+        c.integer("trf_id", Code)
         c.time_ns("trf_timestamp", now_ms, None)
     elif kind == "quotes":
         for col in ("bid_price", "ask_price"):
             c.number(col, 0, _PRICE_HIGH, f"a quote price (0 <= p < {_PRICE_HIGH:g})")
         for col in ("bid_size", "ask_size"):
             c.number(col, 0, _MAX_WHOLE, "a size (0 <= s < 2^63)")
-        for col in ("bid_exchange", "ask_exchange", "sequence_number", "tape"):
-            c.integer(col)
+        for col in ("bid_exchange", "ask_exchange", "tape"):
+            c.integer(col, Code)
+        c.integer("sequence_number", Count)
         c.codes("conditions")
         c.codes("indicators")
         c.time_ns("sip_timestamp", now_ms, day)
     else:
-        c.number("volume", 0, _MAX_WHOLE, "a volume (0 <= v < 2^63)")
+        c.number("volume", 0, _MAX_SIZE, f"a volume (0 <= v < {_MAX_SIZE:g})")
         for col in ("open", "close", "high", "low"):
             c.number(col, _PRICE_LOW, _PRICE_HIGH, f"a price ({_PRICE_LOW:g} < p < {_PRICE_HIGH:g})", low_open=True)
         c.time_ns("window_start", now_ms, day)

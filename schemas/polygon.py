@@ -102,6 +102,23 @@ _one_decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
 
 
+def bounds(annotated: object) -> tuple[float, bool, float, bool]:
+    """An Annotated number type's range as (low, low included, high, high included), for checks
+    that must agree with this schema without decoding through it (e.g. vectorised flat-file checks).
+
+    >>> bounds(Size)
+    (0, True, 1099511627776, True)
+    """
+    meta = annotated.__metadata__[0]  # type: ignore[attr-defined]
+    low, low_in = (meta.ge, True) if meta.ge is not None else (meta.gt, False)
+    high, high_in = (meta.le, True) if meta.le is not None else (meta.lt, False)
+    return low, low_in, high, high_in
+
+
+MAX_TRADE_ID = TradeId.__metadata__[0].max_length  # type: ignore[attr-defined]
+MAX_CODES = Codes.__metadata__[0].max_length  # type: ignore[attr-defined]
+
+
 def decode_events(frame: bytes) -> list[Event]:
     """Decode a JSON array of events (a WebSocket frame, or joined Kafka values)."""
     return _batch_decoder.decode(frame)

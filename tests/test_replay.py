@@ -202,17 +202,18 @@ BAD_TRADES = [  # (the field changed, its value, what the reason says, the dead-
     ("exchange", "", "exchange is missing", "malformed"),
     ("id", "", "id is missing", "malformed"),
     ("sequence_number", "-9223372036854775809", "is not an integer within int64", "malformed"),
-    ("sip_timestamp", "0", "sip_timestamp '0' is not a time after 1970", "malformed"),
-    ("sip_timestamp", "-1793629800000000000", "is not a time after 1970", "malformed"),
+    ("sip_timestamp", "0", "sip_timestamp '0' is not a time in 2000-2099", "malformed"),
+    ("sip_timestamp", "-1793629800000000000", "is not a time in 2000-2099", "malformed"),
     ("sip_timestamp", "99999999999999999999", "is not an integer within int64", "malformed"),
-    ("sip_timestamp", "9223372036854775807", "is after the wall clock", "future"),
+    ("sip_timestamp", "9223372036854775807", "is not a time in 2000-2099", "malformed"),  # year 2262
+    ("sip_timestamp", "4000000000000000000", "is after the wall clock", "future"),  # 2096: in range, not history
     ("sip_timestamp", "1.5e18", "is not an integer within int64", "malformed"),
     ("conditions", "a,b", "conditions 'a,b' are not integer codes", "malformed"),
     ("conditions", "14;41", "are not integer codes", "malformed"),
     ("conditions", "-1", "are not integer codes", "malformed"),
     ("conditions", "1.5", "are not integer codes", "malformed"),
     ("conditions", "9999999999", "are not integer codes", "malformed"),
-    ("trf_timestamp", "-5", "trf_timestamp '-5' is not a time after 1970", "malformed"),
+    ("trf_timestamp", "-5", "trf_timestamp '-5' is not a time in 2000-2099", "malformed"),
 ]
 
 
@@ -366,19 +367,19 @@ def test_replay_dead_letters_bad_rows_with_file_and_row_and_publishes_the_good_o
     s = base_settings(topic_partitions=1)
     create_topics(s)
     rows = [GOOD | {"id": "g1"}, GOOD | {"id": "b1", "price": "NaN"}, GOOD | {"id": "g2", "sip_timestamp": "1793629800300000000"},
-            GOOD | {"id": "x" * 2_000_000, "sip_timestamp": "1793629800400000000"},  # an event too large for Kafka
+            GOOD | {"id": "x" * 2_000_000, "sip_timestamp": "1793629800400000000"},  # a 2 MB row: its dead letter is cut
             GOOD | {"id": "b2", "ticker": "A/B"}]  # fmt: skip
     path = gz(tmp_path / "trades_v1" / "2026-11-02.csv.gz", csv_of(rows))
     report: dict[str, object] = {}
     assert replay([path], settings=s, report=report) == 2
     assert [orjson.loads(m.value())["i"] for m in read_topic(s, s.topic_trades)] == ["g1", "g2"]
     dead = {int(dict(m.headers())[SOURCE_OFFSET] or 0): (m, dict(m.headers())) for m in read_topic(s, s.topic_dead_letter)}
-    assert set(dead) == {2, 4, 5} and report["dead_letters"] == {"malformed": 2, "too_large": 1}
+    assert set(dead) == {2, 4, 5} and report["dead_letters"] == {"malformed": 3}
     for row in (2, 4, 5):
         assert dead[row][1][SOURCE_TOPIC] == str(path).encode()
     assert b"price 'NaN' is not a finite number" in dead[2][1][REASON] and json.loads(dead[2][0].value())["id"] == "b1"
     assert b"ticker 'A/B' is not a symbol" in dead[5][1][REASON] and dead[5][0].key() is None
     big, headers = dead[4]
-    assert headers[KIND] == b"too_large" and headers[TRUNCATED] == b"true" and b"MSG_SIZE_TOO_LARGE" in headers[REASON]
+    assert headers[KIND] == b"malformed" and headers[TRUNCATED] == b"true" and b"longer than 64 characters" in headers[REASON]
     assert int(headers[SIZE]) > 2_000_000 and len(big.value()) == 512 * 1024 and len(headers[SHA256]) == 64
     assert big.key() == b"AAPL"
