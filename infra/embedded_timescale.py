@@ -71,8 +71,10 @@ class EmbeddedTimescale:
         data_dir: Path | None = None,
         log_file: Path | None = None,
         wait_s: float = 60.0,
+        queue_timeout_s: float = 30.0,
     ) -> None:
         self.host, self.port, self.data_dir, self.wait_s = host, port, data_dir, wait_s
+        self.queue_timeout_s = queue_timeout_s
         self.log_file = log_file or RUN_DIR / f"timescale-{os.getpid()}-{port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
@@ -86,7 +88,8 @@ class EmbeddedTimescale:
         if not PACKAGES.is_dir():
             raise TimescaleUnavailable(f"{PACKAGES.relative_to(ROOT)} is missing: run `bash infra/timescale.sh`")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        command = [node, str(SERVER), "--host", self.host, "--port", str(self.port)]
+        command = [node, str(SERVER), "--host", self.host, "--port", str(self.port),
+                   "--queue-timeout-s", str(self.queue_timeout_s)]  # fmt: skip
         if self.data_dir is not None:
             command += ["--data-dir", str(self.data_dir)]
         began = time.monotonic()
@@ -145,7 +148,9 @@ def _running_pid() -> int | None:
     return pid if str(SERVER).encode() in cmdline else None
 
 
-def start(port: int, data_dir: Path | None, wait_s: float, log: Callable[[str], None] = print) -> str:
+def start(
+    port: int, data_dir: Path | None, wait_s: float, queue_timeout_s: float = 30.0, log: Callable[[str], None] = print
+) -> str:
     pid = _running_pid()
     if pid is not None and URL_FILE.exists():
         url = URL_FILE.read_text().strip()
@@ -154,7 +159,9 @@ def start(port: int, data_dir: Path | None, wait_s: float, log: Callable[[str], 
             log(f"timescale: TimescaleDB {version} answering at {url} (already running, pid {pid})")
             return url
         raise TimescaleUnavailable(f"pid {pid} runs the server but it does not answer at {url}; `make timescale-stop`")
-    server = EmbeddedTimescale(port=port, data_dir=data_dir, log_file=LOG_FILE, wait_s=wait_s)
+    server = EmbeddedTimescale(
+        port=port, data_dir=data_dir, log_file=LOG_FILE, wait_s=wait_s, queue_timeout_s=queue_timeout_s
+    )
     url = server.start()
     assert server.process is not None
     PID_FILE.write_text(f"{server.process.pid}\n")
@@ -192,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="TCP port on 127.0.0.1 (default TIMESCALE_PORT or 5433; 0: a free one)")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, help="keep the database files here (default: in memory)")
     parser.add_argument("--wait-s", type=float, default=60.0, help="how long to wait for it to answer")
+    parser.add_argument("--queue-timeout-s", type=float, default=30.0,
+                        help="how long a second client waits for the session before it is refused")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            start(args.port, args.data_dir, args.wait_s)
+            start(args.port, args.data_dir, args.wait_s, args.queue_timeout_s)
         elif args.command == "stop":
             stop()
         else:
