@@ -59,7 +59,7 @@ migrate: services
 demo: venv services broker topics migrate dashboard-assets
 	bash infra/demo.sh
 
-test: venv services broker topics migrate dashboard-assets chromium
+test: venv services broker topics migrate dashboard-assets chromium timescale-packages
 	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
 	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
