@@ -10,13 +10,14 @@ and how long that took; a server this command started that still answers is reus
 only the process in the pid file, and only if it is that server. `EmbeddedTimescale` does the
 same for a caller that wants a private one (a test fixture: port 0 takes a free port).
 
-The server serves one client session at a time and one database (README: TimescaleDB in the test
-suite): clients must close their connection for the next one to be served.
+The server serves one client session at a time and one database (infra/timescale/server.mjs says
+what a client gets): a client must close its connection for the next one to be served.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import psycopg
 
@@ -38,6 +39,7 @@ PID_FILE = RUN_DIR / "timescale.pid"
 URL_FILE = RUN_DIR / "timescale.url"
 LOG_FILE = RUN_DIR / "timescale.log"
 DEFAULT_PORT = 5433
+_instances = itertools.count()
 _LISTENING = re.compile(r"^listening (?P<host>[^\s:]+):(?P<port>\d+)$", re.MULTILINE)
 
 
@@ -75,7 +77,9 @@ class EmbeddedTimescale:
     ) -> None:
         self.host, self.port, self.data_dir, self.wait_s = host, port, data_dir, wait_s
         self.queue_timeout_s = queue_timeout_s
-        self.log_file = log_file or RUN_DIR / f"timescale-{os.getpid()}-{port}.log"
+        # a log of its own (kept when the server fails, removed when it stops cleanly)
+        self._own_log = log_file is None
+        self.log_file = log_file or RUN_DIR / f"timescale-{os.getpid()}-{next(_instances)}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
         self.version: str | None = None
@@ -84,7 +88,9 @@ class EmbeddedTimescale:
     def start(self) -> str:
         node = shutil.which("node")
         if node is None:
-            raise TimescaleUnavailable("Node.js is not installed: run `bash infra/timescale.sh` (installs Debian's npm as root)")
+            raise TimescaleUnavailable(
+                "Node.js is not installed: run `bash infra/timescale.sh` (installs Debian's npm as root)"
+            )
         if not PACKAGES.is_dir():
             raise TimescaleUnavailable(f"{PACKAGES.relative_to(ROOT)} is missing: run `bash infra/timescale.sh`")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +126,8 @@ class EmbeddedTimescale:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout_s)
+        if self._own_log and self.process.returncode == 0:
+            self.log_file.unlink(missing_ok=True)
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
@@ -127,11 +135,11 @@ class EmbeddedTimescale:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> EmbeddedTimescale:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *_: object) -> None:
         self.stop()
 
 
