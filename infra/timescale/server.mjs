@@ -5,7 +5,7 @@
 //   node infra/timescale/server.mjs [--host 127.0.0.1] [--port 5433] [--data-dir DIR]
 //                                   [--queue-timeout-s 30] [--verbose]
 //
-// What a client gets (each measured, tests/test_timescale_embedded.py):
+// What a client gets (tests/test_timescale_embedded.py checks the session rules):
 //   * ONE session at a time: PGlite is a single PostgreSQL backend. Further connections wait, in
 //     order, until the session before them ends; one that waits longer than --queue-timeout-s is
 //     refused with SQLSTATE 53300 and a message saying so. A waiting client that closes leaves the
