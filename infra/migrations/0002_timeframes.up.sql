@@ -126,6 +126,9 @@ CREATE FUNCTION latest_bars_forget(gone ohlcv_1min[]) RETURNS void LANGUAGE sql 
     ON CONFLICT (symbol) DO NOTHING;
 $fn$;
 
+-- Row level (a hypertable): TimescaleDB fires the trigger on the chunk, so NEW and OLD have the
+-- chunk's row type (_timescaledb_internal._hyper_N_M_chunk), which no ohlcv_1min[] parameter takes:
+-- the row is rebuilt as an ohlcv_1min by column name.
 CREATE FUNCTION latest_bars_track() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     IF TG_LEVEL = 'STATEMENT' THEN
@@ -135,9 +138,11 @@ BEGIN
             PERFORM latest_bars_upsert((SELECT array_agg(ROW(c.*)::ohlcv_1min) FROM changed c));
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM latest_bars_forget(ARRAY[OLD]);
+        PERFORM latest_bars_forget(ARRAY[ROW(OLD.symbol, OLD.timestamp, OLD.open, OLD.high, OLD.low, OLD.close,
+                                             OLD.volume, OLD.vwap, OLD.trades, OLD.revision)::ohlcv_1min]);
     ELSE
-        PERFORM latest_bars_upsert(ARRAY[NEW]);
+        PERFORM latest_bars_upsert(ARRAY[ROW(NEW.symbol, NEW.timestamp, NEW.open, NEW.high, NEW.low, NEW.close,
+                                             NEW.volume, NEW.vwap, NEW.trades, NEW.revision)::ohlcv_1min]);
     END IF;
     RETURN NULL;
 END

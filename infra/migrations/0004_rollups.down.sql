@@ -15,7 +15,30 @@ $$;
 DROP FUNCTION latest_bars_after_write(), latest_bars_after_write_row(), latest_bars_refill(text[]);
 ALTER TABLE latest_bars RESET (fillfactor);
 
--- 0002's latest_bars triggers, as 0002 created them
+-- 0002's latest_bars function and triggers. The function is re-created as 0002 defines it today: in a
+-- database migrated with an earlier 0002, its row-level branch (a hypertable's) passes NEW, which has
+-- the chunk's row type, to latest_bars_upsert(ohlcv_1min[]), and every write fails ("function
+-- latest_bars_upsert(_timescaledb_internal._hyper_1_1_chunk[]) does not exist"). 0004's triggers never
+-- call it, so it is safe to replace here.
+CREATE OR REPLACE FUNCTION latest_bars_track() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        IF TG_OP = 'DELETE' THEN
+            PERFORM latest_bars_forget((SELECT array_agg(ROW(g.*)::ohlcv_1min) FROM gone g));
+        ELSE
+            PERFORM latest_bars_upsert((SELECT array_agg(ROW(c.*)::ohlcv_1min) FROM changed c));
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM latest_bars_forget(ARRAY[ROW(OLD.symbol, OLD.timestamp, OLD.open, OLD.high, OLD.low, OLD.close,
+                                             OLD.volume, OLD.vwap, OLD.trades, OLD.revision)::ohlcv_1min]);
+    ELSE
+        PERFORM latest_bars_upsert(ARRAY[ROW(NEW.symbol, NEW.timestamp, NEW.open, NEW.high, NEW.low, NEW.close,
+                                             NEW.volume, NEW.vwap, NEW.trades, NEW.revision)::ohlcv_1min]);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
