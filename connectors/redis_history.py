@@ -40,7 +40,9 @@ class HistoryLimits:
 
 # ARGV: max_len, max_age_ms, meta_ttl_ms, then one blob "channel\npayload\nchannel\npayload...": packing
 # thousands of separate arguments costs redis-py ~3 us each in Python, one blob costs nothing.
-_PUBLISH = r"""
+_PUBLISH = r"""#!lua
+-- The shebang makes Redis (7+) judge OOM before the script runs, never half-way: a refused
+-- batch has published nothing, so retrying it publishes each message once.
 local max_len = ARGV[1]
 local max_age_ms = tonumber(ARGV[2])
 local meta_ttl_ms = tonumber(ARGV[3])
@@ -101,7 +103,7 @@ end
 return {count, failed}
 """
 
-_CATCH_UP = """
+_CATCH_UP = """#!lua flags=no-writes
 local current = redis.call('HMGET', 'history-meta:' .. ARGV[1], 'epoch', 'offset')
 local epoch, top = current[1], tonumber(current[2])
 if not epoch then return {'', 0, {}} end

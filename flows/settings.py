@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import re
 import sys
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.redis_history import HistoryLimits
@@ -18,8 +20,19 @@ from connectors.redis_history import HistoryLimits
 
 # Kafka's own rule for topic names; Redis namespaces must not hold pattern characters (the gateway
 # pattern-subscribes under them) nor whitespace.
-TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
-Namespace = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+def _matching(pattern: str, what: str) -> AfterValidator:
+    match = re.compile(pattern).fullmatch
+
+    def check(value: str) -> str:
+        if match(value) is None:
+            raise PydanticCustomError("pattern", what)
+        return value
+
+    return AfterValidator(check)
+
+
+TopicName = Annotated[str, _matching(r"[A-Za-z0-9._-]{1,249}", "not a Kafka topic name (1-249 letters, digits, '.', '_', '-')")]
+Namespace = Annotated[str, _matching(r"[A-Za-z0-9_.:-]{1,64}", "not a Redis namespace (1-64 letters, digits, '_', '.', ':', '-')")]
 DAY_S = 86_400.0
 
 

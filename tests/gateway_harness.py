@@ -11,12 +11,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from connectors.gateway.app import Gateway
 from connectors.gateway.settings import GatewaySettings
-from connectors.redis_history import HistoryLimits
-from connectors.redis_publish import BarPublisher, Publisher
+from connectors.redis_history import History, HistoryLimits
+from connectors.redis_publish import BarPublisher
 from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event, encode_event
@@ -52,10 +53,16 @@ class Running:
         return BarPublisher(self.redis_url, self.channels, history=self.history)
 
     def publish_events(self, events: list[Event]) -> None:
-        """As the detection sink does: each event on its symbol's channel."""
-        publisher = Publisher(self.redis_url, history=self.history)
-        publisher.publish([(self.channels.events_for(e.symbol), encode_event(e)) for e in events])
-        publisher.close()
+        """As the detection sink does: each event on its symbol's channel, with its history.
+
+        One attempt: a Redis refusal surfaces here (the sinks' publisher would wait it out),
+        so a test can make Redis misbehave and see the gateway's side of it.
+        """
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            History(client, self.history).publish([(self.channels.events_for(e.symbol), encode_event(e)) for e in events])
+        finally:
+            client.close()
 
 
 @contextlib.contextmanager
