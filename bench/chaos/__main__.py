@@ -118,20 +118,33 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("scenarios"):
         lines += ["| scenario | input records | bars expected | written | lost | duplicated | unexpected | dead letters by kind "
-                  "| crashes | time to recover (s) | redis missing/stale | detection missing/extra/different | ok |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| crashes | time to recover (s) | redis missing/stale | revisions differ | detection missing/extra/different "
+                  "| ok |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for s in results["scenarios"]:
             letters = ", ".join(f"{k} {v}" for k, v in sorted(s["dead_letters"].items())) or "-"
             r = s.get("redis") or {}
             d = s.get("detection")
             detection = "-" if d is None else "/".join(str(sum(t[x] for t in d.values())) for x in ("missing", "extra", "different"))
-            recover = "-" if s["time_to_recover_s"] is None and not s["faults"] else (
-                "never" if s["time_to_recover_s"] is None else f"{s['time_to_recover_s']}")  # fmt: skip
+            recover = _recovery(s["faults"])
+            revisions = "-" if s["revisions_differ_from_uninterrupted"] is None else s["revisions_differ_from_uninterrupted"]
             lines.append(f"| {s['scenario']} | {s['input_records']:,} | {s['bars_expected']:,} | {s['bars_written']:,} | "
                          f"{s['bars_lost']:,} | {s['bars_duplicated']:,} | {s['bars_unexpected']:,} | {letters} | "
                          f"{s['crashes']} | {recover} | {r.get('redis_missing', '-')}/{r.get('redis_stale', '-')} | "
-                         f"{detection} | {'yes' if s['ok'] else 'no'} |")  # fmt: skip
+                         f"{revisions} | {detection} | {'yes' if s['ok'] else 'no'} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _recovery(faults: list[dict[str, Any]]) -> str:
+    """`max` over the scenario's faults (and the median when there are several); `never` if one did not recover."""
+    if not faults:
+        return "-"
+    times = [f["recover_s"] for f in faults]
+    if None in times:
+        return f"never ({times.count(None)} of {len(times)})"
+    if len(times) == 1:
+        return f"{times[0]}"
+    ordered = sorted(times)
+    return f"max {ordered[-1]}, median {ordered[len(ordered) // 2]}"
 
 
 if __name__ == "__main__":

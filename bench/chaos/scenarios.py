@@ -262,12 +262,10 @@ class Outcome:
 class RecoveryMonitor(threading.Thread):
     """For each fault that ended, how long until the outputs held what the input before its end should give."""
 
-    def __init__(self, database_url: str, feeder: Feeder, started: float, close_delay_ms: int, detection: bool,
-                 timeout_s: float) -> None:  # fmt: skip
+    def __init__(self, database_url: str, feeder: Feeder, close_delay_ms: int, detection: bool, timeout_s: float) -> None:
         super().__init__(name="recovery-monitor", daemon=True)
         self.database_url = database_url
         self.feeder = feeder
-        self.started = started
         self.close_delay_ms = close_delay_ms
         self.detection = detection
         self.timeout_s = timeout_s
@@ -302,7 +300,7 @@ class RecoveryMonitor(threading.Thread):
 
     def _goal(self, window: Window) -> tuple[Window, float, compare.Bars, list[tuple[str, int]]]:
         """What the outputs hold once they have caught up with the input published before the fault's end."""
-        end = self.started + window.end_s
+        end = self.feeder.started_at + window.end_s  # windows count from the feed's start
         produced = [r for r in self.feeder.records[: self.feeder.produced_before(end)] if not r.label.startswith("poison:")]
         clock = max((r.clock_ms for r in produced), default=0)
         target = {k: v for k, v in compare.oracle_bars(produced, delivered_only=False).items()
@@ -388,16 +386,14 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         supervisor = Supervisor(flows, started)
         supervisor.start()
         feeder = Feeder(bootstrap, records)
-        monitor = RecoveryMonitor(env.database_url, feeder, started, int(settings.bar_close_delay_s * 1000), True,
+        monitor = RecoveryMonitor(env.database_url, feeder, int(settings.bar_close_delay_s * 1000), True,
                                   profile.drain_timeout_s)  # fmt: skip
         monitor.start()
         feeder.start()
         log(f"  {spec.name}: {len(records):,} records over {wall_s:.0f} s ({wall_s * speed / 60:.0f} min of event time), "
             f"flows {bar.proc.pid if bar.proc else '-'} / {detection.proc.pid if detection.proc else '-'}, logs {work}")  # fmt: skip
 
-        windows = _apply_fault(spec, profile, rng, flows, proxy, feeder, wall_s, poison, log)
-        for w in windows:
-            monitor.ended(w)
+        windows = _apply_fault(spec, profile, rng, flows, proxy, feeder, wall_s, poison, monitor.ended)
         feeder.finished.wait()
         feed_end = time.monotonic()
         if feeder.failure or feeder.unflushed:
@@ -460,8 +456,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
 
 
 def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: list[FlowProcess], proxy: Any,
-                 feeder: Feeder, wall_s: float, poison: list[Record], log: Callable[[str], None]) -> list[Window]:  # fmt: skip
-    """Carry out the scenario's fault during the feed (this thread); returns the fault windows."""
+                 feeder: Feeder, wall_s: float, poison: list[Record], ended: Callable[[Window], None]) -> list[Window]:  # fmt: skip
+    """Carry out the scenario's fault during the feed (this thread); `ended` hears of each fault as it ends."""
     while not feeder.started_at:
         time.sleep(0.01)
     t0 = feeder.started_at
@@ -483,6 +479,7 @@ def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: li
             time.sleep(rng.uniform(0.0, 2.0))
             flow.start()
             windows.append(Window(f"kill -9 {flow.name}", round(killed, 1), round(time.monotonic() - t0, 1)))
+            ended(windows[-1])
     elif spec.fault in ("broker", "postgres", "redis"):
         begin = wall_s * 0.3
         at(begin)
@@ -490,10 +487,12 @@ def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: li
         at(begin + profile.outage_s)
         proxy.restore()
         windows.append(Window(f"{spec.fault} outage", round(begin, 1), round(time.monotonic() - t0, 1)))
+        ended(windows[-1])
     elif spec.fault == "poison" and poison:
         first, last = min(r.due_s for r in poison), max(r.due_s for r in poison)
         at(last)
         windows.append(Window("poison records", round(first, 1), round(last, 1)))
+        ended(windows[-1])
     return windows
 
 
@@ -589,6 +588,9 @@ def _problems(out: Outcome, windows: list[Window]) -> list[str]:
         problems.append("detection differs from the uninterrupted run: " + ", ".join(
             f"{t} {d['missing']} missing/{d['extra']} extra/{d['different']} different" for t, d in out.detection.items()
             if d["missing"] or d["extra"] or d["different"]))  # fmt: skip
+    if out.revisions_differ_from_uninterrupted:
+        problems.append(f"{out.revisions_differ_from_uninterrupted} bars were made final before all their trades were in "
+                        "and then revised (their revision differs from the uninterrupted run's)")
     problems += out.dead_letter_details.get("dead_letter_problems", [])
     if out.caught_up_after_feed_s is None:
         problems.append("the outputs never caught up with the input after the feed ended")
