@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -143,8 +144,7 @@ def _recovery(faults: list[dict[str, Any]]) -> str:
         return f"never ({times.count(None)} of {len(times)})"
     if len(times) == 1:
         return f"{times[0]}"
-    ordered = sorted(times)
-    return f"max {ordered[-1]}, median {ordered[len(ordered) // 2]}"
+    return f"max {max(times)}, median {statistics.median(times):.1f}"
 
 
 if __name__ == "__main__":

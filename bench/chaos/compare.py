@@ -44,10 +44,12 @@ def oracle_bars(records: Iterable[Record], delivered_only: bool = True) -> Bars:
     return {(row["symbol"], row["timestamp"]): row for row in frame.iter_rows(named=True)}
 
 
-def table_bars(conn: psycopg.Connection) -> Bars:
+def table_bars(conn: psycopg.Connection, since_ms: int = 0) -> Bars:
+    """`ohlcv_1min` from `since_ms` on (what came before is the seeded history, not the feed's)."""
     rows = conn.execute(
         "SELECT symbol, (extract(epoch from timestamp) * 1000)::bigint, open::float8, high::float8, low::float8, "
-        "close::float8, volume, vwap::float8, trades, revision FROM ohlcv_1min"
+        "close::float8, volume, vwap::float8, trades, revision FROM ohlcv_1min WHERE timestamp >= to_timestamp(%s)",
+        (since_ms / 1000,),
     ).fetchall()
     names = ("symbol", "timestamp", *FIELDS, "revision")
     return {(r[0], r[1]): dict(zip(names, r, strict=True)) for r in rows}

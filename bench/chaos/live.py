@@ -333,6 +333,11 @@ class FinalBarRecorder(threading.Thread):
         self._position: tuple[str, int] = ("", 0)
         self._halt = threading.Event()
         self.subscribed = threading.Event()
+        self._away_until = 0.0  # monotonic: no reconnect before (a dashboard that comes back late)
+
+    def stay_away_until(self, monotonic_at: float) -> None:
+        """Once disconnected, reconnect no earlier than this: what was published meanwhile must come from the history."""
+        self._away_until = monotonic_at
 
     def run(self) -> None:
         from connectors.redis_history import History
@@ -362,7 +367,7 @@ class FinalBarRecorder(threading.Thread):
                     client.close()
                 except (redis.RedisError, OSError) as exc:
                     self.stats.errors.append(f"closing: {type(exc).__name__}: {exc}")
-            self._halt.wait(backoff)
+            self._halt.wait(max(backoff, self._away_until - time.monotonic()))
             backoff = min(backoff * 2, 2.0)
 
     def _catch_up(self, history: Any) -> None:

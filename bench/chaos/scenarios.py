@@ -71,16 +71,17 @@ class Profile:
     drain_timeout_s: float
     stall_s: float  # give up waiting for the outputs when nothing changed this long
     baseline_for_outages: bool
+    history_bars: int  # bars per symbol in the database before the feed (the detectors warm-start from them)
     fuzz_records: int  # mutated records per decoder
     fuzz_examples: int  # hypothesis examples (lists of records) per decoder
 
 
 FULL = Profile("full", wall_s=120, speed=3, kill_wall_s=240, kill_speed=2, kills=10, symbols=50, event_rate=40,
                outage_s=30, snapshot_s=5, sink_max_backoff_s=None, drain_timeout_s=240, stall_s=45,
-               baseline_for_outages=True, fuzz_records=100_000, fuzz_examples=2_000)  # fmt: skip
+               baseline_for_outages=True, history_bars=200, fuzz_records=100_000, fuzz_examples=2_000)  # fmt: skip
 SHORT = Profile("short", wall_s=20, speed=10, kill_wall_s=24, kill_speed=10, kills=1, symbols=30, event_rate=20,
                 outage_s=5, snapshot_s=2, sink_max_backoff_s=1.0, drain_timeout_s=60, stall_s=15,
-                baseline_for_outages=False, fuzz_records=20_000, fuzz_examples=300)  # fmt: skip
+                baseline_for_outages=False, history_bars=200, fuzz_records=20_000, fuzz_examples=300)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,60 @@ def poison_records(settings: Any, feed: list[Record], start_ms: int, wall_s: flo
     return out
 
 
+# ---- history in the database ------------------------------------------------------------------
+
+HISTORY_GAP_MS = 32 * MINUTE_MS  # history ends this long before the feed: beyond the lateness and warm-start reach
+
+
+def seed_history(url: str, feed: list[Record], start_ms: int, bars: int) -> tuple[int, int, float]:
+    """`bars` final 1-minute bars per feed symbol ending `HISTORY_GAP_MS` before the feed, written as SQL.
+
+    The detection flow warm-starts each symbol from them, so indicators, alerts, trends and surges
+    are live from the feed's first bar (a feed of a few minutes alone would never warm them up).
+    Returns (rows, total volume, total close) to check afterwards that no flow touched them.
+    """
+    import zlib
+    from datetime import UTC, datetime
+
+    import orjson
+
+    if bars <= 0:
+        return 0, 0, 0.0
+    first: dict[str, float] = {}
+    for r in feed:
+        if r.label == "trade":
+            trade = orjson.loads(r.value)  # type: ignore[arg-type]
+            first.setdefault(trade["sym"], trade["p"])
+    end = start_ms - start_ms % MINUTE_MS - HISTORY_GAP_MS
+    rows = []
+    for symbol, price in sorted(first.items()):
+        rng = random.Random(zlib.crc32(symbol.encode()))
+        close = price * (1 + rng.gauss(0, 0.02))
+        for i in range(bars):
+            o = close
+            close = max(0.01, round(o * (1 + rng.gauss(0, 0.003)), 4))
+            h, low = round(max(o, close) * (1 + abs(rng.gauss(0, 0.001))), 4), round(min(o, close) * (1 - abs(rng.gauss(0, 0.001))), 4)
+            volume = rng.randint(100, 3000) * (6 if rng.random() < 0.03 else 1)
+            at = datetime.fromtimestamp((end - (bars - i) * MINUTE_MS) / 1000, UTC)
+            rows.append((symbol, at, round(o, 4), h, low, close, volume, round((o + close) / 2, 4), volume // 100 + 1, 0))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO symbols (symbol) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (sorted(first),))
+        with conn.cursor() as cur, cur.copy(
+            "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+    return len(rows), sum(r[6] for r in rows), round(sum(r[5] for r in rows), 4)
+
+
+def history_now(url: str, since_ms: int) -> tuple[int, int, float]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        n, volume, close = conn.execute(
+            "SELECT count(*), coalesce(sum(volume), 0), coalesce(sum(close), 0)::float8 FROM ohlcv_1min "
+            "WHERE timestamp < to_timestamp(%s)", (since_ms / 1000,)).fetchone()  # type: ignore[misc]  # fmt: skip
+    return int(n), int(volume), round(float(close), 4)
+
+
 # ---- one scenario ----------------------------------------------------------------------------
 
 
@@ -249,6 +304,7 @@ class Outcome:
     redis: dict[str, Any] = field(default_factory=dict)
     detection: dict[str, Any] | None = None
     revisions_differ_from_uninterrupted: int | None = None
+    history_bars: int = 0
     faults: list[dict[str, Any]] = field(default_factory=list)
     crash_details: list[dict[str, Any]] = field(default_factory=list)
     dead_letter_details: dict[str, Any] = field(default_factory=dict)
@@ -262,8 +318,10 @@ class Outcome:
 class RecoveryMonitor(threading.Thread):
     """For each fault that ended, how long until the outputs held what the input before its end should give."""
 
-    def __init__(self, database_url: str, feeder: Feeder, close_delay_ms: int, detection: bool, timeout_s: float) -> None:
+    def __init__(self, database_url: str, feeder: Feeder, close_delay_ms: int, detection: bool, timeout_s: float,
+                 since_ms: int) -> None:  # fmt: skip
         super().__init__(name="recovery-monitor", daemon=True)
+        self.since_ms = since_ms
         self.database_url = database_url
         self.feeder = feeder
         self.close_delay_ms = close_delay_ms
@@ -286,7 +344,7 @@ class RecoveryMonitor(threading.Thread):
                 for window in new:
                     active.append(self._goal(window))
                 if active:
-                    written = compare.table_bars(conn)
+                    written = compare.table_bars(conn, self.since_ms)
                     indicators = _indicator_keys(conn) if self.detection else set()
                     now = time.monotonic()
                     for entry in list(active):
@@ -368,6 +426,9 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         poison = poison_records(settings, records, start_ms, wall_s, speed, rng) if spec.fault == "poison" else []
         records = sorted(records + poison, key=lambda r: r.due_s)
         out.input_records, out.poison_records = len(records), len(poison)
+        since = start_ms - start_ms % MINUTE_MS - HISTORY_GAP_MS // 2  # feed bars from here on, history before
+        history = seed_history(env.database_url, records, start_ms, profile.history_bars)
+        out.history_bars = history[0]
         feed_symbols = {r.key.decode() for r in records if r.key is not None and not r.label.startswith("poison:")}
 
         recorder = FinalBarRecorder(redis_url, f"{ns}.market.ohlcv")
@@ -387,19 +448,19 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         supervisor.start()
         feeder = Feeder(bootstrap, records)
         monitor = RecoveryMonitor(env.database_url, feeder, int(settings.bar_close_delay_s * 1000), True,
-                                  profile.drain_timeout_s)  # fmt: skip
+                                  profile.drain_timeout_s, since)  # fmt: skip
         monitor.start()
         feeder.start()
         log(f"  {spec.name}: {len(records):,} records over {wall_s:.0f} s ({wall_s * speed / 60:.0f} min of event time), "
             f"flows {bar.proc.pid if bar.proc else '-'} / {detection.proc.pid if detection.proc else '-'}, logs {work}")  # fmt: skip
 
-        windows = _apply_fault(spec, profile, rng, flows, proxy, feeder, wall_s, poison, monitor.ended)
+        windows = _apply_fault(spec, profile, rng, flows, proxy, feeder, recorder, wall_s, poison, monitor.ended)
         feeder.finished.wait()
         feed_end = time.monotonic()
         if feeder.failure or feeder.unflushed:
             out.problems.append(f"feeder: {feeder.failure or ''} {feeder.unflushed} records unflushed".strip())
         expected = compare.oracle_bars(records)
-        out.caught_up_after_feed_s = _drain(env.database_url, expected, recorder, profile, feed_end, flows, supervisor)
+        out.caught_up_after_feed_s = _drain(env.database_url, expected, recorder, profile, feed_end, since)
         monitor.stop_event.set()
         monitor.join(5)
         for flow in flows:
@@ -408,8 +469,10 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         recorder.stop()
 
         with psycopg.connect(env.database_url, autocommit=True) as conn:
-            written = compare.table_bars(conn)
+            written = compare.table_bars(conn, since)
             detected = compare.detection_rows(conn)
+        if history_now(env.database_url, since) != history:
+            out.problems.append(f"the history bars before the feed changed: {history} -> {history_now(env.database_url, since)}")
         report = compare.compare_bars(expected, written)
         for name in ("bars_expected", "bars_written", "bars_lost", "bars_duplicated", "bars_unexpected"):
             setattr(out, name, report[name])
@@ -427,7 +490,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         out.time_to_recover_s = None if not windows or None in recovered else max(recovered)  # type: ignore[type-var]
 
         if kill or spec.fault == "poison" or profile.baseline_for_outages:
-            base = _uninterrupted(env, settings, ns, [r for r in records if not r.label.startswith("poison:")], log)
+            base = _uninterrupted(env, settings, ns, [r for r in records if not r.label.startswith("poison:")], start_ms,
+                                  profile.history_bars, since, log)  # fmt: skip
             if isinstance(base, str):
                 out.problems.append(base)
             else:
@@ -455,8 +519,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
     return asdict(out)
 
 
-def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: list[FlowProcess], proxy: Any,
-                 feeder: Feeder, wall_s: float, poison: list[Record], ended: Callable[[Window], None]) -> list[Window]:  # fmt: skip
+def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: list[FlowProcess], proxy: Any, feeder: Feeder,
+                 recorder: FinalBarRecorder, wall_s: float, poison: list[Record], ended: Callable[[Window], None]) -> list[Window]:  # fmt: skip
     """Carry out the scenario's fault during the feed (this thread); `ended` hears of each fault as it ends."""
     while not feeder.started_at:
         time.sleep(0.01)
@@ -484,6 +548,8 @@ def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: li
         begin = wall_s * 0.3
         at(begin)
         proxy.cut()
+        if spec.fault == "redis":  # the subscriber comes back an outage later than Redis: it must catch up
+            recorder.stay_away_until(t0 + begin + 2 * profile.outage_s)
         at(begin + profile.outage_s)
         proxy.restore()
         windows.append(Window(f"{spec.fault} outage", round(begin, 1), round(time.monotonic() - t0, 1)))
@@ -510,17 +576,17 @@ def _kill_points(rng: random.Random, n: int, wall_s: float, flows: int, which: i
 
 
 def _drain(database_url: str, expected: compare.Bars, recorder: FinalBarRecorder, profile: Profile, feed_end: float,
-           flows: list[FlowProcess], supervisor: Supervisor) -> float | None:  # fmt: skip
+           since: int) -> float | None:  # fmt: skip
     """Wait until the table equals the oracle, every priced bar has indicators and Redis has the table's bars.
 
     Returns the seconds it took after the feed ended, or None when it did not happen: the time ran
     out, or nothing changed for `profile.stall_s` (a flow gave up, or the outputs are wrong for good).
     """
     priced = [k for k, v in expected.items() if v["close"] is not None]
-    last, since = None, time.monotonic()
+    last, changed = None, time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as conn:
         while time.monotonic() < feed_end + profile.drain_timeout_s:
-            written = compare.table_bars(conn)
+            written = compare.table_bars(conn, since)
             report = compare.compare_bars(expected, written)
             good = not (report["bars_lost"] or report["bars_duplicated"] or report["bars_unexpected"])
             if good and _indicators_for(conn, priced):
@@ -530,15 +596,15 @@ def _drain(database_url: str, expected: compare.Bars, recorder: FinalBarRecorder
             state = (len(written), sum(v["trades"] or 0 for v in written.values()), len(recorder.messages),
                      conn.execute("SELECT count(*) FROM indicator_values").fetchone()[0])  # type: ignore[index]  # fmt: skip
             if state != last:
-                last, since = state, time.monotonic()
-            elif time.monotonic() - since > profile.stall_s and time.monotonic() - feed_end > 15:
+                last, changed = state, time.monotonic()
+            elif time.monotonic() - changed > profile.stall_s and time.monotonic() - feed_end > 15:
                 return None
             time.sleep(1.0)
     return None
 
 
-def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Record],
-                   log: Callable[[str], None]) -> tuple[compare.Bars, dict] | str:  # fmt: skip
+def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Record], start_ms: int, history_bars: int,
+                   since: int, log: Callable[[str], None]) -> tuple[compare.Bars, dict] | str:  # fmt: skip
     """Both flows, start to end and never interrupted, over the same feed (no poison) on the shared broker."""
     import subprocess
 
@@ -554,6 +620,7 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
     ensure_topics(base)
     try:
         truncate(env.baseline_database_url)
+        seed_history(env.baseline_database_url, records, start_ms, history_bars)
         producer, delivery = make_producer(env.bootstrap, idempotent=True)
         for r in records:
             if r.offset is None:
@@ -569,7 +636,7 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
             if done.returncode != 0:
                 return f"uninterrupted run: {flow} exited {done.returncode}: {done.stderr.decode(errors='replace')[-600:]}"
         with psycopg.connect(env.baseline_database_url, autocommit=True) as conn:
-            return compare.table_bars(conn), compare.detection_rows(conn)
+            return compare.table_bars(conn, since), compare.detection_rows(conn)
     finally:
         _delete_topics(env.bootstrap, base.topics(), log)
         _delete_history(env.redis_url, ns + "b", log)
