@@ -10,7 +10,7 @@ Each `Target` wraps one decoder the way the pipeline calls it and classifies eve
 - crash: any other exception (counted per record; the signature is the exception type and the
   innermost project frame);
 - violation: no exception, but an output the rest of the pipeline cannot live with (a watermark
-  moved beyond the wall clock by more than a day, a bar the sink cannot store, a dead letter
+  moved beyond the wall clock by more than an hour, a bar the sink cannot store, a dead letter
   larger than the producer's limit or of an unknown kind, a future-dated bar passed on to the
   detectors, replayed event text that is not JSON or says another symbol, a bridge that never
   returns from a frame).
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KAFKA_MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's message.max.bytes default: a bigger record cannot be produced
 BIGINT_MAX = 2**63 - 1
 INTEGER_MAX = 2**31 - 1
-DAY_MS = 86_400_000
+FUTURE_MS = 3_600_000  # an event this far past the wall clock is never real (live or replayed): it must be refused
 MSGSPEC_ERRORS = (msgspec.ValidationError, msgspec.DecodeError)
 
 
@@ -317,9 +317,9 @@ class BookTarget(Target):
         self._resolve()
         for event in self.extremes.take():
             self._encode_event(event)
-        limit = int(time.time() * 1000) + DAY_MS
+        limit = int(time.time() * 1000) + FUTURE_MS
         if self.book.watermark > limit:
-            self.tally.violation("a record moved the watermark more than a day past the wall clock", records)
+            self.tally.violation("a record moved the watermark more than an hour past the wall clock", records)
             self._reset()
         self.tally.refused += len(refused)
         self.tally.accepted += len(records) - len(refused)
@@ -372,7 +372,7 @@ class BarsOfTarget(Target):
     def _classify(self, records: list[Any], out: list[Any]) -> None:
         refused = 0
         bars = []
-        limit = int(time.time() * 1000) + DAY_MS
+        limit = int(time.time() * 1000) + FUTURE_MS
         for item in out:
             if isinstance(item, self._Letter):
                 refused += 1
@@ -385,7 +385,7 @@ class BarsOfTarget(Target):
                 _, bar = item
                 bars.append(bar)
                 if bar.timestamp > limit:
-                    self.tally.violation("a bar dated more than a day past the wall clock was passed to the detectors", bar)
+                    self.tally.violation("a bar dated more than an hour past the wall clock was passed to the detectors", bar)
         self.tally.refused += refused
         self.tally.accepted += len(records) - refused
         self.detector.feed(bars)

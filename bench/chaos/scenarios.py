@@ -209,7 +209,7 @@ def poison_records(settings: Any, feed: list[Record], start_ms: int, wall_s: flo
     add(t, "emoji_symbol", trade(11, sym="🚀"), ("malformed",))
     add(t, "zero_width_symbol", trade(12, sym="A\u200bB"), ("malformed",))
     add(t, "unknown_condition", trade(13, c=[999]), ("unknown_condition",))
-    add(t, "invalid_utf8", trade(14).replace(b'"ev":"T"', b'"ev":"T","zz":"\xff\xfe"'), ("malformed",))
+    add(t, "invalid_utf8_symbol", trade(14, sym="AA\x00PL").replace(b"\\u0000", b"\xff"), ("malformed",))
     add(t, "deep_nesting", trade(15, zz=deep(100_000)), ("malformed",))
     add(t, "lone_surrogate", trade(16, sym="\ud800AAPL"), ("malformed",))
     b = settings.topic_bars
