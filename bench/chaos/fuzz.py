@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import tempfile
 import time
 import traceback
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -704,6 +706,7 @@ class ReplayTarget(Target):
         self._events, self._refusals = replay.flat_file_events, (pl.exceptions.PolarsError, ValueError)
         self._decode = decode_event
         self._dir = Path(tempfile.mkdtemp(prefix="tickstock-fuzz-replay-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+        weakref.finalize(self, shutil.rmtree, self._dir, True)  # the flat files are scratch
         self._n = 0
         import gzip
 
