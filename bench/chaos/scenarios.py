@@ -90,9 +90,13 @@ class Scenario:
     fault: str  # kill9 | broker | postgres | redis | poison
     kill: tuple[str, ...] = ()  # for kill9: the flows to kill ("bar", "detection")
     description: str = ""
+    outage_s: float = 0.0  # for outages
+    baseline: bool = True  # compare detection (and revisions) with an uninterrupted run
 
 
 def scenarios(profile: Profile) -> list[Scenario]:
+    from flows.settings import Settings
+
     kills = f"{profile.kills} random point{'s' if profile.kills > 1 else ''}"
     out = (
         [Scenario("kill9_bar_flow", "kill9", ("bar",), f"kill -9 of the bar flow at {kills}, restarted from its recovery store"),
@@ -100,11 +104,18 @@ def scenarios(profile: Profile) -> list[Scenario]:
         if profile.kills > 1 else
         [Scenario("kill9_both_flows", "kill9", ("bar", "detection"), "kill -9 of each flow once, restarted from its recovery store")]
     )  # fmt: skip
-    outage = f"{profile.outage_s:.0f} s"
+    # A broker outage shorter than the idle advance would not show whether a partition mistakes the
+    # outage for silence (closing its bars early), so it lasts at least twice that, with the
+    # uninterrupted run compared, in the short version too.
+    broker_s = max(profile.outage_s, 2 * Settings().idle_advance_s)
+    outage, base = profile.outage_s, profile.baseline_for_outages
     return out + [
-        Scenario("broker_outage", "broker", description=f"{outage} broker outage (TCP proxy in front of a private Tansu)"),
-        Scenario("postgres_outage", "postgres", description=f"{outage} PostgreSQL outage (TCP proxy: connections cut, new ones refused)"),
-        Scenario("redis_outage", "redis", description=f"{outage} Redis outage (TCP proxy: connections cut, new ones refused)"),
+        Scenario("broker_outage", "broker", description=f"{broker_s:.0f} s broker outage (TCP proxy in front of a private Tansu)",
+                 outage_s=broker_s),
+        Scenario("postgres_outage", "postgres", outage_s=outage, baseline=base,
+                 description=f"{outage:.0f} s PostgreSQL outage (TCP proxy: connections cut, new ones refused)"),
+        Scenario("redis_outage", "redis", outage_s=outage, baseline=base,
+                 description=f"{outage:.0f} s Redis outage (TCP proxy: connections cut, new ones refused)"),
         Scenario("poison", "poison", description="poison records of every class in the live feed (trades and bars topics)"),
     ]  # fmt: skip
 
@@ -454,7 +465,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         log(f"  {spec.name}: {len(records):,} records over {wall_s:.0f} s ({wall_s * speed / 60:.0f} min of event time), "
             f"flows {bar.proc.pid if bar.proc else '-'} / {detection.proc.pid if detection.proc else '-'}, logs {work}")  # fmt: skip
 
-        windows = _apply_fault(spec, profile, rng, flows, proxy, feeder, recorder, wall_s, poison, monitor.ended)
+        windows = _apply_fault(spec, profile, rng, flows, proxy, feeder, recorder, wall_s, speed, start_ms, poison,
+                               monitor.ended)  # fmt: skip
         feeder.finished.wait()
         feed_end = time.monotonic()
         if feeder.failure or feeder.unflushed:
@@ -489,7 +501,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         recovered = [w.recover_s for w in windows]
         out.time_to_recover_s = None if not windows or None in recovered else max(recovered)  # type: ignore[type-var]
 
-        if kill or spec.fault == "poison" or profile.baseline_for_outages:
+        if spec.baseline:
             base = _uninterrupted(env, settings, ns, [r for r in records if not r.label.startswith("poison:")], start_ms,
                                   profile.history_bars, since, log)  # fmt: skip
             if isinstance(base, str):
@@ -520,7 +532,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
 
 
 def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: list[FlowProcess], proxy: Any, feeder: Feeder,
-                 recorder: FinalBarRecorder, wall_s: float, poison: list[Record], ended: Callable[[Window], None]) -> list[Window]:  # fmt: skip
+                 recorder: FinalBarRecorder, wall_s: float, speed: float, start_ms: int, poison: list[Record],
+                 ended: Callable[[Window], None]) -> list[Window]:  # fmt: skip
     """Carry out the scenario's fault during the feed (this thread); `ended` hears of each fault as it ends."""
     while not feeder.started_at:
         time.sleep(0.01)
@@ -545,12 +558,12 @@ def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: li
             windows.append(Window(f"kill -9 {flow.name}", round(killed, 1), round(time.monotonic() - t0, 1)))
             ended(windows[-1])
     elif spec.fault in ("broker", "postgres", "redis"):
-        begin = wall_s * 0.3
+        begin = _before_a_minute_ends(start_ms, speed, wall_s * 0.3)
         at(begin)
         proxy.cut()
         if spec.fault == "redis":  # the subscriber comes back an outage later than Redis: it must catch up
-            recorder.stay_away_until(t0 + begin + 2 * profile.outage_s)
-        at(begin + profile.outage_s)
+            recorder.stay_away_until(t0 + begin + 2 * spec.outage_s)
+        at(begin + spec.outage_s)
         proxy.restore()
         windows.append(Window(f"{spec.fault} outage", round(begin, 1), round(time.monotonic() - t0, 1)))
         ended(windows[-1])
@@ -560,6 +573,19 @@ def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: li
         windows.append(Window("poison records", round(first, 1), round(last, 1)))
         ended(windows[-1])
     return windows
+
+
+def _before_a_minute_ends(start_ms: int, speed: float, after_s: float, lead_ms: int = 2_000) -> float:
+    """The first wall second after `after_s` at which the feed's event clock is `lead_ms` before a minute ends.
+
+    An outage that starts there tells at once whether the flows close the open minute while its
+    last trades are held up by the outage (they would, if they took the outage for silence).
+    """
+    clock = start_ms + int(after_s * speed * 1000)
+    target = clock - clock % MINUTE_MS + MINUTE_MS - lead_ms
+    if target < clock:
+        target += MINUTE_MS
+    return (target - start_ms) / speed / 1000
 
 
 def _kill_points(rng: random.Random, n: int, wall_s: float, flows: int, which: int) -> list[float]:
