@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
 .PHONY: help venv services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
-	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages
+	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages chaos
 
 help:
 	@echo "make demo      set everything up, then run the synthetic feed, both flows, the gateway and dashboard (Ctrl-C stops all)"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench-gateway  1,000 WebSocket clients x 20 of 4,000 symbols -> bench/gateway.json"
 	@echo "make timescale      install and start the embedded TimescaleDB (PGlite) on 127.0.0.1:5433; prints its URL"
 	@echo "make timescale-stop stop it"
+	@echo "make chaos     fuzz every decoder (>= 1M records), kill -9 / outages / poison on a live feed -> bench/chaos.json"
 	@echo "make stop      stop the broker and services our set-up started, nothing else"
 	@echo "set-up steps:  venv services broker topics migrate"
 
@@ -74,6 +75,12 @@ bench-sink: venv services
 
 bench-bridge: venv services broker topics migrate
 	$(PY) -m bench.bridge $(BENCH_ARGS)
+
+# Hostile input and failing dependencies (bench/chaos): ~30 minutes; CHAOS_ARGS="--profile short" for ~4.
+CHAOS_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/tickstock_chaos
+CHAOS_ARGS ?=
+chaos: venv services broker topics migrate
+	CHAOS_DATABASE_URL='$(CHAOS_DATABASE_URL)' $(PY) -m bench.chaos $(CHAOS_ARGS)
 
 stop:
 	if [[ -x $(PY) ]]; then $(PY) -m infra.broker stop; fi
