@@ -177,7 +177,7 @@ def read_rows(path: Path, kind: Kind) -> tuple[pl.DataFrame, pl.DataFrame]:
         data = _decompressed(path)
         if not data.strip():
             raise FlatFileError(path, "it is empty (no header)") from None
-        rows, ragged = _read_line_by_line(data)
+        rows, ragged = _read_line_by_line(path, data)
     columns = [c for c in rows.columns if c != _ROW]
     missing = [c for c in REQUIRED[kind] if c not in columns]
     if missing:
@@ -191,17 +191,26 @@ def _no_rows() -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def _read_line_by_line(data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _read_line_by_line(path: Path, data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The slow way, for a file polars refuses as a whole (a row with more fields than the
     header, an unbalanced quote): each line on its own, bad ones refused, the rest kept."""
     lines = data.decode("utf-8", "replace").splitlines()
-    header = next(csv.reader(lines[:1]), [])
+    try:
+        header = next(csv.reader(lines[:1]), [])
+    except csv.Error as exc:
+        raise FlatFileError(path, f"unreadable header: {exc}") from None
     names = [h or f"column_{i}" for i, h in enumerate(header)]
     good: dict[str, list[str | None]] = {name: [] for name in names}
     numbers: list[int] = []
     bad_rows, bad_reasons, bad_values = [], [], []
     for number, line in enumerate(lines[1:], start=1):
-        fields = next(csv.reader([line]), [])
+        try:
+            fields = next(csv.reader([line]), [])
+        except csv.Error as exc:  # e.g. a field beyond the csv module's size limit
+            bad_rows.append(number)
+            bad_reasons.append(f"unreadable row: {exc}")
+            bad_values.append(line)
+            continue
         if len(fields) > len(names):
             bad_rows.append(number)
             bad_reasons.append(f"the row has {len(fields)} fields, the header {len(names)}")

@@ -50,5 +50,12 @@ def encode_bar(bar: Bar) -> bytes:
     return _encoder.encode(bar)
 
 
+_decoder = msgspec.json.Decoder(Bar)
+
+
 def decode_bar(raw: bytes) -> Bar:
-    return msgspec.json.decode(raw, type=Bar)
+    """One bar from JSON; raises `msgspec.DecodeError` (a `ValidationError` for a wrong value) with the reason."""
+    try:
+        return _decoder.decode(raw)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"invalid JSON: {exc}") from None

@@ -120,13 +120,19 @@ MAX_CODES = Codes.__metadata__[0].max_length  # type: ignore[attr-defined]
 
 
 def decode_events(frame: bytes) -> list[Event]:
-    """Decode a JSON array of events (a WebSocket frame, or joined Kafka values)."""
-    return _batch_decoder.decode(frame)
+    """Decode a JSON array of events (a WebSocket frame, or joined Kafka values); raises `msgspec.DecodeError`."""
+    try:
+        return _batch_decoder.decode(frame)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"invalid JSON: {exc}") from None
 
 
 def decode_event(raw: bytes) -> Event:
-    """Decode one event; raises one of `DECODE_ERRORS` with the reason."""
-    return _one_decoder.decode(raw)
+    """Decode one event; raises `msgspec.DecodeError` (a `ValidationError` for a wrong value) with the reason."""
+    try:
+        return _one_decoder.decode(raw)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"invalid JSON: {exc}") from None
 
 
 def encode_event(event: Event) -> bytes:

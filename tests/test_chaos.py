@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 SEED = 1
 DECODERS = [
-    "book.apply(trades)", "book.apply(second_aggs)", "detection._bars_of", "gateway.decode_client",
+    "book.apply(trades)", "book.apply(second_aggs)", "detection.BarGate", "gateway.decode_client",
     "gateway.ChannelMap.parse", "bridge.split_frame", "bridge.Bridge.on_frame", "schemas.polygon.decode_event",
     "schemas.polygon.decode_events", "schemas.bars.decode_bar", "replay.flat_file_events",
 ]  # fmt: skip

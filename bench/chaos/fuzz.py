@@ -331,9 +331,9 @@ class BookTarget(Target):
 
 
 class BarsOfTarget(Target):
-    """`flows.detection._bars_of` on raw bars-topic values; accepted bars go on to `DetectorTarget`."""
+    """The detection flow's gate (`flows.detect.operators.BarGate`) on raw bars-topic values; accepted bars go on to `DetectorTarget`."""
 
-    name = "detection._bars_of"
+    name = "detection.BarGate"
     batch = (1, 16)
     nullable = True
 
@@ -342,11 +342,13 @@ class BarsOfTarget(Target):
         from bytewax.connectors.kafka import KafkaSinkMessage
 
         from connectors.kafka_source import RawBatch
-        from flows.detection import _bars_of
+        from flows.detect.operators import BarGate
+        from flows.settings import Settings
         from schemas.status import DEAD_LETTER_KINDS
 
+        gate = BarGate(Settings(), None)  # one partition's gate, its watermark and held bars carried on
         self._seeds = seeds.bar_series + seeds.bars
-        self._bars_of, self._RawBatch, self._Letter = _bars_of, RawBatch, KafkaSinkMessage
+        self._bars_of, self._RawBatch, self._Letter = (lambda batch: gate.on_batch([batch])[0]), RawBatch, KafkaSinkMessage
         self._kinds = {k.encode() for k in DEAD_LETTER_KINDS}
         self.detector = detector
         self._offset = 0
@@ -394,7 +396,7 @@ class BarsOfTarget(Target):
 
 
 class DetectorTarget(Target):
-    """`BarDetector.on_bar` (the detection step) on every bar `_bars_of` accepted, snapshots included."""
+    """`BarDetector.on_bar` (the detection step) on every bar the gate accepted, snapshots included."""
 
     name = "detection.on_bar"
 
@@ -574,13 +576,13 @@ class RedisMessageTarget(Target):
 
 
 class SplitFrameTarget(Target):
-    """`connectors.polygon_bridge.split_frame` on WebSocket frames."""
+    """`connectors.feed_frames.split_frame` on WebSocket frames: it never raises, it returns what it refused."""
 
     name = "bridge.split_frame"
 
     def __init__(self, seeds: Seeds) -> None:
         super().__init__()
-        from connectors.polygon_bridge import split_frame
+        from connectors.feed_frames import split_frame
 
         self._split, self._seeds = split_frame, seeds.frames
 
@@ -593,12 +595,14 @@ class SplitFrameTarget(Target):
     def check(self, records: list[Any]) -> None:
         for record in records:
             try:
-                self._split(record)
-                self.tally.accepted += 1
-            except MSGSPEC_ERRORS:
-                self.tally.refused += 1
+                split = self._split(record)
             except Exception as exc:  # noqa: BLE001
                 self.tally.crash(exc, record)
+                continue
+            if split.refused:
+                self.tally.refused += 1
+            else:
+                self.tally.accepted += 1
 
 
 class _StubProducer:
@@ -875,7 +879,7 @@ def run_fuzz(records_per_target: int, examples_per_target: int, seed: int = 1, l
              only: Sequence[str] = ()) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Fuzz every target (or those named in `only`); returns each one's tally by name.
 
-    `detection.on_bar` is fed by `detection._bars_of` (the bars it accepts) and reported after it.
+    `detection.on_bar` is fed by the detection flow's gate (the bars it accepts) and reported after it.
     """
     results: dict[str, dict[str, Any]] = {}
     every = targets(Seeds())
@@ -892,6 +896,6 @@ def run_fuzz(records_per_target: int, examples_per_target: int, seed: int = 1, l
             d = target.detector.tally
             d.seconds = t.seconds
             results[target.detector.name] = d.as_dict()
-            log(f"fuzz {target.detector.name}: {d.records:,} bars that _bars_of accepted, {d.crashes:,} crashes, "
+            log(f"fuzz {target.detector.name}: {d.records:,} bars that the gate accepted, {d.crashes:,} crashes, "
                 f"{d.violations:,} violations")  # fmt: skip
     return results
