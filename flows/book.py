@@ -69,10 +69,11 @@ class Counts(msgspec.Struct):
     future: int = 0
     capacity: int = 0
     held: int = 0  # events held for a watermark jump (then applied, or refused as `future`)
+    too_large: int = 0
 
     @property
     def refused(self) -> int:
-        return self.malformed + self.too_late + self.unknown_condition + self.future + self.capacity
+        return self.malformed + self.too_late + self.unknown_condition + self.future + self.capacity + self.too_large
 
 
 class BarBook:
@@ -122,12 +123,16 @@ class BarBook:
         """
         if positions is None:
             positions = range(len(values))
+        if values and max(map(len, filter(None, values)), default=0) > MAX_EVENT_BYTES:  # one C pass: rare
+            values, positions, oversized = _without_oversized(values, positions)
+        else:
+            oversized = []
         if self.source == "trades":
             finals, rejects = self._apply_trades(values, positions, jump=False)
         else:
             finals, rejects = self._apply_seconds(values, positions, jump=False)
-        self.counts.events += len(values)
-        return finals, rejects
+        self.counts.events += len(values) + len(oversized)
+        return finals, self._count(oversized) + rejects if oversized else rejects
 
     def drain_held(self) -> list[Reject]:
         """End of a finite input: events still held for an unconfirmed jump are refused as `future`."""
@@ -471,6 +476,21 @@ class BarBook:
 
 
 _NULL = "null value (a Kafka tombstone): an event is a JSON object"
+MAX_EVENT_BYTES = 16 * 1024  # a Polygon event is ~150 bytes; every field it may carry is bounded
+
+
+def _without_oversized(
+    values: Sequence[bytes | None], positions: Sequence[int]
+) -> tuple[list[bytes | None], list[int], list[Reject]]:
+    """The batch without events over MAX_EVENT_BYTES (refused as `too_large`), in order."""
+    kept, where, refused = [], [], []
+    for value, position in zip(values, positions, strict=True):
+        if value is not None and len(value) > MAX_EVENT_BYTES:
+            refused.append(Reject(position, "too_large", f"{len(value)} bytes; an event may have at most {MAX_EVENT_BYTES}", value))
+        else:
+            kept.append(value)
+            where.append(position)
+    return kept, where, refused
 
 
 def _too_late(t: int, start: int, watermark: int, lateness_ms: int) -> str:

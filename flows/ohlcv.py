@@ -48,8 +48,12 @@ EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by o
 WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
 OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
 SYMBOLS = Gauge("tickstock_bar_state_symbols", "Symbols with state in the partition, by holder", ["partition", "state"])
-OUTCOMES = ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition", "future", "capacity", "held")
+OUTCOMES = ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition", "future", "capacity",
+            "too_large", "held")
 CAUGHT_UP_FRESH_S = 3.0  # a caught-up marker older than this says nothing about the source now
+# After a silent gap in the evidence (the broker was away), the producers upstream may still be
+# reconnecting (librdkafka backs off up to 10 s) with what they buffered: idleness counts after that.
+RECONNECT_GRACE_S = 10.0
 
 Output = Bar | KafkaSinkMessage | HighLowEvent | FlowHealth
 # partition, bar book, session extremes (None when off), the cutoff for their database references
@@ -107,6 +111,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         now = time.monotonic()
         self.last_input = now  # wall-clock time of the last data or idle advance
         self.caught_up_at = -1e9  # wall-clock time of the source's last caught-up marker
+        self.idle_from = now  # idleness counts from here at the earliest (a new run of caught-up evidence)
         self.last_live = now
         self.reported = Counts()
         self.last_health = now
@@ -122,7 +127,7 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         for batch in batches:
             if not batch.values:
                 if batch.caught_up:
-                    self.caught_up_at = now
+                    self._caught_up(now)
                 continue
             data = True
             finals, rejects = self.book.apply(batch.values, batch.offsets)
@@ -137,15 +142,22 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         self._tick(now, out)
         return out, StatefulBatchLogic.RETAIN
 
+    def _caught_up(self, now: float) -> None:
+        """The source had read everything and the broker answered: evidence that silence is silence."""
+        if now - self.caught_up_at > CAUGHT_UP_FRESH_S:  # a new run of evidence: idleness counts from here
+            silent_gap = self.caught_up_at > 0 and self.last_input <= self.caught_up_at
+            self.idle_from = now + (RECONNECT_GRACE_S if silent_gap else 0.0)
+        self.caught_up_at = now
+
     def on_notify(self) -> tuple[list[Output], bool]:
         now = time.monotonic()
         out: list[Output] = []
-        idle = now - self.last_input
+        idle = now - max(self.last_input, self.idle_from)
         source_caught_up = now - self.caught_up_at <= CAUGHT_UP_FRESH_S
         if idle >= self.idle_after and self.book.watermark and source_caught_up:
             # A silent partition must still close its bars: let event time follow the wall clock.
-            # Only while the source has read everything and the broker answers: an outage is
-            # not silence, and trades buffered upstream meanwhile must still find their bars open.
+            # Only for the time the source has been caught up with a broker that answers: an outage
+            # is not silence, and trades buffered upstream meanwhile must still find their bars open.
             out.extend(self.book.advance(self.book.watermark + int(idle * 1000)))
             self.last_input = now
         self._tick(now, out)
@@ -244,7 +256,8 @@ class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             revisions=counts.revisions,
             watermark=self.book.watermark or None,
             watermark_lag_s=round(lag, 1) if lag is not None else None,
-            dead_letters={k: getattr(counts, k) for k in ("malformed", "too_late", "future", "unknown_condition", "capacity")},
+            dead_letters={k: getattr(counts, k) for k in ("malformed", "too_large", "too_late", "future", "unknown_condition",
+                                                          "capacity")},
             held=len(self.book.horizon.held),
             symbols=self.book.symbols,
             highlow_symbols=self.extremes.symbols if self.extremes is not None else None,

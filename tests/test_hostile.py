@@ -73,14 +73,16 @@ POISON: list[tuple[str, bytes | None, str]] = [
     ("size above 2**64", b'{"ev":"T","sym":"AAA","x":4,"i":"9","p":1.0,"s":18446744073709551621,"t":1793629800001}', "malformed"),
     ("price inf", b'{"ev":"T","sym":"AAA","x":4,"i":"9","p":1e999,"s":1,"t":1793629800001}', "malformed"),
     ("price NaN", b'{"ev":"T","sym":"AAA","x":4,"i":"9","p":NaN,"s":1,"t":1793629800001}', "malformed"),
-    ("a 1 MB record", b'{"ev":"T","sym":"' + b"A" * 1_000_000 + b'"}', "malformed"),
+    ("a 1 MB record", b'{"ev":"T","sym":"' + b"A" * 1_000_000 + b'"}', "too_large"),
+    ("a valid trade padded to 1 MB", orjson.dumps(trade("AAA", DEFAULT_START_MS + 1, pad="x" * 1_000_000)), "too_large"),
     ("unicode symbol", orjson.dumps(trade("ÄPFEL", DEFAULT_START_MS + 1)), "malformed"),
     ("lone surrogate", b'{"ev":"T","sym":"\\ud800","x":4,"i":"9","p":1.0,"s":1,"t":1793629800001}', "malformed"),
     ("slash symbol", orjson.dumps(trade("TEST/WS", DEFAULT_START_MS + 1)), "malformed"),
     ("huge trade id", orjson.dumps(trade("AAA", DEFAULT_START_MS + 1, i="7" * 10_000)), "malformed"),
     ("unknown condition", orjson.dumps(trade("AAA", DEFAULT_START_MS + 1, c=[999])), "unknown_condition"),
     ("condition beyond int64", b'{"ev":"T","sym":"AAA","x":4,"i":"9","p":1.0,"s":1,"t":1793629800001,"c":[99999999999999999999]}', "malformed"),
-    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "malformed"),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "too_large"),
+    ("deep nesting in a field", b'{"ev":"T","x":' + b"[" * 5_000 + b"]" * 5_000 + b"}", "malformed"),
     ("a quote", orjson.dumps({"ev": "Q", "sym": "AAA", "bp": 1.0, "ap": 2.0, "t": DEFAULT_START_MS}), "malformed"),
 ]
 
@@ -112,7 +114,7 @@ def test_poison_of_every_class_is_dead_lettered_and_good_trades_give_exact_bars(
         for headers, value in items:
             assert headers["dlq.reason"] and len(headers["dlq.reason"]) <= 1000
             assert value is None or len(value) <= MAX_VALUE_BYTES
-    (big,) = [(h, v) for h, v in letters["malformed"] if h["dlq.size"] == str(len(POISON[11][1]))]
+    (big,) = [(h, v) for h, v in letters["too_large"] if h["dlq.size"] == str(len(POISON[11][1]))]
     assert big[0]["dlq.truncated"] == "true" and len(big[0]["dlq.sha256"]) == 64 and big[1] == POISON[11][1][:MAX_VALUE_BYTES]
     (future,) = letters["future"]
     assert "ahead of the wall clock" in future[0]["dlq.reason"]
@@ -306,6 +308,35 @@ def test_an_idle_partition_follows_the_wall_clock_only_while_its_source_is_caugh
     time.sleep(0.05)
     out, _ = logic.on_notify()
     assert [(o.symbol, o.status) for o in out if isinstance(o, Bar) and o.status == "final"] == [("IDLE", "final")]
+
+
+def test_after_an_outage_idleness_counts_only_once_producers_upstream_had_time_to_reconnect(services, monkeypatch):
+    """The broker was away (no evidence for a while, no data): the first caught-up marker after it
+    must not close bars at once, or the trades producers buffered meanwhile would come too late."""
+    from connectors.kafka_source import RawBatch
+    from flows import ohlcv
+
+    clock = [1000.0]
+    monkeypatch.setattr(ohlcv.time, "monotonic", lambda: clock[0])
+    s = base_settings(idle_advance_s=1, live_update_interval_s=60, bar_close_delay_s=0)
+    logic = BookLogic(s, NO_DETECTION, None)
+    now = int(time.time() * 1000)
+    t = now - 300_000 - now % 60_000 + 59_990
+    logic.on_batch([RawBatch("t", 0, range(1), [orjson.dumps(trade("GAP", t))])])
+    logic.on_batch([RawBatch("t", 0, (), [], caught_up=True)])
+    clock[0] += 30  # the outage: no markers, no data
+    logic.on_batch([RawBatch("t", 0, (), [], caught_up=True)])  # the broker is back
+    clock[0] += 2
+
+    def finals() -> list:
+        out, _ = logic.on_notify()
+        return [o.symbol for o in out if isinstance(o, Bar) and o.status == "final"]
+
+    assert finals() == [], "idle for 32 s, but caught up for 2: the producers upstream may still be reconnecting"
+    for _ in range(int(ohlcv.RECONNECT_GRACE_S) + 1):
+        clock[0] += 1
+        logic.on_batch([RawBatch("t", 0, (), [], caught_up=True)])
+    assert finals() == ["GAP"]
 
 
 def test_bad_settings_stop_a_flow_with_the_variable_named_and_exit_code_2(settings):

@@ -221,7 +221,7 @@ def poison_records(settings: Any, feed: list[Record], start_ms: int, wall_s: flo
     add(t, "zero_width_symbol", trade(12, sym="A\u200bB"), ("malformed",))
     add(t, "unknown_condition", trade(13, c=[999]), ("unknown_condition",))
     add(t, "invalid_utf8_symbol", trade(14, sym="AA\x00PL").replace(b"\\u0000", b"\xff"), ("malformed",))
-    add(t, "deep_nesting", trade(15, zz=deep(100_000)), ("malformed",))
+    add(t, "deep_nesting", trade(15, zz=deep(100_000)), ("too_large", "malformed"))
     add(t, "lone_surrogate", trade(16, sym="\ud800AAPL"), ("malformed",))
     b = settings.topic_bars
     victim = rng.choice(symbols)
@@ -230,7 +230,7 @@ def poison_records(settings: Any, feed: list[Record], start_ms: int, wall_s: flo
     add(b, "bar_in_2099", dumps(bar), ("future",), symbol=victim)
     add(b, "bar_garbage", b"\x00\xffgarbage" + bytes(rng.getrandbits(8) for _ in range(32)), ("malformed",))
     add(b, "bar_tombstone", None, ("malformed",))
-    add(b, "bar_deep_nesting", dumps(bar | {"zz": deep(100_000)}), ("malformed",), symbol=victim)
+    add(b, "bar_deep_nesting", dumps(bar | {"zz": deep(100_000)}), ("too_large", "malformed"), symbol=victim)
     add(b, "bar_invalid_utf8", dumps(bar | {"timestamp": now_clock - now_clock % MINUTE_MS}).replace(b'"1m"', b'"1m\xff"'),
         ("malformed",), symbol=victim)  # fmt: skip
     extreme = bar | {"symbol": "ZZPOISON", "timestamp": now_clock - now_clock % MINUTE_MS, "open": 1e308, "high": 1e308,

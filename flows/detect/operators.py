@@ -24,6 +24,7 @@ from connectors.bar_history import BarHistory, BarRow
 from connectors.dead_letter import letter
 from connectors.kafka_source import RawBatch
 from flows.bars import MINUTE_MS
+from flows.book import MAX_EVENT_BYTES
 from flows.detect.bar_detector import BarDetector, DetectionParams
 from flows.detect.settings import DetectionSettings
 from flows.event_time import Horizon
@@ -95,6 +96,10 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
         for offset, raw in zip(offsets, values, strict=True):
             if raw is None:
                 out.append(self._letter(topic, partition, offset, raw, "malformed", "null value (a Kafka tombstone): a bar is a JSON object"))
+                continue
+            if len(raw) > MAX_EVENT_BYTES:
+                out.append(self._letter(topic, partition, offset, raw, "too_large",
+                                        f"{len(raw)} bytes; a bar may have at most {MAX_EVENT_BYTES}"))  # fmt: skip
                 continue
             try:
                 bar = decode(raw)
