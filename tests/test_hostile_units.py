@@ -12,7 +12,7 @@ import math
 import msgspec
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -138,3 +138,35 @@ def test_every_setting_takes_any_text_or_refuses_it_with_a_validation_error(name
         return
     for field, got in s.model_dump().items():
         assert not (isinstance(got, float) and not math.isfinite(got)), field
+
+
+DETECTION_VARIABLES = [
+    "DETECT_ENABLED", "DETECT_HIGHLOW__COOLDOWN_S", "DETECT_HIGHLOW__N_DAYS", "DETECT_HIGHLOW__TIERS",
+    "DETECT_TREND__BARS", "DETECT_TREND__MIN_STRENGTH", "DETECT_SURGE__VOLUME_MULTIPLE", "DETECT_SURGE__PRICE_PCT",
+    "DETECT_PATTERNS__NAMES", "DETECT_INDICATORS__WINDOW", "DETECT_INDICATORS__BB_STDDEV",
+    "DETECT_ALERTS__RSI_UPPER", "DETECT_ALERTS__CRITICAL",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("variable", DETECTION_VARIABLES)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(st.text(max_size=40), st.sampled_from(["nan", "inf", "1e400", "-1", str(2**64), "[]", "{}", "null"])))
+def test_every_detection_setting_takes_any_text_or_names_itself_in_the_error(variable, value, monkeypatch):
+    from flows.detect.settings import DetectionConfigError, load
+
+    assume("\x00" not in value)  # no environment variable can hold a NUL
+    monkeypatch.setenv(variable, value)
+    try:
+        cfg = load()
+    except DetectionConfigError as exc:
+        assert "DETECT_" in str(exc)
+        return
+    assert all(math.isfinite(v) for v in _numbers(cfg.model_dump()))
+
+
+def _numbers(value: object) -> list[float]:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []

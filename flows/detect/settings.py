@@ -14,6 +14,7 @@ setting, so a typo stops the flow before it reads a single tick.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,17 +41,18 @@ def _comma_list(value: Any) -> Any:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Bounded and finite everywhere: no setting may overflow a window, a timer or an integer.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     enabled: bool = True
 
 
 class PriceTier(BaseModel):
     """From `min_price` up, a break must move the extreme by `min_move` dollars or `min_move_pct` percent."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    min_price: float = Field(ge=0)
-    min_move: float = Field(gt=0)
-    min_move_pct: float = Field(gt=0)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    min_price: float = Field(ge=0, le=1e8)
+    min_move: float = Field(gt=0, le=1e8)
+    min_move_pct: float = Field(gt=0, le=100)
 
 
 # The old TickStock's tiers (its users tuned alerts to them): the smaller of the two minimums counts.
@@ -65,9 +67,9 @@ OLD_TIERS = (
 class HighLowSettings(_Section):
     """New session (US/Eastern trading day) highs and lows, on trades; N-day highs and lows."""
 
-    cooldown_s: float = Field(1.0, ge=0, description="per symbol and side, in event time")
-    tiers: tuple[PriceTier, ...] = OLD_TIERS
-    n_days: int = Field(20, ge=0, description="prior sessions for N-day highs/lows; 0 = off")
+    cooldown_s: float = Field(1.0, ge=0, le=86_400, description="per symbol and side, in event time")
+    tiers: tuple[PriceTier, ...] = Field(OLD_TIERS, max_length=32)
+    n_days: int = Field(20, ge=0, le=260, description="prior sessions for N-day highs/lows; 0 = off")
 
     @model_validator(mode="after")
     def _tiers_ascending(self) -> HighLowSettings:
@@ -85,9 +87,9 @@ class TrendSettings(_Section):
 
 
 class SurgeSettings(_Section):
-    volume_multiple: float = Field(3.0, gt=1, description="bar volume >= this x mean of the previous bars")
+    volume_multiple: float = Field(3.0, gt=1, le=1e6, description="bar volume >= this x mean of the previous bars")
     volume_bars: int = Field(20, ge=2, le=400)
-    price_pct: float = Field(1.0, gt=0, description="close moved this many percent ...")
+    price_pct: float = Field(1.0, gt=0, le=1000, description="close moved this many percent ...")
     price_bars: int = Field(5, ge=1, le=400, description="... within this many bars")
 
 
@@ -103,15 +105,15 @@ class IndicatorSettings(_Section):
     default), 2e-8 at 300, 3e-5 at 200 (measured on a random walk around 100).
     """
 
-    sma_period: int = Field(20, ge=2)
-    ema_period: int = Field(20, ge=2)
-    rsi_period: int = Field(14, ge=2)
-    macd_fast: int = Field(12, ge=2)
-    macd_slow: int = Field(26, ge=2)
-    macd_signal: int = Field(9, ge=1)
-    bb_period: int = Field(20, ge=2)
-    bb_stddev: float = Field(2.0, gt=0)
-    atr_period: int = Field(14, ge=1)
+    sma_period: int = Field(20, ge=2, le=2500)
+    ema_period: int = Field(20, ge=2, le=2500)
+    rsi_period: int = Field(14, ge=2, le=2500)
+    macd_fast: int = Field(12, ge=2, le=2500)
+    macd_slow: int = Field(26, ge=2, le=2500)
+    macd_signal: int = Field(9, ge=1, le=2500)
+    bb_period: int = Field(20, ge=2, le=2500)
+    bb_stddev: float = Field(2.0, gt=0, le=100)
+    atr_period: int = Field(14, ge=1, le=2500)
     window: int = Field(400, ge=50, le=5000)
 
     @model_validator(mode="after")
@@ -140,7 +142,8 @@ class AlertSettings(_Section):
 
 class DetectionSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="DETECT_", env_nested_delimiter="__", case_sensitive=False, extra="forbid", frozen=True
+        env_prefix="DETECT_", env_nested_delimiter="__", case_sensitive=False, extra="forbid", frozen=True,
+        allow_inf_nan=False,
     )
 
     enabled: bool = True
@@ -192,7 +195,13 @@ def load() -> DetectionSettings:
         source = f" (environment and {path})" if path else ""
         raise DetectionConfigError(f"invalid detection settings{source}: " + "; ".join(problems)) from None
     except ValueError as exc:  # malformed TOML or a variable that is not JSON where JSON is needed
-        raise DetectionConfigError(f"invalid detection settings: {exc}") from None
+        field = re.search(r'field "(\w+)"', str(exc))
+        named = ""
+        if field:
+            prefix = f"DETECT_{field[1].upper()}"
+            culprits = sorted(k.upper() for k in os.environ if k.upper().startswith(prefix))
+            named = f" ({', '.join(culprits) or prefix + '__*'}: not JSON where a list or table is needed)"
+        raise DetectionConfigError(f"invalid detection settings: {exc}{named}") from None
 
 
 def load_or_exit(component: str) -> DetectionSettings:
