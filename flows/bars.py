@@ -26,6 +26,30 @@ MINUTE_MS = 60_000
 __all__ = ["ALL", "MINUTE_MS", "MinuteBar"]
 
 
+
+MAX_TRADES_PER_SECOND = 1 << 20
+"""The most trades one per-second aggregate may add: 60 seconds of it stay far below the bar's
+INTEGER `trades` column, whatever average size a feed claims (1e-300 would otherwise add 1e300)."""
+
+
+def estimated_trades(agg: SecondAgg) -> int:
+    """Trades in a per-second aggregate, from its volume and average size (`z`).
+
+    No trade has less than one share, so the estimate never exceeds the volume; an absent, zero or
+    negative average size gives no estimate.
+
+    >>> from schemas.polygon import SecondAgg
+    >>> a = dict(symbol="X", volume=300, open=1.0, close=1.0, high=1.0, low=1.0, start=0, end=1000)
+    >>> estimated_trades(SecondAgg(**a, average_size=100.0)), estimated_trades(SecondAgg(**a, average_size=1e-300))
+    (3, 300)
+    >>> estimated_trades(SecondAgg(**a)), estimated_trades(SecondAgg(**a, average_size=-5.0))
+    (0, 0)
+    """
+    size = agg.average_size
+    if size is None or not size > 0:
+        return 0
+    return round(min(agg.volume / size, agg.volume, MAX_TRADES_PER_SECOND))
+
 class MinuteBar:
     """Accumulates one bucket. `seen` holds the ids of what it already counted."""
 
@@ -100,8 +124,7 @@ class MinuteBar:
             self.close, self.close_t = agg.close, s
         self.volume += agg.volume
         self.notional += (agg.vwap if agg.vwap is not None else agg.close) * agg.volume
-        if agg.average_size:
-            self.trades += round(agg.volume / agg.average_size)
+        self.trades += estimated_trades(agg)
 
     @property
     def vwap(self) -> float | None:

@@ -152,6 +152,51 @@ def read_dead_letters(bootstrap: str, topic: str, partitions: int, timeout_s: fl
     return out
 
 
+def settle_deliveries(bootstrap: str, records: list[Record], timeout_s: float = 20.0) -> int:
+    """Give each record whose delivery report failed or never came the place the broker gave it.
+
+    Across an outage a producer may lose the broker's answer to a write that did land (the
+    broker stored it; the retry is refused or the report carries an error). The flow then sees a
+    record the feeder thinks unpublished: the oracle must count what the topic holds, not what
+    the reports said. Matched by value among the records of the same topic and key; returns how
+    many records were settled this way.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    pending: dict[tuple[str, bytes | None, bytes | None], list[Record]] = {}
+    for r in records:
+        if r.offset is None:
+            pending.setdefault((r.topic, r.key, r.value), []).append(r)
+    if not pending:
+        return 0
+    known = {(r.topic, r.partition, r.offset) for r in records if r.offset is not None}
+    settled = 0
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-settle", "enable.partition.eof": True,
+                         "enable.auto.commit": False, "fetch.max.bytes": 52_428_800})  # fmt: skip
+    try:
+        for topic in sorted({t for t, _, _ in pending}):
+            partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            ended: set[int] = set()
+            deadline = time.monotonic() + timeout_s
+            while len(ended) < len(partitions) and time.monotonic() < deadline:
+                for m in consumer.consume(1000, 0.5):
+                    if m.error() is not None:
+                        ended.add(m.partition())
+                        continue
+                    if (topic, m.partition(), m.offset()) in known:
+                        continue
+                    waiting = pending.get((topic, m.key(), m.value()))
+                    if waiting:
+                        record = waiting.pop(0)
+                        record.partition, record.offset = m.partition(), m.offset()
+                        settled += 1
+            consumer.unassign()
+    finally:
+        consumer.close()
+    return settled
+
+
 def check_dead_letters(records: list[Record], letters: list[tuple[dict[str, str], bytes | None]]) -> dict[str, Any]:
     """Dead letters by kind, those expected, and every record that did not get what it should."""
     by_source: dict[tuple[str, int, int], set[str]] = {}

@@ -312,6 +312,7 @@ class Outcome:
     crashes: int = 0
     time_to_recover_s: float | None = None
     caught_up_after_feed_s: float | None = None
+    settled_deliveries: int = 0  # records the broker stored though their delivery report failed or never came
     redis: dict[str, Any] = field(default_factory=dict)
     detection: dict[str, Any] | None = None
     revisions_differ_from_uninterrupted: int | None = None
@@ -471,6 +472,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         feed_end = time.monotonic()
         if feeder.failure or feeder.unflushed:
             out.problems.append(f"feeder: {feeder.failure or ''} {feeder.unflushed} records unflushed".strip())
+        out.settled_deliveries = compare.settle_deliveries(bootstrap, records)
         expected = compare.oracle_bars(records)
         out.caught_up_after_feed_s = _drain(env.database_url, expected, recorder, profile, feed_end, since)
         monitor.stop_event.set()
