@@ -24,16 +24,11 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from schemas.events import ALERT_RULES
+from schemas.events import ALERT_RULES, EVENT_TABLE_KINDS
+from schemas.timeframes import TIMEFRAMES as _TIMEFRAMES
 
-TIMEFRAMES: Final[dict[str, str]] = {
-    "1m": "ohlcv_1min",
-    "5m": "ohlcv_5min",
-    "15m": "ohlcv_15min",
-    "1h": "ohlcv_1hour",
-    "1d": "ohlcv_1day",  # UTC calendar days
-}
-EVENT_KINDS: Final[tuple[str, ...]] = ("highlow", "trend", "surge", "pattern")  # events.kind (0003_detection)
+TIMEFRAMES: Final[dict[str, str]] = {t.name: t.table for t in _TIMEFRAMES.values()}  # name -> table or view
+EVENT_KINDS: Final[tuple[str, ...]] = EVENT_TABLE_KINDS
 SEVERITIES: Final[tuple[str, ...]] = ("warning", "critical")
 
 _TIME = pl.Datetime("us", "UTC")

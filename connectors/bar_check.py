@@ -26,7 +26,7 @@ import polars as pl
 
 from connectors.replay import FlatFileError, flat_file_events, read_flat_file
 from flows.book import BarBook
-from flows.conditions import ConditionRules
+from schemas.conditions import ConditionRules
 
 MINUTE_MS = 60_000
 BAR_COLUMNS = {

@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from connectors.postgres import Database
-from flows.detect.highlow import Reference
-from flows.detect.sessions import session_of
+from schemas.sessions import Reference, session_of
 
 BarRow = tuple[int, float, float, float, float, float, float]  # start ms, open, high, low, close, volume, vwap
 

@@ -58,7 +58,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.bridge_spool import Record, Spool, SpoolError
 from connectors.dead_letter import SHA256, TRUNCATED, letter
-from connectors.feed_frames import Head, split_frame as _split
+from connectors.feed_frames import Head
+from connectors.feed_frames import split_frame as _split
 from connectors.kafka_errors import DEAD_LETTER, RENEW, STOP, TAKEN_BACK, judge
 from flows.settings import Settings
 from schemas.symbols import RULE, SYMBOL_PATTERN, is_symbol

@@ -17,9 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
-
 import msgspec
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 from connectors.dead_letter import error_record, letter
 from connectors.event_store import EventStore

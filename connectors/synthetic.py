@@ -24,7 +24,6 @@ way to carry volume without prices.
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import itertools
 import math
@@ -36,11 +35,11 @@ from bisect import bisect
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple, TypeVar
 
 import orjson
 
+from schemas.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME, ConditionRules
 from schemas.polygon import Quote, SecondAgg, Trade, encode_event
 
 if TYPE_CHECKING:
@@ -67,7 +66,6 @@ LATE_MS: Final = (60_000, 840_000)  # 1-14 min: inside the default 15-minute all
 TOO_LATE_MS: Final = (1_200_001, 1_800_000)  # > 20 min: even its bar's end is > 19 min old
 DUPLICATE_WINDOW: Final = 512  # a duplicate re-sends one of the last N trades (and <= 1 s of events)
 
-RULES_CSV: Final = Path(__file__).resolve().parent.parent / "flows" / "conditions.csv"
 
 
 class FeedEvent(NamedTuple):
@@ -178,32 +176,6 @@ PROFILES: Final = (
     TradeProfile(30, (32,), ROUND, True),  # sold out of sequence: high/low + volume
 )
 
-HIGH_LOW, OPEN_CLOSE, VOLUME = 1, 2, 4
-ALL_FIELDS: Final = HIGH_LOW | OPEN_CLOSE | VOLUME
-INTRADAY_OVERRIDES: Final = {12: ALL_FIELDS}  # the brief's Form T exception
-
-
-def load_update_masks(path: Path = RULES_CSV) -> dict[int, int]:
-    """Condition code -> bar fields it may update, so `A` aggregates follow Polygon's rules."""
-    masks: dict[int, int] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            masks[int(row["id"])] = (
-                (HIGH_LOW if row["updates_high_low"] == "true" else 0)
-                | (OPEN_CLOSE if row["updates_open_close"] == "true" else 0)
-                | (VOLUME if row["updates_volume"] == "true" else 0)
-            )
-    return masks | INTRADAY_OVERRIDES
-
-
-def profile_mask(conditions: tuple[int, ...], masks: dict[int, int]) -> int:
-    """A trade updates a field only if every one of its conditions allows it."""
-    mask = ALL_FIELDS
-    for code in conditions:
-        mask &= masks[code]
-    return mask
-
-
 def make_symbols(n: int, rng: random.Random) -> list[str]:
     """`n` unique 1-5 letter tickers, mostly 3-4 letters like listed US stocks."""
     lengths = (1,) + (2,) * 5 + (3,) * 30 + (4,) * 54 + (5,) * 10
@@ -275,10 +247,10 @@ class SyntheticFeed:
     def __init__(self, config: FeedConfig, clock: Callable[[], int] | None = None) -> None:
         self.config = config
         self.clock = clock  # real-time runs: epoch-ms wall clock; breaks determinism by design
-        self.masks = load_update_masks()
+        self.rules = ConditionRules.load()
 
     def __iter__(self) -> Iterator[FeedEvent]:
-        return _FeedRun(self.config, self.masks, self.clock).events()
+        return _FeedRun(self.config, self.rules, self.clock).events()
 
 
 def generate(clock: Callable[[], int] | None = None, **config: object) -> Iterator[FeedEvent]:
@@ -289,7 +261,7 @@ def generate(clock: Callable[[], int] | None = None, **config: object) -> Iterat
 class _FeedRun:
     """Mutable state of one pass over the feed (prices, sequences, trade ids, recent trades)."""
 
-    def __init__(self, config: FeedConfig, masks: dict[int, int], clock: Callable[[], int] | None) -> None:
+    def __init__(self, config: FeedConfig, rules: ConditionRules, clock: Callable[[], int] | None) -> None:
         self.config = config
         self.clock = clock
         self.rng = rng = random.Random(config.seed)
@@ -304,9 +276,9 @@ class _FeedRun:
         self.trade_ids = [0] * (config.symbols * 32)  # per (symbol, exchange)
         self.exchanges = [x for x, share in EXCHANGE_SHARE.items() for _ in range(share)]  # 100
         self.quote_exchanges = [x for x in self.exchanges if x != TRF_EXCHANGE]
-        profiles = [(p, profile_mask(p.conditions, masks)) for p in PROFILES]
+        profiles = [(p, rules.mask(p.conditions)) for p in PROFILES]
         if config.condition_mix == "regular":
-            profiles = [(p, mask) for p, mask in profiles if mask == ALL_FIELDS]
+            profiles = [(p, mask) for p, mask in profiles if mask == ALL]
         self.profiles = [p for p, _ in profiles]
         self.profile_masks = [mask for _, mask in profiles]
         window = max(1, min(DUPLICATE_WINDOW, int(config.rate)))

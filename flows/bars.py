@@ -17,9 +17,8 @@ False
 from __future__ import annotations
 
 from schemas.bars import Bar
+from schemas.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME
 from schemas.polygon import SecondAgg
-
-from flows.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME
 
 MINUTE_MS = 60_000
 

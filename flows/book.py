@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
-from flows.conditions import ALL, ConditionRules, UnknownCondition
 from flows.event_time import NEVER, Horizon
 from schemas.bars import Bar
+from schemas.conditions import ALL, ConditionRules, UnknownCondition
 from schemas.polygon import DECODE_ERRORS, MinuteAgg, Quote, SecondAgg, Trade
 from schemas.symbols import RULE as SYMBOL_RULE
 from schemas.symbols import is_symbol

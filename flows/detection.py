@@ -24,10 +24,10 @@ from bytewax.dataflow import Dataflow
 from connectors.dead_letter import dead_letter_sink, letter_key
 from connectors.kafka_source import KafkaBatchSource
 from connectors.sinks import event_sink
+from flows import settings as flow_settings
 from flows.detect import settings as detect_settings
 from flows.detect.operators import detect_on_bars, gate_bars
 from flows.detect.settings import DetectionSettings
-from flows import settings as flow_settings
 from flows.settings import Settings
 
 log = logging.getLogger("tickstock.detection")

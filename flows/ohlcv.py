@@ -29,16 +29,16 @@ from connectors.dead_letter import dead_letter_sink, error_record, letter, lette
 from connectors.kafka_sink import Record, TopicSink
 from connectors.kafka_source import KafkaBatchSource, RawBatch
 from connectors.sinks import event_sink, final_bar_sink, live_bar_sink, status_sink
+from flows import settings as flow_settings
 from flows.book import BarBook, Counts, Reject
-from flows.conditions import ConditionRules
-from flows.event_time import Horizon
 from flows.detect import settings as detect_settings
 from flows.detect.highlow import SessionExtremes
 from flows.detect.operators import history_gap_ms
 from flows.detect.settings import DetectionSettings
-from flows import settings as flow_settings
+from flows.event_time import Horizon
 from flows.settings import Settings
 from schemas.bars import Bar, encode_bar
+from schemas.conditions import ConditionRules
 from schemas.events import Event, HighLowEvent
 from schemas.status import FlowHealth
 

@@ -6,10 +6,9 @@ naming the variable.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import re
 import sys
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError

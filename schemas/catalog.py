@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from schemas.bars import Bar
-from schemas.channels import CATALOG, ChannelSpec, Channels
+from schemas.channels import CATALOG, Channels, ChannelSpec
 from schemas.events import (
     Alert,
     HighLowEvent,

@@ -20,11 +20,12 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta
 
+from schemas.timeframes import TimeframeName as Timeframe
+
 EVENT_SCHEMA_VERSION = 1
 
 Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
 Direction = Literal["up", "down", "neutral"]
-Timeframe = Literal["1m", "5m", "15m", "1h", "1d"]
 ParamValue = Union[int, float, str, bool]
 
 PatternName = Literal[
@@ -169,7 +170,10 @@ class Alert(_Record, tag="alert", kw_only=True):
 
 Event = Union[HighLowEvent, TrendEvent, SurgeEvent, PatternEvent, IndicatorValues, Alert]
 EVENT_TYPES: tuple[type, ...] = (HighLowEvent, TrendEvent, SurgeEvent, PatternEvent, IndicatorValues, Alert)
-KINDS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[attr-defined]
+KINDS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[attr-defined]  # msgspec's struct config is untyped
+EVENT_TABLE_KINDS: tuple[str, ...] = ("highlow", "trend", "surge", "pattern")
+"""The kinds kept in the `events` table (`infra/migrations/0003_detection`); indicators and alerts
+have tables of their own."""
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)

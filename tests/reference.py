@@ -1,7 +1,7 @@
 """Reference 1-minute bars from trades, computed independently with polars.
 
 This is the oracle the flow's bars are compared against, so it shares no code with `flows/`:
-it only reads the same data, the consolidated condition table `flows/conditions.csv`.
+it only reads the same data, the consolidated condition table `schemas/conditions.csv`.
 
 Semantics (Polygon's consolidated update rules, see the brief):
 - trades are de-duplicated on (sym, x, i, trfi), keeping the first;
@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-RULES_CSV = Path(__file__).resolve().parent.parent / "flows" / "conditions.csv"
+RULES_CSV = Path(__file__).resolve().parent.parent / "schemas" / "conditions.csv"
 INTRADAY_FULL_UPDATE = (12,)  # Form T: volume-only in the table, but intraday bars include its prices
 MINUTE_MS = 60_000
 

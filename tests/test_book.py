@@ -9,8 +9,8 @@ import pytest
 
 from flows.bars import MINUTE_MS
 from flows.book import BarBook
-from flows.conditions import ConditionRules
 from schemas.bars import Bar
+from schemas.conditions import ConditionRules
 
 T0 = 1_762_094_400_000  # 2025-11-02 14:40:00 UTC, a minute boundary
 RULES = ConditionRules.load()

@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import pytest
-
 from confluent_kafka import KafkaError, Message
 
 from connectors import polygon_bridge

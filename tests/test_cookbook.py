@@ -12,7 +12,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-
 pytestmark = pytest.mark.integration
 
 COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"

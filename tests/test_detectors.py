@@ -10,9 +10,10 @@ import talib
 
 from flows.detect import indicators, patterns, surge, trend
 from flows.detect.bar_detector import BarDetector, DetectionParams
-from flows.detect.highlow import Reference, SessionExtremes
+from flows.detect.highlow import SessionExtremes
 from flows.detect.settings import AlertSettings, DetectionSettings, HighLowSettings, IndicatorSettings
 from schemas.bars import Bar
+from schemas.sessions import Reference
 
 MINUTE = 60_000
 DAY = 86_400_000
@@ -357,7 +358,7 @@ def test_the_book_reports_just_the_trades_that_can_move_a_session_extreme():
 
     from connectors.synthetic import generate
     from flows.book import BarBook
-    from flows.conditions import ConditionRules
+    from schemas.conditions import ConditionRules
 
     trades = [e.value for e in generate(seed=5, symbols=20, rate=50.0, seconds=20 * 60, condition_mix="regular",
                                         duplicate_ratio=0, out_of_order_ratio=0.05, late_ratio=0.01, too_late_ratio=0,

@@ -13,14 +13,14 @@ import time
 import httpx
 import pytest
 import redis
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from connectors.redis_publish import RedisUnavailable
 from flows.settings import Settings
 from tests.conftest import TEST_DATABASE_URL, free_port, private_redis
 from tests.gateway_harness import WAIT_S, Client, live_bar, running_gateway
-from connectors.redis_publish import RedisUnavailable
 from tests.kafka_proxy import KafkaProxy
 from tests.test_gateway import pattern
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import msgspec
 import pytest
+from fastapi.exceptions import RequestValidationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -28,7 +29,6 @@ from connectors.gateway.fanout import ChannelMap, Message, frame
 from connectors.gateway.protocol import KINDS, BadMessage, Ping, Subscribe, Unsubscribe, decode_client
 from connectors.gateway.rest import parse_time
 from connectors.gateway.settings import GatewaySettings, describe_errors
-from fastapi.exceptions import RequestValidationError
 from schemas.channels import Channels
 from schemas.symbols import is_symbol
 

@@ -25,7 +25,7 @@ from connectors.dead_letter import MAX_VALUE_BYTES
 from connectors.kafka_source import KafkaBatchSource
 from connectors.redis_history import History, HistoryLimits
 from connectors.redis_publish import Publisher
-from connectors.synthetic import DEFAULT_START_MS, generate
+from connectors.synthetic import DEFAULT_START_MS
 from flows import detection as detection_flow
 from flows.detect.settings import DetectionSettings
 from flows.ohlcv import BookLogic, build_flow

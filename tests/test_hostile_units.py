@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from flows.book import BarBook
-from flows.conditions import ConditionRules
 from flows.detect.bar_detector import BarDetector, DetectionParams
 from flows.detect.settings import DetectionSettings
 from flows.event_time import Horizon
 from flows.settings import Settings
 from schemas.bars import Bar
+from schemas.conditions import ConditionRules
 from schemas.status import DEAD_LETTER_KINDS
 
 RULES = ConditionRules.load()

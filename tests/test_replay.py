@@ -158,7 +158,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
-from hypothesis import HealthCheck, given, settings as hypothesis_settings  # noqa: E402
+from hypothesis import HealthCheck, given  # noqa: E402
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st  # noqa: E402
 
 from connectors.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_OFFSET, SOURCE_TOPIC, TRUNCATED  # noqa: E402

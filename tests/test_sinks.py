@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from connectors.postgres import BarStore, DatabaseUnavailable
-from schemas.channels import Channels
 from connectors.redis_publish import BarPublisher, RedisUnavailable
 from schemas.bars import Bar, decode_bar
+from schemas.channels import Channels
 from tests.conftest import TEST_DATABASE_URL, free_port, private_redis
 
 pytestmark = pytest.mark.integration

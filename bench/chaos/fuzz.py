@@ -136,8 +136,8 @@ class Seeds:
     def __init__(self) -> None:
         from connectors.synthetic import generate
         from flows.book import BarBook
-        from flows.conditions import ConditionRules
         from schemas.bars import encode_bar
+        from schemas.conditions import ConditionRules
 
         self.now_ms = int(time.time() * 1000)
         start = self.now_ms - 20 * 60_000
@@ -225,11 +225,12 @@ class BookTarget(Target):
         from connectors.dead_letter import dead_letter
         from connectors.kafka_source import RawBatch
         from flows.book import BarBook
-        from flows.conditions import ConditionRules
-        from flows.detect.highlow import Reference, SessionExtremes
+        from flows.detect.highlow import SessionExtremes
         from flows.detect.settings import HighLowSettings
         from schemas.bars import encode_bar
+        from schemas.conditions import ConditionRules
         from schemas.events import encode_event
+        from schemas.sessions import Reference
         from schemas.status import DEAD_LETTER_KINDS
 
         self.name = f"book.apply({source})"

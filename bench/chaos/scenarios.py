@@ -44,11 +44,10 @@ from bench.chaos.live import (
     free_port,
     port_of,
     start_tansu,
-    wait_for,
     wall_ms,
     with_port,
 )
-from bench.chaos.mutate import YEAR_10000_MS, YEAR_2099_MS, Raw, deep, dumps
+from bench.chaos.mutate import YEAR_2099_MS, YEAR_10000_MS, Raw, deep, dumps
 
 MINUTE_MS = 60_000
 

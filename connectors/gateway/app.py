@@ -35,9 +35,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response

@@ -24,11 +24,11 @@ import msgspec
 import numpy as np
 
 from flows.detect import indicators, patterns, surge, trend
-from flows.detect.sessions import session_of
 from flows.detect.series import BarSeries
 from flows.detect.settings import DetectionSettings
 from schemas.bars import Bar
 from schemas.events import Alert, Event, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent, stable_id
+from schemas.sessions import session_of
 
 SNAPSHOT_VERSION = 1
 TIMEFRAME = "1m"

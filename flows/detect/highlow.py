@@ -23,24 +23,14 @@ its trades wait in order, so the events are the same however the input was batch
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import msgspec
 
-from flows.detect.sessions import session_of
 from flows.detect.settings import HighLowSettings
 from schemas.events import HighLowEvent, stable_id
+from schemas.sessions import Reference, session_of
 
 SNAPSHOT_VERSION = 2  # 2: each symbol's last trade time (for forgetting idle symbols)
 _TICK = 1e-9  # binary floating point: 50.05 - 50.0 is 0.0499999..., which must count as $0.05
-
-
-class Reference(NamedTuple):
-    """What the database held for a symbol's session before this flow started writing it."""
-
-    today_high: float | None
-    today_low: float | None
-    sessions: list[tuple[str, float, float]]  # previous sessions (day, high, low), newest first
 
 
 class _Symbol:

@@ -22,7 +22,6 @@ import talib
 from flows.detect.settings import AlertSettings, IndicatorSettings
 
 
-
 def raw(function: Callable[..., Any]) -> Callable[..., Any]:
     """A TA-Lib function without the wrapper that lets it take pandas/polars Series.
 

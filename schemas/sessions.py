@@ -37,3 +37,11 @@ def session_of(ms: int) -> Session:
             _by_hour.clear()
         session = _by_hour[hour] = Session(day.isoformat(), int(start.timestamp() * 1000), int(end.timestamp() * 1000))
     return session
+
+
+class Reference(NamedTuple):
+    """What the database held for a symbol's session before this flow started writing it."""
+
+    today_high: float | None
+    today_low: float | None
+    sessions: list[tuple[str, float, float]]  # previous sessions (day, high, low), newest first
