@@ -41,7 +41,7 @@ OUT = Path(__file__).with_name("gateway.json")
 # ------------------------------------------------------------------ publisher (own process)
 def publish(redis_url: str, namespace: str, symbols: list[str], rate_hz: float, start_at: float, stop_at: float,
             ready: mp.Event) -> None:
-    from connectors.redis_publish import Publisher
+    from connectors.redis.publish import Publisher
     from schemas.bars import Bar, encode_bar
     from schemas.channels import Channels
 

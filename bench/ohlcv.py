@@ -28,11 +28,11 @@ import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from connectors.kafka.admin import ensure_topics
 from connectors.synthetic import generate, make_producer
 from flows.settings import Settings
 from infra.databases import ensure_database
 from infra.migrate import up
-from infra.topics import ensure_topics
 from schemas.bars import decode_bar
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,12 +11,12 @@ Why it is built this way:
   the producer's queue length, and the event-time gap is sampled once per frame.
 - Any frame is survived: what is not an event (not JSON, not UTF-8, no `ev`, a `sym` that is
   not a symbol, too large for Kafka) goes to the dead-letter topic with the reason, built by
-  `connectors.dead_letter.letter` (bounded: a prefix, the size and a hash), and every good
+  `connectors.kafka.dead_letter.letter` (bounded: a prefix, the size and a hash), and every good
   event of the same frame is still forwarded, once.
 - Nothing read is lost: the idempotent producer (`acks=all`) retries without a deadline, and
   the producer queue is the bounded in-flight window (events and bytes): when it is full the
   bridge stops reading the socket until Kafka drains it. A failed delivery is judged
-  (`connectors.kafka_errors`): transient ones are produced again after a capped, jittered
+  (`connectors.kafka.errors`): transient ones are produced again after a capped, jittered
   backoff; a record Kafka will never take is dead-lettered; an error that refuses the bridge
   itself (authorization, unknown topic) stops it with exit code 4. A stop waits at most
   BRIDGE_STOP_TIMEOUT_S for Kafka, then writes what is still in flight to the spool
@@ -57,10 +57,10 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.bridge_spool import Record, Spool, SpoolError
-from connectors.dead_letter import SHA256, TRUNCATED, letter
 from connectors.feed_frames import Head
 from connectors.feed_frames import split_frame as _split
-from connectors.kafka_errors import DEAD_LETTER, RENEW, STOP, TAKEN_BACK, judge
+from connectors.kafka.dead_letter import SHA256, TRUNCATED, letter
+from connectors.kafka.errors import DEAD_LETTER, RENEW, STOP, TAKEN_BACK, judge
 from flows.settings import Settings
 from schemas.symbols import RULE, SYMBOL_PATTERN, is_symbol
 

@@ -508,7 +508,7 @@ def replay(
     receives the dead letters by kind."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from connectors.dead_letter import letter
+    from connectors.kafka.dead_letter import letter
     from connectors.synthetic import _produce_when_room, make_producer
 
     s = settings or Settings()

@@ -21,9 +21,9 @@ import logging
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.dead_letter import dead_letter_sink, letter_key
-from connectors.kafka_source import KafkaBatchSource
-from connectors.sinks import event_sink
+from connectors.kafka.dead_letter import dead_letter_sink, letter_key
+from connectors.kafka.source import KafkaBatchSource
+from connectors.sinks.records import event_sink
 from flows import settings as flow_settings
 from flows.detect import settings as detect_settings
 from flows.detect.operators import detect_on_bars, gate_bars

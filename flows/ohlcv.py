@@ -24,11 +24,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
-from connectors.bar_history import BarHistory
-from connectors.dead_letter import dead_letter_sink, error_record, letter, letter_key
-from connectors.kafka_sink import Record, TopicSink
-from connectors.kafka_source import KafkaBatchSource, RawBatch
-from connectors.sinks import event_sink, final_bar_sink, live_bar_sink, status_sink
+from connectors.kafka.dead_letter import dead_letter_sink, error_record, letter, letter_key
+from connectors.kafka.sink import Record, TopicSink
+from connectors.kafka.source import KafkaBatchSource, RawBatch
+from connectors.postgres.history import BarHistory
+from connectors.sinks.records import event_sink, final_bar_sink, live_bar_sink, status_sink
 from flows import settings as flow_settings
 from flows.book import BarBook, Counts, Reject
 from flows.detect import settings as detect_settings

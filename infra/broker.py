@@ -11,7 +11,6 @@ restarting it loses every topic and message (`make topics` recreates the topics)
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
@@ -21,17 +20,14 @@ import time
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
+
+from connectors.kafka.admin import admin_client
 
 RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
 PIDFILE = RUN_DIR / "tansu.pid"
 LOGFILE = RUN_DIR / "tansu.log"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-_quiet = logging.getLogger("infra.broker.librdkafka")  # librdkafka's connection-refused chatter
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
 
 
 class BrokerError(RuntimeError):
@@ -50,10 +46,6 @@ def endpoints(bootstrap: str) -> list[tuple[str, int]]:
     if not pairs:
         raise BrokerError("KAFKA_BOOTSTRAP_SERVERS is empty")
     return pairs
-
-
-def admin_client(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": _quiet})  # type: ignore[dict-item]  # a Logger is allowed
 
 
 def kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:

@@ -145,7 +145,7 @@ for one ticker (e.g. `tickstock.market.ohlcv.AAPL`). Payloads are flat, versione
 (`version`), validated by the JSON Schemas below (also in `schemas/json/`, without the position).
 
 **Every message carries its channel position**, added by the publisher
-(`connectors/redis_publish.py` through `connectors/redis_history.py`) as its first two fields:
+(`connectors/redis/publish.py` through `connectors/redis/history.py`) as its first two fields:
 
 - `offset`: 1, 2, 3, ... per channel with no gaps, so a consumer detects a gap by arithmetic;
 - `epoch`: the generation of the channel's history; it changes when the history was lost

@@ -6,7 +6,7 @@ configurable namespace. `{SYMBOL}` in a name stands for one ticker.
 
 Every message on every channel also carries its channel position, `offset` (1, 2, 3, ...
 contiguous per channel) and `epoch` (changes when the channel's history was lost), added by
-the publisher; see connectors/redis_history.py.
+the publisher; see connectors/redis/history.py.
 
 >>> c = Channels("tickstock")
 >>> c.ohlcv, c.ohlcv_for("AAPL"), c.patterns_detected

@@ -122,7 +122,7 @@ def settings(services: None) -> Settings:
 
 
 def create_topics(s: Settings) -> None:
-    from infra.topics import ensure_topics
+    from connectors.kafka.admin import ensure_topics
 
     ensure_topics(s)
 

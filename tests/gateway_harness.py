@@ -16,8 +16,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from connectors.gateway.app import Gateway
 from connectors.gateway.settings import GatewaySettings
-from connectors.redis_history import History, HistoryLimits
-from connectors.redis_publish import BarPublisher
+from connectors.redis.history import History, HistoryLimits
+from connectors.redis.publish import BarPublisher
 from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event, encode_event

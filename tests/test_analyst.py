@@ -1,4 +1,4 @@
-"""connectors.analyst for the detection tables (0003_detection): events, indicator values, alerts.
+"""connectors.postgres.analyst for the detection tables (0003_detection): events, indicator values, alerts.
 
 Rows are inserted directly (the detection flow writes them in production), with the shapes of
 schemas/events.py; each function must return exactly the rows an independent filter selects.
@@ -15,7 +15,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from connectors.analyst import (
+from connectors.postgres.analyst import (
     ALERT_SCHEMA,
     EVENT_KINDS,
     EVENT_SCHEMA,

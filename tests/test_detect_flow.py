@@ -16,7 +16,7 @@ import pytest
 import talib
 from bytewax.testing import run_main
 
-from connectors.postgres import BarStore
+from connectors.postgres.bars import BarStore
 from connectors.synthetic import DEFAULT_START_MS, generate
 from flows import detection as detection_flow
 from flows import ohlcv

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from connectors.bridge_spool import MAGIC, Spool, SpoolError
 from connectors.feed_frames import split_frame
-from connectors.kafka_errors import DEAD_LETTER, RENEW, RETRY, STOP, judge
+from connectors.kafka.errors import DEAD_LETTER, RENEW, RETRY, STOP, judge
 from connectors.polygon_bridge import backoff_s
 
 # --- strategies --------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_a_huge_frame_and_a_huge_event_split_like_small_ones() -> None:
 
 
 def test_the_modules_examples_run() -> None:
-    for name in ("connectors.feed_frames", "connectors.kafka_errors", "connectors.bridge_spool", "connectors.polygon_bridge"):
+    for name in ("connectors.feed_frames", "connectors.kafka.errors", "connectors.bridge_spool", "connectors.polygon_bridge"):
         result = doctest.testmod(importlib.import_module(name))
         assert result.attempted > 0 and result.failed == 0, name
 

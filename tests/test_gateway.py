@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 from connectors.gateway import protocol
 from connectors.gateway.auth import Policy
-from connectors.redis_history import HistoryLimits
+from connectors.redis.history import HistoryLimits
 from flows.settings import Settings
 from schemas import symbols
 from schemas.events import Alert, PatternEvent, stable_id

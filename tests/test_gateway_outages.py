@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors.redis_publish import RedisUnavailable
+from connectors.redis.publish import RedisUnavailable
 from flows.settings import Settings
 from tests.conftest import TEST_DATABASE_URL, free_port, private_redis
 from tests.gateway_harness import WAIT_S, Client, live_bar, running_gateway

@@ -25,7 +25,7 @@ from websockets.exceptions import InvalidStatus
 
 from connectors.gateway.auth import Policy
 from connectors.gateway.protocol import KINDS
-from connectors.redis_publish import Publisher
+from connectors.redis.publish import Publisher
 from flows.settings import Settings
 from tests.conftest import TEST_DATABASE_URL
 from tests.gateway_harness import SECRET, WAIT_S, Client, live_bar, running_gateway

@@ -21,10 +21,10 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
-from connectors.dead_letter import MAX_VALUE_BYTES
-from connectors.kafka_source import KafkaBatchSource
-from connectors.redis_history import History, HistoryLimits
-from connectors.redis_publish import Publisher
+from connectors.kafka.dead_letter import MAX_VALUE_BYTES
+from connectors.kafka.source import KafkaBatchSource
+from connectors.redis.history import History, HistoryLimits
+from connectors.redis.publish import Publisher
 from connectors.synthetic import DEFAULT_START_MS
 from flows import detection as detection_flow
 from flows.detect.settings import DetectionSettings
@@ -294,7 +294,7 @@ def test_an_offset_no_longer_on_the_broker_resumes_where_kafka_start_says_and_is
 
 
 def test_an_idle_partition_follows_the_wall_clock_only_while_its_source_is_caught_up(services):
-    from connectors.kafka_source import RawBatch
+    from connectors.kafka.source import RawBatch
 
     s = base_settings(idle_advance_s=0.01, live_update_interval_s=60, bar_close_delay_s=0)
     logic = BookLogic(s, NO_DETECTION, None)
@@ -313,7 +313,7 @@ def test_an_idle_partition_follows_the_wall_clock_only_while_its_source_is_caugh
 def test_after_an_outage_idleness_counts_only_once_producers_upstream_had_time_to_reconnect(services, monkeypatch):
     """The broker was away (no evidence for a while, no data): the first caught-up marker after it
     must not close bars at once, or the trades producers buffered meanwhile would come too late."""
-    from connectors.kafka_source import RawBatch
+    from connectors.kafka.source import RawBatch
     from flows import ohlcv
 
     clock = [1000.0]

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import ValidationError
 
-from connectors.postgres import BarStore
+from connectors.postgres.bars import BarStore
 from infra import migrate
 from infra.databases import connect
 from infra.policies import TABLES, PolicyError, PolicySettings, apply, plan

@@ -9,8 +9,8 @@ import uuid
 import pytest
 import redis
 
-from connectors.redis_history import History, HistoryLimits
-from connectors.redis_publish import Publisher
+from connectors.redis.history import History, HistoryLimits
+from connectors.redis.publish import Publisher
 from flows.settings import Settings
 
 pytestmark = pytest.mark.integration

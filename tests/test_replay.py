@@ -162,7 +162,7 @@ from hypothesis import HealthCheck, given  # noqa: E402
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st  # noqa: E402
 
-from connectors.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_OFFSET, SOURCE_TOPIC, TRUNCATED  # noqa: E402
+from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_OFFSET, SOURCE_TOPIC, TRUNCATED  # noqa: E402
 from connectors.replay import FlatFileError, flat_file, main  # noqa: E402
 from schemas.status import DEAD_LETTER_KINDS  # noqa: E402
 

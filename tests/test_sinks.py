@@ -10,8 +10,9 @@ import psycopg
 import pytest
 import redis
 
-from connectors.postgres import BarStore, DatabaseUnavailable
-from connectors.redis_publish import BarPublisher, RedisUnavailable
+from connectors.postgres.bars import BarStore
+from connectors.postgres.database import DatabaseUnavailable
+from connectors.redis.publish import BarPublisher, RedisUnavailable
 from schemas.bars import Bar, decode_bar
 from schemas.channels import Channels
 from tests.conftest import TEST_DATABASE_URL, free_port, private_redis

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from polars.testing import assert_frame_equal
 
-from connectors.analyst import TIMEFRAMES, InvalidRange, UnknownSymbol, UnknownTimeframe, bars
-from connectors.postgres import BarStore
+from connectors.postgres.analyst import TIMEFRAMES, InvalidRange, UnknownSymbol, UnknownTimeframe, bars
+from connectors.postgres.bars import BarStore
 from infra import migrate
 from schemas.bars import Bar
 from tests.conftest import TEST_DATABASE_URL

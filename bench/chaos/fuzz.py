@@ -212,7 +212,7 @@ class BookTarget(Target):
     """`BarBook.apply` on raw Kafka values, as the bar flow's step calls it (session highs/lows on).
 
     Around it, what the step does with the results: a dead letter per `Reject`
-    (`connectors.dead_letter.dead_letter`), each final bar encoded for Redis and the bars topic,
+    (`connectors.kafka.dead_letter.dead_letter`), each final bar encoded for Redis and the bars topic,
     the session high/low detector fed and its references resolved, snapshots that must encode
     and restore.
     """
@@ -222,8 +222,8 @@ class BookTarget(Target):
 
     def __init__(self, seeds: Seeds, source: str) -> None:
         super().__init__()
-        from connectors.dead_letter import dead_letter
-        from connectors.kafka_source import RawBatch
+        from connectors.kafka.dead_letter import dead_letter
+        from connectors.kafka.source import RawBatch
         from flows.book import BarBook
         from flows.detect.highlow import SessionExtremes
         from flows.detect.settings import HighLowSettings
@@ -342,7 +342,7 @@ class BarsOfTarget(Target):
         super().__init__()
         from bytewax.connectors.kafka import KafkaSinkMessage
 
-        from connectors.kafka_source import RawBatch
+        from connectors.kafka.source import RawBatch
         from flows.detect.operators import BarGate
         from flows.settings import Settings
         from schemas.status import DEAD_LETTER_KINDS

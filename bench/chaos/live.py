@@ -340,7 +340,7 @@ class FinalBarRecorder(threading.Thread):
         self._away_until = monotonic_at
 
     def run(self) -> None:
-        from connectors.redis_history import History
+        from connectors.redis.history import History
 
         backoff = 0.2
         while not self._halt.is_set():

@@ -390,8 +390,8 @@ def _indicators_for(conn: psycopg.Connection, keys: list[tuple[str, int]]) -> bo
 
 def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str, Any]:
     """Run one scenario end to end; returns its `Outcome` as a dict (what `bench/chaos.json` lists)."""
+    from connectors.kafka.admin import ensure_topics
     from flows.settings import Settings
-    from infra.topics import ensure_topics
     from tests.kafka_proxy import KafkaProxy
 
     began = time.monotonic()
@@ -635,8 +635,8 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
     """Both flows, start to end and never interrupted, over the same feed (no poison) on the shared broker."""
     import subprocess
 
+    from connectors.kafka.admin import ensure_topics
     from connectors.synthetic import make_producer
-    from infra.topics import ensure_topics
 
     base = settings.model_copy(update={
         "kafka_bootstrap_servers": env.bootstrap, "database_url": env.baseline_database_url, "redis_url": env.redis_url,
@@ -699,7 +699,7 @@ def _delete_topics(bootstrap: str | None, topics: list[str], log: Callable[[str]
         return  # a private broker: gone with its process
     from confluent_kafka import KafkaException
 
-    from infra.broker import admin_client
+    from connectors.kafka.admin import admin_client
 
     admin = admin_client(bootstrap)  # kept alive until every future resolved
     for topic, future in admin.delete_topics(topics, operation_timeout=10).items():

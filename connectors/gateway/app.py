@@ -51,7 +51,7 @@ from connectors.gateway.metrics import QueueDepths, Stats, exposition, health
 from connectors.gateway.protocol import ALL, BadMessage, Ping, Subscribe, Unsubscribe
 from connectors.gateway.rest import build_rest
 from connectors.gateway.settings import GatewaySettings, redact_url
-from connectors.redis_history import History
+from connectors.redis.history import History
 from schemas.channels import Channels
 
 log = logging.getLogger("tickstock.gateway")

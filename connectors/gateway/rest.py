@@ -45,9 +45,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
-from connectors.analyst import TIMEFRAMES
 from connectors.gateway.auth import Grant, Policy, Refused
 from connectors.gateway.protocol import safe_text
+from connectors.postgres.analyst import TIMEFRAMES
 from schemas.symbols import MAX_SYMBOL_LENGTH, InvalidSymbol, normalise
 
 log = logging.getLogger("tickstock.gateway.rest")

@@ -20,9 +20,9 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from prometheus_client import Gauge
 
-from connectors.bar_history import BarHistory, BarRow
-from connectors.dead_letter import letter
-from connectors.kafka_source import RawBatch
+from connectors.kafka.dead_letter import letter
+from connectors.kafka.source import RawBatch
+from connectors.postgres.history import BarHistory, BarRow
 from flows.bars import MINUTE_MS
 from flows.book import MAX_EVENT_BYTES
 from flows.detect.bar_detector import BarDetector, DetectionParams

@@ -20,12 +20,12 @@ from typing import Generic, TypeVar
 import msgspec
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
-from connectors.dead_letter import error_record, letter
-from connectors.event_store import EventStore
-from connectors.kafka_sink import Record, TopicWriter
-from connectors.postgres import BarStore
-from connectors.redis_publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
-from flows.settings import Settings
+from connectors.kafka.dead_letter import error_record, letter
+from connectors.kafka.sink import Record, TopicWriter
+from connectors.postgres.bars import BarStore
+from connectors.postgres.events import EventStore
+from connectors.redis.publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
+from connectors.sinks.settings import OutputSettings
 from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event
@@ -86,7 +86,7 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
             raise RuntimeError(f"{self._what} sink failed: {self._failure}") from self._failure
 
 
-def _publisher_options(settings: Settings) -> dict:
+def _publisher_options(settings: OutputSettings) -> dict:
     return {"history": settings.history_limits(), "max_backoff_s": settings.sink_max_backoff_s}
 
 
@@ -115,7 +115,7 @@ class Refusals:
     the table as its source); the same goes to `tickstock:errors`. Used from the writer thread.
     """
 
-    def __init__(self, settings: Settings, table: str, component: str) -> None:
+    def __init__(self, settings: OutputSettings, table: str, component: str) -> None:
         self._settings = settings
         self._table = table
         self._component = component
@@ -146,7 +146,7 @@ def _letter_record(m: object) -> Record:
     return m.key, m.value, m.headers  # type: ignore[attr-defined]
 
 
-def final_bar_sink(settings: Settings) -> _StoreThenPublish[Bar]:
+def final_bar_sink(settings: OutputSettings) -> _StoreThenPublish[Bar]:
     """Final bars and revisions: upsert into `ohlcv_1min`, then publish on the bar channels."""
 
     def open_writer() -> Writer:
@@ -164,7 +164,7 @@ def final_bar_sink(settings: Settings) -> _StoreThenPublish[Bar]:
     return _StoreThenPublish("ohlcv_1min", open_writer)
 
 
-def event_sink(settings: Settings, component: str = "detection_flow") -> _StoreThenPublish[Event]:
+def event_sink(settings: OutputSettings, component: str = "detection_flow") -> _StoreThenPublish[Event]:
     """Detection records: upsert into their tables, then publish on their channels."""
 
     def open_writer() -> Writer:
@@ -204,7 +204,7 @@ class _RedisOnly(DynamicSink[X]):
         return _RedisPartition(*self._open_publisher())
 
 
-def live_bar_sink(settings: Settings) -> _RedisOnly[Bar]:
+def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
     """Forming-bar updates for dashboards."""
 
     def open_publisher() -> tuple[Callable[[list[Bar]], None], Callable[[], None]]:
@@ -214,7 +214,7 @@ def live_bar_sink(settings: Settings) -> _RedisOnly[Bar]:
     return _RedisOnly(open_publisher)
 
 
-def status_sink(settings: Settings) -> _RedisOnly[Status]:
+def status_sink(settings: OutputSettings) -> _RedisOnly[Status]:
     """The flow's health and refused input, for dashboards."""
 
     def open_publisher() -> tuple[Callable[[list[Status]], None], Callable[[], None]]:

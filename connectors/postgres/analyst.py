@@ -1,6 +1,6 @@
 """Analysts' Python door to the tables: polars DataFrames of bars, events, indicator values and alerts.
 
-    from connectors.analyst import bars, events, indicators, alerts
+    from connectors.postgres.analyst import bars, events, indicators, alerts
     day = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
     hourly = bars(["AAPL", "MSFT"], *day, "1h")
     doji = events(["AAPL"], *day, kinds="pattern", min_confidence=0.8)
@@ -279,9 +279,11 @@ def alerts_on(
 
 def _connect(database_url: str | None) -> psycopg.Connection:
     if database_url is None:
-        from flows.settings import Settings  # only when needed: a given URL must not depend on other env vars
+        from connectors.postgres.settings import (
+            PostgresSettings,  # only when needed: a given URL must not depend on other env vars
+        )
 
-        database_url = Settings().database_url
+        database_url = PostgresSettings().database_url
     return psycopg.connect(database_url, autocommit=True)
 
 

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import redis
 
-from connectors.redis_history import History, HistoryLimits
-from connectors.retry import with_backoff
+from connectors.backoff import with_backoff
+from connectors.redis.history import History, HistoryLimits
+from connectors.unavailable import ServiceUnavailable
 from schemas.bars import Bar, encode_bar
 from schemas.channels import Channels, route
 from schemas.events import Event, IndicatorValues, encode_event
@@ -21,8 +22,10 @@ log = logging.getLogger(__name__)
 _CHUNK = 500
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(ServiceUnavailable):
     """Redis cannot be reached: say where and how to fix it."""
+
+    service = "Redis"
 
 
 def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:

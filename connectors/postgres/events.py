@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import psycopg
 
-from connectors.postgres import Database, raise_refused
+from connectors.postgres.database import Database, raise_refused
 from schemas.events import Alert, Event, IndicatorValues
 
 # Each batch goes to PostgreSQL as one JSON array per table (one C call to encode), and the server

@@ -1,7 +1,7 @@
 """Check our 1-minute bars against Polygon's own: match rates per field for one day.
 
-    python -m connectors.bar_check minute_aggs_v1/2026-11-02.csv.gz --trades trades_v1/2026-11-02.csv.gz
-    python -m connectors.bar_check minute_aggs_v1/2026-11-02.csv.gz --database-url postgresql://...
+    python -m flows.bar_check minute_aggs_v1/2026-11-02.csv.gz --trades trades_v1/2026-11-02.csv.gz
+    python -m flows.bar_check minute_aggs_v1/2026-11-02.csv.gz --database-url postgresql://...
 
 Our side is either the bars the flow's own bar book (`flows.book`, the same code the OHLCV
 flow runs) builds from that day's `trades_v1` file, replayed in event-time order, or the bars
@@ -151,7 +151,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.bar_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m flows.bar_check", description=__doc__.splitlines()[0])
     parser.add_argument("minute_aggs", type=Path, help="Polygon's minute_aggs_v1 file for the day")
     ours = parser.add_mutually_exclusive_group(required=True)
     ours.add_argument("--trades", type=Path, help="the day's trades_v1 file: build our bars with the flow's bar book")

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge
+
+from connectors.kafka.admin import list_partitions
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +73,6 @@ class RawBatch(NamedTuple):
     @property
     def key(self) -> str:
         return f"{self.topic}#{self.partition}"
-
-
-class KafkaUnavailable(RuntimeError):
-    """The broker cannot be reached or the topic does not exist: say which and how to fix it."""
-
-
-def list_partitions(bootstrap: str, topics: Iterable[str], timeout_s: float = 10.0) -> list[tuple[str, int]]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        metadata = admin.list_topics(timeout=timeout_s)
-    except Exception as exc:  # confluent_kafka raises KafkaException with the transport error
-        raise KafkaUnavailable(
-            f"Kafka at {bootstrap} is unreachable ({exc}); start the local broker with `make broker` "
-            "or point KAFKA_BOOTSTRAP_SERVERS at a running one"
-        ) from exc
-    found: list[tuple[str, int]] = []
-    for topic in topics:
-        meta = metadata.topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise KafkaUnavailable(f"Kafka topic {topic!r} does not exist on {bootstrap}; create it with `make topics`")
-        found.extend((topic, p) for p in sorted(meta.partitions))
-    return found
 
 
 class _PartitionStats(msgspec.Struct):

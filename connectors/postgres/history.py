@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from connectors.postgres import Database
+from connectors.postgres.database import Database
 from schemas.sessions import Reference, session_of
 
 BarRow = tuple[int, float, float, float, float, float, float]  # start ms, open, high, low, close, volume, vwap

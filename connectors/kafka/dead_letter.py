@@ -21,8 +21,8 @@ import time
 
 from bytewax.connectors.kafka import KafkaSinkMessage
 
-from connectors.kafka_sink import Record, TopicSink
-from connectors.kafka_source import RawBatch
+from connectors.kafka.sink import Record, TopicSink
+from connectors.kafka.source import RawBatch
 from schemas.status import FlowError
 
 REASON = "dlq.reason"
