@@ -153,9 +153,9 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.bar_check", description=__doc__.splitlines()[0])
     parser.add_argument("minute_aggs", type=Path, help="Polygon's minute_aggs_v1 file for the day")
-    ours = parser.add_mutually_exclusive_group(required=True)
-    ours.add_argument("--trades", type=Path, help="the day's trades_v1 file: build our bars with the flow's bar book")
-    ours.add_argument("--database-url", help="read the bars the flow stored in ohlcv_1min instead")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trades", type=Path, help="the day's trades_v1 file: build our bars with the flow's bar book")
+    source.add_argument("--database-url", help="read the bars the flow stored in ohlcv_1min instead")
     parser.add_argument("--tolerance", type=float, default=1e-6, help="absolute price tolerance (default 1e-6)")
     parser.add_argument("--vwap-tolerance", type=float, default=1e-4, help="absolute VWAP tolerance (default 1e-4)")
     parser.add_argument("--examples", type=int, default=5, help="mismatching bars listed per field")
@@ -175,9 +175,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"bar_check: {exc}", file=sys.stderr)
         return 2
     if args.trades is None:
-        start = theirs["timestamp"].min() or 0
-        end = (theirs["timestamp"].max() or 0) + MINUTE_MS
-        ours = stored_bars(args.database_url, start, end)  # type: ignore[arg-type]
+        start = int(theirs["timestamp"].min() or 0)  # type: ignore[arg-type]  # polars types min() as any scalar; epoch ms here
+        end = int(theirs["timestamp"].max() or 0) + MINUTE_MS  # type: ignore[arg-type]  # the same
+        ours = stored_bars(args.database_url, start, end)
     report = compare(ours, theirs, args.tolerance, args.vwap_tolerance, args.examples)
     report["refused"] = refused
     print(json.dumps(report, indent=2) if args.json else format_report(report))

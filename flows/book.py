@@ -187,7 +187,7 @@ class BarBook:
         next_tick = min(self._next_close, self._next_expire)
         for index, raw in enumerate(values):
             try:
-                trade = decode(raw)
+                trade = decode(raw)  # type: ignore[arg-type]  # a None (tombstone) raises TypeError, handled below
             except DECODE_ERRORS as exc:
                 rejects.append(Reject(positions[index], "malformed", f"invalid trade event: {exc}", raw))
                 continue
@@ -222,6 +222,7 @@ class BarBook:
                 rejects.append(Reject(positions[index], "too_late", _too_late(t, start, watermark, self.lateness_ms), raw))
                 continue
             conditions = trade.conditions
+            mask: int | None
             if not conditions:
                 mask = ALL
             else:
@@ -292,7 +293,7 @@ class BarBook:
         for index, raw in enumerate(values):
             position = positions[index]
             try:
-                agg = _second_decoder.decode(raw)
+                agg = _second_decoder.decode(raw)  # type: ignore[arg-type]  # a None (tombstone) raises TypeError, handled below
             except DECODE_ERRORS as exc:
                 rejects.append(Reject(position, "malformed", f"invalid per-second aggregate: {exc}", raw))
                 continue

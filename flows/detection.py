@@ -44,9 +44,9 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     source = KafkaBatchSource(
         s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
     )
-    bars, refused = gate_bars("gate", op.input("bars", flow, source), s)
-    events = detect_on_bars("detect", bars, s, detection)
+    gate = gate_bars("gate", op.input("bars", flow, source), s)
+    events = detect_on_bars("detect", gate.bars, s, detection)
     op.output("detection", events, event_sink(s))
-    letters = op.key_on("dead_letters_by_partition", refused, letter_key)
+    letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
     op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
     return flow

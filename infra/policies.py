@@ -172,7 +172,7 @@ def _state(conn: psycopg.Connection, table: str) -> dict[str, object] | None:
     ).fetchone()
     if row is None:
         return None
-    policies = dict(
+    policies: dict[str, object] = dict(
         conn.execute(
             "SELECT proc_name, coalesce(config->>'compress_after', config->>'drop_after')::interval"
             " FROM timescaledb_information.jobs"

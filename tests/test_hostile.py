@@ -28,7 +28,8 @@ from connectors.redis.publish import Publisher
 from connectors.synthetic import DEFAULT_START_MS
 from flows import detection as detection_flow
 from flows.detect.settings import DetectionSettings
-from flows.ohlcv import BookLogic, build_flow
+from flows.ohlcv import build_flow
+from flows.partition import PartitionLogic
 from schemas.bars import Bar, encode_bar
 from schemas.status import decode_status
 from tests.conftest import base_settings, create_topics, free_port, private_redis, publish, read_topic, table_bars
@@ -297,7 +298,7 @@ def test_an_idle_partition_follows_the_wall_clock_only_while_its_source_is_caugh
     from connectors.kafka.source import RawBatch
 
     s = base_settings(idle_advance_s=0.01, live_update_interval_s=60, bar_close_delay_s=0)
-    logic = BookLogic(s, NO_DETECTION, None)
+    logic = PartitionLogic(s, NO_DETECTION, None)
     now = int(time.time() * 1000)
     t = now - 300_000 - now % 60_000 + 59_990  # 10 ms before its minute ends
     logic.on_batch([RawBatch("t", 0, range(1), [orjson.dumps(trade("IDLE", t))])])
@@ -314,12 +315,12 @@ def test_after_an_outage_idleness_counts_only_once_producers_upstream_had_time_t
     """The broker was away (no evidence for a while, no data): the first caught-up marker after it
     must not close bars at once, or the trades producers buffered meanwhile would come too late."""
     from connectors.kafka.source import RawBatch
-    from flows import ohlcv
+    from flows import partition
 
     clock = [1000.0]
-    monkeypatch.setattr(ohlcv.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(partition.time, "monotonic", lambda: clock[0])
     s = base_settings(idle_advance_s=1, live_update_interval_s=60, bar_close_delay_s=0)
-    logic = BookLogic(s, NO_DETECTION, None)
+    logic = PartitionLogic(s, NO_DETECTION, None)
     now = int(time.time() * 1000)
     t = now - 300_000 - now % 60_000 + 59_990
     logic.on_batch([RawBatch("t", 0, range(1), [orjson.dumps(trade("GAP", t))])])
@@ -333,7 +334,7 @@ def test_after_an_outage_idleness_counts_only_once_producers_upstream_had_time_t
         return [o.symbol for o in out if isinstance(o, Bar) and o.status == "final"]
 
     assert finals() == [], "idle for 32 s, but caught up for 2: the producers upstream may still be reconnecting"
-    for _ in range(int(ohlcv.RECONNECT_GRACE_S) + 1):
+    for _ in range(int(partition.RECONNECT_GRACE_S) + 1):
         clock[0] += 1
         logic.on_batch([RawBatch("t", 0, (), [], caught_up=True)])
     assert finals() == ["GAP"]

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # NewTopic: the documented path, untyped in the stubs
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.kafka.settings import KafkaSettings
 from connectors.unavailable import ServiceUnavailable

@@ -98,7 +98,7 @@ def dead_letter_sink(bootstrap: str, topic: str) -> TopicSink[KafkaSinkMessage[b
 
 
 def _record(letter: KafkaSinkMessage[bytes, bytes]) -> Record:
-    return letter.key, letter.value, letter.headers  # type: ignore[return-value]
+    return letter.key, letter.value, letter.headers
 
 
 def letter_key(letter: KafkaSinkMessage[bytes, bytes]) -> str:

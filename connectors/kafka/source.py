@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -186,9 +186,10 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
             if not messages:
                 return []
         values = list(map(_value, messages))  # C-level calls: this runs for every message
-        first, last = messages[0].offset(), messages[-1].offset()
+        # A consumed message always has an offset (the stubs allow None for produced ones).
+        first, last = cast(int, messages[0].offset()), cast(int, messages[-1].offset())
         offsets: Sequence[int] = (
-            range(first, last + 1) if last - first + 1 == len(messages) else list(map(_offset, messages))
+            range(first, last + 1) if last - first + 1 == len(messages) else cast(list[int], list(map(_offset, messages)))
         )
         self._next_offset = last + 1
         return [RawBatch(self._topic, self._partition, offsets, values)]

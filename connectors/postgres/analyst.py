@@ -309,13 +309,13 @@ def _choose(what: str, chosen: str | Iterable[str] | None, allowed: Sequence[str
     return values
 
 
-def _check_symbols(conn: psycopg.Connection, wanted: object, query: sql.Composable) -> None:
+def _check_symbols(conn: psycopg.Connection, wanted: object, query: sql.SQL | sql.Composed) -> None:
     missing = sorted(row[0] for row in conn.execute(query, {"symbols": wanted}))
     if missing:
         raise UnknownSymbol(f"unknown symbol(s): {', '.join(missing)} (never seen by the pipeline)")
 
 
-def _frame(conn: psycopg.Connection, query: sql.Composable, params: dict[str, object], schema: dict) -> pl.DataFrame:
+def _frame(conn: psycopg.Connection, query: sql.SQL | sql.Composed, params: dict[str, object], schema: dict) -> pl.DataFrame:
     return pl.DataFrame(conn.execute(query, params).fetchall(), schema=schema, orient="row")
 
 

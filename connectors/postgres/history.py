@@ -78,7 +78,7 @@ class BarHistory:
         rows = self._query(_RECENT, {"symbols": list(before), "before": list(before.values()), "limit": limit})
         out: dict[str, list[BarRow]] = {}
         for symbol, *bar in rows:
-            out.setdefault(symbol, []).append(tuple(bar))  # type: ignore[arg-type]
+            out.setdefault(symbol, []).append(tuple(bar))
         return out
 
     def session_references(self, first_trades: dict[str, int], gap_ms: int, n_days: int) -> dict[str, Reference]:
@@ -110,7 +110,7 @@ class BarHistory:
             for symbol, day, high, low in self._query(_PRIOR, {"symbols": symbols, "starts": starts, "span": span, "n": n_days}):
                 prior.setdefault(symbol, []).append((day, high, low))
         return {
-            symbol: Reference(*today.get(symbol, (None, None)), prior.get(symbol, []))  # type: ignore[misc]
+            symbol: Reference(*today.get(symbol, (None, None)), prior.get(symbol, []))
             for symbol in symbols
         }
 

@@ -154,7 +154,7 @@ class History:
     def position(self, channel: str) -> tuple[str, int]:
         """The channel's current (epoch, offset); ("", 0) before its first message."""
         epoch, offset = self._client.hmget(META_PREFIX + channel, "epoch", "offset")
-        return (epoch.decode() if epoch else "", int(offset) if offset else 0)
+        return (epoch.decode() if isinstance(epoch, bytes) else (epoch or ""), int(offset) if offset else 0)
 
     def since(self, channel: str, epoch: str, offset: int) -> Catchup:
         """Messages on `channel` after `offset` of `epoch`."""

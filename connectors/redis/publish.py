@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -59,7 +60,7 @@ class Publisher:
             # (failing to save), missing ACL grants. The script writes nothing before such a refusal,
             # so a retry publishes each message once. Only a client-side DataError (a bug) is raised.
             with_backoff(
-                lambda chunk=chunk: self._history.publish(chunk),
+                functools.partial(self._history.publish, chunk),
                 retry_on=(redis.RedisError,),
                 give_up_on=(redis.DataError,),
                 what=f"publishing {len(chunk)} messages to Redis",

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
@@ -142,6 +142,20 @@ class Refusals:
         publisher.publish([(channel, encode_status(e)) for e in errors])
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _closing(*clients: _Closable) -> Callable[[], None]:
+    """Closes each client in turn (the writer thread's end)."""
+
+    def close() -> None:
+        for client in clients:
+            client.close()
+
+    return close
+
+
 def _letter_record(m: object) -> Record:
     return m.key, m.value, m.headers  # type: ignore[attr-defined]
 
@@ -159,7 +173,7 @@ def final_bar_sink(settings: OutputSettings) -> _StoreThenPublish[Bar]:
             publisher.publish_final(written)
             refused.deliver(publisher)
 
-        return write, lambda: (store.close(), publisher.close())
+        return write, _closing(store, publisher)
 
     return _StoreThenPublish("ohlcv_1min", open_writer)
 
@@ -177,7 +191,7 @@ def event_sink(settings: OutputSettings, component: str = "detection_flow") -> _
             publisher.publish_events(written)
             refused.deliver(publisher)
 
-        return write, lambda: (store.close(), publisher.close())
+        return write, _closing(store, publisher)
 
     return _StoreThenPublish("detection", open_writer)
 

@@ -27,7 +27,7 @@ from flows.detect import indicators, patterns, surge, trend
 from flows.detect.series import BarSeries
 from flows.detect.settings import DetectionSettings
 from schemas.bars import Bar
-from schemas.events import Alert, Event, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent, stable_id
+from schemas.events import Alert, Event, IndicatorValues, ParamValue, PatternEvent, SurgeEvent, TrendEvent, stable_id
 from schemas.sessions import session_of
 
 SNAPSHOT_VERSION = 1
@@ -42,7 +42,7 @@ class DetectionParams:
         ind, alerts = cfg.indicators, cfg.alerts
         self.compute_indicators = cfg.enabled and (ind.enabled or alerts.enabled)
         self.indicator_params: dict[str, Any] = indicators.params(ind)
-        self.trend_params = {"bars": cfg.trend.bars, "min_strength": cfg.trend.min_strength}
+        self.trend_params: dict[str, ParamValue] = {"bars": cfg.trend.bars, "min_strength": cfg.trend.min_strength}
         self.volume_params = {"volume_multiple": cfg.surge.volume_multiple, "volume_bars": cfg.surge.volume_bars}
         self.price_params = {"price_pct": cfg.surge.price_pct, "price_bars": cfg.surge.price_bars}
         self.pattern_params = {name: {"talib": fn.__name__, "bars": patterns.BARS} for name, (fn, _, _) in patterns.TABLE.items()}
@@ -52,7 +52,7 @@ class DetectionParams:
         self.patterns_on = cfg.enabled and cfg.patterns.enabled
         self.trend_on = cfg.enabled and cfg.trend.enabled
         self.surge_on = cfg.enabled and cfg.surge.enabled
-        self.alert_params = {
+        self.alert_params: dict[str, dict[str, ParamValue]] = {
             "rsi": {"rsi_period": ind.rsi_period, "rsi_upper": alerts.rsi_upper, "rsi_lower": alerts.rsi_lower},
             "macd": {"macd_fast": ind.macd_fast, "macd_slow": ind.macd_slow, "macd_signal": ind.macd_signal},
             "bb_upper": {"bb_period": ind.bb_period, "bb_stddev": ind.bb_stddev},

@@ -14,7 +14,7 @@ of an older bar costs nothing extra: the tail it changed comes out of the same c
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import talib
@@ -22,13 +22,13 @@ import talib
 from flows.detect.settings import AlertSettings, IndicatorSettings
 
 
-def raw(function: Callable[..., Any]) -> Callable[..., Any]:
+def raw(function: object) -> Callable[..., Any]:
     """A TA-Lib function without the wrapper that lets it take pandas/polars Series.
 
     The wrapper costs ~3 us a call, more than many of the functions themselves, and the
     series here are numpy already.
     """
-    return getattr(function, "__wrapped__", function)
+    return cast(Callable[..., Any], getattr(function, "__wrapped__", function))
 
 
 MACD, BBANDS, SMA, EMA, RSI, ATR = map(raw, (talib.MACD, talib.BBANDS, talib.SMA, talib.EMA, talib.RSI, talib.ATR))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import bytewax.operators as op
@@ -231,12 +232,21 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
         return self._detector.snapshot()
 
 
-def gate_bars(step_id: str, batches: Stream[RawBatch], settings: Settings) -> tuple[KeyedStream[Bar], Stream[KafkaSinkMessage]]:
-    """Batches of the bars topic -> (final bars keyed by symbol, dead letters)."""
+@dataclass(frozen=True)
+class GateOut:
+    """The streams out of `gate_bars`."""
+
+    bars: KeyedStream[Bar]  # final bars keyed by symbol, in event time that cannot be poisoned
+    dead_letters: Stream[KafkaSinkMessage]  # refused records of the bars topic
+
+
+def gate_bars(step_id: str, batches: Stream[RawBatch], settings: Settings) -> GateOut:
+    """Batches of the bars topic -> final bars keyed by symbol, and dead letters."""
     keyed = op.key_on(f"{step_id}_by_partition", batches, lambda b: b.key)
     gated = op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed, lambda resume: BarGate(settings, resume)))
     split = op.branch(f"{step_id}_bars_or_letters", gated, _is_bar)
-    return split.trues, split.falses  # type: ignore[return-value]
+    # branch narrows by predicate, not by type: the trues are (symbol, bar) pairs, the falses letters
+    return GateOut(bars=split.trues, dead_letters=split.falses)  # type: ignore[arg-type]
 
 
 def _is_bar(item: Gated) -> bool:
@@ -249,5 +259,5 @@ def detect_on_bars(step_id: str, bars: KeyedStream[Bar], settings: Settings, det
     warm = WarmStart(settings, detection.indicators.window)
     warmed: Stream = op.flat_map_batch(f"{step_id}_warm_start", bars, warm)
     idle_s = settings.symbol_idle_s
-    records = op.stateful_batch(f"{step_id}_per_symbol", warmed, lambda resume: DetectLogic(params, warm, idle_s, resume))  # type: ignore[arg-type]
+    records = op.stateful_batch(f"{step_id}_per_symbol", warmed, lambda resume: DetectLogic(params, warm, idle_s, resume))
     return records

@@ -102,7 +102,7 @@ TABLE: dict[str, tuple[Callable[..., np.ndarray], Grade, bool]] = {
     "three_black_crows": (raw(talib.CDL3BLACKCROWS), _three, False),
 }
 # Candles a judgement needs: the longest TA-Lib look-back plus the bar itself.
-BARS = 1 + max(abstract.Function(fn.__name__).lookback for fn, _, _ in TABLE.values())
+BARS = 1 + max(abstract.Function(fn.__name__).lookback for fn, _, _ in TABLE.values())  # type: ignore[attr-defined]  # talib.abstract builds Function at import
 
 
 Entry = tuple[str, Callable[..., np.ndarray], Grade]
