@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TypeGuard, cast
 
 import bytewax.operators as op
@@ -189,7 +189,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
     def notify_at(self) -> datetime | None:
         now = time.monotonic()
         due = min(self.last_live + self.live_every, self.last_input + self.idle_after)
-        return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - now))
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, due - now))
 
     def snapshot(self) -> BookState:
         extremes = self.extremes.snapshot() if self.extremes is not None else None

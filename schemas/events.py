@@ -15,7 +15,7 @@ True
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -26,7 +26,7 @@ EVENT_SCHEMA_VERSION = 1
 
 Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
 Direction = Literal["up", "down", "neutral"]
-ParamValue = Union[int, float, str, bool]
+ParamValue = int | float | str | bool
 
 PatternName = Literal[
     "doji",
@@ -168,7 +168,7 @@ class Alert(_Record, tag="alert", kw_only=True):
     revision: int = 0
 
 
-Event = Union[HighLowEvent, TrendEvent, SurgeEvent, PatternEvent, IndicatorValues, Alert]
+Event = HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | IndicatorValues | Alert
 EVENT_TYPES: tuple[type, ...] = (HighLowEvent, TrendEvent, SurgeEvent, PatternEvent, IndicatorValues, Alert)
 KINDS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[attr-defined]  # msgspec's struct config is untyped
 EVENT_TABLE_KINDS: tuple[str, ...] = ("highlow", "trend", "surge", "pattern")

@@ -10,7 +10,7 @@ two-letter names; the Python attributes spell them out.
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta, field
@@ -90,7 +90,7 @@ class MinuteAgg(_Aggregate, tag_field="ev", tag="AM"):
     """`AM`: Polygon's own minute bar; re-broadcast when corrected."""
 
 
-Event = Union[Trade, Quote, SecondAgg, MinuteAgg]
+Event = Trade | Quote | SecondAgg | MinuteAgg
 
 # Everything msgspec's JSON decoder raises for bad input: DecodeError (ValidationError is one),
 # UnicodeDecodeError for invalid UTF-8 inside a string, RecursionError for absurd nesting in a

@@ -11,7 +11,7 @@ True
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -73,7 +73,7 @@ class FlowError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):
     source_offset: int
 
 
-Status = Union[FlowHealth, FlowError]
+Status = FlowHealth | FlowError
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Status)

@@ -150,7 +150,7 @@ def test_bad_requests_are_refused_before_querying(detected: psycopg.Connection) 
         indicators_on(detected, ["ZZZZ"], START, end)
     with pytest.raises(UnknownSymbol, match="ZZZZ"):
         alerts_on(detected, ["ZZZZ"], START, end)
-    with pytest.raises(UnknownKind, match="'candle'.*highlow, trend, surge, pattern"):
+    with pytest.raises(UnknownKind, match=r"'candle'.*highlow, trend, surge, pattern"):
         events_on(detected, "AAPL", START, end, kinds=["pattern", "candle"])
     with pytest.raises(UnknownKind, match="severity 'fatal'"):
         alerts_on(detected, "AAPL", START, end, severity="fatal")

@@ -37,8 +37,8 @@ SCHEMAS = {kind: json.loads((OUT / f"{kind}.schema.json").read_text())
 
 
 def feed(**kw):
-    options = dict(seed=17, symbols=30, rate=60.0, seconds=40 * 60, duplicate_ratio=0.01, out_of_order_ratio=0.02,
-                   late_ratio=0.01, too_late_ratio=0.002, malformed_ratio=0.003)  # fmt: skip
+    options = {"seed": 17, "symbols": 30, "rate": 60.0, "seconds": 40 * 60, "duplicate_ratio": 0.01, "out_of_order_ratio": 0.02,
+                   "late_ratio": 0.01, "too_late_ratio": 0.002, "malformed_ratio": 0.003}  # fmt: skip
     options.update(kw)
     return list(generate(**options))
 

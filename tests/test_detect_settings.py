@@ -74,5 +74,5 @@ def test_a_bad_file_is_refused_with_the_reason(monkeypatch, tmp_path, text, mess
 
 def test_a_missing_file_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("DETECTION_CONFIG", str(tmp_path / "nope.toml"))
-    with pytest.raises(DetectionConfigError, match="nope.toml: no such file"):
+    with pytest.raises(DetectionConfigError, match=r"nope.toml: no such file"):
         load()

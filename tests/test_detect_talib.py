@@ -58,7 +58,7 @@ def arrays(bars: list[Bar]) -> tuple[np.ndarray, ...]:
 
 def test_indicator_values_equal_talib_over_the_whole_series(series):
     bars, events = series
-    o, h, low, c = arrays(bars)
+    _o, h, low, c = arrays(bars)
     macd, signal, hist = talib.MACD(c, 12, 26, 9)
     upper, middle, lower = talib.BBANDS(c, 20, 2.0, 2.0, 0)
     expected = {

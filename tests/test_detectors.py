@@ -100,7 +100,7 @@ def test_same_events_however_the_trades_are_batched_and_across_a_snapshot():
             for trade in trades[start : start + batch]:
                 x.observe(*trade)
             if x.waiting():
-                x.resolve({s: NO_HISTORY for s in x.waiting()})
+                x.resolve(dict.fromkeys(x.waiting(), NO_HISTORY))
             out += x.take()
             if snapshot_at is not None and start >= snapshot_at:
                 x, snapshot_at = SessionExtremes.restore(x.snapshot(), cfg), None
@@ -367,7 +367,7 @@ def test_the_book_reports_just_the_trades_that_can_move_a_session_extreme():
 
     def events(x: SessionExtremes) -> list:
         if x.waiting():
-            x.resolve({s: NO_HISTORY for s in x.waiting()})
+            x.resolve(dict.fromkeys(x.waiting(), NO_HISTORY))
         return x.take()
 
     through_book, every_trade = SessionExtremes(cfg), SessionExtremes(cfg)

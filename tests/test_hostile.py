@@ -111,7 +111,7 @@ def test_poison_of_every_class_is_dead_lettered_and_good_trades_give_exact_bars(
     for _, _, kind in POISON:
         expected_kinds[kind] = expected_kinds.get(kind, 0) + 1
     assert {k: len(v) for k, v in letters.items()} == expected_kinds
-    for kind, items in letters.items():
+    for items in letters.values():
         for headers, value in items:
             assert headers["dlq.reason"] and len(headers["dlq.reason"]) <= 1000
             assert value is None or len(value) <= MAX_VALUE_BYTES
@@ -136,7 +136,7 @@ def test_a_lone_trade_far_ahead_in_a_replay_moves_no_watermark(settings, db):
     good = [(e.key, e.value) for e in events if e.topic_kind == "trades"]
     # three hours ahead of the feed, yet long past: the wall clock cannot tell, the watermark rule must
     outlier = orjson.dumps(trade(orjson.loads(good[10][1])["sym"], DEFAULT_START_MS + 3 * 3_600_000))
-    produce(settings, good[:50] + [(b"X", outlier)] + good[50:])
+    produce(settings, [*good[:50], (b"X", outlier), *good[50:]])
     run_main(build_flow(settings, NO_DETECTION))
     assert_same_bars(table_bars(db), expected_bars(events))
     letters = letters_by_kind(settings)
@@ -267,7 +267,7 @@ def test_redis_refusals_are_waited_out_and_every_message_published_once(fault, t
         worker.join(30)
         assert done.is_set()
         history = History(redis.Redis(port=port))
-        epoch, offset = history.position("c")
+        epoch, _offset = history.position("c")
         got = history.since("c", epoch, 0)
         numbers = [orjson.loads(m)["n"] for m in got.messages]
         assert numbers[-5:] == [1, 2, 3, 4, 5] and len(numbers) == len(set(numbers)), numbers

@@ -65,7 +65,7 @@ def hostile_trade(draw: st.DrawFn) -> bytes | None:
 @given(st.lists(hostile_trade(), max_size=40))
 def test_the_book_never_raises_and_refuses_with_a_known_kind(values):
     book = BarBook(RULES, max_symbols=50)
-    finals, rejects = book.apply(values + [orjson.dumps(_valid(20_000))])
+    finals, rejects = book.apply([*values, orjson.dumps(_valid(20000))])
     for r in rejects:
         assert r.kind in DEAD_LETTER_KINDS and r.reason
     finals += book.close_all()

@@ -102,7 +102,7 @@ def broken_dir(tmp_path: Path) -> Path:
 
 
 def test_failing_migration_is_rolled_back(database_url: str, broken_dir: Path) -> None:
-    with pytest.raises(migrate.MigrationError, match="0002_broken.up.sql failed and was rolled back"):
+    with pytest.raises(migrate.MigrationError, match=r"0002_broken.up.sql failed and was rolled back"):
         migrate.up(database_url, directory=broken_dir, log=quiet)
 
     # 0001 committed in its own transaction; nothing of 0002 remains; 0003 never ran
@@ -134,7 +134,7 @@ def test_concurrent_runs_apply_each_migration_once(database_url: str) -> None:
     def run() -> None:
         try:
             results.append(migrate.up(database_url, log=quiet))
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001 - every failure of the thread is surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(3)]

@@ -155,5 +155,5 @@ def test_revised_bars_upsert_into_compressed_chunks(timescale_url: str) -> None:
 
 @pytest.mark.integration
 def test_retention_inside_a_refresh_window_is_refused(timescale_url: str) -> None:
-    with pytest.raises(PolicyError, match="TIMESCALE_RETENTION_BARS=3 days.*refresh"):
+    with pytest.raises(PolicyError, match=r"TIMESCALE_RETENTION_BARS=3 days.*refresh"):
         apply(timescale_url, PolicySettings(retention_bars="3 days"), log=lambda _: None)

@@ -34,7 +34,7 @@ def rows(conn: psycopg.Connection) -> list[tuple]:
 def test_postgres_write_survives_a_killed_connection(db):
     store = BarStore(TEST_DATABASE_URL, max_backoff_s=0.5)
     store.upsert([bar("AAA", 0), bar("BBB", 0)])
-    pid = store._db._conn.info.backend_pid  # noqa: SLF001 - the test needs the server-side session
+    pid = store._db._conn.info.backend_pid
     db.execute("SELECT pg_terminate_backend(%s)", (pid,))
     store.upsert([bar("AAA", 1), bar("CCC", 1)])
     assert rows(db) == [("AAA", 10.0, 0), ("AAA", 10.0, 0), ("BBB", 10.0, 0), ("CCC", 10.0, 0)]

@@ -173,7 +173,7 @@ def test_analyst_bars_match_the_views(bars_db: psycopg.Connection) -> None:
 def test_analyst_refuses_bad_requests(bars_db: psycopg.Connection) -> None:
     insert(bars_db, one_minute_rows())
     start, end = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
-    with pytest.raises(UnknownTimeframe, match="'1w'.*1m, 5m, 15m, 1h, 1d"):
+    with pytest.raises(UnknownTimeframe, match=r"'1w'.*1m, 5m, 15m, 1h, 1d"):
         bars("AAPL", start, end, "1w", database_url=TEST_DATABASE_URL)
     with pytest.raises(UnknownSymbol, match="AAPL; DROP TABLE symbols, ZZZZ"):
         bars(["AAPL", "ZZZZ", "AAPL; DROP TABLE symbols"], start, end, database_url=TEST_DATABASE_URL)
@@ -190,7 +190,7 @@ def test_continuous_aggregates(db: psycopg.Connection) -> None:
     rows = db.execute(
         "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates ORDER BY view_name"
     ).fetchall()
-    assert {name: only for name, only in rows if name in EVERY} == {name: False for name in EVERY}
+    assert {name: only for name, only in rows if name in EVERY} == dict.fromkeys(EVERY, False)
     insert(db, one_minute_rows())
     for view in EVERY:
         db.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", (view,))

@@ -108,7 +108,7 @@ def compare_redis(newest: Bars, written: Bars, limit: int = 5) -> dict[str, Any]
 def detection_rows(conn: psycopg.Connection) -> dict[str, dict[tuple, tuple]]:
     out: dict[str, dict[tuple, tuple]] = {}
     for table in DETECTION_TABLES:
-        rows = conn.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed table names
+        rows = conn.execute(f"SELECT * FROM {table}").fetchall()
         out[table] = {tuple(r[: KEYS[table]]): tuple(r) for r in rows}
     return out
 

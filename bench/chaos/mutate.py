@@ -130,10 +130,7 @@ class Mutator:
         r = self.rng.random()
         if r < 0.04:
             return self._replacement(record)
-        if r < 0.55:
-            out = self._structural(record)
-        else:
-            out = record
+        out = self._structural(record) if r < 0.55 else record
         for _ in range(self.rng.choice((0, 1, 1, 2, 3)) if out is not record else self.rng.choice((1, 1, 2, 3))):
             out = self._byte_ops[int(self.rng.random() * len(self._byte_ops))](out)
         return out

@@ -17,6 +17,7 @@ trades topic and on the bars topic).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import shutil
 import sys
@@ -108,7 +109,8 @@ def scenarios(profile: Profile) -> list[Scenario]:
     # uninterrupted run compared, in the short version too.
     broker_s = max(profile.outage_s, 2 * Settings().idle_advance_s)
     outage, base = profile.outage_s, profile.baseline_for_outages
-    return out + [
+    return [
+        *out,
         Scenario("broker_outage", "broker", description=f"{broker_s:.0f} s broker outage (TCP proxy in front of a private Tansu)",
                  outage_s=broker_s),
         Scenario("postgres_outage", "postgres", outage_s=outage, baseline=base,
@@ -490,7 +492,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         for name in ("bars_expected", "bars_written", "bars_lost", "bars_duplicated", "bars_unexpected"):
             setattr(out, name, report[name])
         out.bar_examples = report["bar_examples"]
-        out.redis = compare.compare_redis({k: v for k, v in recorder.newest().items()}, written) | {
+        out.redis = compare.compare_redis(dict(recorder.newest().items()), written) | {
             "recorder": asdict(recorder.stats)}
         letters = compare.read_dead_letters(bootstrap, settings.topic_dead_letter, settings.topic_partitions)
         dlq = compare.check_dead_letters(records, letters)
@@ -596,7 +598,7 @@ def _kill_points(rng: random.Random, n: int, wall_s: float, flows: int, which: i
     low, high = 8.0, wall_s - 8.0
     for _ in range(1000):
         points = sorted(rng.uniform(low, high) for _ in range(n))
-        if all(b - a >= 8.0 for a, b in zip(points, points[1:])):
+        if all(b - a >= 8.0 for a, b in itertools.pairwise(points)):
             return points
     step = (high - low) / n
     return [low + step * i for i in range(n)]

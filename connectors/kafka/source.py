@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
 import msgspec
@@ -212,7 +212,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         return [m for m in messages if m.error() is None]
 
     def _idle(self) -> list[RawBatch]:
-        self._awake = datetime.now(timezone.utc) + _IDLE_POLL
+        self._awake = datetime.now(UTC) + _IDLE_POLL
         now = time.monotonic()
         fresh = self._healthy and now - self._stats_at <= _STATS_FRESH_S
         if fresh and self._beyond_end >= _BEYOND_END_SNAPSHOTS:

@@ -75,7 +75,7 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
                     return
                 if self._failure is None:
                     self._write(items)  # the stores and publishers retry while their server is down
-            except Exception as exc:  # noqa: BLE001 - handed to the flow's thread, which raises it
+            except Exception as exc:
                 log.exception("writing %s failed", self._what)
                 self._failure = exc
             finally:

@@ -149,7 +149,7 @@ class SessionExtremes:
         """A new session begins: the finished one joins the previous sessions."""
         prior = s.prior
         if s.high is not None:
-            prior = ([(s.day, s.high, s.low if s.low is not None else s.high)] + prior)[: self.cfg.n_days]
+            prior = ([(s.day, s.high, s.low if s.low is not None else s.high), *prior])[: self.cfg.n_days]
         day, start, end = session_of(t)
         fresh = self._symbols[symbol] = _Symbol(day, start, end, prior)
         return fresh

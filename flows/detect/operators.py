@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import msgspec
@@ -201,11 +201,11 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
         self._idle = timedelta(seconds=idle_s)
         self._resume = resume
         self._detector: BarDetector | None = None
-        self._last = datetime.now(timezone.utc)
+        self._last = datetime.now(UTC)
 
     def on_batch(self, items: list[Warmed]) -> tuple[list[Event], bool]:
         out: list[Event] = []
-        self._last = datetime.now(timezone.utc)
+        self._last = datetime.now(UTC)
         for bar, history in items:
             detector = self._detector
             if detector is None:
