@@ -17,6 +17,12 @@ however the messages were batched; that is what makes restarts reproducible.
   refused as `future` or held until the jump is confirmed (`flows.event_time`).
 - State stays bounded whatever the input: at most `max_symbols` symbols hold bars at once
   (more are refused as `capacity`), and every field of an event is bounded (`schemas.polygon`).
+
+Over 400 lines on purpose: the two hot loops (`_apply_trades`, `_apply_seconds`) read the book's
+state through local names inside one function each, which is what keeps a trade near a
+microsecond; the rules they share with the snapshot and the timers sit beside them so one file
+holds the whole state machine. The arithmetic of one bar is `flows.bars`, event time
+`flows.event_time`.
 """
 
 from __future__ import annotations

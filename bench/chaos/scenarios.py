@@ -12,6 +12,9 @@ Faults: `kill9` (SIGKILL a flow at random points, restart it from its recovery s
 and refuses new ones for the outage, then lets them through again; the broker is a private Tansu
 advertising the proxy), `poison` (records of every hostile class mixed into the live feed, on the
 trades topic and on the bars topic).
+
+Over 400 lines on purpose: a scenario is one sequence (set up, feed, fault, drain, compare,
+baseline) that reads top to bottom; its parts (`live`, `compare`) are modules of their own.
 """
 
 from __future__ import annotations
