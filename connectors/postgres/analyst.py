@@ -24,6 +24,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from connectors.postgres.queries import BARS_IN_RANGE, IN_RANGE
 from schemas.events import ALERT_RULES, EVENT_TABLE_KINDS
 from schemas.timeframes import TIMEFRAMES as _TIMEFRAMES
 
@@ -86,29 +87,19 @@ ALERT_SCHEMA: Final[dict[str, pl.DataType]] = {
     "params": pl.String(),
 }
 
-_RANGE = " WHERE symbol = ANY(%(symbols)s) AND timestamp >= %(start)s AND timestamp < %(end)s"
-
-# Prices as float8: what DataFrame users compute with; NUMERIC would arrive as Python Decimals.
-_BAR_QUERIES: Final[dict[str, sql.Composed]] = {
-    timeframe: sql.SQL(
-        "SELECT symbol, timestamp, open::float8, high::float8, low::float8, close::float8, volume,"
-        " vwap::float8, trades FROM {table}" + _RANGE + " ORDER BY symbol, timestamp"
-    ).format(table=sql.Identifier(table))
-    for timeframe, table in TIMEFRAMES.items()
-}
 _EVENT_QUERY: Final = sql.SQL(
     "SELECT symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision,"
-    " params::text, detail::text FROM events" + _RANGE + " AND kind = ANY(%(kinds)s) AND confidence >= %(min_confidence)s"
+    " params::text, detail::text FROM events" + IN_RANGE + " AND kind = ANY(%(kinds)s) AND confidence >= %(min_confidence)s"
     " ORDER BY symbol, timestamp, id"
 )
 _INDICATOR_QUERY: Final = sql.SQL(
     "SELECT symbol, timeframe, timestamp, sma, ema, rsi, macd, macd_signal, macd_hist, bb_upper, bb_middle, bb_lower,"
-    " atr, vwap, revision FROM indicator_values" + _RANGE + " AND timeframe = %(timeframe)s"
+    " atr, vwap, revision FROM indicator_values" + IN_RANGE + " AND timeframe = %(timeframe)s"
     " ORDER BY symbol, timestamp"
 )
 _ALERT_QUERY: Final = sql.SQL(
     "SELECT symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator, value, threshold,"
-    " message, revision, params::text FROM alerts" + _RANGE + " AND severity = ANY(%(severities)s)"
+    " message, revision, params::text FROM alerts" + IN_RANGE + " AND severity = ANY(%(severities)s)"
     " AND rule = ANY(%(rules)s) ORDER BY symbol, timestamp, id"
 )
 # A symbol is known when the pipeline has seen it (`symbols`) or the table has rows for it: the
@@ -171,7 +162,7 @@ def bars_on(
     timeframe: str = "1m",
 ) -> pl.DataFrame:
     """`bars()` on an open connection (what the query benchmark times)."""
-    query = _BAR_QUERIES.get(timeframe)
+    query = BARS_IN_RANGE.get(timeframe)
     if query is None:
         raise UnknownTimeframe(f"unknown timeframe {timeframe!r}; expected one of {', '.join(TIMEFRAMES)}")
     params = _range(symbols, start, end)
