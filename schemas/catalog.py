@@ -93,8 +93,13 @@ def published_schema(payload: Any) -> dict:
     return schema
 
 
-def example(payload: Any, offset: int) -> dict:
-    record = EXAMPLES[_members(payload)[-1] if len(_members(payload)) > 1 else payload]
+LIVE_BAR = Bar(symbol="AAPL", timestamp=T + 60_000, open=190.44, high=190.61, low=190.4, close=190.58, volume=9_310,
+               vwap=190.5127, trades=57, revision=0, status="live")
+"""A forming bar (live channels): the minute after the final example's, part-way through."""
+
+
+def example(payload: Any, offset: int, live: bool = False) -> dict:
+    record = LIVE_BAR if live else EXAMPLES[_members(payload)[-1] if len(_members(payload)) > 1 else payload]
     return {"offset": offset, "epoch": EPOCH, **msgspec.to_builtins(record)}
 
 
@@ -112,7 +117,7 @@ def _section(spec: ChannelSpec, channels: Channels, n: int) -> str:
         "Example:",
         "",
         "```json",
-        json.dumps(example(spec.payload, 1842 + n), separators=(",", ":")),
+        json.dumps(example(spec.payload, 1842 + n, live=spec.attribute.startswith("live")), separators=(",", ":")),
         "```",
         "",
         "<details><summary>JSON Schema</summary>",

@@ -4,7 +4,7 @@
     day = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
     hourly = bars(["AAPL", "MSFT"], *day, "1h")
     doji = events(["AAPL"], *day, kinds="pattern", min_confidence=0.8)
-    rsi = indicators(["AAPL"], *day, "5m").select("timestamp", "rsi")
+    rsi = indicators(["AAPL"], *day)  # 1-minute indicators, the ones the detection flow computes.select("timestamp", "rsi")
     critical = alerts(["AAPL", "MSFT"], *day, severity="critical")
 
 Every query is parameterised; table names come from fixed mappings, never from the caller's text, so
