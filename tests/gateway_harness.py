@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from connectors.gateway.app import Gateway
+from connectors.gateway.server import Gateway
 from connectors.gateway.settings import GatewaySettings
 from connectors.redis_history import History, HistoryLimits
 from connectors.redis_publish import BarPublisher

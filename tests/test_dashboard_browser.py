@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.gateway.app import VENDOR_DIR
+from connectors.gateway.server import VENDOR_DIR
 from connectors.gateway.auth import Policy
 from flows.settings import Settings
 from tests.conftest import TEST_DATABASE_URL

@@ -312,7 +312,8 @@ def test_malformed_messages_get_errors_then_a_disconnect(services):
 
 
 def test_gateway_fails_fast_when_redis_is_unreachable(services):
-    from connectors.gateway.app import Gateway, GatewayUnavailable
+    from connectors.gateway.errors import GatewayUnavailable
+    from connectors.gateway.server import Gateway
     from connectors.gateway.settings import GatewaySettings
 
     settings = GatewaySettings(port=0, dev_mode=True, redis_url="redis://127.0.0.1:1/0", database_url=TEST_DATABASE_URL)

@@ -232,7 +232,7 @@ def test_internal_failures_reply_without_their_text(services):
         async def broken(channels):
             raise RuntimeError("postgresql://admin:hunter2@db/secret exploded")
 
-        gw.gateway._positions = broken  # noqa: SLF001 - a fault injected into the gateway's own step
+        gw.gateway.relay.positions = broken  # a fault injected into the gateway's own step
 
         async def scenario() -> None:
             client = await Client.open(gw.url)
@@ -259,7 +259,7 @@ def test_channel_positions_for_recovery_are_bounded(services):
             await client.close()
 
         asyncio.run(scenario())
-        assert len(gw.gateway._last) == 100  # noqa: SLF001
+        assert len(gw.gateway.relay.last) == 100
         assert gw.gateway.stats.channels_forgotten == 200
 
 

@@ -236,7 +236,7 @@ def test_background_tasks_are_supervised_restarted_and_visible(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, probe_interval_s=0.2) as gw:
         g = gw.gateway
         failures = {"flush": 4, "probe": 4}
-        flush, publish = g.flush, g._redis.publish  # noqa: SLF001
+        flush, publish = g.flusher.flush, g.probe.redis.publish
 
         def failing_flush():
             if failures["flush"] > 0:
@@ -261,9 +261,9 @@ def test_background_tasks_are_supervised_restarted_and_visible(services):
         async def scenario() -> None:
             client = await Client.open(gw.url)
             await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["live"]})
-            g.flush = failing_flush
+            g.flusher.flush = failing_flush
             await asyncio.to_thread(wait_for, lambda: watch("flusher"), "flusher restarted 4 times")
-            g._redis.publish = failing_publish  # noqa: SLF001
+            g.probe.redis.publish = failing_publish
             await asyncio.to_thread(wait_for, lambda: watch("redis-probe"), "probe restarted 4 times")
             bars = gw.bars()
             bars.publish_live([live_bar("AAPL", 3.0)])
@@ -291,7 +291,7 @@ def test_the_redis_reader_is_restarted_when_it_dies(services, redis_server_binar
         with running_gateway(TEST_DATABASE_URL, f"redis://127.0.0.1:{port}/0", probe_interval_s=0.2) as gw:
             g = gw.gateway
             left = {"n": 3}
-            relay = g._relay  # noqa: SLF001
+            relay = g.relay.forward
 
             async def failing_relay(pubsub):
                 if left["n"] > 0:
@@ -302,8 +302,8 @@ def test_the_redis_reader_is_restarted_when_it_dies(services, redis_server_binar
             async def scenario() -> None:
                 client = await Client.open(gw.url)
                 await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["live"]})
-                g._relay = failing_relay  # noqa: SLF001
-                redis.Redis(port=port).client_kill_filter(_type="pubsub")  # the reader reconnects through _relay
+                g.relay.forward = failing_relay
+                redis.Redis(port=port).client_kill_filter(_type="pubsub")  # the reader reconnects through forward
                 await asyncio.to_thread(wait_for, lambda: g.stats.tasks["redis-reader"].restarts == 3
                                         and health(gw)["status"] == "healthy", "reader restarted 3 times")
                 bars = gw.bars()

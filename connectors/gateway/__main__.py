@@ -4,7 +4,8 @@
     python -m connectors.gateway token alice --symbols AAPL,MSFT --kinds live,bar,alert --ttl 3600
 
 Exit codes: 0 stopped cleanly; 1 a dependency (Redis, PostgreSQL) unreachable at start; 2 a bad
-setting or argument (the message names it; never a traceback).
+setting or argument, or an address that cannot be bound (the message names it; never a
+traceback). Only `main` exits: the library raises (errors.py) and this maps the errors to codes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import time
 import uvloop
 from pydantic import ValidationError
 
-from connectors.gateway.app import Gateway, GatewayUnavailable
+from connectors.gateway.errors import CannotListen, GatewayUnavailable
+from connectors.gateway.server import Gateway
 from connectors.gateway.auth import Policy
 from connectors.gateway.settings import GatewaySettings, describe_errors
 
@@ -98,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             if settings.dev_mode_allow_remote else "")
     try:
         uvloop.run(serve(settings))
+    except CannotListen as exc:  # the address is a setting
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except GatewayUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return 1
     return 0
 
 
