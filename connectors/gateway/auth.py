@@ -7,7 +7,11 @@ lists where `*` means all. A token without grant claims is refused, never read a
 Times are checked against the caller's clock with a small leeway for clock skew. Tokens come
 from `python -m connectors.gateway token` (operators) with the deployment's GATEWAY_JWT_SECRET.
 
-Pure: the app passes in the request's token, Origin and the clock.
+Pure: the app passes in what the request carries and the clock. A request presents its token
+the same way to REST and to the WebSocket handshake (`Policy.admit_request`, as Starlette's
+authentication backends serve HTTP and WebSocket alike): `Authorization: Bearer <token>`, else
+`?token=` (a browser cannot set headers on a WebSocket); a header or parameter given twice is
+refused (400), never guessed between.
 
 >>> policy = Policy(secret="s" * 32, origins=("http://dash.example",))
 >>> token = policy.issue("alice", symbols=["AAPL"], kinds=["live", "bar"], ttl_s=60, now=1000)
@@ -22,12 +26,14 @@ connectors.gateway.auth.Refused: origin 'http://evil.example' is not allowed (GA
 Traceback (most recent call last):
 ...
 connectors.gateway.auth.Refused: token expired
+>>> policy.admit_request(authorization=[f"Bearer {token}"], tokens=[], origins=[], now=1030).user
+'alice'
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import jwt
@@ -121,6 +127,28 @@ def grant_kinds(kinds: Iterable[str]) -> frozenset[str]:
     return frozenset(KINDS) if ALL in kinds else frozenset(kinds)
 
 
+def request_token(authorization: Sequence[str], tokens: Sequence[str]) -> str | None:
+    """The token a request carries: its `Authorization: Bearer` header, else its `token` parameter.
+
+    `authorization`: the request's Authorization header values; `tokens`: its `token` query
+    parameter values (blank ones included). Another scheme (Basic, ...) is no token.
+
+    >>> request_token(["Bearer abc"], []), request_token(["bearer abc"], ["xyz"]), request_token(["Basic eHk="], ["xyz"])
+    ('abc', 'abc', 'xyz')
+    >>> request_token([], []) is None
+    True
+    """
+    if len(authorization) > 1:
+        raise Refused("more than one Authorization header", 400)
+    if len(tokens) > 1:
+        raise Refused("`token` given more than once", 400)
+    if authorization:
+        scheme, _, credentials = authorization[0].strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return tokens[0] if tokens else None
+
+
 class Policy:
     """Admission rules of one gateway: the signing secret, allowed origins, dev mode, claim checks."""
 
@@ -168,6 +196,17 @@ class Policy:
         """Browsers always send Origin: it must be allowed. Non-browser clients send none."""
         if origin is not None and origin.rstrip("/") not in self.origins and not self.dev_mode:
             raise Refused(f"origin {origin[:200]!r} is not allowed (GATEWAY_ALLOWED_ORIGINS)", 403)
+
+    def admit_request(self, *, authorization: Sequence[str], tokens: Sequence[str], origins: Sequence[str],
+                      now: float) -> Grant:
+        """`admit` for an HTTP request or a WebSocket handshake: its token (`request_token`) and its Origin.
+
+        Each argument lists the values the request carries (headers may repeat; so may parameters).
+        """
+        token = request_token(authorization, tokens)
+        if len(origins) > 1:
+            raise Refused("more than one Origin header", 400)
+        return self.admit(token, origins[0] if origins else None, now=now)
 
     def admit(self, token: str | None, origin: str | None, *, now: float) -> Grant:
         """The grant for a connection or request, or Refused with the reason (never another exception)."""

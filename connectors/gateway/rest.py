@@ -39,8 +39,9 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyQuery, HTTPBearer
 from psycopg import sql
+from starlette.requests import HTTPConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
@@ -197,6 +198,23 @@ def parse_time(name: str, text: str) -> datetime:
         return _FIRST if offset_min > 0 else _LAST
 
 
+class _BearerScheme(HTTPBearer):
+    """`Authorization: Bearer` in the OpenAPI document; the token is read by `Policy.admit_request`.
+
+    One reader for REST and the WebSocket handshake (auth.py), so this scheme only documents.
+    """
+
+    async def __call__(self, request: HTTPConnection) -> None:
+        return None
+
+
+class _QueryScheme(APIKeyQuery):
+    """`?token=` in the OpenAPI document; read, like the header, by `Policy.admit_request`."""
+
+    async def __call__(self, request: HTTPConnection) -> None:
+        return None
+
+
 def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
                health: Callable[[], dict], metrics: Callable[[], bytes], static_dir: str | None = None,
                vendor_dir: str | None = None, db_timeout_s: float = 5.0,
@@ -213,21 +231,17 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
         docs_url=None,  # Swagger UI loads its assets from a CDN; /openapi.json is the document
         redoc_url=None,
     )
-    bearer = HTTPBearer(auto_error=False, description="a token from `python -m connectors.gateway token`")
-    token_query = APIKeyQuery(name="token", auto_error=False, description="the same token, for browsers")
+    bearer = _BearerScheme(auto_error=False, scheme_name="HTTPBearer",
+                           description="a token from `python -m connectors.gateway token`")
+    token_query = _QueryScheme(name="token", auto_error=False, scheme_name="APIKeyQuery",
+                               description="the same token, for browsers")
 
-    def admitted(request: Request, header: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-                 query: Annotated[str | None, Security(token_query)]) -> Grant:
+    def admitted(request: Request, _bearer: Annotated[None, Security(bearer)],
+                 _query: Annotated[None, Security(token_query)]) -> Grant:
         try:
-            if len(request.headers.getlist("authorization")) > 1:
-                raise Refused("more than one Authorization header", 400)
-            if len(request.query_params.getlist("token")) > 1:
-                raise Refused("`token` given more than once", 400)
-            origins = request.headers.getlist("origin")
-            if len(origins) > 1:
-                raise Refused("more than one Origin header", 400)
-            token = header.credentials if header is not None else query
-            return policy.admit(token, origins[0] if origins else None, now=time.time())
+            return policy.admit_request(authorization=request.headers.getlist("authorization"),
+                                        tokens=request.query_params.getlist("token"),
+                                        origins=request.headers.getlist("origin"), now=time.time())
         except Refused as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             raise HTTPException(exc.status, exc.reason, headers=headers) from None

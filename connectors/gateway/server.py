@@ -198,14 +198,10 @@ class Gateway:
             if len(self.sessions) >= self.settings.max_connections:
                 raise Refused(f"too many connections ({self.settings.max_connections}, GATEWAY_MAX_CONNECTIONS); "
                               "retry later", 503)
-            auth = _one_header(request, "Authorization") or ""
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-            if token is None:
-                tokens = parse_qs(url.query).get("token") or []
-                if len(tokens) > 1:
-                    raise Refused("`token` given more than once", 400)
-                token = tokens[0] if tokens else None
-            connection.grant = self.policy.admit(token, _one_header(request, "Origin"), now=time.time())
+            connection.grant = self.policy.admit_request(
+                authorization=request.headers.get_all("Authorization"),
+                tokens=parse_qs(url.query, keep_blank_values=True).get("token", []),
+                origins=request.headers.get_all("Origin"), now=time.time())
         except Refused as exc:
             self.stats.rejected[exc.status] += 1
             return connection.respond(exc.status, exc.reason + "\n")
@@ -218,13 +214,6 @@ class Gateway:
 
     def metrics(self) -> bytes:
         return exposition(self.stats, self.flusher.depths)
-
-
-def _one_header(request: Request, name: str) -> str | None:
-    values = request.headers.get_all(name)
-    if len(values) > 1:
-        raise Refused(f"more than one {name} header", 400)
-    return values[0] if values else None
 
 
 async def _bounded(awaitable: Awaitable[object], timeout_s: float, what: str) -> None:
