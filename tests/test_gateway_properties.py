@@ -3,7 +3,7 @@ a valid result, never another exception.
 
 - `protocol.decode_client`: any text, any JSON value, protocol-shaped messages with hostile fields;
 - `ChannelMap.parse`: any channel name and any bytes from Redis, and hostile JSON objects;
-- the REST time parameter (`rest.parse_time`) and the token check (`Policy.admit`);
+- the REST time parameter (`rfc3339.parse_time`) and the token check (`Policy.admit`);
 - the settings: any value of any GATEWAY_* variable is a valid setting or a precise error.
 
 The REST parameter handling against a running gateway is in tests/test_gateway_hostile.py.
@@ -27,7 +27,7 @@ from connectors.gateway import protocol
 from connectors.gateway.auth import Grant, Policy, Refused
 from connectors.gateway.fanout import ChannelMap, Message, frame
 from connectors.gateway.protocol import KINDS, BadMessage, Ping, Subscribe, Unsubscribe, decode_client
-from connectors.gateway.rest import parse_time
+from connectors.gateway.rfc3339 import parse_time
 from connectors.gateway.settings import GatewaySettings, describe_errors
 from schemas.channels import Channels
 from schemas.symbols import is_symbol
