@@ -193,5 +193,5 @@ class _Collector:
 
 def exposition(stats: Stats, depths: Callable[[], QueueDepths]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(stats, depths))  # type: ignore[arg-type]
+    registry.register(_Collector(stats, depths))
     return generate_latest(registry)
