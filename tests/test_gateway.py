@@ -423,7 +423,7 @@ def test_messages_json_is_what_was_published(gw):
         bars = gw.bars()
         bars.publish_final([live_bar("AAPL", 3.0, status="final")])
         got = (await client.until(lambda d: len(d) == 1))[0]
-        epoch, offset = bars._history.position(gw.channels.ohlcv_for("AAPL"))  # noqa: SLF001
+        epoch, offset = bars._history.position(gw.channels.ohlcv_for("AAPL"))
         assert got["epoch"] == epoch and got["offset"] == offset
         assert {k: got[k] for k in ("symbol", "close", "status", "revision")} == {
             "symbol": "AAPL", "close": 3.0, "status": "final", "revision": 0}

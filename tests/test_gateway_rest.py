@@ -45,9 +45,8 @@ def rest(db):
         "  '{\"period\": 14}')",
         (T0 + timedelta(minutes=8),),
     )
-    with running_gateway(TEST_DATABASE_URL, Settings().redis_url) as gw:
-        with httpx.Client(base_url=gw.http, timeout=WAIT_S) as client:
-            yield client
+    with running_gateway(TEST_DATABASE_URL, Settings().redis_url) as gw, httpx.Client(base_url=gw.http, timeout=WAIT_S) as client:
+        yield client
 
 
 def iso(moment: datetime) -> str:

@@ -36,7 +36,7 @@ REDIS_URL = Settings().redis_url
 T0 = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)  # fixed: /api/symbols is relative to the newest bar
 EVENT_KINDS = ("highlow", "trend", "surge", "pattern", "alert")
 SYMBOL_GRANTS = (("AAPL",), ("MSFT",), ("*",))
-KIND_GRANTS = tuple((k,) for k in KINDS) + (("*",), ())
+KIND_GRANTS = (*((k,) for k in KINDS), ("*",), ())
 
 
 def granted_kinds(kinds: tuple[str, ...]) -> set[str]:
@@ -180,7 +180,7 @@ def test_websocket_grant_matrix(secured):
         await observer.until(lambda d: len(d) == total)
         await asyncio.sleep(0.3)  # the restricted clients got their frames in the same flushes
         for (symbols, kinds), client in clients.items():
-            while await client._receive_one(0.2):  # noqa: SLF001 - read whatever is there
+            while await client._receive_one(0.2):  # read whatever is there
                 pass
             got = {(m["symbol"], kind_of(m)) for m in client.data()}
             expected = {(s, k) for s in ("AAPL", "MSFT") if allows(symbols, s) for k in granted_kinds(kinds)}

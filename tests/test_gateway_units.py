@@ -147,7 +147,7 @@ def test_tokens_carry_user_symbols_kinds_and_expire():
     with pytest.raises(Refused, match="missing token") as caught:
         policy.admit(None, None, now=1_000)
     assert caught.value.status == 401
-    with pytest.raises(Refused, match="origin 'https://evil.example' is not allowed") as caught:
+    with pytest.raises(Refused, match=r"origin 'https://evil\.example' is not allowed") as caught:
         policy.admit(token, "https://evil.example", now=1_000)
     assert caught.value.status == 403
 

@@ -20,9 +20,9 @@ import time
 import uvloop
 from pydantic import ValidationError
 
+from connectors.gateway.auth import Policy
 from connectors.gateway.errors import CannotListen, GatewayUnavailable
 from connectors.gateway.server import Gateway
-from connectors.gateway.auth import Policy
 from connectors.gateway.settings import GatewaySettings, describe_errors
 
 

@@ -82,7 +82,7 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
 
     try:
         await app(scope, receive, send)
-    except Exception:  # noqa: BLE001 - Starlette re-raises after sending its 500; answer, never crash the handshake
+    except Exception:  # Starlette re-raises after sending its 500; answer, never crash the handshake
         log.exception("HTTP %s %s failed", method, path[:200])
         if not started:
             status, body = 500, bytearray(b'{"detail":"internal error"}')

@@ -20,6 +20,7 @@ from connectors.gateway.fanout import Router, frame
 from connectors.gateway.metrics import QueueDepths, Stats
 from connectors.gateway.session import Session
 from connectors.gateway.settings import GatewaySettings
+from connectors.gateway.supervision import detach
 
 log = logging.getLogger("tickstock.gateway")
 
@@ -80,7 +81,7 @@ class Flusher:
         self.router.remove(session)
         reason = f"slow consumer: {queued} messages queued, socket full for {full_s:.1f} s"
         log.warning("cutting %s (%s): %s", session.grant.user, session.ws.remote_address, reason)
-        asyncio.ensure_future(session.ws.close(protocol.CLOSE_SLOW_CONSUMER, reason[:120]))
+        detach(session.ws.close(protocol.CLOSE_SLOW_CONSUMER, reason[:120]))
         # The close frame waits behind what is buffered; a client that reads none of it would
         # hold the socket (and websockets' close, which waits for the socket to drain) forever.
         asyncio.get_running_loop().call_later(self.settings.slow_timeout_s, _abort, session.ws)

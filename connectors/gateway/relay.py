@@ -135,7 +135,7 @@ class Relay:
                 last[channel] = (m.epoch, m.offset)
                 if route(m):
                     stats.relayed += 1
-            except Exception:  # noqa: BLE001 - one message must never stop the relay (and it is not redelivered)
+            except Exception:  # one message must never stop the relay (and it is not redelivered)
                 ignored["internal error"] += 1
                 log.exception("relaying a message on %r failed; skipped", channel[:200])
 
@@ -191,7 +191,7 @@ class Relay:
             epoch, offset = wanted[channel].epoch, wanted[channel].offset
             now_epoch, top = current[channel]["epoch"], current[channel]["offset"]
             too_many = f"too many missed messages for your queue (GATEWAY_MAX_QUEUE={self.settings.max_queue})"
-            if now_epoch == epoch and 0 <= top - offset and top - offset > budget:
+            if now_epoch == epoch and top - offset >= 0 and top - offset > budget:
                 resets.append((channel, now_epoch, top, too_many))
                 continue
             missed = await asyncio.to_thread(self.history.since, channel, epoch, offset)

@@ -50,7 +50,7 @@ from connectors.gateway.relay import Relay
 from connectors.gateway.rest import build_rest
 from connectors.gateway.session import Clients, GatewayConnection, Session
 from connectors.gateway.settings import GatewaySettings, redact_url
-from connectors.gateway.supervision import Supervisor
+from connectors.gateway.supervision import Supervisor, detach
 from connectors.redis_history import History
 from schemas.channels import Channels
 
@@ -179,7 +179,7 @@ class Gateway:
         self.supervisor.closing = True
         if self._server is not None:
             for session in list(self.sessions):
-                asyncio.ensure_future(session.ws.close(protocol.CLOSE_GOING_AWAY, "gateway shutting down"))
+                detach(session.ws.close(protocol.CLOSE_GOING_AWAY, "gateway shutting down"))
             self._server.close()
             await _bounded(self._server.wait_closed(), 15, "closing client connections")
         await _bounded(self.supervisor.cancel(), 10, "stopping tasks")

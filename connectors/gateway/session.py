@@ -34,7 +34,7 @@ from connectors.gateway.metrics import Stats
 from connectors.gateway.protocol import ALL, BadMessage, Ping, Subscribe, Unsubscribe
 from connectors.gateway.relay import Relay
 from connectors.gateway.settings import GatewaySettings
-from connectors.gateway.supervision import Backoff
+from connectors.gateway.supervision import Backoff, detach
 
 log = logging.getLogger("tickstock.gateway")
 
@@ -102,7 +102,7 @@ class Clients:
         if grant.expires is not None:
             delay = max(0.0, grant.expires - time.time())
             session.expiry = asyncio.get_running_loop().call_later(
-                delay, lambda: asyncio.ensure_future(ws.close(protocol.CLOSE_UNAUTHORIZED, "token expired")))
+                delay, lambda: detach(ws.close(protocol.CLOSE_UNAUTHORIZED, "token expired")))
         try:
             await ws.send(protocol.encode({
                 "type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "user": grant.user,
@@ -116,7 +116,7 @@ class Clients:
                 await self.on_message(session, raw)
         except ConnectionClosed:
             pass
-        except Exception:  # noqa: BLE001 - never let one client's failure escape into the server
+        except Exception:  # never let one client's failure escape into the server
             self.stats.internal_errors += 1
             log.exception("connection of %s failed", grant.user)
         finally:
@@ -155,7 +155,7 @@ class Clients:
             await session.ws.send(protocol.error("unavailable", str(exc)), text=True)
         except ConnectionClosed:
             raise
-        except Exception:  # noqa: BLE001 - our failure: log it with a reference, tell the client only that
+        except Exception:  # our failure: log it with a reference, tell the client only that
             ref = uuid.uuid4().hex[:12]
             self.stats.internal_errors += 1
             log.exception("handling a message from %s failed (ref %s)", session.grant.user, ref)

@@ -1,5 +1,7 @@
 """Background tasks that must not die: each runs under a supervisor that restarts it with backoff.
 
+(And `detach`, for the one-shot tasks nobody waits for, such as a client's close handshake.)
+
 The gateway's Redis reader, flusher and probe run for the gateway's lifetime. If one raises (or
 returns, which for them is a failure too) it is logged, counted in `Stats.tasks` and restarted
 after a capped, jittered delay; /healthz shows it as not running meanwhile. A task that ran a
@@ -41,6 +43,19 @@ class Backoff:
         self.attempts = 0
 
 
+_detached: set[asyncio.Future] = set()
+
+
+def detach(awaitable: Awaitable[object]) -> None:
+    """Run `awaitable` in the background, not waiting for it (a close handshake, say).
+
+    The event loop keeps only a weak reference to a task: this keeps a strong one until it is done.
+    """
+    task = asyncio.ensure_future(awaitable)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+
+
 class Supervisor:
     """The gateway's background tasks: started by name, restarted when they die, cancelled at stop."""
 
@@ -67,7 +82,7 @@ class Supervisor:
             except asyncio.CancelledError:
                 state.running = False
                 raise
-            except Exception as exc:  # noqa: BLE001 - supervision: any failure is logged, counted, restarted
+            except Exception as exc:  # supervision: any failure is logged, counted, restarted
                 state.running = False
                 state.restarts += 1
                 state.last_error = type(exc).__name__
