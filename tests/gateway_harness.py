@@ -66,8 +66,9 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_gateway(database_url: str, redis_url: str, history: HistoryLimits | None = None,
-                    **overrides: object) -> Iterator[Running]:
+def running_gateway(
+    database_url: str, redis_url: str, history: HistoryLimits | None = None, **overrides: object
+) -> Iterator[Running]:
     values: dict[str, object] = {
         "port": 0,
         "redis_namespace": f"test{uuid.uuid4().hex[:8]}",
@@ -95,8 +96,19 @@ def running_gateway(database_url: str, redis_url: str, history: HistoryLimits | 
 
 
 def live_bar(symbol: str, close: float, minute: int = 0, status: str = "live", revision: int = 0) -> Bar:
-    return Bar(symbol=symbol, timestamp=1_800_000_000_000 + minute * 60_000, open=close - 0.2, high=close + 0.3,
-               low=close - 0.4, close=close, volume=100, vwap=close, trades=1, revision=revision, status=status)  # type: ignore[arg-type]
+    return Bar(
+        symbol=symbol,
+        timestamp=1_800_000_000_000 + minute * 60_000,
+        open=close - 0.2,
+        high=close + 0.3,
+        low=close - 0.4,
+        close=close,
+        volume=100,
+        vwap=close,
+        trades=1,
+        revision=revision,
+        status=status,
+    )  # type: ignore[arg-type]
 
 
 class Client:

@@ -38,28 +38,33 @@ def _settings() -> GatewaySettings:
 
 
 def token(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.gateway token",
-                                     description="Print a signed token (GATEWAY_JWT_SECRET) for a user.")
+    parser = argparse.ArgumentParser(
+        prog="python -m connectors.gateway token", description="Print a signed token (GATEWAY_JWT_SECRET) for a user."
+    )
     parser.add_argument("user")
     parser.add_argument("--symbols", default="*", help="comma-separated tickers, or * (default): written into the token")
-    parser.add_argument("--kinds", default="*",
-                        help="comma-separated kinds (live,bar,highlow,trend,surge,pattern,indicator,alert), or * (default)")
-    parser.add_argument("--ttl", type=float, default=None,
-                        help="seconds (default GATEWAY_TOKEN_TTL_S; at most GATEWAY_MAX_TOKEN_LIFETIME_S)")
+    parser.add_argument(
+        "--kinds",
+        default="*",
+        help="comma-separated kinds (live,bar,highlow,trend,surge,pattern,indicator,alert), or * (default)",
+    )
+    parser.add_argument(
+        "--ttl", type=float, default=None, help="seconds (default GATEWAY_TOKEN_TTL_S; at most GATEWAY_MAX_TOKEN_LIFETIME_S)"
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed the usage and the problem
         return 2 if exc.code else 0
     try:
         s = _settings()
-        policy = Policy(s.jwt_secret, (), dev_mode=False, audience=s.jwt_audience, issuer=s.jwt_issuer,
-                        max_lifetime_s=s.max_token_lifetime_s)
+        policy = Policy(
+            s.jwt_secret, (), dev_mode=False, audience=s.jwt_audience, issuer=s.jwt_issuer, max_lifetime_s=s.max_token_lifetime_s
+        )
         symbols = [x for x in args.symbols.split(",") if x.strip()]
         kinds = [x.strip() for x in args.kinds.split(",") if x.strip()]
         if not symbols or not kinds:
             raise ValueError("--symbols and --kinds must each name at least one (or *)")
-        print(policy.issue(args.user, symbols, kinds, ttl_s=s.token_ttl_s if args.ttl is None else args.ttl,
-                           now=time.time()))
+        print(policy.issue(args.user, symbols, kinds, ttl_s=s.token_ttl_s if args.ttl is None else args.ttl, now=time.time()))
     except (ValueError, BadSettings) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.dev_mode:
         logging.getLogger("tickstock.gateway").warning(
             "GATEWAY_DEV_MODE=true: no token required, any Origin accepted, on %s%s; never expose this gateway",
-            settings.host, " (GATEWAY_DEV_MODE_ALLOW_REMOTE=true: reachable from other machines)"
-            if settings.dev_mode_allow_remote else "")
+            settings.host,
+            " (GATEWAY_DEV_MODE_ALLOW_REMOTE=true: reachable from other machines)" if settings.dev_mode_allow_remote else "",
+        )
     try:
         uvloop.run(serve(settings))
     except CannotListen as exc:  # the address is a setting

@@ -98,7 +98,7 @@ def _number(claims: dict, name: str) -> float | None:
 
 def _grant_list(claims: dict, name: str) -> list[str]:
     if name not in claims:
-        raise Refused(f"invalid token: no `{name}` claim (a token must name its grants; `[\"*\"]` for all)")
+        raise Refused(f'invalid token: no `{name}` claim (a token must name its grants; `["*"]` for all)')
     value = claims[name]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise Refused(f"invalid token: `{name}` must be a list of strings")
@@ -123,7 +123,9 @@ def grant_kinds(kinds: Iterable[str]) -> frozenset[str]:
     kinds = set(kinds)
     unknown = sorted(k for k in kinds if k != ALL and k not in KINDS)
     if unknown:
-        raise ValueError(f"unknown kind(s) {', '.join(safe_text(k, 32) for k in unknown[:5])}; expected some of {', '.join(KINDS)} or *")
+        raise ValueError(
+            f"unknown kind(s) {', '.join(safe_text(k, 32) for k in unknown[:5])}; expected some of {', '.join(KINDS)} or *"
+        )
     return frozenset(KINDS) if ALL in kinds else frozenset(kinds)
 
 
@@ -152,9 +154,17 @@ def request_token(authorization: Sequence[str], tokens: Sequence[str]) -> str | 
 class Policy:
     """Admission rules of one gateway: the signing secret, allowed origins, dev mode, claim checks."""
 
-    def __init__(self, secret: str | None, origins: Iterable[str] = (), dev_mode: bool = False, *,
-                 audience: str | None = None, issuer: str | None = None, leeway_s: float = 0.0,
-                 max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S) -> None:
+    def __init__(
+        self,
+        secret: str | None,
+        origins: Iterable[str] = (),
+        dev_mode: bool = False,
+        *,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway_s: float = 0.0,
+        max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
+    ) -> None:
         if not dev_mode and (secret is None or len(secret.encode()) < MIN_SECRET_BYTES):
             raise ValueError(
                 f"GATEWAY_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes "
@@ -170,8 +180,9 @@ class Policy:
         self.leeway_s = leeway_s
         self.max_lifetime_s = max_lifetime_s
 
-    def issue(self, user: str, symbols: Iterable[str] = (ALL,), kinds: Iterable[str] = (ALL,), *,
-              ttl_s: float, now: float) -> str:
+    def issue(
+        self, user: str, symbols: Iterable[str] = (ALL,), kinds: Iterable[str] = (ALL,), *, ttl_s: float, now: float
+    ) -> str:
         """A signed token for `user`, valid `ttl_s` seconds from `now`; ValueError says what is wrong."""
         if self.secret is None:
             raise ValueError("no GATEWAY_JWT_SECRET: cannot sign tokens")
@@ -184,8 +195,13 @@ class Policy:
         granted_symbols = sorted(grant_symbols(symbols))
         kinds = set(kinds)
         grant_kinds(kinds)
-        claims: dict[str, object] = {"sub": user, "iat": int(now), "exp": int(now + ttl_s),
-                                     "symbols": granted_symbols, "kinds": sorted(kinds)}
+        claims: dict[str, object] = {
+            "sub": user,
+            "iat": int(now),
+            "exp": int(now + ttl_s),
+            "symbols": granted_symbols,
+            "kinds": sorted(kinds),
+        }
         if self.audience is not None:
             claims["aud"] = self.audience
         if self.issuer is not None:
@@ -197,8 +213,7 @@ class Policy:
         if origin is not None and origin.rstrip("/") not in self.origins and not self.dev_mode:
             raise Refused(f"origin {origin[:200]!r} is not allowed (GATEWAY_ALLOWED_ORIGINS)", 403)
 
-    def admit_request(self, *, authorization: Sequence[str], tokens: Sequence[str], origins: Sequence[str],
-                      now: float) -> Grant:
+    def admit_request(self, *, authorization: Sequence[str], tokens: Sequence[str], origins: Sequence[str], now: float) -> Grant:
         """`admit` for an HTTP request or a WebSocket handshake: its token (`request_token`) and its Origin.
 
         Each argument lists the values the request carries (headers may repeat; so may parameters).
@@ -216,17 +231,28 @@ class Policy:
                 return DEV_GRANT
             raise Refused("missing token: pass ?token=... or an `Authorization: Bearer` header")
         if self.secret is None:
-            raise Refused("development mode without GATEWAY_JWT_SECRET cannot verify tokens: send none, "
-                          "or set GATEWAY_JWT_SECRET to test grants")
+            raise Refused(
+                "development mode without GATEWAY_JWT_SECRET cannot verify tokens: send none, "
+                "or set GATEWAY_JWT_SECRET to test grants"
+            )
         if len(token) > MAX_TOKEN_BYTES:
             raise Refused(f"invalid token: longer than {MAX_TOKEN_BYTES} characters")
         try:
             # times are checked below against the caller's clock (PyJWT would read the real one)
             claims = jwt.decode(
-                token, self.secret, algorithms=[ALGORITHM], audience=self.audience, issuer=self.issuer,
-                options={"require": ["exp", "iat", "sub"], "verify_exp": False, "verify_iat": False,
-                         "verify_nbf": False, "verify_aud": self.audience is not None,
-                         "verify_iss": self.issuer is not None},
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "require": ["exp", "iat", "sub"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "verify_aud": self.audience is not None,
+                    "verify_iss": self.issuer is not None,
+                },
             )
         except jwt.InvalidTokenError as exc:
             raise Refused(f"invalid token: {str(exc)[:200]}") from None
@@ -246,8 +272,9 @@ class Policy:
         if exp <= iat:
             raise Refused("invalid token: `exp` is not after `iat`")
         if exp - iat > self.max_lifetime_s:
-            raise Refused(f"invalid token: lifetime {exp - iat:.0f} s exceeds GATEWAY_MAX_TOKEN_LIFETIME_S "
-                          f"({self.max_lifetime_s:g} s)")
+            raise Refused(
+                f"invalid token: lifetime {exp - iat:.0f} s exceeds GATEWAY_MAX_TOKEN_LIFETIME_S ({self.max_lifetime_s:g} s)"
+            )
         user = claims["sub"]
         if not isinstance(user, str) or not user or len(user) > MAX_USER_LENGTH or not user.isprintable():
             raise Refused(f"invalid token: `sub` must be 1-{MAX_USER_LENGTH} printable characters")

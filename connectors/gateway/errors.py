@@ -30,7 +30,10 @@ class Unavailable(Exception):
     """Redis failed on a client's behalf after retries; the client is told, nothing half-applied."""
 
 
-REDIS_ERRORS = (redis.RedisError, OSError)  # every Redis failure redis-py raises (ConnectionError, ResponseError: OOM, READONLY, MISCONF, LOADING, ...)
+REDIS_ERRORS = (
+    redis.RedisError,
+    OSError,
+)  # every Redis failure redis-py raises (ConnectionError, ResponseError: OOM, READONLY, MISCONF, LOADING, ...)
 
 
 def brief(exc: BaseException) -> str:

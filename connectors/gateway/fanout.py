@@ -71,8 +71,7 @@ class Message:
 
     __slots__ = ("channel", "symbol", "kind", "key", "confidence", "epoch", "offset", "part")
 
-    def __init__(self, channel: str, symbol: str, kind: str, key: tuple, confidence: float, epoch: str, offset: int,
-                 part: bytes):
+    def __init__(self, channel: str, symbol: str, kind: str, key: tuple, confidence: float, epoch: str, offset: int, part: bytes):
         self.channel = channel
         self.epoch = epoch
         self.symbol = symbol

@@ -26,8 +26,9 @@ DATABASE_EVERY = 5  # probes per PostgreSQL check
 class Probe:
     """The Redis lag probe and the PostgreSQL check; `database_ok` is read by health."""
 
-    def __init__(self, redis: aioredis.Redis, pool: AsyncConnectionPool, stats: Stats, *, channel: str,
-                 interval_s: float) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, pool: AsyncConnectionPool, stats: Stats, *, channel: str, interval_s: float
+    ) -> None:
         self.redis = redis
         self.pool = pool
         self.stats = stats

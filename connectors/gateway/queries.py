@@ -34,22 +34,27 @@ async def is_known(conn: psycopg.AsyncConnection, symbol: str) -> bool:
 
 async def busiest_symbols(conn: psycopg.AsyncConnection, limit: int) -> list[str]:
     """Symbols with a bar in the last hour of data, busiest latest minute first."""
-    found = await rows(conn,
+    found = await rows(
+        conn,
         "SELECT symbol FROM latest_bars WHERE timestamp >= (SELECT max(timestamp) FROM latest_bars) - interval '1 hour'"
-        " ORDER BY timestamp DESC, volume DESC LIMIT %s", (limit,))
+        " ORDER BY timestamp DESC, volume DESC LIMIT %s",
+        (limit,),
+    )
     return [r["symbol"] for r in found]
 
 
 async def recent_ticks(conn: psycopg.AsyncConnection, symbol: str, since: datetime, limit: int) -> list[dict]:
     """1-minute bars of `symbol` starting at or after `since`, newest first."""
-    return await rows(conn,
+    return await rows(
+        conn,
         "SELECT symbol, timestamp, open::float8 AS open, high::float8 AS high, low::float8 AS low,"
         " close::float8 AS close, volume FROM ohlcv_1min WHERE symbol = %s AND timestamp >= %s"
-        " ORDER BY timestamp DESC LIMIT %s", (symbol, since, limit))
+        " ORDER BY timestamp DESC LIMIT %s",
+        (symbol, since, limit),
+    )
 
 
-async def bars(conn: psycopg.AsyncConnection, timeframe: Timeframe, symbol: str, start: datetime,
-               end: datetime) -> list[dict]:
+async def bars(conn: psycopg.AsyncConnection, timeframe: Timeframe, symbol: str, start: datetime, end: datetime) -> list[dict]:
     """Bars of `symbol` in `timeframe` whose bucket starts in [start, end), oldest first."""
     query = sql.SQL(
         "SELECT symbol, timestamp, open::float8 AS open, high::float8 AS high, low::float8 AS low,"
@@ -59,23 +64,29 @@ async def bars(conn: psycopg.AsyncConnection, timeframe: Timeframe, symbol: str,
     return await rows(conn, query, (symbol, start, end))
 
 
-async def detection_events(conn: psycopg.AsyncConnection, symbol: str, since: datetime, kinds: list[str],
-                           limit: int) -> list[dict]:
+async def detection_events(
+    conn: psycopg.AsyncConnection, symbol: str, since: datetime, kinds: list[str], limit: int
+) -> list[dict]:
     """Rows of the `events` table of `kinds`, newest first, as their records."""
-    found = await rows(conn,
+    found = await rows(
+        conn,
         "SELECT kind, id, type, symbol, timestamp, timeframe, direction, confidence, price, revision,"
         " params, detail FROM events WHERE symbol = %s AND timestamp >= %s AND kind = ANY(%s)"
-        " ORDER BY timestamp DESC LIMIT %s", (symbol, since, kinds, limit))
+        " ORDER BY timestamp DESC LIMIT %s",
+        (symbol, since, kinds, limit),
+    )
     return [_event(r) for r in found]
 
 
 async def alerts(conn: psycopg.AsyncConnection, symbol: str, since: datetime, limit: int) -> list[dict]:
     """Rows of the `alerts` table, newest first, as their records."""
-    found = await rows(conn,
+    found = await rows(
+        conn,
         "SELECT 'alert' AS kind, id, rule AS type, symbol, timestamp, timeframe, direction, confidence,"
         " severity, indicator, value, threshold, message, revision, params FROM alerts"
         " WHERE symbol = %s AND timestamp >= %s ORDER BY timestamp DESC LIMIT %s",
-        (symbol, since, limit))
+        (symbol, since, limit),
+    )
     return [{**r, "timestamp": _ms(r["timestamp"])} for r in found]
 
 

@@ -41,9 +41,19 @@ log = logging.getLogger("tickstock.gateway")
 class Relay:
     """The gateway's Redis side: the subscription, the relay loop, recovery and clients' catch-up."""
 
-    def __init__(self, settings: GatewaySettings, channels: ChannelMap, router: Router[Session], stats: Stats, *,
-                 redis: aioredis.Redis, history: History, sessions: set[Session], probe_channel: str,
-                 closing: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        channels: ChannelMap,
+        router: Router[Session],
+        stats: Stats,
+        *,
+        redis: aioredis.Redis,
+        history: History,
+        sessions: set[Session],
+        probe_channel: str,
+        closing: Callable[[], bool],
+    ) -> None:
         self.settings = settings
         self.channels = channels
         self.router = router
@@ -153,8 +163,15 @@ class Relay:
                         self.router.route(m)
                         self.last[channel] = (missed.epoch, m.offset)
                 continue
-            reset = protocol.encode({"type": "reset", "channel": channel, "epoch": missed.epoch,
-                                     "offset": missed.offset, "reason": "gateway lost its Redis subscription"})
+            reset = protocol.encode(
+                {
+                    "type": "reset",
+                    "channel": channel,
+                    "epoch": missed.epoch,
+                    "offset": missed.offset,
+                    "reason": "gateway lost its Redis subscription",
+                }
+            )
             kinds = self.channels.channel_kinds(channel)
             for session in list(self.sessions):
                 if (symbol is None or ALL in session.symbols or symbol in session.symbols) and session.kinds & kinds:
@@ -208,8 +225,13 @@ class Relay:
         everything = ALL in session.symbols
         for channel, offset, messages in queued:
             self.stats.resumes += 1
-            wanted_messages = [m for m in messages if m.kind in session.kinds and m.confidence >= session.min_confidence
-                               and (everything or m.symbol in session.symbols)]
+            wanted_messages = [
+                m
+                for m in messages
+                if m.kind in session.kinds
+                and m.confidence >= session.min_confidence
+                and (everything or m.symbol in session.symbols)
+            ]
             session.catch_up(channel, offset, wanted_messages)
         replies = []
         for channel, epoch, offset, reason in resets:

@@ -64,9 +64,16 @@ log = logging.getLogger("tickstock.gateway.rest")
 # What schemas/symbols.py `normalise` accepts, as one pattern for the OpenAPI document: a symbol
 # as Polygon spells it, or the same in all lower case (upper-cased by the gateway).
 SYMBOL_QUERY_PATTERN = f"^(?:{SYMBOL_PATTERN}|{SYMBOL_PATTERN.replace('A-Za-z', 'a-z').replace('A-Z', 'a-z')})$"
-SymbolQuery = Annotated[str, Query(min_length=1, max_length=MAX_SYMBOL_LENGTH, examples=["AAPL"],
-                                   description="ticker as Polygon spells it (BRK.A, BACpL); all lower case is upper-cased",
-                                   json_schema_extra={"pattern": SYMBOL_QUERY_PATTERN})]
+SymbolQuery = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=MAX_SYMBOL_LENGTH,
+        examples=["AAPL"],
+        description="ticker as Polygon spells it (BRK.A, BACpL); all lower case is upper-cased",
+        json_schema_extra={"pattern": SYMBOL_QUERY_PATTERN},
+    ),
+]
 
 ALERT_KIND = "alert"  # alerts have a table of their own (`alerts`)
 EVENT_KINDS: tuple[str, ...] = (*EVENT_TABLE_KINDS, ALERT_KIND)  # what /api/events serves
@@ -80,14 +87,27 @@ RETRY_AFTER_S = 5
 
 
 def _time_query(description: str) -> Any:
-    return Query(min_length=20, max_length=40, examples=["2026-11-02T14:30:00Z"], description=description,
-                 json_schema_extra={"format": "date-time"})
+    return Query(
+        min_length=20,
+        max_length=40,
+        examples=["2026-11-02T14:30:00Z"],
+        description=description,
+        json_schema_extra={"format": "date-time"},
+    )
 
 
-def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
-               health: Callable[[], dict], metrics: Callable[[], bytes], static_dir: str | None = None,
-               vendor_dir: str | None = None, db_timeout_s: float = 5.0,
-               on_database_error: Callable[[], None] | None = None) -> FastAPI:
+def build_rest(
+    pool: AsyncConnectionPool,
+    policy: Policy,
+    *,
+    max_bars: int,
+    health: Callable[[], dict],
+    metrics: Callable[[], bytes],
+    static_dir: str | None = None,
+    vendor_dir: str | None = None,
+    db_timeout_s: float = 5.0,
+    on_database_error: Callable[[], None] | None = None,
+) -> FastAPI:
     app = DocumentedAPI(
         dev_mode=policy.dev_mode,
         title="TickStock Streams gateway",
@@ -101,17 +121,23 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
         docs_url=None,  # Swagger UI loads its assets from a CDN; /openapi.json is the document
         redoc_url=None,
     )
-    bearer = BearerScheme(auto_error=False, scheme_name="HTTPBearer",
-                          description="a token from `python -m connectors.gateway token`")
-    token_query = QueryScheme(name="token", auto_error=False, scheme_name="APIKeyQuery",
-                              description="the same token, for browsers")
+    bearer = BearerScheme(
+        auto_error=False, scheme_name="HTTPBearer", description="a token from `python -m connectors.gateway token`"
+    )
+    token_query = QueryScheme(
+        name="token", auto_error=False, scheme_name="APIKeyQuery", description="the same token, for browsers"
+    )
 
-    def admitted(request: Request, _bearer: Annotated[None, Security(bearer)],
-                 _query: Annotated[None, Security(token_query)]) -> Grant:
+    def admitted(
+        request: Request, _bearer: Annotated[None, Security(bearer)], _query: Annotated[None, Security(token_query)]
+    ) -> Grant:
         try:
-            return policy.admit_request(authorization=request.headers.getlist("authorization"),
-                                        tokens=request.query_params.getlist("token"),
-                                        origins=request.headers.getlist("origin"), now=time.time())
+            return policy.admit_request(
+                authorization=request.headers.getlist("authorization"),
+                tokens=request.query_params.getlist("token"),
+                origins=request.headers.getlist("origin"),
+                now=time.time(),
+            )
         except Refused as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             raise HTTPException(exc.status, exc.reason, headers=headers) from None
@@ -159,18 +185,26 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
             if on_database_error is not None:
                 on_database_error()
             log.warning("PostgreSQL failed for a REST request: %s", type(exc).__name__)
-            detail = ("PostgreSQL took too long to answer; retry later" if isinstance(exc, psycopg.errors.QueryCanceled)
-                      else "PostgreSQL is unavailable; retry later")
+            detail = (
+                "PostgreSQL took too long to answer; retry later"
+                if isinstance(exc, psycopg.errors.QueryCanceled)
+                else "PostgreSQL is unavailable; retry later"
+            )
             raise HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
     async def known(conn: psycopg.AsyncConnection, symbol: str) -> None:
         if not await queries.is_known(conn, symbol):
             raise HTTPException(404, f"unknown symbol {symbol} (never seen by the pipeline)")
 
-    @app.get("/api/symbols", response_model=Symbols, responses=error_responses(400, 401, 403, 503),
-             summary="Symbols with a bar in the last hour, busiest minute first (needs kind bar or live)")
-    async def symbols(grant: Admitted, _: Annotated[None, only("limit")],
-                      limit: Annotated[int, Query(ge=1, le=5000)] = 100) -> dict:
+    @app.get(
+        "/api/symbols",
+        response_model=Symbols,
+        responses=error_responses(400, 401, 403, 503),
+        summary="Symbols with a bar in the last hour, busiest minute first (needs kind bar or live)",
+    )
+    async def symbols(
+        grant: Admitted, _: Annotated[None, only("limit")], limit: Annotated[int, Query(ge=1, le=5000)] = 100
+    ) -> dict:
         if not (grant.allows_kind("bar") or grant.allows_kind("live")):
             raise HTTPException(403, "this endpoint needs kind bar or live, which your token does not grant")
         everything = ALL in grant.symbols
@@ -179,11 +213,19 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
         names = [s for s in found if grant.allows_symbol(s)][:limit]
         return {"count": len(names), "symbols": names}
 
-    @app.get("/api/ticks/recent", response_model=RecentTicks, responses=error_responses(400, 401, 403, 404, 503),
-             summary="Latest 1-minute bars of a symbol, newest first (needs kind bar)")
-    async def recent(grant: Admitted, _: Annotated[None, only("symbol", "since", "limit")], symbol: SymbolQuery,
-                     since: Annotated[str | None, _time_query("RFC 3339; bars starting at or after")] = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+    @app.get(
+        "/api/ticks/recent",
+        response_model=RecentTicks,
+        responses=error_responses(400, 401, 403, 404, 503),
+        summary="Latest 1-minute bars of a symbol, newest first (needs kind bar)",
+    )
+    async def recent(
+        grant: Admitted,
+        _: Annotated[None, only("symbol", "since", "limit")],
+        symbol: SymbolQuery,
+        since: Annotated[str | None, _time_query("RFC 3339; bars starting at or after")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict:
         symbol = symbol_for(grant, symbol, BAR_KIND)
         since_utc = parse_time("since", since) if since is not None else FIRST
         async with database() as conn:
@@ -191,12 +233,20 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
             ticks = await queries.recent_ticks(conn, symbol, since_utc, limit)
         return {"symbol": symbol, "count": len(ticks), "ticks": ticks}
 
-    @app.get("/api/bars", response_model=Bars, responses=error_responses(400, 401, 403, 404, 503),
-             summary="Bars of a symbol whose bucket starts in [start, end) (needs kind bar)")
-    async def bars(grant: Admitted, _: Annotated[None, only("symbol", "start", "end", "timeframe")], symbol: SymbolQuery,
-                   start: Annotated[str, _time_query("RFC 3339, inclusive")],
-                   end: Annotated[str, _time_query("RFC 3339, exclusive; after start")],
-                   timeframe: TimeframeName = "1m") -> dict:
+    @app.get(
+        "/api/bars",
+        response_model=Bars,
+        responses=error_responses(400, 401, 403, 404, 503),
+        summary="Bars of a symbol whose bucket starts in [start, end) (needs kind bar)",
+    )
+    async def bars(
+        grant: Admitted,
+        _: Annotated[None, only("symbol", "start", "end", "timeframe")],
+        symbol: SymbolQuery,
+        start: Annotated[str, _time_query("RFC 3339, inclusive")],
+        end: Annotated[str, _time_query("RFC 3339, exclusive; after start")],
+        timeframe: TimeframeName = "1m",
+    ) -> dict:
         symbol = symbol_for(grant, symbol, BAR_KIND)
         start_utc, end_utc = parse_time("start", start), parse_time("end", end)
         if start_utc >= end_utc:
@@ -210,18 +260,25 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
         async with database() as conn:
             await known(conn, symbol)
             found = await queries.bars(conn, frame, symbol, start_utc, end_utc)
-        return {"symbol": symbol, "timeframe": timeframe, "start": start_utc, "end": end_utc, "count": len(found),
-                "bars": found}
+        return {"symbol": symbol, "timeframe": timeframe, "start": start_utc, "end": end_utc, "count": len(found), "bars": found}
 
-    @app.get("/api/events", response_model=Events, responses=error_responses(400, 401, 403, 503),
-             summary="Detection events and alerts of a symbol, newest first (the kinds the token grants)")
-    async def events(grant: Admitted, _: Annotated[None, only("symbol", "since", "limit", repeatable=("kind",))],
-                     symbol: SymbolQuery,
-                     kind: Annotated[list[EventKind] | None,
-                                     Query(description="repeat for several; default every kind the token grants",
-                                           max_length=len(EVENT_KINDS) * 2)] = None,
-                     since: Annotated[str | None, _time_query("RFC 3339; default 24 hours ago")] = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+    @app.get(
+        "/api/events",
+        response_model=Events,
+        responses=error_responses(400, 401, 403, 503),
+        summary="Detection events and alerts of a symbol, newest first (the kinds the token grants)",
+    )
+    async def events(
+        grant: Admitted,
+        _: Annotated[None, only("symbol", "since", "limit", repeatable=("kind",))],
+        symbol: SymbolQuery,
+        kind: Annotated[
+            list[EventKind] | None,
+            Query(description="repeat for several; default every kind the token grants", max_length=len(EVENT_KINDS) * 2),
+        ] = None,
+        since: Annotated[str | None, _time_query("RFC 3339; default 24 hours ago")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict:
         symbol = symbol_for(grant, symbol)
         if kind:
             refused = sorted(set(kind) - grant.kinds)
@@ -247,15 +304,24 @@ def build_rest(pool: AsyncConnectionPool, policy: Policy, *, max_bars: int,
         out = out[:limit]
         return {"symbol": symbol, "count": len(out), "events": out}
 
-    @app.get("/healthz", summary="healthy / degraded / error, the reason and counters (no token needed)",
-             responses={200: {"model": Health, "description": "healthy or degraded"},
-                        503: {"model": Health, "description": "error: live delivery is down"}})
+    @app.get(
+        "/healthz",
+        summary="healthy / degraded / error, the reason and counters (no token needed)",
+        responses={
+            200: {"model": Health, "description": "healthy or degraded"},
+            503: {"model": Health, "description": "error: live delivery is down"},
+        },
+    )
     async def healthz() -> JSONResponse:
         report = health()
         return JSONResponse(report, status_code=503 if report["status"] == "error" else 200)
 
-    @app.get("/metrics", summary="Prometheus metrics (no token needed)", response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}})
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (no token needed)",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    )
     async def prometheus() -> Response:
         return Response(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

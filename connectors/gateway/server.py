@@ -94,8 +94,7 @@ class Gateway:
         s = self.settings
         redis_at = redact_url(s.redis_url)
         # a bounded pool: a burst of subscribes queues for a connection instead of opening hundreds
-        pool = aioredis.BlockingConnectionPool.from_url(s.redis_url, max_connections=16, timeout=30,
-                                                        socket_connect_timeout=5)
+        pool = aioredis.BlockingConnectionPool.from_url(s.redis_url, max_connections=16, timeout=30, socket_connect_timeout=5)
         self._redis = aioredis.Redis(connection_pool=pool)
         try:
             await self._redis.ping()
@@ -105,12 +104,18 @@ class Gateway:
             ) from None
         # no retries inside redis-py (it would wait out a LOADING Redis for many seconds, holding the
         # reader): the gateway's own loops retry, with backoff, and report
-        history = History(redis.Redis.from_url(s.redis_url, socket_connect_timeout=5, socket_timeout=10,
-                                               retry=Retry(NoBackoff(), 0)))
+        history = History(
+            redis.Redis.from_url(s.redis_url, socket_connect_timeout=5, socket_timeout=10, retry=Retry(NoBackoff(), 0))
+        )
         options = f"-c statement_timeout={int(s.db_statement_timeout_s * 1000)}"
-        self._pool = AsyncConnectionPool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max,
-                                         open=False, check=AsyncConnectionPool.check_connection,
-                                         kwargs={"autocommit": True, "connect_timeout": 5, "options": options})
+        self._pool = AsyncConnectionPool(
+            s.database_url,
+            min_size=s.db_pool_min,
+            max_size=s.db_pool_max,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True, "connect_timeout": 5, "options": options},
+        )
         try:
             await self._pool.open(wait=True, timeout=10)
             async with self._pool.connection() as conn:
@@ -121,13 +126,20 @@ class Gateway:
                 f"PostgreSQL at {redact_url(s.database_url)} is unreachable or not migrated ({brief(exc)}); "
                 "run `make services migrate` or set DATABASE_URL"
             ) from None
-        self.relay = Relay(s, self.channels, self.router, self.stats, redis=self._redis, history=history,
-                           sessions=self.sessions, probe_channel=self.probe_channel,
-                           closing=lambda: self.supervisor.closing)
+        self.relay = Relay(
+            s,
+            self.channels,
+            self.router,
+            self.stats,
+            redis=self._redis,
+            history=history,
+            sessions=self.sessions,
+            probe_channel=self.probe_channel,
+            closing=lambda: self.supervisor.closing,
+        )
         self.clients = Clients(s, self.channels, self.router, self.relay, self.stats, self.sessions)
         self.flusher = Flusher(s, self.router, self.stats, self.sessions)
-        self.probe = Probe(self._redis, self._pool, self.stats, channel=self.probe_channel,
-                           interval_s=s.probe_interval_s)
+        self.probe = Probe(self._redis, self._pool, self.stats, channel=self.probe_channel, interval_s=s.probe_interval_s)
         self.supervisor.start("redis-reader", self.relay.subscribe_forever)
         try:
             await asyncio.wait_for(self.relay.subscribed.wait(), 10)
@@ -136,7 +148,9 @@ class Gateway:
             raise GatewayUnavailable(f"could not subscribe to Redis at {redis_at} within 10 s") from None
         try:
             self._server = await serve(
-                self.clients.serve, s.host, s.port,
+                self.clients.serve,
+                s.host,
+                s.port,
                 process_request=self._process_request,
                 create_connection=GatewayConnection,
                 compression=None,  # frames are small and latency matters; deflate costs CPU per client
@@ -149,26 +163,44 @@ class Gateway:
         except OSError as exc:
             await self.supervisor.cancel()
             await self._pool.close()
-            raise CannotListen(f"cannot listen on {s.host}:{s.port} ({exc.strerror or exc}); "
-                               "set GATEWAY_HOST / GATEWAY_PORT") from None
+            raise CannotListen(
+                f"cannot listen on {s.host}:{s.port} ({exc.strerror or exc}); set GATEWAY_HOST / GATEWAY_PORT"
+            ) from None
         self.port = self._server.sockets[0].getsockname()[1]
         self.policy = self.make_policy(s.origins(self.port))
         self.rest = build_rest(
-            self._pool, self.policy, max_bars=s.max_bars, health=self.health, metrics=self.metrics,
-            static_dir=str(STATIC_DIR), vendor_dir=str(VENDOR_DIR), db_timeout_s=s.db_timeout_s,
+            self._pool,
+            self.policy,
+            max_bars=s.max_bars,
+            health=self.health,
+            metrics=self.metrics,
+            static_dir=str(STATIC_DIR),
+            vendor_dir=str(VENDOR_DIR),
+            db_timeout_s=s.db_timeout_s,
             on_database_error=self.probe.database_failed,
         )
         if not (VENDOR_DIR / "lightweight-charts.standalone.production.js").exists():
             log.warning("the dashboard's chart library is missing from %s: run `make dashboard-assets`", VENDOR_DIR)
         self.supervisor.start("flusher", self.flusher.flush_forever)
         self.supervisor.start("redis-probe", self.probe.probe_forever)
-        log.info("gateway listening on http://%s:%d (ws: /ws, dashboard: /dashboard/)%s", s.host, self.port,
-                 " DEV MODE: no authentication" if s.dev_mode else "")
+        log.info(
+            "gateway listening on http://%s:%d (ws: /ws, dashboard: /dashboard/)%s",
+            s.host,
+            self.port,
+            " DEV MODE: no authentication" if s.dev_mode else "",
+        )
 
     def make_policy(self, origins: list[str] | tuple[str, ...] = ()) -> Policy:
         s = self.settings
-        return Policy(s.jwt_secret, origins, s.dev_mode, audience=s.jwt_audience, issuer=s.jwt_issuer,
-                      leeway_s=s.jwt_leeway_s, max_lifetime_s=s.max_token_lifetime_s)
+        return Policy(
+            s.jwt_secret,
+            origins,
+            s.dev_mode,
+            audience=s.jwt_audience,
+            issuer=s.jwt_issuer,
+            leeway_s=s.jwt_leeway_s,
+            max_lifetime_s=s.max_token_lifetime_s,
+        )
 
     def validate(self) -> None:
         """Settings problems that need no server (e.g. a missing secret) fail before connecting."""
@@ -196,12 +228,15 @@ class Gateway:
         assert self.policy is not None and isinstance(connection, GatewayConnection)
         try:
             if len(self.sessions) >= self.settings.max_connections:
-                raise Refused(f"too many connections ({self.settings.max_connections}, GATEWAY_MAX_CONNECTIONS); "
-                              "retry later", 503)
+                raise Refused(
+                    f"too many connections ({self.settings.max_connections}, GATEWAY_MAX_CONNECTIONS); retry later", 503
+                )
             connection.grant = self.policy.admit_request(
                 authorization=request.headers.get_all("Authorization"),
                 tokens=parse_qs(url.query, keep_blank_values=True).get("token", []),
-                origins=request.headers.get_all("Origin"), now=time.time())
+                origins=request.headers.get_all("Origin"),
+                now=time.time(),
+            )
         except Refused as exc:
             self.stats.rejected[exc.status] += 1
             return connection.respond(exc.status, exc.reason + "\n")
@@ -209,8 +244,9 @@ class Gateway:
 
     # ---------------------------------------------------------------- observability
     def health(self) -> dict:
-        return health(self.stats, database_ok=self.probe.database_ok, now=time.time(),
-                      probe_interval_s=self.settings.probe_interval_s)
+        return health(
+            self.stats, database_ok=self.probe.database_ok, now=time.time(), probe_interval_s=self.settings.probe_interval_s
+        )
 
     def metrics(self) -> bytes:
         return exposition(self.stats, self.flusher.depths)

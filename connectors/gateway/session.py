@@ -73,15 +73,27 @@ class Session(Subscriber):
 
     def state(self, kind: str, **extra: object) -> dict:
         """The reply to a (un)subscribe: what the session follows now."""
-        return {"type": kind, "symbols": sorted(self.symbols), "kinds": sorted(self.kinds),
-                "min_confidence": self.min_confidence, **extra}
+        return {
+            "type": kind,
+            "symbols": sorted(self.symbols),
+            "kinds": sorted(self.kinds),
+            "min_confidence": self.min_confidence,
+            **extra,
+        }
 
 
 class Clients:
     """The connected clients (their sessions), and the gateway's side of the protocol with each of them."""
 
-    def __init__(self, settings: GatewaySettings, channels: ChannelMap, router: Router[Session], relay: Relay, stats: Stats,
-                 connected: set[Session]) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        channels: ChannelMap,
+        router: Router[Session],
+        relay: Relay,
+        stats: Stats,
+        connected: set[Session],
+    ) -> None:
         self.settings = settings
         self.channels = channels
         self.router = router
@@ -102,16 +114,31 @@ class Clients:
         if grant.expires is not None:
             delay = max(0.0, grant.expires - time.time())
             session.expiry = asyncio.get_running_loop().call_later(
-                delay, lambda: detach(ws.close(protocol.CLOSE_UNAUTHORIZED, "token expired")))
+                delay, lambda: detach(ws.close(protocol.CLOSE_UNAUTHORIZED, "token expired"))
+            )
         try:
-            await ws.send(protocol.encode({
-                "type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "user": grant.user,
-                "symbols": sorted(grant.symbols), "kinds": sorted(grant.kinds),
-                "batch_interval_ms": s.batch_interval_ms, "dev_mode": s.dev_mode,
-                "limits": {"max_symbols": s.max_symbols, "max_queue": s.max_queue, "max_message_bytes": s.max_message_bytes,
-                           "rate_limit_per_s": s.rate_limit_per_s, "rate_burst": s.rate_burst,
-                           "max_symbols_per_message": protocol.MAX_SYMBOLS_PER_MESSAGE},
-            }), text=True)
+            await ws.send(
+                protocol.encode(
+                    {
+                        "type": "welcome",
+                        "protocol": protocol.PROTOCOL_VERSION,
+                        "user": grant.user,
+                        "symbols": sorted(grant.symbols),
+                        "kinds": sorted(grant.kinds),
+                        "batch_interval_ms": s.batch_interval_ms,
+                        "dev_mode": s.dev_mode,
+                        "limits": {
+                            "max_symbols": s.max_symbols,
+                            "max_queue": s.max_queue,
+                            "max_message_bytes": s.max_message_bytes,
+                            "rate_limit_per_s": s.rate_limit_per_s,
+                            "rate_burst": s.rate_burst,
+                            "max_symbols_per_message": protocol.MAX_SYMBOLS_PER_MESSAGE,
+                        },
+                    }
+                ),
+                text=True,
+            )
             async for raw in ws:
                 await self.on_message(session, raw)
         except ConnectionClosed:
@@ -132,8 +159,12 @@ class Clients:
             return
         if not session.take_token(s.rate_limit_per_s, s.rate_burst, time.monotonic()):
             self.stats.rate_limited += 1
-            await self.misbehaved(session, "rate_limited", f"more than {s.rate_limit_per_s:g} messages/s "
-                                  f"(burst {s.rate_burst}, GATEWAY_RATE_LIMIT_PER_S): message ignored, slow down")
+            await self.misbehaved(
+                session,
+                "rate_limited",
+                f"more than {s.rate_limit_per_s:g} messages/s "
+                f"(burst {s.rate_burst}, GATEWAY_RATE_LIMIT_PER_S): message ignored, slow down",
+            )
             return
         try:
             if not isinstance(raw, str):
@@ -159,8 +190,9 @@ class Clients:
             ref = uuid.uuid4().hex[:12]
             self.stats.internal_errors += 1
             log.exception("handling a message from %s failed (ref %s)", session.grant.user, ref)
-            await session.ws.send(protocol.error("internal", f"the gateway could not handle that (ref {ref}); "
-                                                 "nothing was changed"), text=True)
+            await session.ws.send(
+                protocol.error("internal", f"the gateway could not handle that (ref {ref}); nothing was changed"), text=True
+            )
 
     async def misbehaved(self, session: Session, code: str, text: str) -> None:
         """Say what was wrong; cut a client that keeps sending invalid messages."""
@@ -173,7 +205,9 @@ class Clients:
         await session.ws.send(protocol.error(code, text), text=True)
         if len(session.errors) >= s.max_errors:
             self.stats.dropped["misbehaving"] += 1
-            await session.ws.close(protocol.CLOSE_MISBEHAVING, f"{len(session.errors)} invalid messages in {s.error_window_s:.0f} s")
+            await session.ws.close(
+                protocol.CLOSE_MISBEHAVING, f"{len(session.errors)} invalid messages in {s.error_window_s:.0f} s"
+            )
 
     async def subscribe(self, session: Session, message: Subscribe) -> None:
         """Check, apply, read positions and history, reply; on a Redis failure undo and say so."""
@@ -182,7 +216,9 @@ class Clients:
         if ALL in message.symbols and ALL not in grant.symbols:
             forbidden.append(ALL)
         if forbidden:
-            raise Refused(f"symbol(s) {', '.join(forbidden[:20])}{' ...' if len(forbidden) > 20 else ''} not allowed by your token")
+            raise Refused(
+                f"symbol(s) {', '.join(forbidden[:20])}{' ...' if len(forbidden) > 20 else ''} not allowed by your token"
+            )
         if message.kinds is not None:
             refused = sorted(set(message.kinds) - grant.kinds)
             if refused:
@@ -194,7 +230,9 @@ class Clients:
         for channel in message.positions:
             owner = self.channels.channel_symbol(channel)
             if channel != self.channels.indicators and (owner is None or (owner not in following and ALL not in following)):
-                raise BadMessage(f"position for {protocol.safe_text(repr(channel))}, which is not a channel of the symbols subscribed")
+                raise BadMessage(
+                    f"position for {protocol.safe_text(repr(channel))}, which is not a channel of the symbols subscribed"
+                )
         before = (session.kinds, session.min_confidence)
         if message.kinds is not None:
             session.kinds = frozenset(message.kinds)

@@ -21,7 +21,9 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SECRET_FIELDS = frozenset({"jwt_secret", "redis_url", "database_url"})  # never echoed in errors or logs
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$"
+)
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
@@ -36,7 +38,9 @@ def _explicit_bool(value: object, name: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise ValueError(f"{name} must be `true` or `false` (not {str(value)[:20]!r}: an explicit word, so it cannot turn on by accident)")
+    raise ValueError(
+        f"{name} must be `true` or `false` (not {str(value)[:20]!r}: an explicit word, so it cannot turn on by accident)"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -67,15 +71,17 @@ def redact_url(url: str) -> str:
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", case_sensitive=False, extra="ignore", populate_by_name=True,
-                                      allow_inf_nan=False)
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", case_sensitive=False, extra="ignore", populate_by_name=True, allow_inf_nan=False
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535, description="0 picks a free port (tests)")
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_shared("REDIS_URL"), repr=False)
     redis_namespace: str = Field("tickstock", validation_alias=_shared("REDIS_NAMESPACE"))
-    database_url: str = Field("postgresql://postgres@127.0.0.1:5432/tickstock", validation_alias=_shared("DATABASE_URL"),
-                              repr=False)
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/tickstock", validation_alias=_shared("DATABASE_URL"), repr=False
+    )
     db_pool_min: int = Field(1, ge=0, le=100)
     db_pool_max: int = Field(8, ge=1, le=100)
     db_timeout_s: float = Field(5.0, ge=0.1, le=60, description="wait for a pooled connection before answering 503")
@@ -84,7 +90,9 @@ class GatewaySettings(BaseSettings):
     # delivery
     batch_interval_ms: float = Field(250.0, ge=1, le=10_000, description="flush period of every client's buffer")
     max_queue: int = Field(2000, ge=1, le=1_000_000, description="unsent messages a client may have while its socket is full")
-    max_buffer_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="socket write buffer above which nothing more is written")
+    max_buffer_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30, description="socket write buffer above which nothing more is written"
+    )
     slow_timeout_s: float = Field(10.0, ge=0.1, le=3600, description="a socket full this long is cut even with a short queue")
     max_symbols: int = Field(5000, ge=1, le=100_000, description="symbols one connection may subscribe to")
     max_connections: int = Field(10_000, ge=1, le=1_000_000, description="open WebSocket connections; more get HTTP 503")
@@ -96,8 +104,9 @@ class GatewaySettings(BaseSettings):
     error_window_s: float = Field(60.0, ge=1, le=86_400)
     rate_limit_per_s: float = Field(20.0, ge=0.1, le=100_000, description="client messages per second, sustained")
     rate_burst: int = Field(50, ge=1, le=100_000, description="client messages allowed at once above the sustained rate")
-    max_tracked_channels: int = Field(200_000, ge=100, le=10_000_000,
-                                      description="channel positions remembered for recovery after a Redis outage")
+    max_tracked_channels: int = Field(
+        200_000, ge=100, le=10_000_000, description="channel positions remembered for recovery after a Redis outage"
+    )
 
     # auth
     dev_mode: bool = Field(False, description="no token needed, any origin: local development only (explicit `true`)")
@@ -154,7 +163,9 @@ class GatewaySettings(BaseSettings):
     def _origins(cls, v: list[str]) -> list[str]:
         bad = [o for o in v if not _ORIGIN.match(o.rstrip("/"))]
         if bad:
-            raise ValueError(f"not an origin (scheme://host[:port], no path, no wildcard): {', '.join(repr(o[:60]) for o in bad[:3])}")
+            raise ValueError(
+                f"not an origin (scheme://host[:port], no path, no wildcard): {', '.join(repr(o[:60]) for o in bad[:3])}"
+            )
         if len(v) > 1000:
             raise ValueError("at most 1000 origins")
         return v
@@ -190,12 +201,16 @@ class GatewaySettings(BaseSettings):
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(f"GATEWAY_DB_POOL_MIN ({self.db_pool_min}) must not exceed GATEWAY_DB_POOL_MAX ({self.db_pool_max})")
         if self.token_ttl_s > self.max_token_lifetime_s:
-            raise ValueError(f"GATEWAY_TOKEN_TTL_S ({self.token_ttl_s:g}) must not exceed GATEWAY_MAX_TOKEN_LIFETIME_S "
-                             f"({self.max_token_lifetime_s:g})")
+            raise ValueError(
+                f"GATEWAY_TOKEN_TTL_S ({self.token_ttl_s:g}) must not exceed GATEWAY_MAX_TOKEN_LIFETIME_S "
+                f"({self.max_token_lifetime_s:g})"
+            )
         if self.dev_mode and not is_loopback(self.host) and not self.dev_mode_allow_remote:
-            raise ValueError(f"GATEWAY_DEV_MODE=true needs a loopback GATEWAY_HOST (127.0.0.1, ::1, localhost), not "
-                             f"{self.host!r}: development mode has no authentication. Set GATEWAY_DEV_MODE_ALLOW_REMOTE=true "
-                             "as well to expose it anyway")
+            raise ValueError(
+                f"GATEWAY_DEV_MODE=true needs a loopback GATEWAY_HOST (127.0.0.1, ::1, localhost), not "
+                f"{self.host!r}: development mode has no authentication. Set GATEWAY_DEV_MODE_ALLOW_REMOTE=true "
+                "as well to expose it anyway"
+            )
         return self
 
     def origins(self, port: int) -> list[str]:

@@ -90,8 +90,15 @@ class Supervisor:
                 if time.monotonic() - started > RAN_LONG_S:
                     backoff.reset()  # it ran a good while: a fresh failure, start backing off anew
                 delay = backoff.next()
-                log.error("background task %s died (%s: %s); restart %d in %.1f s", name, type(exc).__name__,
-                          brief(exc), state.restarts, delay, exc_info=exc)
+                log.error(
+                    "background task %s died (%s: %s); restart %d in %.1f s",
+                    name,
+                    type(exc).__name__,
+                    brief(exc),
+                    state.restarts,
+                    delay,
+                    exc_info=exc,
+                )
                 await asyncio.sleep(delay)
         state.running = False
 
