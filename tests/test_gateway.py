@@ -11,6 +11,7 @@ import asyncio
 import json
 import socket
 import time
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -21,7 +22,7 @@ from connectors.gateway.auth import Policy
 from connectors.redis_history import HistoryLimits
 from flows.settings import Settings
 from schemas import symbols
-from schemas.events import Alert, PatternEvent, stable_id
+from schemas.events import Alert, PatternEvent, PatternName, stable_id
 from tests.conftest import TEST_DATABASE_URL, free_port, private_redis
 from tests.gateway_harness import SECRET, WAIT_S, Client, live_bar, running_gateway
 
@@ -36,12 +37,12 @@ def gw(services: None):
         yield running
 
 
-def pattern(symbol: str, confidence: float, minute: int = 0, name: str = "doji") -> PatternEvent:
+def pattern(symbol: str, confidence: float, minute: int = 0, name: PatternName = "doji") -> PatternEvent:
     ts = 1_800_000_000_000 + minute * 60_000
     return PatternEvent(
         id=stable_id("pattern", symbol, "1m", ts, name),
         type=name,
-        symbol=symbol,  # type: ignore[arg-type]
+        symbol=symbol,
         timestamp=ts,
         confidence=confidence,
         direction="neutral",
@@ -148,9 +149,9 @@ def test_auth_failures(services):
         expired = policy.issue("alice", ["AAPL"], ["live"], ttl_s=60, now=now - 120)
         forged = Policy("another-secret-" + "y" * 32, (), False).issue("mallory", ["*"], ["*"], ttl_s=300, now=now)
 
-        async def refused(url: str, **options: object) -> tuple[int, str]:
+        async def refused(url: str, **options: Any) -> tuple[int, str]:
             with pytest.raises(InvalidStatus) as caught:
-                await connect(url, open_timeout=WAIT_S, **options)  # type: ignore[arg-type]
+                await connect(url, open_timeout=WAIT_S, **options)
             response = caught.value.response
             return response.status_code, response.body.decode()
 

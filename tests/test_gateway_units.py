@@ -16,13 +16,13 @@ from schemas import catalog
 from schemas.bars import encode_bar
 from schemas.channels import CATALOG, Channels
 from schemas.events import PatternEvent, encode_event, stable_id
-from tests.gateway_harness import live_bar
+from tests.gateway_harness import BarStatus, live_bar
 
 SECRET = "unit-secret-" + "z" * 32
 channels = ChannelMap(Channels("ns"))
 
 
-def bar_message(symbol: str, close: float, offset: int, status: str = "live", minute: int = 0, revision: int = 0):
+def bar_message(symbol: str, close: float, offset: int, status: BarStatus = "live", minute: int = 0, revision: int = 0):
     raw = encode_bar(live_bar(symbol, close, minute=minute, status=status, revision=revision))
     name = channels.channels.live_for(symbol) if status == "live" else channels.channels.ohlcv_for(symbol)
     return channels.parse(name, b'{"offset":%d,"epoch":"e1",' % offset + raw[1:])
