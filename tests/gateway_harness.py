@@ -8,13 +8,14 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from connectors.gateway.app import Gateway
+from connectors.gateway.server import Gateway
 from connectors.gateway.settings import GatewaySettings
 from connectors.redis.history import History, HistoryLimits
 from connectors.redis.publish import BarPublisher
@@ -22,6 +23,7 @@ from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event, encode_event
 
+BarStatus = Literal["live", "final"]
 SECRET = "test-secret-" + "x" * 32
 WAIT_S = 20.0  # bounds waiting only; nothing asserts how long anything took
 
@@ -52,7 +54,7 @@ class Running:
     def bars(self) -> BarPublisher:
         return BarPublisher(self.redis_url, self.channels, history=self.history)
 
-    def publish_events(self, events: list[Event]) -> None:
+    def publish_events(self, events: Sequence[Event]) -> None:
         """As the detection sink does: each event on its symbol's channel, with its history.
 
         One attempt: a Redis refusal surfaces here (the sinks' publisher would wait it out),
@@ -66,9 +68,10 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_gateway(database_url: str, redis_url: str, history: HistoryLimits | None = None,
-                    **overrides: object) -> Iterator[Running]:
-    values: dict[str, object] = {
+def running_gateway(
+    database_url: str, redis_url: str, history: HistoryLimits | None = None, **overrides: object
+) -> Iterator[Running]:
+    values: dict[str, Any] = {
         "port": 0,
         "redis_namespace": f"test{uuid.uuid4().hex[:8]}",
         "database_url": database_url,
@@ -79,7 +82,7 @@ def running_gateway(database_url: str, redis_url: str, history: HistoryLimits | 
         "db_pool_max": 2,
     }
     values.update(overrides)
-    settings = GatewaySettings(**values)  # type: ignore[arg-type]
+    settings = GatewaySettings(**values)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gateway-loop", daemon=True)
     thread.start()
@@ -94,9 +97,20 @@ def running_gateway(database_url: str, redis_url: str, history: HistoryLimits | 
         loop.close()
 
 
-def live_bar(symbol: str, close: float, minute: int = 0, status: str = "live", revision: int = 0) -> Bar:
-    return Bar(symbol=symbol, timestamp=1_800_000_000_000 + minute * 60_000, open=close - 0.2, high=close + 0.3,
-               low=close - 0.4, close=close, volume=100, vwap=close, trades=1, revision=revision, status=status)  # type: ignore[arg-type]
+def live_bar(symbol: str, close: float, minute: int = 0, status: BarStatus = "live", revision: int = 0) -> Bar:
+    return Bar(
+        symbol=symbol,
+        timestamp=1_800_000_000_000 + minute * 60_000,
+        open=close - 0.2,
+        high=close + 0.3,
+        low=close - 0.4,
+        close=close,
+        volume=100,
+        vwap=close,
+        trades=1,
+        revision=revision,
+        status=status,
+    )
 
 
 class Client:
@@ -112,8 +126,8 @@ class Client:
         self.closed_reason: str | None = None
 
     @classmethod
-    async def open(cls, url: str, **options: object) -> Client:
-        ws = await connect(url, open_timeout=WAIT_S, **options)  # type: ignore[arg-type]
+    async def open(cls, url: str, **options: Any) -> Client:
+        ws = await connect(url, open_timeout=WAIT_S, **options)
         client = cls(ws)
         welcome = await client.control_reply()
         assert welcome["type"] == "welcome", welcome

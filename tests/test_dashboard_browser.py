@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.gateway.app import VENDOR_DIR
 from connectors.gateway.auth import Policy
+from connectors.gateway.server import VENDOR_DIR
 from flows.settings import Settings
 from tests.conftest import TEST_DATABASE_URL
 from tests.gateway_harness import SECRET, live_bar, running_gateway

@@ -11,6 +11,7 @@ import asyncio
 import json
 import socket
 import time
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -21,7 +22,7 @@ from connectors.gateway.auth import Policy
 from connectors.redis.history import HistoryLimits
 from flows.settings import Settings
 from schemas import symbols
-from schemas.events import Alert, PatternEvent, stable_id
+from schemas.events import Alert, PatternEvent, PatternName, stable_id
 from tests.conftest import TEST_DATABASE_URL, free_port, private_redis
 from tests.gateway_harness import SECRET, WAIT_S, Client, live_bar, running_gateway
 
@@ -36,17 +37,36 @@ def gw(services: None):
         yield running
 
 
-def pattern(symbol: str, confidence: float, minute: int = 0, name: str = "doji") -> PatternEvent:
+def pattern(symbol: str, confidence: float, minute: int = 0, name: PatternName = "doji") -> PatternEvent:
     ts = 1_800_000_000_000 + minute * 60_000
-    return PatternEvent(id=stable_id("pattern", symbol, "1m", ts, name), type=name, symbol=symbol,  # type: ignore[arg-type]
-                        timestamp=ts, confidence=confidence, direction="neutral", params={}, signal=100)
+    return PatternEvent(
+        id=stable_id("pattern", symbol, "1m", ts, name),
+        type=name,
+        symbol=symbol,
+        timestamp=ts,
+        confidence=confidence,
+        direction="neutral",
+        params={},
+        signal=100,
+    )
 
 
 def alert(symbol: str, minute: int = 0) -> Alert:
     ts = 1_800_000_000_000 + minute * 60_000
-    return Alert(id=stable_id("alert", symbol, ts, "rsi_overbought"), type="rsi_overbought", symbol=symbol,
-                 timestamp=ts, confidence=0.95, direction="down", params={"period": 14}, severity="warning",
-                 indicator="rsi", value=75.0, threshold=70.0, message="RSI 75 above 70")
+    return Alert(
+        id=stable_id("alert", symbol, ts, "rsi_overbought"),
+        type="rsi_overbought",
+        symbol=symbol,
+        timestamp=ts,
+        confidence=0.95,
+        direction="down",
+        params={"period": 14},
+        severity="warning",
+        indicator="rsi",
+        value=75.0,
+        threshold=70.0,
+        message="RSI 75 above 70",
+    )
 
 
 def test_subscribe_unsubscribe(gw):
@@ -77,8 +97,9 @@ def test_subscribe_unsubscribe(gw):
 def test_filters_kinds_and_minimum_confidence(gw):
     async def scenario() -> None:
         client = await Client.open(gw.url)
-        reply = await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern", "alert"],
-                                      "min_confidence": 0.8})
+        reply = await client.request(
+            {"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern", "alert"], "min_confidence": 0.8}
+        )
         assert reply["min_confidence"] == 0.8
         bars = gw.bars()
         bars.publish_live([live_bar("AAPL", 1.0)])  # kind not subscribed
@@ -95,6 +116,7 @@ def test_filters_kinds_and_minimum_confidence(gw):
 
 def test_batching_replaces_unsent_live_updates_and_keeps_distinct_events(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, batch_interval_ms=400) as gw:
+
         async def scenario() -> None:
             client = await Client.open(gw.url)
             await client.request({"type": "subscribe", "symbols": ["AAPL"]})
@@ -103,8 +125,9 @@ def test_batching_replaces_unsent_live_updates_and_keeps_distinct_events(service
             # (or straddle one flush at most)
             bars.publish_live([live_bar("AAPL", float(close)) for close in range(1, 11)])
             gw.publish_events([pattern("AAPL", 0.9, 1), pattern("AAPL", 0.9, 2, "hammer")])
-            got = await client.until(lambda d: sum(m.get("kind") == "pattern" for m in d) == 2
-                                     and any(m.get("close") == 10.0 for m in d))
+            got = await client.until(
+                lambda d: sum(m.get("kind") == "pattern" for m in d) == 2 and any(m.get("close") == 10.0 for m in d)
+            )
             live = [m for m in got if m.get("status") == "live"]
             assert live[-1]["close"] == 10.0
             assert len(live) <= 2 < 10  # older unsent updates were replaced, not queued
@@ -117,17 +140,18 @@ def test_batching_replaces_unsent_live_updates_and_keeps_distinct_events(service
 
 
 def test_auth_failures(services):
-    with running_gateway(TEST_DATABASE_URL, REDIS_URL, dev_mode=False, jwt_secret=SECRET,
-                         allowed_origins="http://dash.example") as gw:
+    with running_gateway(
+        TEST_DATABASE_URL, REDIS_URL, dev_mode=False, jwt_secret=SECRET, allowed_origins="http://dash.example"
+    ) as gw:
         policy = Policy(SECRET, (), False)
         now = time.time()
         good = policy.issue("alice", ["AAPL"], ["live", "bar"], ttl_s=300, now=now)
         expired = policy.issue("alice", ["AAPL"], ["live"], ttl_s=60, now=now - 120)
         forged = Policy("another-secret-" + "y" * 32, (), False).issue("mallory", ["*"], ["*"], ttl_s=300, now=now)
 
-        async def refused(url: str, **options: object) -> tuple[int, str]:
+        async def refused(url: str, **options: Any) -> tuple[int, str]:
             with pytest.raises(InvalidStatus) as caught:
-                await connect(url, open_timeout=WAIT_S, **options)  # type: ignore[arg-type]
+                await connect(url, open_timeout=WAIT_S, **options)
             response = caught.value.response
             return response.status_code, response.body.decode()
 
@@ -168,8 +192,8 @@ def test_token_expiring_during_the_session_closes_with_4001(services):
 
 
 def test_slow_client_is_cut_while_a_fast_one_keeps_receiving(services):
-    with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_queue=1000, max_buffer_bytes=64 * 1024,
-                         slow_timeout_s=5) as gw:
+    with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_queue=1000, max_buffer_bytes=64 * 1024, slow_timeout_s=5) as gw:
+
         async def scenario() -> None:
             fast = await Client.open(gw.url)
             await fast.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"]})
@@ -209,8 +233,8 @@ def test_slow_client_is_cut_while_a_fast_one_keeps_receiving(services):
 
 
 def test_a_cut_client_that_never_reads_its_close_frame_is_aborted(services):
-    with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_queue=10, max_buffer_bytes=16 * 1024,
-                         slow_timeout_s=1) as gw:
+    with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_queue=10, max_buffer_bytes=16 * 1024, slow_timeout_s=1) as gw:
+
         async def scenario() -> None:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -243,8 +267,14 @@ def test_resume_after_a_disconnect_gets_exactly_the_missed_messages(gw):
 
         gw.publish_events([pattern("AAPL", 0.9, i) for i in range(5, 12)])  # missed while away
         client = await Client.open(gw.url)
-        reply = await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"],
-                                      "positions": {channel: {"epoch": last["epoch"], "offset": last["offset"]}}})
+        reply = await client.request(
+            {
+                "type": "subscribe",
+                "symbols": ["AAPL"],
+                "kinds": ["pattern"],
+                "positions": {channel: {"epoch": last["epoch"], "offset": last["offset"]}},
+            }
+        )
         assert reply["type"] == "subscribed"
         gw.publish_events([pattern("AAPL", 0.9, 12)])  # live again
         got = await client.until(lambda d: len(d) >= 8)
@@ -262,6 +292,7 @@ def test_resume_after_a_disconnect_gets_exactly_the_missed_messages(gw):
 def test_resume_beyond_the_kept_history_gets_a_reset(services):
     limits = HistoryLimits(max_len=5, max_age_s=0)
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, history=limits) as gw:
+
         async def scenario() -> None:
             channel = gw.channels.events_for("AAPL")
             client = await Client.open(gw.url)
@@ -272,18 +303,35 @@ def test_resume_beyond_the_kept_history_gets_a_reset(services):
             for start in range(1, 2001, 200):  # far beyond what the capped history keeps
                 gw.publish_events([pattern("AAPL", 0.9, i) for i in range(start, start + 200)])
             client = await Client.open(gw.url)
-            await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"],
-                                  "positions": {channel: {"epoch": first["epoch"], "offset": first["offset"]}}})
+            await client.request(
+                {
+                    "type": "subscribe",
+                    "symbols": ["AAPL"],
+                    "kinds": ["pattern"],
+                    "positions": {channel: {"epoch": first["epoch"], "offset": first["offset"]}},
+                }
+            )
             reset = await client.control_reply()
-            assert reset == {"type": "reset", "channel": channel, "epoch": first["epoch"],
-                             "offset": first["offset"] + 2000, "reason": "history gone"}
+            assert reset == {
+                "type": "reset",
+                "channel": channel,
+                "epoch": first["epoch"],
+                "offset": first["offset"] + 2000,
+                "reason": "history gone",
+            }
             gw.publish_events([pattern("AAPL", 0.9, 5000)])
             got = await client.until(lambda d: len(d) >= 1)
             assert [m["offset"] for m in got] == [first["offset"] + 2001]  # nothing old replayed
             # an epoch that no longer exists (history lost): reset too
             await client.request({"type": "unsubscribe", "symbols": ["AAPL"]})
-            await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"],
-                                  "positions": {channel: {"epoch": "0", "offset": 3}}})
+            await client.request(
+                {
+                    "type": "subscribe",
+                    "symbols": ["AAPL"],
+                    "kinds": ["pattern"],
+                    "positions": {channel: {"epoch": "0", "offset": 3}},
+                }
+            )
             reset = await client.control_reply()
             assert reset["type"] == "reset" and reset["reason"] == "history lost (new epoch)"
             assert gw.gateway.stats.resets == 2
@@ -294,6 +342,7 @@ def test_resume_beyond_the_kept_history_gets_a_reset(services):
 
 def test_malformed_messages_get_errors_then_a_disconnect(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_errors=3) as gw:
+
         async def scenario() -> None:
             client = await Client.open(gw.url)
             reply = await client.request("not json")
@@ -312,7 +361,8 @@ def test_malformed_messages_get_errors_then_a_disconnect(services):
 
 
 def test_gateway_fails_fast_when_redis_is_unreachable(services):
-    from connectors.gateway.app import Gateway, GatewayUnavailable
+    from connectors.gateway.errors import GatewayUnavailable
+    from connectors.gateway.server import Gateway
     from connectors.gateway.settings import GatewaySettings
 
     settings = GatewaySettings(port=0, dev_mode=True, redis_url="redis://127.0.0.1:1/0", database_url=TEST_DATABASE_URL)
@@ -336,8 +386,12 @@ def test_health_and_metrics(gw):
         text = httpx.get(f"{gw.http}/metrics", timeout=WAIT_S).text
         assert "tickstock_gateway_open_connections 1.0" in text
         assert "tickstock_gateway_delivered_messages_total 1.0" in text
-        for name in ("tickstock_gateway_redis_lag_seconds", "tickstock_gateway_queue_messages",
-                     "tickstock_gateway_dropped_clients", "tickstock_gateway_redis_messages_total"):
+        for name in (
+            "tickstock_gateway_redis_lag_seconds",
+            "tickstock_gateway_queue_messages",
+            "tickstock_gateway_dropped_clients",
+            "tickstock_gateway_redis_messages_total",
+        ):
             assert name in text
         await client.close()
 
@@ -371,6 +425,7 @@ def test_redis_down_makes_health_error_and_the_gateway_recovers(services, tmp_pa
 
     try:
         with running_gateway(TEST_DATABASE_URL, url, probe_interval_s=0.2) as gw:
+
             async def scenario() -> None:
                 nonlocal server
                 channel = gw.channels.live_for("AAPL")
@@ -416,16 +471,21 @@ def test_token_command_issues_a_token_the_gateway_accepts(monkeypatch, capsys):
 
 def test_messages_json_is_what_was_published(gw):
     """The gateway relays the publisher's bytes: same fields, offset and epoch included."""
+
     async def scenario() -> None:
         client = await Client.open(gw.url)
         await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["bar"]})
         bars = gw.bars()
         bars.publish_final([live_bar("AAPL", 3.0, status="final")])
         got = (await client.until(lambda d: len(d) == 1))[0]
-        epoch, offset = bars._history.position(gw.channels.ohlcv_for("AAPL"))  # noqa: SLF001
+        epoch, offset = bars._history.position(gw.channels.ohlcv_for("AAPL"))
         assert got["epoch"] == epoch and got["offset"] == offset
         assert {k: got[k] for k in ("symbol", "close", "status", "revision")} == {
-            "symbol": "AAPL", "close": 3.0, "status": "final", "revision": 0}
+            "symbol": "AAPL",
+            "close": 3.0,
+            "status": "final",
+            "revision": 0,
+        }
         bars.close()
         await client.close()
 

@@ -32,8 +32,17 @@ REDIS_URL = Settings().redis_url
 
 
 def event(n: int, symbol: str = "AAPL", **extra: object) -> bytes:
-    body = {"offset": n, "epoch": "e", "kind": "pattern", "id": f"good-{n}", "symbol": symbol, "type": "doji",
-            "confidence": 0.9, "timestamp": 1_800_000_000_000 + n, **extra}
+    body = {
+        "offset": n,
+        "epoch": "e",
+        "kind": "pattern",
+        "id": f"good-{n}",
+        "symbol": symbol,
+        "type": "doji",
+        "confidence": 0.9,
+        "timestamp": 1_800_000_000_000 + n,
+        **extra,
+    }
     return json.dumps(body, ensure_ascii=False).encode()
 
 
@@ -42,7 +51,11 @@ def test_any_redis_message_or_channel_name_is_relayed_only_when_valid(services):
         ch = gw.channels
         events, live = ch.events_for("AAPL").encode(), ch.live_for("").encode()
         poison: list[tuple[bytes, bytes]] = [
-            (events, b"not json"), (events, b"[1,2]"), (events, b"null"), (events, b""), (events, b"\xff\xfe\x00"),
+            (events, b"not json"),
+            (events, b"[1,2]"),
+            (events, b"null"),
+            (events, b""),
+            (events, b"\xff\xfe\x00"),
             (events, b'{"offset":1e400,"kind":"pattern"}'),
             (events, b'{"offset":9223372036854775808,"kind":"pattern","id":"big"}'),
             (events, b'{"offset":-1,"kind":"pattern","id":"neg"}'),
@@ -58,7 +71,9 @@ def test_any_redis_message_or_channel_name_is_relayed_only_when_valid(services):
             (events, b'{"kind":"pattern","id":"trail"} {}'),
             (live + b"\xff\xfe", b'{"offset":1,"symbol":"X"}'),  # channel name not UTF-8
             (live + b'A"B', b'{"offset":1,"symbol":"X"}'),  # would break the frame's JSON
-            (live + b"a b", b'{"offset":1}'), (live, b'{"offset":1}'), (live + b"AAPL\n", b'{"offset":1}'),
+            (live + b"a b", b'{"offset":1}'),
+            (live, b'{"offset":1}'),
+            (live + b"AAPL\n", b'{"offset":1}'),
             (ch.indicators.encode(), b'{"offset":1,"kind":"indicator","symbol":"A B"}'),
             (gw.gateway.probe_channel.encode(), b"not a time"),
         ]
@@ -73,7 +88,7 @@ def test_any_redis_message_or_channel_name_is_relayed_only_when_valid(services):
             for channel, data in poison:
                 r.publish(channel, data)
                 r.publish(events, event(len(aapl.data()) + 100))  # keeps the good ones flowing between the bad
-            goods = [event(2, note="é 😀 \u2028 \\ \" </script>"), event(3)]
+            goods = [event(2, note='é 😀 \u2028 \\ " </script>'), event(3)]
             for data in goods:
                 r.publish(events, data)
             expected = {"good-1", "good-2", "good-3"} | {f"good-{100 + i}" for i in range(len(poison))}
@@ -81,7 +96,7 @@ def test_any_redis_message_or_channel_name_is_relayed_only_when_valid(services):
                 got = await client.until(lambda d: {m["id"] for m in d} >= {"good-1", "good-2", "good-3"})
                 assert {m["id"] for m in got} <= expected | {f"good-{100 + i}" for i in range(len(poison))}
                 assert all(m["id"].startswith("good-") for m in got), "a bad message was relayed"
-                assert next(m for m in got if m["id"] == "good-2")["note"] == "é 😀 \u2028 \\ \" </script>"
+                assert next(m for m in got if m["id"] == "good-2")["note"] == 'é 😀 \u2028 \\ " </script>'
             await everything.close()
             await aapl.close()
             r.close()
@@ -90,8 +105,16 @@ def test_any_redis_message_or_channel_name_is_relayed_only_when_valid(services):
         stats = gw.gateway.stats
         assert stats.tasks["redis-reader"].restarts == 0 and stats.tasks["redis-reader"].running
         reasons = set(stats.ignored)
-        assert {"not a JSON object", "bad routing fields", "invalid UTF-8", "too large (GATEWAY_MAX_RELAY_BYTES)",
-                "channel name not UTF-8", "invalid symbol in channel", "unknown event kind", "unreadable probe"} <= reasons
+        assert {
+            "not a JSON object",
+            "bad routing fields",
+            "invalid UTF-8",
+            "too large (GATEWAY_MAX_RELAY_BYTES)",
+            "channel name not UTF-8",
+            "invalid symbol in channel",
+            "unknown event kind",
+            "unreadable probe",
+        } <= reasons
         health = httpx.get(f"{gw.http}/healthz", timeout=WAIT_S).json()
         assert health["status"] == "healthy" and health["counters"]["ignored"] >= len(poison) - 1
 
@@ -114,8 +137,10 @@ BAD_FRAMES: list[tuple[str | bytes, str]] = [
     ('{"type":"subscribe","min_confidence":"high"}', "Expected `float | null`, got `str`"),
     ('{"type":"subscribe","min_confidence":1e400}', "Number out of range"),
     ('{"type":"subscribe","positions":{"x":{"epoch":"e","offset":-5}}}', "Expected `int` >= 0"),
-    ('{"type":"subscribe","symbols":["AAPL"],"positions":{"elsewhere.MSFT":{"epoch":"e","offset":1}}}',
-     "not a channel of the symbols subscribed"),
+    (
+        '{"type":"subscribe","symbols":["AAPL"],"positions":{"elsewhere.MSFT":{"epoch":"e","offset":1}}}',
+        "not a channel of the symbols subscribed",
+    ),
     ('{"type":"subscribe","symbols":["AAPL"],"kinds":["*"]}', "unknown kind(s) *"),
     ('{"type":"unsubscribe","kinds":"live"}', "Expected `array`, got `str`"),
     ('{"type":"launch"}', "launch"),
@@ -124,6 +149,7 @@ BAD_FRAMES: list[tuple[str | bytes, str]] = [
 
 def test_bad_client_frames_get_precise_errors_and_the_connection_stays_up(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_errors=1000, rate_burst=1000, max_message_bytes=16384) as gw:
+
         async def scenario() -> None:
             client = await Client.open(gw.url)
             for raw, says in BAD_FRAMES:
@@ -131,7 +157,7 @@ def test_bad_client_frames_get_precise_errors_and_the_connection_stays_up(servic
                 reply = await client.control_reply()
                 assert reply["type"] == "error" and reply["code"] == "bad_message", (raw[:60], reply)
                 assert says in reply["message"], (raw[:60], reply["message"])
-            assert (await client.request({"type": "ping", "id": "é😀"})) ["id"] == "é😀"
+            assert (await client.request({"type": "ping", "id": "é😀"}))["id"] == "é😀"
             reply = await client.request({"type": "subscribe", "symbols": ["aapl", "BACpL"], "kinds": ["live"]})
             assert reply["type"] == "subscribed" and reply["symbols"] == ["AAPL", "BACpL"]  # mixed case kept
             gw.bars().publish_live([live_bar("BACpL", 1.0)])
@@ -151,6 +177,7 @@ def test_bad_client_frames_get_precise_errors_and_the_connection_stays_up(servic
 
 def test_rate_limit_refuses_a_flood_then_disconnects(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, rate_limit_per_s=1, rate_burst=5, max_errors=3) as gw:
+
         async def scenario() -> None:
             client = await Client.open(gw.url)
             for i in range(20):
@@ -168,6 +195,7 @@ def test_rate_limit_refuses_a_flood_then_disconnects(services):
 
 def test_a_resume_that_would_exceed_the_queue_gets_a_reset(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_queue=10) as gw:
+
         async def scenario() -> None:
             channel = gw.channels.events_for("AAPL")
             client = await Client.open(gw.url)
@@ -177,11 +205,22 @@ def test_a_resume_that_would_exceed_the_queue_gets_a_reset(services):
             await client.close()
             gw.publish_events([pattern("AAPL", 0.9, i) for i in range(1, 31)])  # 30 missed > GATEWAY_MAX_QUEUE
             client = await Client.open(gw.url)
-            await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"],
-                                  "positions": {channel: {"epoch": first["epoch"], "offset": first["offset"]}}})
+            await client.request(
+                {
+                    "type": "subscribe",
+                    "symbols": ["AAPL"],
+                    "kinds": ["pattern"],
+                    "positions": {channel: {"epoch": first["epoch"], "offset": first["offset"]}},
+                }
+            )
             reset = await client.control_reply()
-            assert reset == {"type": "reset", "channel": channel, "epoch": first["epoch"], "offset": first["offset"] + 30,
-                             "reason": "too many missed messages for your queue (GATEWAY_MAX_QUEUE=10)"}
+            assert reset == {
+                "type": "reset",
+                "channel": channel,
+                "epoch": first["epoch"],
+                "offset": first["offset"] + 30,
+                "reason": "too many missed messages for your queue (GATEWAY_MAX_QUEUE=10)",
+            }
             gw.publish_events([pattern("AAPL", 0.9, 99)])
             got = await client.until(lambda d: len(d) >= 1)
             assert [m["offset"] for m in got] == [first["offset"] + 31]  # nothing old replayed
@@ -193,6 +232,7 @@ def test_a_resume_that_would_exceed_the_queue_gets_a_reset(services):
 
 def test_symbols_per_message_and_per_connection_are_bounded(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_symbols=1500) as gw:
+
         async def scenario() -> None:
             client = await Client.open(gw.url)
             first = [f"S{i}" for i in range(1000)]
@@ -209,6 +249,7 @@ def test_symbols_per_message_and_per_connection_are_bounded(services):
 
 def test_connections_are_bounded(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_connections=2) as gw:
+
         async def scenario() -> None:
             a, b = await Client.open(gw.url), await Client.open(gw.url)
             with pytest.raises(InvalidStatus) as caught:
@@ -229,10 +270,11 @@ def test_connections_are_bounded(services):
 
 def test_internal_failures_reply_without_their_text(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL) as gw:
+
         async def broken(channels):
             raise RuntimeError("postgresql://admin:hunter2@db/secret exploded")
 
-        gw.gateway._positions = broken  # noqa: SLF001 - a fault injected into the gateway's own step
+        gw.gateway.relay.positions = broken  # a fault injected into the gateway's own step
 
         async def scenario() -> None:
             client = await Client.open(gw.url)
@@ -248,6 +290,7 @@ def test_internal_failures_reply_without_their_text(services):
 
 def test_channel_positions_for_recovery_are_bounded(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, max_tracked_channels=100) as gw:
+
         async def scenario() -> None:
             client = await Client.open(gw.url)
             await client.request({"type": "subscribe", "symbols": ["*"], "kinds": ["live"]})
@@ -259,7 +302,7 @@ def test_channel_positions_for_recovery_are_bounded(services):
             await client.close()
 
         asyncio.run(scenario())
-        assert len(gw.gateway._last) == 100  # noqa: SLF001
+        assert len(gw.gateway.relay.last) == 100
         assert gw.gateway.stats.channels_forgotten == 200
 
 
@@ -282,17 +325,43 @@ def rest_gateway(services):
 
 NAMES = ["symbol", "since", "start", "end", "limit", "kind", "timeframe", "token", "x", "Symbol", "symbol[]", ""]
 hostile_values = st.one_of(
-    st.text(max_size=30), st.integers().map(str), st.sampled_from([
-        "AAPL", "aapl", "BACpL", "2026-11-02T14:30:00Z", "0000-01-01T00:00:00Z", "10000-01-01T00:00:00Z",
-        "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59", "1e400", "NaN", "-1", "0", "1001", str(2**64),
-        "1m", "1d", "alert", "pattern", "é", "\x00", "%", "a" * 500]),
+    st.text(max_size=30),
+    st.integers().map(str),
+    st.sampled_from(
+        [
+            "AAPL",
+            "aapl",
+            "BACpL",
+            "2026-11-02T14:30:00Z",
+            "0000-01-01T00:00:00Z",
+            "10000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+23:59",
+            "9999-12-31T23:59:59-23:59",
+            "1e400",
+            "NaN",
+            "-1",
+            "0",
+            "1001",
+            str(2**64),
+            "1m",
+            "1d",
+            "alert",
+            "pattern",
+            "é",
+            "\x00",
+            "%",
+            "a" * 500,
+        ]
+    ),
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.sampled_from(["/api/symbols", "/api/ticks/recent", "/api/bars", "/api/events", "/healthz", "/metrics"]),
-       st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]),
-       st.lists(st.tuples(st.sampled_from(NAMES), hostile_values), max_size=6))
+@given(
+    st.sampled_from(["/api/symbols", "/api/ticks/recent", "/api/bars", "/api/events", "/healthz", "/metrics"]),
+    st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]),
+    st.lists(st.tuples(st.sampled_from(NAMES), hostile_values), max_size=6),
+)
 def test_any_rest_parameters_get_a_documented_answer(rest_gateway, path, method, params):
     client, doc = rest_gateway
     response = client.request(method, path, params=params)
@@ -306,18 +375,21 @@ def test_any_rest_parameters_get_a_documented_answer(rest_gateway, path, method,
         assert response.json()["detail"]
 
 
-@pytest.mark.parametrize(("params", "status", "says"), [
-    ({"symbol": "AAPL", "since": "0000-01-01T00:00:00Z"}, 422, "year 0 is out of range"),
-    ({"symbol": "AAPL", "since": "10000-01-01T00:00:00Z"}, 422, "RFC 3339"),
-    ({"symbol": "AAPL", "since": "0001-01-01T00:00:00+23:59"}, 200, ""),
-    ({"symbol": "AAPL", "since": "9999-12-31T23:59:59-23:59"}, 200, ""),
-    ({"symbol": "AAPL", "limit": str(10**30)}, 422, "limit"),
-    ({"symbol": "AAPL", "limit": "1e3"}, 422, "limit"),
-    ({"symbol": "ÄAPL"}, 400, "invalid symbol"),
-    ({"symbol": "AAPL\x00"}, 400, "invalid symbol"),
-    ([("symbol", "AAPL"), ("symbol", "MSFT")], 400, "symbol given more than once"),
-    ({"symbol": "AAPL", "limt": "5"}, 400, "unknown parameter(s) 'limt'"),
-])
+@pytest.mark.parametrize(
+    ("params", "status", "says"),
+    [
+        ({"symbol": "AAPL", "since": "0000-01-01T00:00:00Z"}, 422, "year 0 is out of range"),
+        ({"symbol": "AAPL", "since": "10000-01-01T00:00:00Z"}, 422, "RFC 3339"),
+        ({"symbol": "AAPL", "since": "0001-01-01T00:00:00+23:59"}, 200, ""),
+        ({"symbol": "AAPL", "since": "9999-12-31T23:59:59-23:59"}, 200, ""),
+        ({"symbol": "AAPL", "limit": str(10**30)}, 422, "limit"),
+        ({"symbol": "AAPL", "limit": "1e3"}, 422, "limit"),
+        ({"symbol": "ÄAPL"}, 400, "invalid symbol"),
+        ({"symbol": "AAPL\x00"}, 400, "invalid symbol"),
+        ([("symbol", "AAPL"), ("symbol", "MSFT")], 400, "symbol given more than once"),
+        ({"symbol": "AAPL", "limt": "5"}, 400, "unknown parameter(s) 'limt'"),
+    ],
+)
 def test_extreme_rest_parameters(rest_gateway, params, status, says):
     client, _ = rest_gateway
     response = client.get("/api/ticks/recent", params=params)
@@ -342,8 +414,12 @@ def test_rest_does_not_leak_a_row_factory_between_requests(rest_gateway):
     """/api/bars set `dict_row` on a pooled connection, /api/symbols then failed with KeyError: 0."""
     client, _ = rest_gateway
     for _ in range(3):
-        assert client.get("/api/bars", params={"symbol": "AAPL", "start": "2026-11-02T14:30:00Z",
-                                                "end": "2026-11-02T15:30:00Z"}).status_code == 200
+        assert (
+            client.get(
+                "/api/bars", params={"symbol": "AAPL", "start": "2026-11-02T14:30:00Z", "end": "2026-11-02T15:30:00Z"}
+            ).status_code
+            == 200
+        )
         assert client.get("/api/symbols").status_code == 200
         assert client.get("/api/ticks/recent", params={"symbol": "AAPL"}).status_code == 200
 
@@ -365,6 +441,7 @@ def test_websocket_path_survives_hostile_handshakes(services):
 
 def test_a_client_closing_mid_subscribe_does_not_disturb_others(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL) as gw:
+
         async def scenario() -> None:
             steady = await Client.open(gw.url)
             await steady.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"]})
@@ -384,4 +461,3 @@ def test_a_client_closing_mid_subscribe_does_not_disturb_others(services):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert gw.gateway.stats.internal_errors == 0 and not gw.gateway.router.by_symbol
-

@@ -46,8 +46,11 @@ def schemathesis_command() -> list[str]:
 def documented_gateway(db):
     now = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)
     db.execute("INSERT INTO symbols (symbol) VALUES ('AAPL'), ('BACpL')")
-    db.execute("INSERT INTO ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision)"
-               " VALUES ('AAPL', %s, 1, 2, 0.5, 1.5, 10, 1.2, 3, 0)", (now - timedelta(minutes=5),))
+    db.execute(
+        "INSERT INTO ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision)"
+        " VALUES ('AAPL', %s, 1, 2, 0.5, 1.5, 10, 1.2, 3, 0)",
+        (now - timedelta(minutes=5),),
+    )
     try:
         with running_gateway(TEST_DATABASE_URL, Settings().redis_url, dev_mode=False, jwt_secret=SECRET) as gw:
             yield gw
@@ -85,9 +88,26 @@ def test_schemathesis_all_checks_pass(documented_gateway, tmp_path):
     config = CONFIG
     examples = os.environ.get("SCHEMATHESIS_EXAMPLES", "100")
     seed = os.environ.get("SCHEMATHESIS_SEED", "20261201")
-    command = [*schemathesis_command(), "--config-file", str(config), "--no-color", "run", f"{gw.http}/openapi.json",
-               "--checks", "all", "--max-examples", examples, "--seed", seed, "--workers", "2",
-               "--header", f"Authorization: Bearer {token}", "--request-timeout", "20"]
+    command = [
+        *schemathesis_command(),
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"{gw.http}/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        examples,
+        "--seed",
+        seed,
+        "--workers",
+        "2",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--request-timeout",
+        "20",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     summary = re.search(r"(\d+) generated, (.*)", result.stdout)
     print(result.stdout[-3000:])  # the counts, in the test log

@@ -43,8 +43,20 @@ def health(gw) -> dict:
 
 def start_redis(port: int, directory: str, *extra: str) -> subprocess.Popen:
     """A private redis-server with extra options (debug commands for loading a big dataset)."""
-    command = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", directory, *extra]
+    command = [
+        shutil.which("redis-server") or "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        directory,
+        *extra,
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
@@ -87,6 +99,7 @@ def test_redis_errors_of_every_kind_are_survived(services, redis_server_binary, 
     admin = redis.Redis(port=port)
     try:
         with running_gateway(TEST_DATABASE_URL, url, probe_interval_s=0.2) as gw:
+
             async def scenario() -> None:
                 nonlocal server
                 channel = gw.channels.events_for("AAPL")
@@ -104,8 +117,14 @@ def test_redis_errors_of_every_kind_are_survived(services, redis_server_binary, 
                 async def resume_during() -> dict:
                     """A client resuming while Redis misbehaves: served, or told `unavailable`, never `internal`."""
                     other = await Client.open(gw.url)
-                    reply = await other.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["pattern"],
-                                                 "positions": {channel: {"epoch": "e", "offset": 1}}})
+                    reply = await other.request(
+                        {
+                            "type": "subscribe",
+                            "symbols": ["AAPL"],
+                            "kinds": ["pattern"],
+                            "positions": {channel: {"epoch": "e", "offset": 1}},
+                        }
+                    )
                     await other.close()
                     assert reply["type"] in ("subscribed", "reset") or reply.get("code") == "unavailable", reply
                     return reply
@@ -136,15 +155,23 @@ def test_redis_errors_of_every_kind_are_survived(services, redis_server_binary, 
                 admin.config_set("save", "3600 1")
                 shutil.rmtree(doomed)  # the server's working directory is gone: the save fails
                 admin.bgsave()
-                wait_for(lambda: (p := admin.info("persistence"))["rdb_bgsave_in_progress"] == 0
-                         and p["rdb_last_bgsave_status"] == "err", "a failed save")
+                wait_for(
+                    lambda: (
+                        (p := admin.info("persistence"))["rdb_bgsave_in_progress"] == 0 and p["rdb_last_bgsave_status"] == "err"
+                    ),
+                    "a failed save",
+                )
                 with pytest.raises((redis.ResponseError, RedisUnavailable), match="MISCONF"):
                     gw.publish_events([pattern("AAPL", 0.9, 3)])
                 await resume_during()
                 admin.config_set("dir", str(data_dir))
                 admin.bgsave()
-                wait_for(lambda: (p := admin.info("persistence"))["rdb_bgsave_in_progress"] == 0
-                         and p["rdb_last_bgsave_status"] == "ok", "a good save")
+                wait_for(
+                    lambda: (
+                        (p := admin.info("persistence"))["rdb_bgsave_in_progress"] == 0 and p["rdb_last_bgsave_status"] == "ok"
+                    ),
+                    "a good save",
+                )
                 admin.config_set("save", "")
                 await delivered()
 
@@ -155,8 +182,16 @@ def test_redis_errors_of_every_kind_are_survived(services, redis_server_binary, 
                 server.wait(30)
                 # Redis' own testing knobs: a delay per key (the load lasts a few seconds) and answering
                 # clients (LOADING) every KB instead of every 2 MB
-                server = await asyncio.to_thread(start_redis, port, str(data_dir), *options, "--key-load-delay", "20",
-                                                 "--loading-process-events-interval-bytes", "1024")
+                server = await asyncio.to_thread(
+                    start_redis,
+                    port,
+                    str(data_dir),
+                    *options,
+                    "--key-load-delay",
+                    "20",
+                    "--loading-process-events-interval-bytes",
+                    "1024",
+                )
                 loading = no_retry(port).info("persistence")["loading"]
                 if loading:
                     await resume_during()
@@ -183,6 +218,7 @@ def test_a_subscribe_while_redis_is_down_changes_nothing_and_says_unavailable(se
     server = private_redis(port, str(tmp_path))
     try:
         with running_gateway(TEST_DATABASE_URL, f"redis://127.0.0.1:{port}/0", probe_interval_s=0.2) as gw:
+
             async def scenario() -> None:
                 nonlocal server
                 client = await Client.open(gw.url)
@@ -220,14 +256,21 @@ def test_postgres_down_answers_503_then_recovers(db):
                 down = client.get("/api/ticks/recent", params={"symbol": "AAPL"})
                 assert down.status_code == 503 and down.json() == {"detail": "PostgreSQL is unavailable; retry later"}
                 assert down.headers["retry-after"] == "5"
-                for path in ("/api/symbols", "/api/events?symbol=AAPL",
-                             "/api/bars?symbol=AAPL&start=2026-01-01T00:00:00Z&end=2026-01-01T01:00:00Z"):
+                for path in (
+                    "/api/symbols",
+                    "/api/events?symbol=AAPL",
+                    "/api/bars?symbol=AAPL&start=2026-01-01T00:00:00Z&end=2026-01-01T01:00:00Z",
+                ):
                     assert client.get(path).status_code == 503, path
                 report = wait_for(lambda: (h := health(gw))["database"] == "unreachable" and h, "health says so")
                 assert report["status"] == "degraded" and "PostgreSQL" in report["reason"]
                 proxy.restore()
-                wait_for(lambda: client.get("/api/ticks/recent", params={"symbol": "AAPL"}).status_code == 200,
-                         "REST back", timeout=60, every=0.25)
+                wait_for(
+                    lambda: client.get("/api/ticks/recent", params={"symbol": "AAPL"}).status_code == 200,
+                    "REST back",
+                    timeout=60,
+                    every=0.25,
+                )
                 wait_for(lambda: health(gw)["database"] == "ok", "health back")
             assert gw.gateway.stats.database_errors >= 5
 
@@ -236,7 +279,7 @@ def test_background_tasks_are_supervised_restarted_and_visible(services):
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, probe_interval_s=0.2) as gw:
         g = gw.gateway
         failures = {"flush": 4, "probe": 4}
-        flush, publish = g.flush, g._redis.publish  # noqa: SLF001
+        flush, publish = g.flusher.flush, g.probe.redis.publish
 
         def failing_flush():
             if failures["flush"] > 0:
@@ -261,9 +304,9 @@ def test_background_tasks_are_supervised_restarted_and_visible(services):
         async def scenario() -> None:
             client = await Client.open(gw.url)
             await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["live"]})
-            g.flush = failing_flush
+            g.flusher.flush = failing_flush
             await asyncio.to_thread(wait_for, lambda: watch("flusher"), "flusher restarted 4 times")
-            g._redis.publish = failing_publish  # noqa: SLF001
+            g.probe.redis.publish = failing_publish
             await asyncio.to_thread(wait_for, lambda: watch("redis-probe"), "probe restarted 4 times")
             bars = gw.bars()
             bars.publish_live([live_bar("AAPL", 3.0)])
@@ -291,7 +334,7 @@ def test_the_redis_reader_is_restarted_when_it_dies(services, redis_server_binar
         with running_gateway(TEST_DATABASE_URL, f"redis://127.0.0.1:{port}/0", probe_interval_s=0.2) as gw:
             g = gw.gateway
             left = {"n": 3}
-            relay = g._relay  # noqa: SLF001
+            relay = g.relay.forward
 
             async def failing_relay(pubsub):
                 if left["n"] > 0:
@@ -302,10 +345,13 @@ def test_the_redis_reader_is_restarted_when_it_dies(services, redis_server_binar
             async def scenario() -> None:
                 client = await Client.open(gw.url)
                 await client.request({"type": "subscribe", "symbols": ["AAPL"], "kinds": ["live"]})
-                g._relay = failing_relay  # noqa: SLF001
-                redis.Redis(port=port).client_kill_filter(_type="pubsub")  # the reader reconnects through _relay
-                await asyncio.to_thread(wait_for, lambda: g.stats.tasks["redis-reader"].restarts == 3
-                                        and health(gw)["status"] == "healthy", "reader restarted 3 times")
+                g.relay.forward = failing_relay
+                redis.Redis(port=port).client_kill_filter(_type="pubsub")  # the reader reconnects through forward
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda: g.stats.tasks["redis-reader"].restarts == 3 and health(gw)["status"] == "healthy",
+                    "reader restarted 3 times",
+                )
                 bars = gw.bars()
                 bars.publish_live([live_bar("AAPL", 5.0)])
                 got = await client.until(lambda d: any(m["close"] == 5.0 for m in d))

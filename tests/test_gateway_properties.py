@@ -3,7 +3,7 @@ a valid result, never another exception.
 
 - `protocol.decode_client`: any text, any JSON value, protocol-shaped messages with hostile fields;
 - `ChannelMap.parse`: any channel name and any bytes from Redis, and hostile JSON objects;
-- the REST time parameter (`rest.parse_time`) and the token check (`Policy.admit`);
+- the REST time parameter (`rfc3339.parse_time`) and the token check (`Policy.admit`);
 - the settings: any value of any GATEWAY_* variable is a valid setting or a precise error.
 
 The REST parameter handling against a running gateway is in tests/test_gateway_hostile.py.
@@ -27,7 +27,7 @@ from connectors.gateway import protocol
 from connectors.gateway.auth import Grant, Policy, Refused
 from connectors.gateway.fanout import ChannelMap, Message, frame
 from connectors.gateway.protocol import KINDS, BadMessage, Ping, Subscribe, Unsubscribe, decode_client
-from connectors.gateway.rest import parse_time
+from connectors.gateway.rfc3339 import parse_time
 from connectors.gateway.settings import GatewaySettings, describe_errors
 from schemas.channels import Channels
 from schemas.symbols import is_symbol
@@ -52,8 +52,10 @@ def protocol_shaped() -> st.SearchStrategy[dict]:
             "symbols": st.lists(hostile_text, max_size=20) | field,
             "kinds": st.lists(st.sampled_from([*KINDS, "candles", "*", ""]), max_size=10) | field,
             "min_confidence": st.floats() | field,
-            "positions": st.dictionaries(hostile_text, st.fixed_dictionaries({"epoch": hostile_text, "offset": hostile_ints})
-                                         | field, max_size=5) | field,
+            "positions": st.dictionaries(
+                hostile_text, st.fixed_dictionaries({"epoch": hostile_text, "offset": hostile_ints}) | field, max_size=5
+            )
+            | field,
             "id": field,
             "extra": field,
         },
@@ -106,12 +108,17 @@ def test_decode_client_protocol_shaped_messages(message):
 
 
 def test_decode_client_extremes():
-    for raw in ['{"type":"ping","id":' + "[" * 100_000 + "]" * 100_000 + "}",
-                '{"type":"subscribe","symbols":' + "[" * 100_000 + "]" * 100_000 + "}",
-                '{"type":"subscribe","symbols":[' + ",".join(['"A"'] * 1001) + "]}",
-                '{"type":"subscribe","positions":{"c":{"epoch":"e","offset":18446744073709551616}}}',
-                '{"type":"ping","id":1e400}', '{"type":"subscribe","min_confidence":NaN}',
-                '{"type":"subscribe","symbols":["\\ud800"]}', "\x00", ""]:
+    for raw in [
+        '{"type":"ping","id":' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"type":"subscribe","symbols":' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"type":"subscribe","symbols":[' + ",".join(['"A"'] * 1001) + "]}",
+        '{"type":"subscribe","positions":{"c":{"epoch":"e","offset":18446744073709551616}}}',
+        '{"type":"ping","id":1e400}',
+        '{"type":"subscribe","min_confidence":NaN}',
+        '{"type":"subscribe","symbols":["\\ud800"]}',
+        "\x00",
+        "",
+    ]:
         with pytest.raises(BadMessage):
             decode_client(raw)
     assert decode_client('{"type":"subscribe","symbols":["aapl","AAPL","BACpL","*"]}').symbols == ["AAPL", "BACpL", "*"]
@@ -142,11 +149,19 @@ def test_channel_map_any_bytes(channel, data):
     _check_parsed(channel, data)
 
 
-envelope_fields = st.fixed_dictionaries({}, optional={
-    "offset": hostile_ints | json_values, "epoch": hostile_text | json_values, "kind": st.sampled_from([*KINDS, "x"]) | json_values,
-    "id": hostile_text | json_values, "timestamp": hostile_ints | json_values,
-    "confidence": st.floats(allow_nan=False) | json_values, "symbol": hostile_text | json_values, "close": json_values,
-})
+envelope_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "offset": hostile_ints | json_values,
+        "epoch": hostile_text | json_values,
+        "kind": st.sampled_from([*KINDS, "x"]) | json_values,
+        "id": hostile_text | json_values,
+        "timestamp": hostile_ints | json_values,
+        "confidence": st.floats(allow_nan=False) | json_values,
+        "symbol": hostile_text | json_values,
+        "close": json_values,
+    },
+)
 
 
 @FAST
@@ -163,9 +178,21 @@ def test_channel_map_extremes():
     live = "ns.market.bars.live.AAPL"
     good = b'{"offset":1,"epoch":"e","symbol":"AAPL","close":1.0}'
     assert CM.parse(live, good) is not None
-    for data in [b"", b"null", b"[1]", b'"x"', b"{" * 100_000, b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                 b'{"offset":1,"x":"\xff"}', b'{"offset":9223372036854775808}', b'{"timestamp":1e400}',
-                 b'{"confidence":1e400}', b'{"offset":1} trailing', b'{"offset":1,"x":NaN}', b"{" + b" " * 5000 + b"}"]:
+    for data in [
+        b"",
+        b"null",
+        b"[1]",
+        b'"x"',
+        b"{" * 100_000,
+        b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"offset":1,"x":"\xff"}',
+        b'{"offset":9223372036854775808}',
+        b'{"timestamp":1e400}',
+        b'{"confidence":1e400}',
+        b'{"offset":1} trailing',
+        b'{"offset":1,"x":NaN}',
+        b"{" + b" " * 5000 + b"}",
+    ]:
         assert CM.parse(live, data) is None, data[:40]
     assert CM.parse("ns.market.bars.live.A B", good) is None
     assert CM.parse("ns.market.bars.live.", good) is None
@@ -186,8 +213,11 @@ def test_parse_time_any_text(text):
 
 
 @FAST
-@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
-       st.integers(-(23 * 60 + 59), 23 * 60 + 59), st.sampled_from(["T", "t", " "]))
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+    st.sampled_from(["T", "t", " "]),
+)
 def test_parse_time_every_rfc3339_instant(naive, offset_min, sep):
     sign = "+" if offset_min >= 0 else "-"
     text = f"{naive.year:04d}-{naive:%m-%d}{sep}{naive:%H:%M:%S.%f}{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
@@ -200,8 +230,17 @@ def test_parse_time_every_rfc3339_instant(naive, offset_min, sep):
 
 
 def test_parse_time_extremes():
-    for bad in ["0000-01-01T00:00:00Z", "10000-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-01-01T00:00:00+24:00",
-                "2026-01-01T24:00:00Z", "2026-01-01", "1700000000", "2026-01-01T00:00:00", "٢٠٢٦-01-01T00:00:00Z"]:
+    for bad in [
+        "0000-01-01T00:00:00Z",
+        "10000-01-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-01-01T00:00:00+24:00",
+        "2026-01-01T24:00:00Z",
+        "2026-01-01",
+        "1700000000",
+        "2026-01-01T00:00:00",
+        "٢٠٢٦-01-01T00:00:00Z",
+    ]:
         with pytest.raises(RequestValidationError):
             parse_time("since", bad)
     assert parse_time("x", "2016-12-31T23:59:60Z") == datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
@@ -222,8 +261,20 @@ def test_admit_any_token_text(token):
 
 
 @FAST
-@given(st.fixed_dictionaries({}, optional={"sub": claim_values, "exp": claim_values, "iat": claim_values, "nbf": claim_values,
-                                            "symbols": claim_values, "kinds": claim_values, "aud": claim_values}))
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "sub": claim_values,
+            "exp": claim_values,
+            "iat": claim_values,
+            "nbf": claim_values,
+            "symbols": claim_values,
+            "kinds": claim_values,
+            "aud": claim_values,
+        },
+    )
+)
 def test_admit_any_signed_claims(claims):
     try:
         token = jwt.encode(claims, SECRET, algorithm="HS256")
@@ -240,12 +291,46 @@ def test_admit_any_signed_claims(claims):
 
 
 # ---------------------------------------------------------------- settings
-NUMERIC = ["port", "db_pool_min", "db_pool_max", "db_timeout_s", "db_statement_timeout_s", "batch_interval_ms", "max_queue",
-           "max_buffer_bytes", "slow_timeout_s", "max_symbols", "max_connections", "ping_interval_s", "ping_timeout_s",
-           "max_message_bytes", "max_relay_bytes", "max_errors", "error_window_s", "rate_limit_per_s", "rate_burst",
-           "max_tracked_channels", "jwt_leeway_s", "max_token_lifetime_s", "token_ttl_s", "max_bars", "probe_interval_s"]
-ALL_FIELDS = [*NUMERIC, "host", "redis_url", "redis_namespace", "database_url", "dev_mode", "dev_mode_allow_remote",
-              "jwt_secret", "jwt_audience", "jwt_issuer", "allowed_origins"]
+NUMERIC = [
+    "port",
+    "db_pool_min",
+    "db_pool_max",
+    "db_timeout_s",
+    "db_statement_timeout_s",
+    "batch_interval_ms",
+    "max_queue",
+    "max_buffer_bytes",
+    "slow_timeout_s",
+    "max_symbols",
+    "max_connections",
+    "ping_interval_s",
+    "ping_timeout_s",
+    "max_message_bytes",
+    "max_relay_bytes",
+    "max_errors",
+    "error_window_s",
+    "rate_limit_per_s",
+    "rate_burst",
+    "max_tracked_channels",
+    "jwt_leeway_s",
+    "max_token_lifetime_s",
+    "token_ttl_s",
+    "max_bars",
+    "probe_interval_s",
+]
+ALL_FIELDS = [
+    *NUMERIC,
+    "host",
+    "redis_url",
+    "redis_namespace",
+    "database_url",
+    "dev_mode",
+    "dev_mode_allow_remote",
+    "jwt_secret",
+    "jwt_audience",
+    "jwt_issuer",
+    "allowed_origins",
+]
 
 
 def test_every_setting_is_covered():
@@ -253,8 +338,11 @@ def test_every_setting_is_covered():
 
 
 @FAST
-@given(st.sampled_from(ALL_FIELDS), st.text(max_size=40) | st.sampled_from(["nan", "inf", "-inf", "1e400", "1e-300", "-1",
-                                                                         "99999999999999999999", "1", "yes", "true", "0x10"]))
+@given(
+    st.sampled_from(ALL_FIELDS),
+    st.text(max_size=40)
+    | st.sampled_from(["nan", "inf", "-inf", "1e400", "1e-300", "-1", "99999999999999999999", "1", "yes", "true", "0x10"]),
+)
 def test_any_setting_value_is_valid_or_a_precise_error(field, value):
     env = {"jwt_secret": SECRET} if field != "jwt_secret" else {}
     try:
@@ -281,8 +369,11 @@ def test_dev_mode_needs_the_word_true(value):
 
 def test_settings_errors_never_show_secrets():
     with pytest.raises(ValidationError) as caught:
-        GatewaySettings(redis_url="http://user:hunter2-pass@x/0", database_url="postgresql://u:hunter2-db@h:5432/db?sslmode=bogus'",
-                        jwt_secret="short-hunter2")
+        GatewaySettings(
+            redis_url="http://user:hunter2-pass@x/0",
+            database_url="postgresql://u:hunter2-db@h:5432/db?sslmode=bogus'",
+            jwt_secret="short-hunter2",
+        )
     text = describe_errors(caught.value)
     assert "GATEWAY_REDIS_URL" in text and "hunter2" not in text
     s = GatewaySettings(redis_url="redis://user:hunter2@127.0.0.1:6379/0", database_url="postgresql://u:hunter2@h/db")

@@ -36,7 +36,7 @@ REDIS_URL = Settings().redis_url
 T0 = datetime(2026, 11, 2, 14, 30, tzinfo=UTC)  # fixed: /api/symbols is relative to the newest bar
 EVENT_KINDS = ("highlow", "trend", "surge", "pattern", "alert")
 SYMBOL_GRANTS = (("AAPL",), ("MSFT",), ("*",))
-KIND_GRANTS = tuple((k,) for k in KINDS) + (("*",), ())
+KIND_GRANTS = (*((k,) for k in KINDS), ("*",), ())
 
 
 def granted_kinds(kinds: tuple[str, ...]) -> set[str]:
@@ -54,16 +54,23 @@ def secured(services):
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as db:
         db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
         db.execute("INSERT INTO symbols (symbol) VALUES ('AAPL'), ('MSFT')")
-        db.execute("INSERT INTO ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision)"
-                   " VALUES ('AAPL', %s, 1, 2, 0.5, 1.5, 10, 1.2, 3, 0), ('MSFT', %s, 1, 2, 0.5, 1.5, 5, 1.2, 3, 0)",
-                   (T0, T0 - timedelta(minutes=1)))
+        db.execute(
+            "INSERT INTO ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision)"
+            " VALUES ('AAPL', %s, 1, 2, 0.5, 1.5, 10, 1.2, 3, 0), ('MSFT', %s, 1, 2, 0.5, 1.5, 5, 1.2, 3, 0)",
+            (T0, T0 - timedelta(minutes=1)),
+        )
         for i, kind in enumerate(k for k in EVENT_KINDS if k != "alert"):
-            db.execute("INSERT INTO events (symbol, timestamp, id, kind, type, timeframe, direction, confidence, price,"
-                       " revision, params, detail) VALUES ('AAPL', %s, %s, %s, 't', '1m', 'up', 0.9, 1.0, 0, '{}', '{}')",
-                       (T0 + timedelta(seconds=i), f"e-{kind}", kind))
-        db.execute("INSERT INTO alerts (symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator,"
-                   " value, threshold, message, revision, params) VALUES ('AAPL', %s, 'a1', 'rsi_overbought', 'warning',"
-                   " '1m', 'down', 0.9, 'rsi', 72, 70, 'RSI 72', 0, '{}')", (T0,))
+            db.execute(
+                "INSERT INTO events (symbol, timestamp, id, kind, type, timeframe, direction, confidence, price,"
+                " revision, params, detail) VALUES ('AAPL', %s, %s, %s, 't', '1m', 'up', 0.9, 1.0, 0, '{}', '{}')",
+                (T0 + timedelta(seconds=i), f"e-{kind}", kind),
+            )
+        db.execute(
+            "INSERT INTO alerts (symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator,"
+            " value, threshold, message, revision, params) VALUES ('AAPL', %s, 'a1', 'rsi_overbought', 'warning',"
+            " '1m', 'down', 0.9, 'rsi', 72, 70, 'RSI 72', 0, '{}')",
+            (T0,),
+        )
     try:
         with running_gateway(TEST_DATABASE_URL, REDIS_URL, dev_mode=False, jwt_secret=SECRET, batch_interval_ms=20) as gw:
             yield gw
@@ -92,9 +99,13 @@ def test_rest_grant_matrix(secured, symbols, kinds):
         else:
             assert listing.status_code == 403 and "kind bar or live" in listing.json()["detail"]
 
-        for path, params in (("/api/ticks/recent", {"symbol": "AAPL"}),
-                             ("/api/bars", {"symbol": "AAPL", "start": (T0 - timedelta(hours=1)).isoformat(),
-                                            "end": (T0 + timedelta(hours=1)).isoformat()})):
+        for path, params in (
+            ("/api/ticks/recent", {"symbol": "AAPL"}),
+            (
+                "/api/bars",
+                {"symbol": "AAPL", "start": (T0 - timedelta(hours=1)).isoformat(), "end": (T0 + timedelta(hours=1)).isoformat()},
+            ),
+        ):
             response = client.get(path, params=params)
             if allows(symbols, "AAPL") and "bar" in granted:
                 assert response.status_code == 200 and response.json()["count"] == 1
@@ -130,8 +141,12 @@ def publish_every_kind(gw, symbols: tuple[str, ...]) -> int:
     for s in symbols:
         messages.append((gw.channels.indicators, json.dumps({"kind": "indicator", "symbol": s, "timestamp": 1}).encode()))
         for kind in EVENT_KINDS:
-            messages.append((gw.channels.events_for(s), json.dumps(
-                {"kind": kind, "id": f"{kind}-{s}", "symbol": s, "confidence": 1.0, "timestamp": 1}).encode()))
+            messages.append(
+                (
+                    gw.channels.events_for(s),
+                    json.dumps({"kind": kind, "id": f"{kind}-{s}", "symbol": s, "confidence": 1.0, "timestamp": 1}).encode(),
+                )
+            )
     publisher.publish(messages)
     publisher.close()
     return len(symbols) * len(KINDS)
@@ -172,15 +187,20 @@ def test_websocket_grant_matrix(secured):
             # a position for a channel of a symbol not granted is refused with the rest of the message
             other = "MSFT" if "AAPL" in mine and "MSFT" not in mine else "AAPL"
             if other not in mine:
-                sneaky = await client.request({"type": "subscribe", "symbols": [other],
-                                               "positions": {gw.channels.live_for(other): {"epoch": "e", "offset": 0}}})
+                sneaky = await client.request(
+                    {
+                        "type": "subscribe",
+                        "symbols": [other],
+                        "positions": {gw.channels.live_for(other): {"epoch": "e", "offset": 0}},
+                    }
+                )
                 assert sneaky["code"] == "forbidden"
             clients[(symbols, kinds)] = client
         total = publish_every_kind(gw, ("AAPL", "MSFT"))
         await observer.until(lambda d: len(d) == total)
         await asyncio.sleep(0.3)  # the restricted clients got their frames in the same flushes
         for (symbols, kinds), client in clients.items():
-            while await client._receive_one(0.2):  # noqa: SLF001 - read whatever is there
+            while await client._receive_one(0.2):  # read whatever is there
                 pass
             got = {(m["symbol"], kind_of(m)) for m in client.data()}
             expected = {(s, k) for s in ("AAPL", "MSFT") if allows(symbols, s) for k in granted_kinds(kinds)}
@@ -197,8 +217,15 @@ def signed(claims: dict, secret: str = SECRET) -> str:
 
 def test_token_rules(services):
     now = int(time.time())
-    base = {"sub": "alice", "iat": now, "exp": now + 300, "symbols": ["AAPL"], "kinds": ["live"], "aud": "tickstock",
-            "iss": "ops"}
+    base = {
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 300,
+        "symbols": ["AAPL"],
+        "kinds": ["live"],
+        "aud": "tickstock",
+        "iss": "ops",
+    }
     cases = [
         ({k: v for k, v in base.items() if k != "symbols"}, "no `symbols` claim"),
         ({k: v for k, v in base.items() if k != "kinds"}, "no `kinds` claim"),
@@ -216,8 +243,17 @@ def test_token_rules(services):
         ({**base, "exp": 1e400}, "must be a number"),
         ({**base, "sub": "x" * 300}, "`sub` must be"),
     ]
-    with running_gateway(TEST_DATABASE_URL, REDIS_URL, dev_mode=False, jwt_secret=SECRET, jwt_audience="tickstock",
-                         jwt_issuer="ops", jwt_leeway_s=30, max_token_lifetime_s=3600) as gw:
+    with running_gateway(
+        TEST_DATABASE_URL,
+        REDIS_URL,
+        dev_mode=False,
+        jwt_secret=SECRET,
+        jwt_audience="tickstock",
+        jwt_issuer="ops",
+        jwt_leeway_s=30,
+        max_token_lifetime_s=3600,
+    ) as gw:
+
         async def handshake(tok: str) -> tuple[int, str]:
             try:
                 ws = await connect(f"{gw.url}?token={tok}", open_timeout=WAIT_S)
@@ -248,8 +284,9 @@ def test_token_rules(services):
 
 def gateway_command(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.run([sys.executable, "-m", "connectors.gateway", *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "connectors.gateway", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_token_command_refuses_what_the_gateway_would(monkeypatch, capsys):
@@ -258,11 +295,16 @@ def test_token_command_refuses_what_the_gateway_would(monkeypatch, capsys):
     monkeypatch.setenv("GATEWAY_JWT_SECRET", SECRET)
     monkeypatch.setenv("GATEWAY_MAX_TOKEN_LIFETIME_S", "600")
     monkeypatch.setenv("GATEWAY_TOKEN_TTL_S", "300")
-    for argv, says in ((["bob", "--ttl", "3600"], "exceeds GATEWAY_MAX_TOKEN_LIFETIME_S (600 s)"),
-                       (["bob", "--ttl", "nan"], "positive number"), (["bob", "--ttl", "-5"], "positive number"),
-                       (["bob", "--symbols", "A B"], "invalid symbol"), (["bob", "--kinds", "candles"], "unknown kind"),
-                       (["", "--ttl", "60"], "the user must be"), (["bob", "--symbols", ","], "at least one"),
-                       (["bob", "--ttl", "soon"], "invalid float value")):
+    for argv, says in (
+        (["bob", "--ttl", "3600"], "exceeds GATEWAY_MAX_TOKEN_LIFETIME_S (600 s)"),
+        (["bob", "--ttl", "nan"], "positive number"),
+        (["bob", "--ttl", "-5"], "positive number"),
+        (["bob", "--symbols", "A B"], "invalid symbol"),
+        (["bob", "--kinds", "candles"], "unknown kind"),
+        (["", "--ttl", "60"], "the user must be"),
+        (["bob", "--symbols", ","], "at least one"),
+        (["bob", "--ttl", "soon"], "invalid float value"),
+    ):
         assert main(["token", *argv]) == 2, argv
         assert says in capsys.readouterr().err, argv
     assert main(["token", "bob", "--ttl", "600"]) == 0
@@ -270,23 +312,29 @@ def test_token_command_refuses_what_the_gateway_would(monkeypatch, capsys):
     assert claims["exp"] - claims["iat"] == 600 and claims["symbols"] == ["*"] and claims["kinds"] == ["*"]
 
 
-@pytest.mark.parametrize(("env", "says"), [
-    ({"GATEWAY_DEV_MODE": "1"}, "GATEWAY_DEV_MODE must be `true` or `false`"),
-    ({"GATEWAY_DEV_MODE": "yes"}, "GATEWAY_DEV_MODE must be `true` or `false`"),
-    ({"GATEWAY_DEV_MODE": "true", "GATEWAY_HOST": "0.0.0.0"}, "needs a loopback GATEWAY_HOST"),
-    ({"GATEWAY_DEV_MODE": "true", "GATEWAY_HOST": "::"}, "needs a loopback GATEWAY_HOST"),
-    ({"GATEWAY_DEV_MODE": "true", "GATEWAY_DEV_MODE_ALLOW_REMOTE": "1"}, "GATEWAY_DEV_MODE_ALLOW_REMOTE must be `true`"),
-    ({"GATEWAY_PORT": "70000", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_PORT: Input should be less than or equal to 65535"),
-    ({"GATEWAY_BATCH_INTERVAL_MS": "nan", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_BATCH_INTERVAL_MS"),
-    ({"GATEWAY_SLOW_TIMEOUT_S": "inf", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_SLOW_TIMEOUT_S"),
-    ({"GATEWAY_MAX_QUEUE": "99999999999999999999", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_MAX_QUEUE"),
-    ({"GATEWAY_ALLOWED_ORIGINS": "*", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_ALLOWED_ORIGINS: not an origin"),
-    ({"REDIS_NAMESPACE": "a*b", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_REDIS_NAMESPACE"),
-    ({"GATEWAY_JWT_SECRET": "short"}, "at least 32 bytes"),
-    ({}, "GATEWAY_JWT_SECRET must be set"),
-    ({"GATEWAY_TOKEN_TTL_S": "100000", "GATEWAY_JWT_SECRET": SECRET}, "must not exceed GATEWAY_MAX_TOKEN_LIFETIME_S"),
-    ({"GATEWAY_DB_POOL_MIN": "9", "GATEWAY_DB_POOL_MAX": "2", "GATEWAY_JWT_SECRET": SECRET}, "must not exceed GATEWAY_DB_POOL_MAX"),
-])
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"GATEWAY_DEV_MODE": "1"}, "GATEWAY_DEV_MODE must be `true` or `false`"),
+        ({"GATEWAY_DEV_MODE": "yes"}, "GATEWAY_DEV_MODE must be `true` or `false`"),
+        ({"GATEWAY_DEV_MODE": "true", "GATEWAY_HOST": "0.0.0.0"}, "needs a loopback GATEWAY_HOST"),
+        ({"GATEWAY_DEV_MODE": "true", "GATEWAY_HOST": "::"}, "needs a loopback GATEWAY_HOST"),
+        ({"GATEWAY_DEV_MODE": "true", "GATEWAY_DEV_MODE_ALLOW_REMOTE": "1"}, "GATEWAY_DEV_MODE_ALLOW_REMOTE must be `true`"),
+        ({"GATEWAY_PORT": "70000", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_PORT: Input should be less than or equal to 65535"),
+        ({"GATEWAY_BATCH_INTERVAL_MS": "nan", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_BATCH_INTERVAL_MS"),
+        ({"GATEWAY_SLOW_TIMEOUT_S": "inf", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_SLOW_TIMEOUT_S"),
+        ({"GATEWAY_MAX_QUEUE": "99999999999999999999", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_MAX_QUEUE"),
+        ({"GATEWAY_ALLOWED_ORIGINS": "*", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_ALLOWED_ORIGINS: not an origin"),
+        ({"REDIS_NAMESPACE": "a*b", "GATEWAY_JWT_SECRET": SECRET}, "GATEWAY_REDIS_NAMESPACE"),
+        ({"GATEWAY_JWT_SECRET": "short"}, "at least 32 bytes"),
+        ({}, "GATEWAY_JWT_SECRET must be set"),
+        ({"GATEWAY_TOKEN_TTL_S": "100000", "GATEWAY_JWT_SECRET": SECRET}, "must not exceed GATEWAY_MAX_TOKEN_LIFETIME_S"),
+        (
+            {"GATEWAY_DB_POOL_MIN": "9", "GATEWAY_DB_POOL_MAX": "2", "GATEWAY_JWT_SECRET": SECRET},
+            "must not exceed GATEWAY_DB_POOL_MAX",
+        ),
+    ],
+)
 def test_bad_settings_exit_2_with_the_variable_never_a_traceback(env, says):
     result = gateway_command(**env)
     assert result.returncode == 2, (result.returncode, result.stderr)
@@ -301,11 +349,14 @@ def test_dev_mode_remote_needs_the_second_setting():
 
 
 def test_secrets_are_never_printed(services):
-    redis_down = gateway_command(GATEWAY_DEV_MODE="true", REDIS_URL="redis://:hunter2-redis@127.0.0.1:1/0",
-                                 GATEWAY_PORT="0")
+    redis_down = gateway_command(GATEWAY_DEV_MODE="true", REDIS_URL="redis://:hunter2-redis@127.0.0.1:1/0", GATEWAY_PORT="0")
     assert redis_down.returncode == 1 and "redis://:***@127.0.0.1:1/0" in redis_down.stderr
-    db_down = gateway_command(GATEWAY_DEV_MODE="true", REDIS_URL=REDIS_URL, GATEWAY_PORT="0",
-                              DATABASE_URL="postgresql://postgres:hunter2-db@127.0.0.1:1/x")
+    db_down = gateway_command(
+        GATEWAY_DEV_MODE="true",
+        REDIS_URL=REDIS_URL,
+        GATEWAY_PORT="0",
+        DATABASE_URL="postgresql://postgres:hunter2-db@127.0.0.1:1/x",
+    )
     assert db_down.returncode == 1 and "postgresql://postgres:***@127.0.0.1:1/x" in db_down.stderr
     bad = gateway_command(GATEWAY_JWT_SECRET=SECRET, REDIS_URL="http://:hunter2-redis@h/0")
     assert bad.returncode == 2 and "GATEWAY_REDIS_URL" in bad.stderr
@@ -334,8 +385,9 @@ def test_dev_mode_is_visible_and_a_jwt_in_it_is_a_401_not_a_500(services):
         asyncio.run(scenario())
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, jwt_secret=SECRET) as gw:  # dev mode with a secret: grants apply
         tok = token(("AAPL",), ("live",))
-        assert httpx.get(f"{gw.http}/api/ticks/recent", params={"symbol": "AAPL", "token": tok},
-                         timeout=WAIT_S).status_code == 403  # no `bar` kind
+        assert (
+            httpx.get(f"{gw.http}/api/ticks/recent", params={"symbol": "AAPL", "token": tok}, timeout=WAIT_S).status_code == 403
+        )  # no `bar` kind
         assert httpx.get(f"{gw.http}/healthz", timeout=WAIT_S).json()["dev_mode"] is True
     with running_gateway(TEST_DATABASE_URL, REDIS_URL, dev_mode=False, jwt_secret=SECRET) as gw:
         assert httpx.get(f"{gw.http}/healthz", timeout=WAIT_S).json()["dev_mode"] is False

@@ -16,13 +16,13 @@ from schemas import catalog
 from schemas.bars import encode_bar
 from schemas.channels import CATALOG, Channels
 from schemas.events import PatternEvent, encode_event, stable_id
-from tests.gateway_harness import live_bar
+from tests.gateway_harness import BarStatus, live_bar
 
 SECRET = "unit-secret-" + "z" * 32
 channels = ChannelMap(Channels("ns"))
 
 
-def bar_message(symbol: str, close: float, offset: int, status: str = "live", minute: int = 0, revision: int = 0):
+def bar_message(symbol: str, close: float, offset: int, status: BarStatus = "live", minute: int = 0, revision: int = 0):
     raw = encode_bar(live_bar(symbol, close, minute=minute, status=status, revision=revision))
     name = channels.channels.live_for(symbol) if status == "live" else channels.channels.ohlcv_for(symbol)
     return channels.parse(name, b'{"offset":%d,"epoch":"e1",' % offset + raw[1:])
@@ -30,31 +30,48 @@ def bar_message(symbol: str, close: float, offset: int, status: str = "live", mi
 
 def event_message(symbol: str, confidence: float, offset: int, minute: int = 0, revision: int = 0):
     ts = 1_800_000_000_000 + minute * 60_000
-    e = PatternEvent(id=stable_id("p", symbol, ts), type="doji", symbol=symbol, timestamp=ts, confidence=confidence,
-                     direction="neutral", params={}, signal=100, revision=revision)
+    e = PatternEvent(
+        id=stable_id("p", symbol, ts),
+        type="doji",
+        symbol=symbol,
+        timestamp=ts,
+        confidence=confidence,
+        direction="neutral",
+        params={},
+        signal=100,
+        revision=revision,
+    )
     raw = encode_event(e)
     return channels.parse(channels.channels.events_for(symbol), b'{"offset":%d,"epoch":"e1",' % offset + raw[1:])
 
 
 # ---------------------------------------------------------------- protocol
 def test_protocol_accepts_the_documented_messages():
-    assert decode_client('{"type":"subscribe","symbols":["aapl","brk.b"],"kinds":["live","alert"],"min_confidence":0.8,'
-                         '"positions":{"ns.market.bars.live.AAPL":{"epoch":"e","offset":4}}}') == Subscribe(
-        symbols=["AAPL", "BRK.B"], kinds=["live", "alert"], min_confidence=0.8,
-        positions={"ns.market.bars.live.AAPL": __import__("connectors.gateway.protocol", fromlist=["Position"]).Position("e", 4)})
+    assert decode_client(
+        '{"type":"subscribe","symbols":["aapl","brk.b"],"kinds":["live","alert"],"min_confidence":0.8,'
+        '"positions":{"ns.market.bars.live.AAPL":{"epoch":"e","offset":4}}}'
+    ) == Subscribe(
+        symbols=["AAPL", "BRK.B"],
+        kinds=["live", "alert"],
+        min_confidence=0.8,
+        positions={"ns.market.bars.live.AAPL": __import__("connectors.gateway.protocol", fromlist=["Position"]).Position("e", 4)},
+    )
     assert decode_client('{"type":"unsubscribe","kinds":["live"]}') == Unsubscribe(symbols=[], kinds=["live"])
     assert decode_client('{"type":"ping","id":3}') == Ping(id=3)
 
 
-@pytest.mark.parametrize(("raw", "says"), [
-    ("{", "not JSON"),
-    ('{"symbols":["AAPL"]}', "Object missing required field `type`"),
-    ('{"type":"subscribe","symbols":["AAPL"],"kinds":["candles"]}', "unknown kind(s) candles"),
-    ('{"type":"subscribe","symbols":["AAPL"],"min_confidence":2}', "Expected `float` <= 1.0"),
-    ('{"type":"subscribe","symbols":["A A"]}', "invalid symbol 'A A'"),
-    ('{"type":"subscribe","symbols":["AAPL"],"extra":1}', "unknown field `extra`"),
-    ('{"type":"subscribe","positions":{"c":{"epoch":"e","offset":-1}}}', "Expected `int` >= 0"),
-])
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("{", "not JSON"),
+        ('{"symbols":["AAPL"]}', "Object missing required field `type`"),
+        ('{"type":"subscribe","symbols":["AAPL"],"kinds":["candles"]}', "unknown kind(s) candles"),
+        ('{"type":"subscribe","symbols":["AAPL"],"min_confidence":2}', "Expected `float` <= 1.0"),
+        ('{"type":"subscribe","symbols":["A A"]}', "invalid symbol 'A A'"),
+        ('{"type":"subscribe","symbols":["AAPL"],"extra":1}', "unknown field `extra`"),
+        ('{"type":"subscribe","positions":{"c":{"epoch":"e","offset":-1}}}', "Expected `int` >= 0"),
+    ],
+)
 def test_protocol_rejects_bad_messages_with_the_reason(raw, says):
     with pytest.raises(BadMessage, match=None) as caught:
         decode_client(raw)
@@ -98,8 +115,12 @@ def test_filters_kinds_confidence_and_watchlist():
     everything = Subscriber()
     router.subscribe(patterns_only, ["AAPL"])
     router.subscribe(everything, ["*"])
-    for m in (event_message("AAPL", 0.5, 1), event_message("AAPL", 0.9, 2, minute=1), bar_message("AAPL", 1.0, 1),
-              event_message("MSFT", 0.99, 1)):
+    for m in (
+        event_message("AAPL", 0.5, 1),
+        event_message("AAPL", 0.9, 2, minute=1),
+        bar_message("AAPL", 1.0, 1),
+        event_message("MSFT", 0.99, 1),
+    ):
         router.route(m)
     assert [m.offset for m in patterns_only.take()] == [2]
     assert len(everything.take()) == 4
@@ -147,7 +168,7 @@ def test_tokens_carry_user_symbols_kinds_and_expire():
     with pytest.raises(Refused, match="missing token") as caught:
         policy.admit(None, None, now=1_000)
     assert caught.value.status == 401
-    with pytest.raises(Refused, match="origin 'https://evil.example' is not allowed") as caught:
+    with pytest.raises(Refused, match=r"origin 'https://evil\.example' is not allowed") as caught:
         policy.admit(token, "https://evil.example", now=1_000)
     assert caught.value.status == 403
 

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings
 
 from connectors.redis.history import HistoryLimits
 from connectors.settings import CONFIG, DAY_S, NonBlank, matching
 
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def _redis_url(value: str) -> str:
+    try:
+        scheme = urlsplit(value).scheme
+    except ValueError:
+        raise ValueError("is not a URL") from None
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+RedisUrl = Annotated[NonBlank, AfterValidator(_redis_url)]
 # Redis namespaces must not hold pattern characters (the gateway pattern-subscribes under them) nor whitespace.
 Namespace = Annotated[str, matching(r"[A-Za-z0-9_.:-]{1,64}", "not a Redis namespace (1-64 letters, digits, '_', '.', ':', '-')")]
 
@@ -17,7 +32,7 @@ Namespace = Annotated[str, matching(r"[A-Za-z0-9_.:-]{1,64}", "not a Redis names
 class RedisSettings(BaseSettings):
     model_config = CONFIG
 
-    redis_url: NonBlank = Field("redis://127.0.0.1:6379/0", max_length=4096)
+    redis_url: RedisUrl = Field(DEFAULT_URL, max_length=4096, repr=False)
     redis_namespace: Namespace = Field("tickstock", description="first segment of every Redis channel")
     redis_history_max_len: int = Field(
         1000, ge=1, le=10_000_000, description="about how many messages each channel's catch-up history keeps"
