@@ -38,8 +38,8 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import connect
 
+from connectors.feeds.synthetic import generate
 from connectors.replay import flat_file_events, replay
-from connectors.synthetic import generate
 from tests.conftest import base_settings, create_topics
 from tests.polygon_server import PolygonServer
 from tests.test_replay import write_trades_flat_file

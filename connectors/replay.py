@@ -509,7 +509,7 @@ def replay(
     from confluent_kafka import KafkaError, KafkaException
 
     from connectors.kafka.dead_letter import letter
-    from connectors.synthetic import _produce_when_room, make_producer
+    from connectors.kafka.producer import make_producer, produce_when_room
 
     s = settings or Settings()
     topics = {"trades": s.topic_trades, "quotes": s.topic_quotes, "minute_aggs": s.topic_minute_aggs}
@@ -537,7 +537,7 @@ def replay(
             try:
                 producer.produce(topics[k], value, key)
             except BufferError:
-                _produce_when_room(producer, topics[k], key.encode(), value.encode())
+                produce_when_room(producer, topics[k], key.encode(), value.encode())
         except KafkaException as exc:
             err = exc.args[0]
             if err.code() != KafkaError.MSG_SIZE_TOO_LARGE:

@@ -25,9 +25,9 @@ from confluent_kafka import KafkaError, Message
 
 from connectors import polygon_bridge
 from connectors.bridge_spool import Spool
+from connectors.feeds.synthetic import generate
 from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_TOPIC, TRUNCATED
 from connectors.polygon_bridge import Bridge, BridgeSettings, serve, split_frame
-from connectors.synthetic import generate
 from flows.settings import Settings
 from tests.conftest import base_settings, create_topics, read_topic
 from tests.kafka_proxy import KafkaProxy

@@ -12,8 +12,8 @@ import pytest
 from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
+from connectors.feeds.synthetic import generate
 from connectors.replay import flat_file_events, merged_events, replay
-from connectors.synthetic import generate
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from schemas.polygon import MinuteAgg, Quote, Trade, decode_event

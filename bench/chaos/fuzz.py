@@ -134,7 +134,7 @@ class Seeds:
     """Valid records built once from the synthetic feed, the bar book and the detectors."""
 
     def __init__(self) -> None:
-        from connectors.synthetic import generate
+        from connectors.feeds.synthetic import generate
         from flows.book import BarBook
         from schemas.bars import encode_bar
         from schemas.conditions import ConditionRules
@@ -705,7 +705,7 @@ class ReplayTarget(Target):
         import polars as pl
 
         from connectors import replay
-        from connectors.synthetic import generate
+        from connectors.feeds.synthetic import generate
         from schemas.polygon import decode_event
 
         self._events, self._refusals = replay.flat_file_events, (pl.exceptions.PolarsError, ValueError)
