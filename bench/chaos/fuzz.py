@@ -583,7 +583,7 @@ class SplitFrameTarget(Target):
 
     def __init__(self, seeds: Seeds) -> None:
         super().__init__()
-        from connectors.feed_frames import split_frame
+        from connectors.feeds.bridge.frames import split_frame
 
         self._split, self._seeds = split_frame, seeds.frames
 
@@ -649,7 +649,9 @@ class OnFrameTarget(Target):
         super().__init__()
         import logging
 
-        from connectors.polygon_bridge import Bridge, BridgeFatal, BridgeSettings
+        from connectors.feeds.bridge.relay import Bridge
+        from connectors.feeds.bridge.session import BridgeFatal
+        from connectors.feeds.bridge.settings import BridgeSettings
         from flows.settings import Settings
 
         logging.getLogger("tickstock.bridge").setLevel(logging.CRITICAL)  # its dead-letter warnings would flood
