@@ -16,7 +16,7 @@ compression the official client negotiates by default. Every client runs in its 
   with a core of its own, to compare with the feed's rate;
 - `peak_*`: the feed paced at `--peak-rate` events/s (20x the all-market average of ~10,000/s)
   and the rate the bridge forwarded it at;
-- `replay_events_per_s`: `connectors.replay` on a gzipped trades_v1 file, parse + encode + publish;
+- `replay_events_per_s`: `connectors.feeds.replay` on a gzipped trades_v1 file, parse + encode + publish;
   `replay_encode_events_per_s`: parse + encode only.
 Writes `bench/bridge.json`; `load_average` is the 1-minute load when the run started.
 """
@@ -38,8 +38,9 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import connect
 
+from connectors.feeds.flat_files import flat_file_events
+from connectors.feeds.replay import replay
 from connectors.feeds.synthetic import generate
-from connectors.replay import flat_file_events, replay
 from tests.conftest import base_settings, create_topics
 from tests.polygon_server import PolygonServer
 from tests.test_replay import write_trades_flat_file

@@ -706,7 +706,7 @@ class ReplayTarget(Target):
         super().__init__()
         import polars as pl
 
-        from connectors import replay
+        from connectors.feeds import flat_files as replay
         from connectors.feeds.synthetic import generate
         from schemas.polygon import decode_event
 
