@@ -28,8 +28,9 @@ import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from connectors.feeds.synthetic import generate
 from connectors.kafka.admin import ensure_topics
-from connectors.synthetic import generate, make_producer
+from connectors.kafka.producer import make_producer
 from flows.settings import Settings
 from infra.databases import ensure_database
 from infra.migrate import up
@@ -191,7 +192,7 @@ def bar_latency(s: Settings, symbols: int, rate: int, seconds: int) -> dict:
     detector = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.detection:build_flow()"], env=env_for(live),
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     feeder = subprocess.run(
-        [sys.executable, "-m", "connectors.synthetic", "--realtime", "--symbols", str(symbols), "--rate", str(rate),
+        [sys.executable, "-m", "connectors.feeds.synthetic", "--realtime", "--symbols", str(symbols), "--rate", str(rate),
          "--seconds", str(seconds), "--out-of-order-ratio", "0", "--late-ratio", "0", "--duplicate-ratio", "0"],
         env=env_for(live), cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip

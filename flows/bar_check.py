@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from connectors.replay import FlatFileError, flat_file_events, read_flat_file
+from connectors.feeds.flat_files import FlatFileError, flat_file_events, read_flat_file
 from flows.book import BarBook
 from schemas.conditions import ConditionRules
 

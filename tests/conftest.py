@@ -22,7 +22,8 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.synthetic import FeedEvent, make_producer
+from connectors.feeds.synthetic import FeedEvent
+from connectors.kafka.producer import make_producer
 from flows.settings import Settings
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_test")

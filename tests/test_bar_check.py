@@ -12,7 +12,7 @@ import pytest
 from bytewax.testing import run_main
 
 from connectors import bar_check
-from connectors.replay import replay
+from connectors.feeds.replay import replay
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from tests.fixtures import flat_files

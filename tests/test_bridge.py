@@ -23,11 +23,13 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from connectors import polygon_bridge
-from connectors.bridge_spool import Spool
+from connectors.feeds.bridge import health, program, publish, relay
+from connectors.feeds.bridge.program import serve
+from connectors.feeds.bridge.relay import Bridge, split_frame
+from connectors.feeds.bridge.settings import BridgeSettings
+from connectors.feeds.bridge.spool import Spool
+from connectors.feeds.synthetic import generate
 from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_TOPIC, TRUNCATED
-from connectors.polygon_bridge import Bridge, BridgeSettings, serve, split_frame
-from connectors.synthetic import generate
 from flows.settings import Settings
 from tests.conftest import base_settings, create_topics, read_topic
 from tests.kafka_proxy import KafkaProxy
@@ -98,7 +100,7 @@ def start_bridge(s: Settings, url: str, key: str = KEY, **env: str) -> subproces
                                          "BRIDGE_BACKOFF_INITIAL_S": "0.1",
                                          "BRIDGE_SPOOL_DIR": spool_dir()} | env
     environ.pop("POLYGON_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=environ,
+    proc = subprocess.Popen([sys.executable, "-m", "connectors.feeds.bridge"], cwd=ROOT, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     _started.append(proc)
     return proc
@@ -137,7 +139,7 @@ def test_key_from_either_variable_and_a_clear_message_without_one(monkeypatch: p
     assert BridgeSettings().api_key == "old-name"  # type: ignore[call-arg]
     monkeypatch.delenv("POLYGON_API_KEY")
     with pytest.raises(SystemExit, match="MASSIVE_API_KEY \\(or POLYGON_API_KEY\\) is not set"):
-        polygon_bridge.main()
+        program.main()
 
 
 def test_split_frame_keeps_original_bytes() -> None:
@@ -559,7 +561,7 @@ def test_kafka_refusing_the_bridge_stops_it_with_code_4_and_spools_what_it_read(
             return await asyncio.wait_for(serving, 60)
 
         code = asyncio.run(scenario())
-    assert code == polygon_bridge.EXIT_KAFKA_REFUSED
+    assert code == program.EXIT_KAFKA_REFUSED
     assert "Kafka refuses the bridge's records (TOPIC_AUTHORIZATION_FAILED" in capsys.readouterr().err
     (path,) = spool.pending()
     assert list(spool.read(path)) == [(settings.topic_trades, b"AAPL", refused, None)]
@@ -662,7 +664,7 @@ def test_a_bad_setting_is_a_precise_error_with_exit_code_2(
     monkeypatch.setenv("BRIDGE_SPOOL_DIR", str(tmp_path))
     monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as raised:
-        polygon_bridge.main()
+        program.main()
     assert raised.value.code == 2
     assert says in str(raised.value)
     if name != "MASSIVE_API_KEY" and "must not exceed" not in says:
@@ -673,12 +675,12 @@ def test_an_unusable_spool_directory_is_a_bad_setting_not_a_traceback(tmp_path: 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = os.environ | {"MASSIVE_API_KEY": KEY, "BRIDGE_SPOOL_DIR": str(blocker / "spool")}
-    proc = subprocess.run([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "connectors.feeds.bridge"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "cannot use BRIDGE_SPOOL_DIR" in proc.stderr and "Traceback" not in proc.stderr
     env = os.environ | {"MASSIVE_API_KEY": KEY, "BRIDGE_MAX_IN_FLIGHT": "lots"}
-    proc = subprocess.run([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "connectors.feeds.bridge"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "BRIDGE_MAX_IN_FLIGHT='lots'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -698,11 +700,11 @@ def test_a_million_distinct_event_types_do_not_grow_the_counters(tmp_path: Path,
     with caplog.at_level("WARNING", logger="tickstock.bridge"):
         asyncio.run(flood())
     assert bridge.stats.ignored == 1_000_001
-    assert len(bridge.stats.events_in) <= polygon_bridge.MAX_EVENT_TYPES + 6
-    assert len(bridge.stats.not_forwarded) <= polygon_bridge.MAX_EVENT_TYPES + 6
-    assert len(bridge.stats.types) <= polygon_bridge.MAX_EVENT_TYPES + 6
+    assert len(bridge.stats.events_in) <= health.MAX_EVENT_TYPES + 6
+    assert len(bridge.stats.not_forwarded) <= health.MAX_EVENT_TYPES + 6
+    assert len(bridge.stats.types) <= health.MAX_EVENT_TYPES + 6
     assert sum(bridge.stats.events_in.values()) == 1_000_001  # every event still counted, as OTHER
-    assert bridge.stats.events_in[polygon_bridge.OTHER] > 999_000
+    assert bridge.stats.events_in[health.OTHER] > 999_000
     assert len(caplog.records) < 100  # logged once per named type, then 1 in 2**n
     assert len(bridge.stats.line(0)) < 3000
 
@@ -711,7 +713,7 @@ def test_a_million_distinct_event_types_do_not_grow_the_counters(tmp_path: Path,
 def test_a_flood_of_distinct_symbols_is_forwarded_with_a_bounded_memory_of_them(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(polygon_bridge, "MAX_SYMBOLS_REMEMBERED", 500)
+    monkeypatch.setattr(relay, "MAX_SYMBOLS_REMEMBERED", 500)
     bridge = Bridge(BridgeSettings(api_key="unused", bridge_spool_dir=tmp_path), settings)
     events = [trade(f"Z{n}", n) for n in range(3000)]
 
@@ -770,5 +772,5 @@ def test_records_neither_kafka_nor_the_spool_takes_are_a_loud_exit_5(
         spool.lock()
         (gone / ".lock").unlink()
         gone.rmdir()  # the disk under the spool went away
-        assert asyncio.run(bridge.stop(spool)) == polygon_bridge.EXIT_NOT_SPOOLED
+        assert asyncio.run(bridge.stop(spool)) == publish.EXIT_NOT_SPOOLED
     assert "1 records read from the feed are lost" in caplog.text

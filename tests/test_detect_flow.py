@@ -16,8 +16,8 @@ import pytest
 import talib
 from bytewax.testing import run_main
 
+from connectors.feeds.synthetic import DEFAULT_START_MS, generate
 from connectors.postgres.bars import BarStore
-from connectors.synthetic import DEFAULT_START_MS, generate
 from flows import detection as detection_flow
 from flows import ohlcv
 from flows.detect.settings import DetectionSettings

@@ -356,7 +356,7 @@ def test_the_book_reports_just_the_trades_that_can_move_a_session_extreme():
     """Only a new high or low of its minute bar can be a new session high or low: same events as every trade."""
     import orjson
 
-    from connectors.synthetic import generate
+    from connectors.feeds.synthetic import generate
     from flows.book import BarBook
     from schemas.conditions import ConditionRules
 

@@ -16,10 +16,10 @@ from confluent_kafka import KafkaError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from connectors.bridge_spool import MAGIC, Spool, SpoolError
-from connectors.feed_frames import split_frame
+from connectors.feeds.bridge.backoff import backoff_s
+from connectors.feeds.bridge.frames import split_frame
+from connectors.feeds.bridge.spool import MAGIC, Spool, SpoolError
 from connectors.kafka.errors import DEAD_LETTER, RENEW, RETRY, STOP, judge
-from connectors.polygon_bridge import backoff_s
 
 # --- strategies --------------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ def test_a_huge_frame_and_a_huge_event_split_like_small_ones() -> None:
 
 
 def test_the_modules_examples_run() -> None:
-    for name in ("connectors.feed_frames", "connectors.kafka.errors", "connectors.bridge_spool", "connectors.polygon_bridge"):
+    for name in ("connectors.feeds.bridge.frames", "connectors.kafka.errors", "connectors.feeds.bridge.spool", "connectors.feeds.bridge.backoff"):
         result = doctest.testmod(importlib.import_module(name))
         assert result.attempted > 0 and result.failed == 0, name
 

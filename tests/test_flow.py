@@ -16,7 +16,7 @@ import pytest
 from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
-from connectors.synthetic import generate
+from connectors.feeds.synthetic import generate
 from flows.detection import build_flow as build_detection
 from flows.ohlcv import build_flow
 from flows.settings import Settings

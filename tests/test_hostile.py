@@ -21,11 +21,11 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
+from connectors.feeds.synthetic import DEFAULT_START_MS
 from connectors.kafka.dead_letter import MAX_VALUE_BYTES
 from connectors.kafka.source import KafkaBatchSource
 from connectors.redis.history import History, HistoryLimits
 from connectors.redis.publish import Publisher
-from connectors.synthetic import DEFAULT_START_MS
 from flows import detection as detection_flow
 from flows.detect.settings import DetectionSettings
 from flows.ohlcv import build_flow

@@ -12,8 +12,9 @@ import pytest
 from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
-from connectors.replay import flat_file_events, merged_events, replay
-from connectors.synthetic import generate
+from connectors.feeds.flat_files import flat_file_events, merged_events
+from connectors.feeds.replay import replay
+from connectors.feeds.synthetic import generate
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from schemas.polygon import MinuteAgg, Quote, Trade, decode_event
@@ -162,8 +163,9 @@ from hypothesis import HealthCheck, given  # noqa: E402
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st  # noqa: E402
 
+from connectors.feeds.flat_files import FlatFileError, flat_file  # noqa: E402
+from connectors.feeds.replay import main  # noqa: E402
 from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_OFFSET, SOURCE_TOPIC, TRUNCATED  # noqa: E402
-from connectors.replay import FlatFileError, flat_file, main  # noqa: E402
 from schemas.status import DEAD_LETTER_KINDS  # noqa: E402
 
 TRADE_COLUMNS = TRADES_CSV.splitlines()[0].split(",")
@@ -288,7 +290,7 @@ def test_a_file_that_cannot_be_read_is_a_precise_error_naming_it(tmp_path: Path,
 def test_the_command_exits_2_naming_the_file_without_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "trades_v1.csv.gz"
     path.write_bytes(gzip.compress(TRADES_CSV.encode())[:-10])
-    proc = subprocess.run([sys.executable, "-m", "connectors.replay", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "connectors.feeds.replay", str(path)], capture_output=True, text=True,
                           timeout=60, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
     assert proc.returncode == 2
     assert f"replay: {path}: truncated or corrupt gzip" in proc.stderr and "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from connectors.synthetic import (
+from connectors.feeds.synthetic import (
     DEFAULT_START_MS,
     LATE_MS,
     OUT_OF_ORDER_MS,

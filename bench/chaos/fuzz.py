@@ -137,7 +137,7 @@ class Seeds:
     """Valid records built once from the synthetic feed, the bar book and the detectors."""
 
     def __init__(self) -> None:
-        from connectors.synthetic import generate
+        from connectors.feeds.synthetic import generate
         from flows.book import BarBook
         from schemas.bars import encode_bar
         from schemas.conditions import ConditionRules
@@ -586,7 +586,7 @@ class SplitFrameTarget(Target):
 
     def __init__(self, seeds: Seeds) -> None:
         super().__init__()
-        from connectors.feed_frames import split_frame
+        from connectors.feeds.bridge.frames import split_frame
 
         self._split, self._seeds = split_frame, seeds.frames
 
@@ -652,7 +652,9 @@ class OnFrameTarget(Target):
         super().__init__()
         import logging
 
-        from connectors.polygon_bridge import Bridge, BridgeFatal, BridgeSettings
+        from connectors.feeds.bridge.relay import Bridge
+        from connectors.feeds.bridge.session import BridgeFatal
+        from connectors.feeds.bridge.settings import BridgeSettings
         from flows.settings import Settings
 
         logging.getLogger("tickstock.bridge").setLevel(logging.CRITICAL)  # its dead-letter warnings would flood
@@ -707,8 +709,8 @@ class ReplayTarget(Target):
         super().__init__()
         import polars as pl
 
-        from connectors import replay
-        from connectors.synthetic import generate
+        from connectors.feeds import flat_files as replay
+        from connectors.feeds.synthetic import generate
         from schemas.polygon import decode_event
 
         self._events, self._refusals = replay.flat_file_events, (pl.exceptions.PolarsError, ValueError)

@@ -166,7 +166,7 @@ class Window:
 
 def feed_records(settings: Any, profile: Profile, seed: int, wall_s: float, speed: float) -> tuple[list[Record], int]:
     """The synthetic feed for one scenario, each record due at its event time / `speed`; returns (records, start_ms)."""
-    from connectors.synthetic import generate
+    from connectors.feeds.synthetic import generate
 
     ends_by = wall_ms() + 3_000 + int(wall_s * 1000)  # the feed starts within a few seconds of now
     end_ms = ends_by - ends_by % MINUTE_MS
@@ -641,7 +641,7 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
     import subprocess
 
     from connectors.kafka.admin import ensure_topics
-    from connectors.synthetic import make_producer
+    from connectors.kafka.producer import make_producer
 
     base = settings.model_copy(update={
         "kafka_bootstrap_servers": env.bootstrap, "database_url": env.baseline_database_url, "redis_url": env.redis_url,

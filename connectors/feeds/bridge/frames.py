@@ -71,9 +71,15 @@ _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[][{},]', re.DOTALL)  # strings, brack
 _QUOTE, _OPEN_ARRAY, _CLOSE_ARRAY, _OPEN_OBJECT, _CLOSE_OBJECT = b'"[]{}'
 
 
+def event_ms(head: Head) -> int:
+    """The event's time in ms when it is a plausible one (any JSON value may be there)."""
+    t = head.t or head.e
+    return t if type(t) is int and 0 < t < 1 << 53 else 0
+
+
 def split_frame(frame: str | bytes | bytearray | memoryview) -> Split:
     """A frame's events with their original JSON bytes, and what is not an event (never raises)."""
-    if type(frame) is not str:
+    if not isinstance(frame, str):
         data = bytes(frame)
         try:
             frame = data.decode()  # a binary frame: JSON text is UTF-8 (and Raw slices are not checked)
@@ -137,9 +143,9 @@ def cut_array(data: bytes) -> tuple[list[bytes], bytes, bool] | None:
         c = data[match.start()]
         if c == _QUOTE:
             continue
-        if c == _OPEN_ARRAY or c == _OPEN_OBJECT:
+        if c in (_OPEN_ARRAY, _OPEN_OBJECT):
             depth += 1
-        elif c == _CLOSE_ARRAY or c == _CLOSE_OBJECT:
+        elif c in (_CLOSE_ARRAY, _CLOSE_OBJECT):
             if depth:
                 depth -= 1
             elif c == _CLOSE_ARRAY:  # the frame's array ends
