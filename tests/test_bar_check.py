@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from bytewax.testing import run_main
 
-from connectors import bar_check
+from flows import bar_check
 from connectors.feeds.replay import replay
 from flows.ohlcv import build_flow
 from flows.settings import Settings

@@ -580,7 +580,7 @@ class RedisMessageTarget(Target):
 
 
 class SplitFrameTarget(Target):
-    """`connectors.feed_frames.split_frame` on WebSocket frames: it never raises, it returns what it refused."""
+    """`connectors.feeds.bridge.frames.split_frame` on WebSocket frames: it never raises, it returns what it refused."""
 
     name = "bridge.split_frame"
 
@@ -696,7 +696,7 @@ class OnFrameTarget(Target):
 
 
 class ReplayTarget(Target):
-    """`connectors.replay.flat_file_events`: flat-file rows (CSV) to the feed's event JSON.
+    """`connectors.feeds.flat_files.flat_file_events`: flat-file rows (CSV) to the feed's event JSON.
 
     Every row of a file that parses must become one JSON object naming the row's ticker; a file
     polars cannot read is refused as a whole (counted per row).

@@ -1,6 +1,6 @@
 """Chaos scenarios on a live feed: one fault each, compared with the oracle and an uninterrupted run.
 
-A scenario publishes a deterministic synthetic feed (`connectors.synthetic.generate`) paced to
+A scenario publishes a deterministic synthetic feed (`connectors.feeds.synthetic.generate`) paced to
 the wall clock while both flows tail their topics with recovery stores, applies its fault, waits
 for the outputs to catch up, then compares (see `compare`). Event time runs `speed` times faster
 than the wall clock and ends at a minute boundary no later than the wall clock, so a few wall

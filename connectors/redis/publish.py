@@ -1,4 +1,4 @@
-"""Records onto Redis pub/sub, each also kept in its channel's bounded history (see redis_history)."""
+"""Records onto Redis pub/sub, each also kept in its channel's bounded history (see `connectors.redis.history`)."""
 
 from __future__ import annotations
 
