@@ -119,7 +119,9 @@ def run_flow_to_end(s: Settings, detection: bool) -> dict:
         detector = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.detection:build_flow()"], env=tailing,
                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         time.sleep(3)  # imports, connections, partitions assigned
-    out = subprocess.run([sys.executable, "-m", "bench.flow_timer"], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.flow_timer"], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise SystemExit(f"flow failed:\n{out.stderr[-3000:]}")
     timed = json.loads(out.stdout.strip().splitlines()[-1])

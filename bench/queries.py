@@ -93,8 +93,7 @@ def load(url: str, days: int, symbols: int, minutes: int) -> float:
             frame = day_frame(n, day, symbols, minutes)
             text = frame.write_csv(include_header=False, datetime_format="%Y-%m-%d %H:%M:%S+00")
             with conn.cursor().copy(
-                "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades)"
-                " FROM STDIN (FORMAT csv)"
+                "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades) FROM STDIN (FORMAT csv)"
             ) as copy:
                 copy.write(text)
             print(f"  day {n + 1}/{days}: {frame.height:,} rows, {time.perf_counter() - began:.0f} s", flush=True)

@@ -25,7 +25,6 @@ MINUTE_MS = 60_000
 __all__ = ["ALL", "MINUTE_MS", "MinuteBar"]
 
 
-
 MAX_TRADES_PER_SECOND = 1 << 20
 """The most trades one per-second aggregate may add: 60 seconds of it stay far below the bar's
 INTEGER `trades` column, whatever average size a feed claims (1e-300 would otherwise add 1e300)."""
@@ -48,6 +47,7 @@ def estimated_trades(agg: SecondAgg) -> int:
     if size is None or not size > 0:
         return 0
     return round(min(agg.volume / size, agg.volume, MAX_TRADES_PER_SECOND))
+
 
 class MinuteBar:
     """Accumulates one bucket. `seen` holds the ids of what it already counted."""

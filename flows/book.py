@@ -328,9 +328,7 @@ class BarBook:
                     self._release(outliers, False, finals, released)
             start = agg.start - agg.start % MINUTE_MS
             if start + MINUTE_MS + self.lateness_ms < self.watermark:
-                rejects.append(
-                    Reject(position, "too_late", _too_late(agg.start, start, self.watermark, self.lateness_ms), raw)
-                )
+                rejects.append(Reject(position, "too_late", _too_late(agg.start, start, self.watermark, self.lateness_ms), raw))
                 continue
             bar = self._bars.get((agg.symbol, start))
             if bar is None:
@@ -493,7 +491,9 @@ def _without_oversized(
     kept, where, refused = [], [], []
     for value, position in zip(values, positions, strict=True):
         if value is not None and len(value) > MAX_EVENT_BYTES:
-            refused.append(Reject(position, "too_large", f"{len(value)} bytes; an event may have at most {MAX_EVENT_BYTES}", value))
+            refused.append(
+                Reject(position, "too_large", f"{len(value)} bytes; an event may have at most {MAX_EVENT_BYTES}", value)
+            )
         else:
             kept.append(value)
             where.append(position)

@@ -32,6 +32,7 @@ from flows.settings import Settings
 
 log = logging.getLogger("tickstock.detection")
 
+
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The detection dataflow, configured from the environment unless `settings` / `detection` are given."""
     s = settings if settings is not None else flow_settings.load_or_exit("detection flow")

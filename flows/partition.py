@@ -47,8 +47,18 @@ EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by o
 WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
 OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
 SYMBOLS = Gauge("tickstock_bar_state_symbols", "Symbols with state in the partition, by holder", ["partition", "state"])
-OUTCOMES = ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition", "future", "capacity",
-            "too_large", "held")
+OUTCOMES = (
+    "duplicates",
+    "revisions",
+    "ignored",
+    "malformed",
+    "too_late",
+    "unknown_condition",
+    "future",
+    "capacity",
+    "too_large",
+    "held",
+)
 CAUGHT_UP_FRESH_S = 3.0  # a caught-up marker older than this says nothing about the source now
 # After a silent gap in the evidence (the broker was away), the producers upstream may still be
 # reconnecting (librdkafka backs off up to 10 s) with what they buffered: idleness counts after that.

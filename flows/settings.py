@@ -25,9 +25,7 @@ class Settings(OutputSettings):
     bar_source: Literal["trades", "second_aggs"] = "trades"
     bar_close_delay_s: float = Field(2.0, ge=0, le=3600, description="wait after a minute ends before the bar is final")
     allowed_lateness_s: float = Field(900.0, ge=0, le=DAY_S, description="late trades within this revise a final bar")
-    live_update_interval_s: float = Field(
-        1.0, gt=0, le=3600, description="at most one live update per symbol per interval"
-    )
+    live_update_interval_s: float = Field(1.0, gt=0, le=3600, description="at most one live update per symbol per interval")
     idle_advance_s: float = Field(
         5.0, gt=0, le=DAY_S,
         description="a partition silent this long, while its source is caught up and the broker answers, advances its "
@@ -54,7 +52,9 @@ class Settings(OutputSettings):
     )  # fmt: skip
     health_interval_s: float = Field(10.0, gt=0, le=3600, description="seconds between health lines and health messages")
     health_max_lag_s: float = Field(
-        300.0, gt=0, le=365 * DAY_S,
+        300.0,
+        gt=0,
+        le=365 * DAY_S,
         description="a tailing flow whose watermark lags the wall clock more than this reports degraded",
     )
 

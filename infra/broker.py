@@ -129,9 +129,7 @@ def start(bootstrap: str, timeout_s: float = 20.0) -> bool:
             return True
         time.sleep(0.25)
     stop()
-    raise BrokerError(
-        f"Tansu did not answer within {timeout_s:.0f} s; stopped it. Last lines of {LOGFILE}:\n{_log_tail()}"
-    )
+    raise BrokerError(f"Tansu did not answer within {timeout_s:.0f} s; stopped it. Last lines of {LOGFILE}:\n{_log_tail()}")
 
 
 def _spawn_tansu(url: str) -> subprocess.Popen[bytes]:

@@ -115,9 +115,7 @@ def _run(conn: psycopg.Connection, migration: Migration, script: Path, record: b
         raise MigrationError(f"{script.name} failed and was rolled back: {str(exc).strip()}") from exc
 
 
-def up(
-    database_url: str, *, to: int | None = None, directory: Path = MIGRATIONS_DIR, log: Log = print
-) -> list[Migration]:
+def up(database_url: str, *, to: int | None = None, directory: Path = MIGRATIONS_DIR, log: Log = print) -> list[Migration]:
     """Apply every pending migration (up to version `to`) in order. Returns those applied."""
     migrations = discover(directory)
     with _locked(database_url, log) as conn:

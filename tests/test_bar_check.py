@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from bytewax.testing import run_main
 
-from flows import bar_check
 from connectors.feeds.replay import replay
+from flows import bar_check
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from tests.fixtures import flat_files

@@ -69,7 +69,14 @@ def test_volume_only_minute_has_no_prices():
 
 def test_out_of_order_trades_set_open_and_close_by_event_time_then_sequence():
     b = book()
-    b.apply([trade("A", T0 + 500, 11.0, q=5), trade("A", T0 + 100, 9.0, q=2), trade("A", T0 + 100, 9.5, q=1), trade("A", T0 + 500, 12.0, q=4)])
+    b.apply(
+        [
+            trade("A", T0 + 500, 11.0, q=5),
+            trade("A", T0 + 100, 9.0, q=2),
+            trade("A", T0 + 100, 9.5, q=1),
+            trade("A", T0 + 500, 12.0, q=4),
+        ]
+    )
     (bar,) = b.close_all()
     assert (bar.open, bar.close, bar.high, bar.low) == (9.5, 11.0, 12.0, 9.0)
 
@@ -122,7 +129,14 @@ def test_malformed_and_unknown_condition_are_rejected_and_good_data_still_counts
     ]
     _, rejects = b.apply(batch)
     kinds = [(r.index, r.kind) for r in rejects]
-    assert kinds == [(1, "malformed"), (2, "malformed"), (3, "malformed"), (4, "unknown_condition"), (5, "malformed"), (6, "malformed")]
+    assert kinds == [
+        (1, "malformed"),
+        (2, "malformed"),
+        (3, "malformed"),
+        (4, "unknown_condition"),
+        (5, "malformed"),
+        (6, "malformed"),
+    ]
     assert "999" in rejects[3].reason
     assert "`ev`" in rejects[4].reason
     (bar,) = b.close_all()
@@ -201,7 +215,9 @@ def test_second_aggregates_build_minute_bars():
 
     def agg(sec: int, o, h, l, c, v, vw):  # noqa: E741
         s = T0 + sec * 1000
-        return orjson.dumps({"ev": "A", "sym": "A", "o": o, "h": h, "l": l, "c": c, "v": v, "vw": vw, "z": 50, "s": s, "e": s + 1000})
+        return orjson.dumps(
+            {"ev": "A", "sym": "A", "o": o, "h": h, "l": l, "c": c, "v": v, "vw": vw, "z": 50, "s": s, "e": s + 1000}
+        )
 
     b.apply([agg(1, 10, 11, 9.5, 10.5, 100, 10.2), agg(0, 9.8, 10, 9.7, 9.9, 200, 9.9), agg(1, 10, 11, 9.5, 10.5, 100, 10.2)])
     (bar,) = b.close_all()

@@ -41,13 +41,30 @@ KEY = "test-key-123"
 
 def feed_events(count: int = 300) -> list[dict[str, Any]]:
     """Trades, quotes, second aggregates from the synthetic feed plus a few minute aggregates."""
-    synthetic = generate(seed=3, count=count, symbols=20, quote_ratio=0.3, second_aggs=True,
-                         duplicate_ratio=0, out_of_order_ratio=0, late_ratio=0)
+    synthetic = generate(
+        seed=3, count=count, symbols=20, quote_ratio=0.3, second_aggs=True, duplicate_ratio=0, out_of_order_ratio=0, late_ratio=0
+    )
     events = [orjson.loads(e.value) for e in synthetic]
     start = events[0]["t"] // 60_000 * 60_000
     for n, sym in enumerate(sorted({e["sym"] for e in events})[:5]):
-        events.append({"ev": "AM", "sym": sym, "v": 100 + n, "av": 1000, "op": 10.0, "vw": 10.1, "o": 10.0,
-                       "c": 10.2, "h": 10.3, "l": 9.9, "a": 10.05, "z": 50, "s": start, "e": start + 60_000})
+        events.append(
+            {
+                "ev": "AM",
+                "sym": sym,
+                "v": 100 + n,
+                "av": 1000,
+                "op": 10.0,
+                "vw": 10.1,
+                "o": 10.0,
+                "c": 10.2,
+                "h": 10.3,
+                "l": 9.9,
+                "a": 10.05,
+                "z": 50,
+                "s": start,
+                "e": start + 60_000,
+            }
+        )
     return events
 
 
@@ -96,9 +113,18 @@ def _no_bridge_left_behind() -> Iterator[None]:
 
 
 def start_bridge(s: Settings, url: str, key: str = KEY, **env: str) -> subprocess.Popen[str]:
-    environ = os.environ | s.as_env() | {"MASSIVE_API_KEY": key, "MASSIVE_URL": url, "BRIDGE_HEALTH_INTERVAL_S": "1",
-                                         "BRIDGE_BACKOFF_INITIAL_S": "0.1",
-                                         "BRIDGE_SPOOL_DIR": spool_dir()} | env
+    environ = (
+        os.environ
+        | s.as_env()
+        | {
+            "MASSIVE_API_KEY": key,
+            "MASSIVE_URL": url,
+            "BRIDGE_HEALTH_INTERVAL_S": "1",
+            "BRIDGE_BACKOFF_INITIAL_S": "0.1",
+            "BRIDGE_SPOOL_DIR": spool_dir(),
+        }
+        | env
+    )
     environ.pop("POLYGON_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "connectors.feeds.bridge"], cwd=ROOT, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -354,7 +380,7 @@ def test_hostile_frames_are_dead_lettered_with_the_reason_and_every_good_event_f
         b"[]": "Expected `object`, got `array`",
         b'{"ev":null}': "Expected `str`, got `null` - at `$.ev`",
         b'{"ev":"T","sym":5}': "Expected `str`, got `int` - at `$.sym`",
-        '{"ev":"T","sym":"A B"}'.encode(): "is not a symbol",
+        b'{"ev":"T","sym":"A B"}': "is not a symbol",
         '{"ev":"T","sym":"日本"}'.encode(): "is not a symbol",
         b'{"sym":"AAPL"}': "without an event type (ev)",
         b'{"ev":"T","sym":"AAPL","x":' + b"[" * 5000 + b"]" * 5000 + b"}": "nested deeper than the decoder allows",
@@ -392,7 +418,7 @@ def test_hostile_frames_are_dead_lettered_with_the_reason_and_every_good_event_f
     for value, why in bad.items():
         assert value in dead, (value[:60], sorted(v[:40] for v in dead))
         assert dead[value][KIND] == b"malformed" and why.encode() in dead[value][REASON], (value[:60], dead[value])
-    assert dead['{"ev":"T","sym":"A B"}'.encode()][SOURCE_TOPIC] == settings.topic_trades.encode()
+    assert dead[b'{"ev":"T","sym":"A B"}'][SOURCE_TOPIC] == settings.topic_trades.encode()
     big = [h for v, h in dead.items() if h[KIND] == b"too_large"]
     assert len(big) == 1  # the 2 MB event: a bounded prefix, its size and its hash
     (h,) = big

@@ -91,7 +91,10 @@ def test_crash_reason_names_the_root_cause_not_the_wrapper() -> None:
 
 
 def test_proxied_urls_keep_user_and_database() -> None:
-    assert with_port("postgresql://postgres@127.0.0.1:5432/tickstock_chaos", 6000) == "postgresql://postgres@127.0.0.1:6000/tickstock_chaos"
+    assert (
+        with_port("postgresql://postgres@127.0.0.1:5432/tickstock_chaos", 6000)
+        == "postgresql://postgres@127.0.0.1:6000/tickstock_chaos"
+    )
     assert with_port("redis://127.0.0.1:6379/0", 6001) == "redis://127.0.0.1:6001/0"
 
 

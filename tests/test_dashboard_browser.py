@@ -23,8 +23,16 @@ from tests.test_gateway import alert, pattern
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WAIT_MS = 30_000
 
 
@@ -33,28 +41,31 @@ def chromium_path() -> str:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (infra/chromium.sh installs it as root: apt-get install chromium)")
     assert (VENDOR_DIR / "lightweight-charts.standalone.production.js").exists(), (
-        "the dashboard's chart library is missing: run `make dashboard-assets` (npm ci in infra/dashboard)")
+        "the dashboard's chart library is missing: run `make dashboard-assets` (npm ci in infra/dashboard)"
+    )
     return CHROMIUM
 
 
 def test_dashboard_draws_live_candles_and_events(services, chromium_path, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    with running_gateway(TEST_DATABASE_URL, Settings().redis_url, dev_mode=False, jwt_secret=SECRET,
-                         batch_interval_ms=100) as gw:
+    with running_gateway(TEST_DATABASE_URL, Settings().redis_url, dev_mode=False, jwt_secret=SECRET, batch_interval_ms=100) as gw:
         token = Policy(SECRET, (), False).issue("viewer", ["AAPL"], ["*"], ttl_s=600, now=time.time())
         with sync_playwright() as p:
             # a fresh profile per run; Playwright never downloads a browser here
             context = p.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=chromium_path, headless=True, args=FLAGS,
-                viewport={"width": 1200, "height": 700})
+                str(tmp_path / "profile"),
+                executable_path=chromium_path,
+                headless=True,
+                args=FLAGS,
+                viewport={"width": 1200, "height": 700},
+            )
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"{gw.http}/dashboard/?symbol=AAPL&token={token}")
             page.wait_for_selector("#connection[data-state=open]", timeout=WAIT_MS)
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('subscribed')",
-                                   timeout=WAIT_MS)
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('subscribed')", timeout=WAIT_MS)
             assert page.get_attribute("#chart", "data-candles") == "0"
 
             bars = gw.bars()

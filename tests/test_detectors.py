@@ -116,8 +116,12 @@ def test_same_events_however_the_trades_are_batched_and_across_a_snapshot():
 
 # 12 rising closes, then falling ones: the first bar whose last-10 closes correlate with time at -0.7 or less
 RISE_THEN_FALL = next(
-    i for i in range(10, 23)
-    if np.corrcoef(np.arange(10), ([10 + 0.1 * j for j in range(12)] + [11.1 - 0.2 * j for j in range(1, 12)])[i - 9 : i + 1])[0, 1] <= -0.7
+    i
+    for i in range(10, 23)
+    if np.corrcoef(np.arange(10), ([10 + 0.1 * j for j in range(12)] + [11.1 - 0.2 * j for j in range(1, 12)])[i - 9 : i + 1])[
+        0, 1
+    ]
+    <= -0.7
 )
 
 

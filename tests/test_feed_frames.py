@@ -72,7 +72,9 @@ def test_a_well_formed_frame_gives_every_event_as_its_exact_bytes_in_order(
     elements = [encode(e) for e in evs]
     frame = b"[" + space + (b"," + space).join(elements) + space + b"]"
     split = split_frame(frame.decode() if as_text else frame)
-    ok = [el for el, e in zip(elements, evs, strict=True) if isinstance(e.get("ev", ""), str) and isinstance(e.get("sym", ""), str)]
+    ok = [
+        el for el, e in zip(elements, evs, strict=True) if isinstance(e.get("ev", ""), str) and isinstance(e.get("sym", ""), str)
+    ]
     assert [bytes(r) for r in split.raws] == ok == elements  # the strategy only makes string ev/sym
     assert split.refused == []
     assert [(h.ev, h.sym) for h in split.heads] == [(e.get("ev", ""), e.get("sym", "")) for e in evs]
@@ -160,7 +162,12 @@ def test_a_huge_frame_and_a_huge_event_split_like_small_ones() -> None:
 
 
 def test_the_modules_examples_run() -> None:
-    for name in ("connectors.feeds.bridge.frames", "connectors.kafka.errors", "connectors.feeds.bridge.spool", "connectors.feeds.bridge.backoff"):
+    for name in (
+        "connectors.feeds.bridge.frames",
+        "connectors.kafka.errors",
+        "connectors.feeds.bridge.spool",
+        "connectors.feeds.bridge.backoff",
+    ):
         result = doctest.testmod(importlib.import_module(name))
         assert result.attempted > 0 and result.failed == 0, name
 

@@ -135,7 +135,9 @@ def test_feeding_the_same_ticks_again_changes_nothing(settings, db):
     xmins = db.execute("SELECT string_agg(xmin::text, ',' ORDER BY symbol, timestamp) FROM ohlcv_1min").fetchone()
     run_main(build_flow(settings))
     assert_frame_equal(table_bars(db), first)
-    assert db.execute("SELECT string_agg(xmin::text, ',' ORDER BY symbol, timestamp) FROM ohlcv_1min").fetchone() == xmins, "no row was rewritten"
+    assert db.execute("SELECT string_agg(xmin::text, ',' ORDER BY symbol, timestamp) FROM ohlcv_1min").fetchone() == xmins, (
+        "no row was rewritten"
+    )
     assert db.execute("SELECT count(*) FROM symbols").fetchone()[0] == first["symbol"].n_unique()
 
 

@@ -81,7 +81,11 @@ POISON: list[tuple[str, bytes | None, str]] = [
     ("slash symbol", orjson.dumps(trade("TEST/WS", DEFAULT_START_MS + 1)), "malformed"),
     ("huge trade id", orjson.dumps(trade("AAA", DEFAULT_START_MS + 1, i="7" * 10_000)), "malformed"),
     ("unknown condition", orjson.dumps(trade("AAA", DEFAULT_START_MS + 1, c=[999])), "unknown_condition"),
-    ("condition beyond int64", b'{"ev":"T","sym":"AAA","x":4,"i":"9","p":1.0,"s":1,"t":1793629800001,"c":[99999999999999999999]}', "malformed"),
+    (
+        "condition beyond int64",
+        b'{"ev":"T","sym":"AAA","x":4,"i":"9","p":1.0,"s":1,"t":1793629800001,"c":[99999999999999999999]}',
+        "malformed",
+    ),
     ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "too_large"),
     ("deep nesting in a field", b'{"ev":"T","x":' + b"[" * 5_000 + b"]" * 5_000 + b"}", "malformed"),
     ("a quote", orjson.dumps({"ev": "Q", "sym": "AAA", "bp": 1.0, "ap": 2.0, "t": DEFAULT_START_MS}), "malformed"),
@@ -193,7 +197,9 @@ def test_poison_on_the_bars_topic_changes_no_detection(settings, db):
     # the same bars again, with poison between them, on a bars topic of its own
     again = settings.model_copy(update={"topic_bars": settings.topic_bars + ".poisoned"})
     create_topics(again)
-    bars = [(m.key(), m.value()) for m in sorted(read_topic(settings, settings.topic_bars), key=lambda m: (m.partition(), m.offset()))]
+    bars = [
+        (m.key(), m.value()) for m in sorted(read_topic(settings, settings.topic_bars), key=lambda m: (m.partition(), m.offset()))
+    ]
     future = Bar(symbol=symbol, timestamp=4_070_908_800_000, open=1.0, high=1.0, low=1.0, close=1.0, volume=1,
                  vwap=1.0, trades=1, revision=0, status="final")  # fmt: skip
     poison = [(symbol.encode(), None), (symbol.encode(), b"\x00garbage"), (symbol.encode(), encode_bar(future)),

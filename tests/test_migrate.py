@@ -53,9 +53,7 @@ def test_fresh_apply_creates_the_bar_schema(database_url: str) -> None:
         assert {c for c, n in nullable.items() if n == "YES"} == {"open", "high", "low", "close", "vwap"}
         # a minute of volume-only trades: no price, still a bar
         conn.execute("INSERT INTO symbols (symbol) VALUES ('AAPL')")
-        conn.execute(
-            "INSERT INTO ohlcv_1min (symbol, timestamp, volume, trades) VALUES ('AAPL', '2024-01-02 14:30+00', 5, 1)"
-        )
+        conn.execute("INSERT INTO ohlcv_1min (symbol, timestamp, volume, trades) VALUES ('AAPL', '2024-01-02 14:30+00', 5, 1)")
         assert conn.execute("SELECT revision FROM ohlcv_1min").fetchone() == (0,)
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             conn.execute("INSERT INTO ohlcv_1min (symbol, timestamp, volume, trades) VALUES ('NOPE', now(), 1, 1)")
@@ -181,7 +179,5 @@ def test_hypertable_when_timescaledb_is_present(database_url: str) -> None:
     migrate.up(database_url, log=quiet)
 
     with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ohlcv_1min'"
-        ).fetchone()
+        row = conn.execute("SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ohlcv_1min'").fetchone()
     assert row is not None

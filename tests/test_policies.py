@@ -53,7 +53,7 @@ def test_plan_for_a_fresh_hypertable() -> None:
     statements = rendered(plan(PolicySettings(), OHLCV, FRESH))
     assert statements == [
         "SELECT set_chunk_time_interval('ohlcv_1min', '1 day'::interval)",
-        'ALTER TABLE "ohlcv_1min" SET (timescaledb.compress, timescaledb.compress_segmentby = \'symbol\','
+        "ALTER TABLE \"ohlcv_1min\" SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',"
         " timescaledb.compress_orderby = 'timestamp DESC')",
         "SELECT add_compression_policy('ohlcv_1min', compress_after => '7 days'::interval)",
     ]

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
+import json
+import math
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import polars as pl
 import pytest
 from bytewax.testing import run_main
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from connectors.feeds.flat_files import flat_file_events, merged_events
-from connectors.feeds.replay import replay
+from connectors.feeds.flat_files import FlatFileError, flat_file, flat_file_events, merged_events
+from connectors.feeds.replay import main, replay
 from connectors.feeds.synthetic import generate
+from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_OFFSET, SOURCE_TOPIC, TRUNCATED
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from schemas.polygon import MinuteAgg, Quote, Trade, decode_event
+from schemas.status import DEAD_LETTER_KINDS
 from tests.conftest import base_settings, create_topics, publish, read_topic, table_bars
 
 TRADES_CSV = """\
@@ -51,7 +63,12 @@ def test_trades_become_live_feed_events_in_event_time_order(tmp_path: Path) -> N
     assert (first.symbol, first.timestamp, first.sequence, first.size, first.decimal_size) == (
         "AAPL", 1793629800100, 1999, 100, "100.5")  # fmt: skip
     assert first.conditions == [] and first.trf_id is None and "c" not in orjson.loads(values[0])
-    assert (second.conditions, second.trade_id, second.trf_id, second.trf_timestamp) == ([14, 37, 41], "52983525029470", 202, 1793629800190)
+    assert (second.conditions, second.trade_id, second.trf_id, second.trf_timestamp) == (
+        [14, 37, 41],
+        "52983525029470",
+        202,
+        1793629800190,
+    )
     assert (third.symbol, third.size, third.decimal_size, third.price, third.conditions) == ("MSFT", 0, "0.25", 400.0, [12])
     assert events["key"].to_list() == ["AAPL", "AAPL", "MSFT"]
 
@@ -59,7 +76,15 @@ def test_trades_become_live_feed_events_in_event_time_order(tmp_path: Path) -> N
 def test_minute_aggs_and_quotes_become_am_and_q(tmp_path: Path) -> None:
     (am,) = [decode_event(v.encode()) for v in flat_file_events(gz(tmp_path / "minute_aggs_v1.csv.gz", MINUTE_CSV))["value"]]
     assert isinstance(am, MinuteAgg)
-    assert (am.volume, am.open, am.close, am.high, am.low, am.start, am.end) == (4000, 190.1, 190.4, 190.5, 190.0, 1793629800000, 1793629860000)
+    assert (am.volume, am.open, am.close, am.high, am.low, am.start, am.end) == (
+        4000,
+        190.1,
+        190.4,
+        190.5,
+        190.0,
+        1793629800000,
+        1793629860000,
+    )
     (q,) = [decode_event(v.encode()) for v in flat_file_events(gz(tmp_path / "quotes_v1.csv.gz", QUOTES_CSV))["value"]]
     assert isinstance(q, Quote)
     assert (q.bid_price, q.ask_size, q.condition, q.indicators, q.timestamp) == (190.5, 300, 1, [604, 605], 1793629800000)
@@ -151,22 +176,6 @@ def test_replayed_flat_file_gives_the_same_bars_as_the_live_events(settings: Set
 
 # --- hostile flat files --------------------------------------------------------------------
 
-import csv  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from typing import Any  # noqa: E402
-
-from hypothesis import HealthCheck, given  # noqa: E402
-from hypothesis import settings as hypothesis_settings
-from hypothesis import strategies as st  # noqa: E402
-
-from connectors.feeds.flat_files import FlatFileError, flat_file  # noqa: E402
-from connectors.feeds.replay import main  # noqa: E402
-from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_OFFSET, SOURCE_TOPIC, TRUNCATED  # noqa: E402
-from schemas.status import DEAD_LETTER_KINDS  # noqa: E402
 
 TRADE_COLUMNS = TRADES_CSV.splitlines()[0].split(",")
 GOOD = {"ticker": "AAPL", "conditions": "14,41", "correction": "0", "exchange": "4", "id": "7",
@@ -251,7 +260,7 @@ def test_a_row_with_more_fields_than_the_header_is_refused_and_the_others_kept(t
 
 def test_a_file_with_missing_or_extra_columns(tmp_path: Path) -> None:
     optional_gone = [c for c in TRADE_COLUMNS if c not in ("trf_id", "trf_timestamp", "tape", "conditions")]
-    f = flat_file(gz(tmp_path / "trades_v1.csv.gz", csv_of([GOOD], optional_gone + ["surprise"])), now_ms=NOW_MS)
+    f = flat_file(gz(tmp_path / "trades_v1.csv.gz", csv_of([GOOD], [*optional_gone, "surprise"])), now_ms=NOW_MS)
     (event,) = [orjson.loads(v) for v in f.events["value"]]
     assert "z" not in event and "c" not in event and event["sym"] == "AAPL"
     required_gone = [c for c in TRADE_COLUMNS if c != "price"]
@@ -364,9 +373,7 @@ def test_any_bytes_are_either_read_or_a_flat_file_error(content: bytes, compress
 
 
 @pytest.mark.integration
-def test_replay_dead_letters_bad_rows_with_file_and_row_and_publishes_the_good_ones_once(
-    services: None, tmp_path: Path
-) -> None:
+def test_replay_dead_letters_bad_rows_with_file_and_row_and_publishes_the_good_ones_once(services: None, tmp_path: Path) -> None:
     s = base_settings(topic_partitions=1)
     create_topics(s)
     rows = [GOOD | {"id": "g1"}, GOOD | {"id": "b1", "price": "NaN"}, GOOD | {"id": "g2", "sip_timestamp": "1793629800300000000"},

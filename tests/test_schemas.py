@@ -18,8 +18,32 @@ def test_exported_schemas_are_current():
 @pytest.mark.parametrize(
     "bar",
     [
-        Bar(symbol="AAPL", timestamp=1_793_629_800_000, open=1.0, high=2.0, low=0.5, close=1.5, volume=10, vwap=1.2, trades=2, revision=0, status="final"),
-        Bar(symbol="AAPL", timestamp=1_793_629_800_000, open=None, high=None, low=None, close=None, volume=10, vwap=1.2, trades=2, revision=3, status="live"),
+        Bar(
+            symbol="AAPL",
+            timestamp=1_793_629_800_000,
+            open=1.0,
+            high=2.0,
+            low=0.5,
+            close=1.5,
+            volume=10,
+            vwap=1.2,
+            trades=2,
+            revision=0,
+            status="final",
+        ),
+        Bar(
+            symbol="AAPL",
+            timestamp=1_793_629_800_000,
+            open=None,
+            high=None,
+            low=None,
+            close=None,
+            volume=10,
+            vwap=1.2,
+            trades=2,
+            revision=3,
+            status="live",
+        ),
     ],
 )
 def test_bar_payload_validates(bar):
@@ -29,7 +53,23 @@ def test_bar_payload_validates(bar):
 
 def test_schema_rejects_a_bar_without_symbol():
     schema = json.loads(documents()["bar.schema.json"])
-    payload = json.loads(encode_bar(Bar(symbol="A", timestamp=1_793_629_800_000, open=1.0, high=1.0, low=1.0, close=1.0, volume=1, vwap=1.0, trades=1, revision=0, status="final")))
+    payload = json.loads(
+        encode_bar(
+            Bar(
+                symbol="A",
+                timestamp=1_793_629_800_000,
+                open=1.0,
+                high=1.0,
+                low=1.0,
+                close=1.0,
+                volume=1,
+                vwap=1.0,
+                trades=1,
+                revision=0,
+                status="final",
+            )
+        )
+    )
     del payload["symbol"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(payload, schema)

@@ -25,17 +25,17 @@ from schemas.polygon import Quote, SecondAgg, Trade, decode_event
 from tests.reference import reference_bars
 
 NEW_TRADES = ("trade", "out_of_order", "late", "too_late")  # everything but re-sends and junk
-MIXED: dict[str, Any] = dict(
-    count=200_000,
-    symbols=500,
-    duplicate_ratio=0.01,
-    out_of_order_ratio=0.02,
-    late_ratio=0.01,
-    too_late_ratio=0.005,
-    malformed_ratio=0.01,
-    quote_ratio=0.05,
-    second_aggs=True,
-)
+MIXED: dict[str, Any] = {
+    "count": 200_000,
+    "symbols": 500,
+    "duplicate_ratio": 0.01,
+    "out_of_order_ratio": 0.02,
+    "late_ratio": 0.01,
+    "too_late_ratio": 0.005,
+    "malformed_ratio": 0.01,
+    "quote_ratio": 0.05,
+    "second_aggs": True,
+}
 
 
 @cache
@@ -198,16 +198,11 @@ def test_a_real_time_clock_stamps_on_time_events() -> None:
 def test_second_aggregates_summarise_each_seconds_on_time_trades() -> None:
     events = mixed_feed()
     trades = [orjson.loads(e.value) for e in events if e.label == "trade"]
-    expected = reference_bars(trades, interval_ms=1000).filter(
-        pl.col("open").is_not_null() & pl.col("high").is_not_null()
-    )
+    expected = reference_bars(trades, interval_ms=1000).filter(pl.col("open").is_not_null() & pl.col("high").is_not_null())
     aggs = [(e, orjson.loads(e.value)) for e in events if e.label == "second_agg"]
     assert all(e.clock_ms >= a["e"] == a["s"] + 1000 for e, a in aggs), "emitted after the second ends"
     actual = pl.DataFrame(
-        [
-            (a["sym"], a["s"], a["o"], a["h"], a["l"], a["c"], a["v"], a["vw"], round(a["v"] / a["z"]))
-            for _, a in aggs
-        ],
+        [(a["sym"], a["s"], a["o"], a["h"], a["l"], a["c"], a["v"], a["vw"], round(a["v"] / a["z"])) for _, a in aggs],
         schema=["symbol", "timestamp", "open", "high", "low", "close", "volume", "vwap", "trades"],
         orient="row",
     ).sort("symbol", "timestamp")

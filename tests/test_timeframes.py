@@ -86,9 +86,7 @@ def reference(minute_bars: pl.DataFrame, every: str) -> pl.DataFrame:
             pl.col("low").min(),
             pl.col("close").drop_nulls().last(),
             pl.col("volume").sum(),
-            ((pl.col("vwap") * pl.col("volume")).filter(priced).sum() / pl.col("volume").filter(priced).sum()).alias(
-                "vwap"
-            ),
+            ((pl.col("vwap") * pl.col("volume")).filter(priced).sum() / pl.col("volume").filter(priced).sum()).alias("vwap"),
             pl.col("trades").sum(),
         )
         .with_columns(pl.when(pl.col("vwap").is_finite()).then("vwap").alias("vwap"))  # 0/0 -> null, as in SQL
@@ -149,7 +147,7 @@ def test_symbol_and_time_filters_are_index_conditions(bars_db: psycopg.Connectio
             plan = "\n".join(r[0] for r in bars_db.execute(f"EXPLAIN SELECT * FROM {view} WHERE {where}"))
             conditions = [line for line in plan.splitlines() if "Index Cond:" in line]
             assert "on bars_5min" in plan and "ohlcv_1min" not in plan and "Seq Scan" not in plan, plan
-            assert any("\"timestamp\"" in c and ">= '2024-02-01 00:00:00+00'" in c for c in conditions), plan
+            assert any('"timestamp"' in c and ">= '2024-02-01 00:00:00+00'" in c for c in conditions), plan
             if "symbol" in where:  # an index condition too, or a filter when a symbol is a third of the rows
                 assert "(symbol)::text = 'AAPL'::text" in plan, plan
 

@@ -71,9 +71,7 @@ def impatient() -> Iterator[str]:
 
 def test_it_is_timescaledb_with_the_extension_in_place(timescale: str) -> None:
     with psycopg.connect(timescale, autocommit=True) as conn:
-        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == (
-            "2.23.0-dev",
-        )
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == ("2.23.0-dev",)
         assert conn.info.server_version // 10000 == 17
         settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN"
                                      " ('search_path', 'enable_seqscan', 'client_min_messages', 'TimeZone')"))  # fmt: skip
@@ -152,9 +150,7 @@ def test_large_messages_pipelines_and_copy(timescale: str) -> None:
         with conn.cursor().copy("COPY t FROM STDIN") as copy:
             for i in range(100_000):
                 copy.write_row((i, "c"))
-        assert conn.execute(
-            "SELECT count(*) FILTER (WHERE s = 'p'), count(*) FILTER (WHERE s = 'c') FROM t"
-        ).fetchone() == (
+        assert conn.execute("SELECT count(*) FILTER (WHERE s = 'p'), count(*) FILTER (WHERE s = 'c') FROM t").fetchone() == (
             20_000,
             100_000,
         )
@@ -188,9 +184,7 @@ def writes_of_every_kind(conn: psycopg.Connection) -> None:
         (now,),
     )
     conn.execute("UPDATE ohlcv_1min SET close = close + 1, revision = revision + 1 WHERE symbol = 'AAPL'")
-    conn.execute(
-        "DELETE FROM ohlcv_1min WHERE symbol = 'MSFT' AND timestamp >= %s", (datetime(2024, 1, 3, 2, tzinfo=UTC),)
-    )
+    conn.execute("DELETE FROM ohlcv_1min WHERE symbol = 'MSFT' AND timestamp >= %s", (datetime(2024, 1, 3, 2, tzinfo=UTC),))
     latest_bars_match(conn)
     conn.execute("DELETE FROM ohlcv_1min WHERE symbol = 'TSLA' AND timestamp >= %s", (now - timedelta(days=1),))
     latest_bars_match(conn)
@@ -201,9 +195,7 @@ def test_migrations_make_hypertables_and_continuous_aggregates(timescale: str) -
     migrate.up(timescale, log=quiet)
     with psycopg.connect(timescale, autocommit=True) as conn:
         hypertables = {r[0] for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")}
-        aggregates = dict(
-            conn.execute("SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates")
-        )
+        aggregates = dict(conn.execute("SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"))
         assert to_regnamespace(conn, "rollups") is None  # 0004's rollup is for plain PostgreSQL only
     assert {"ohlcv_1min", "events", "indicator_values", "alerts"} <= hypertables
     assert aggregates == {"ohlcv_5min": False, "ohlcv_15min": False, "ohlcv_1hour": False, "ohlcv_1day": False}

@@ -74,7 +74,9 @@ def compare_bars(expected: Bars, written: Bars, limit: int = 5) -> dict[str, Any
         got = written.get(key)
         if got is not None and same_bar(want, got):
             continue
-        doubled = got is not None and ((got["trades"] or 0) > (want["trades"] or 0) or (got["volume"] or 0) > (want["volume"] or 0))
+        doubled = got is not None and (
+            (got["trades"] or 0) > (want["trades"] or 0) or (got["volume"] or 0) > (want["volume"] or 0)
+        )
         (duplicated if doubled else lost).append(key)
         bucket = examples["duplicated" if doubled else "lost"]
         if len(bucket) < limit:
@@ -133,7 +135,9 @@ def detection_ok(report: dict[str, Any]) -> bool:
     return all(t["missing"] == 0 and t["extra"] == 0 and t["different"] == 0 for t in report.values())
 
 
-def read_dead_letters(bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0) -> list[tuple[dict[str, str], bytes | None]]:
+def read_dead_letters(
+    bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0
+) -> list[tuple[dict[str, str], bytes | None]]:
     """Every dead letter on `topic`: its headers (text) and value."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 

@@ -94,7 +94,11 @@ def _signature(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [f for f in frames if f.filename.startswith(str(ROOT)) and "/bench/chaos/" not in f.filename]
     where = mine[-1] if mine else (frames[-1] if frames else None)
-    at = f" at {Path(where.filename).relative_to(ROOT) if where.filename.startswith(str(ROOT)) else Path(where.filename).name}:{where.lineno} ({where.name})" if where else ""
+    at = (
+        f" at {Path(where.filename).relative_to(ROOT) if where.filename.startswith(str(ROOT)) else Path(where.filename).name}:{where.lineno} ({where.name})"
+        if where
+        else ""
+    )
     return f"{type(exc).__name__}{at}"
 
 
@@ -686,7 +690,9 @@ class OnFrameTarget(Target):
             except self._Fatal:
                 self.tally.refused += 1
             except TimeoutError:
-                self.tally.violation("on_frame never returned: a record the producer refuses is retried forever", _show(record, 120))
+                self.tally.violation(
+                    "on_frame never returned: a record the producer refuses is retried forever", _show(record, 120)
+                )
                 self.bridge.retry.clear()
             except Exception as exc:  # noqa: BLE001
                 self.tally.crash(exc, record)
@@ -723,7 +729,11 @@ class ReplayTarget(Target):
         fixtures = ROOT / "tests" / "fixtures" / "flat"
         trades = gzip.decompress((fixtures / "trades_v1" / "2026-11-02.csv.gz").read_bytes()).splitlines()
         minutes = gzip.decompress((fixtures / "minute_aggs_v1" / "2026-11-02.csv.gz").read_bytes()).splitlines()
-        self.headers = {"trades": trades[0], "minute_aggs": minutes[0], "quotes": ",".join(strategies.CSV_COLUMNS["quotes"]).encode()}
+        self.headers = {
+            "trades": trades[0],
+            "minute_aggs": minutes[0],
+            "quotes": ",".join(strategies.CSV_COLUMNS["quotes"]).encode(),
+        }
         quotes = []
         for e in generate(seed=9, symbols=20, count=400, quote_ratio=0.9, duplicate_ratio=0, out_of_order_ratio=0, late_ratio=0):
             if e.topic_kind != "quotes":
@@ -823,8 +833,12 @@ def targets(seeds: Seeds | None = None) -> list[Target]:
         OnFrameTarget(seeds),
         SchemaTarget("schemas.polygon.decode_event", decode_event, events, strategies.encoded(strategies.EVENT)),
         SchemaTarget("schemas.polygon.decode_events", decode_events, seeds.frames, strategies.frames()),
-        SchemaTarget("schemas.bars.decode_bar", decode_bar, seeds.bars + seeds.bar_series,
-                     strategies.encoded(st.one_of(strategies.BAR, strategies.anything))),
+        SchemaTarget(
+            "schemas.bars.decode_bar",
+            decode_bar,
+            seeds.bars + seeds.bar_series,
+            strategies.encoded(st.one_of(strategies.BAR, strategies.anything)),
+        ),
         ReplayTarget(),
     ]
 

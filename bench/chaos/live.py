@@ -240,7 +240,7 @@ def crash_reason(log: str) -> str:
         if found:
             path = found.group(1)
             marker = next((m for m in ("/flows/", "/connectors/", "/schemas/", "/bench/") if m in path), None)
-            where = f"{path[path.index(marker) + 1:]}:{found.group(2)} in {found.group(3)}" if marker else where
+            where = f"{path[path.index(marker) + 1 :]}:{found.group(2)} in {found.group(3)}" if marker else where
             continue
         if _EXC_LINE.match(line) and not line.startswith("bytewax.errors."):
             return f"{line.strip()[:300]}" + (f" ({where})" if where else "")

@@ -184,7 +184,9 @@ def feed_records(settings: Any, profile: Profile, seed: int, wall_s: float, spee
     return records, start_ms
 
 
-def poison_records(settings: Any, feed: list[Record], start_ms: int, wall_s: float, speed: float, rng: random.Random) -> list[Record]:
+def poison_records(
+    settings: Any, feed: list[Record], start_ms: int, wall_s: float, speed: float, rng: random.Random
+) -> list[Record]:
     """One record of every hostile class, due at random points of the feed's middle, on feed symbols' partitions."""
     import orjson
 
@@ -275,15 +277,21 @@ def seed_history(url: str, feed: list[Record], start_ms: int, bars: int) -> tupl
         for i in range(bars):
             o = close
             close = max(0.01, round(o * (1 + rng.gauss(0, 0.003)), 4))
-            h, low = round(max(o, close) * (1 + abs(rng.gauss(0, 0.001))), 4), round(min(o, close) * (1 - abs(rng.gauss(0, 0.001))), 4)
+            h, low = (
+                round(max(o, close) * (1 + abs(rng.gauss(0, 0.001))), 4),
+                round(min(o, close) * (1 - abs(rng.gauss(0, 0.001))), 4),
+            )
             volume = rng.randint(100, 3000) * (6 if rng.random() < 0.03 else 1)
             at = datetime.fromtimestamp((end - (bars - i) * MINUTE_MS) / 1000, UTC)
             rows.append((symbol, at, round(o, 4), h, low, close, volume, round((o + close) / 2, 4), volume // 100 + 1, 0))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO symbols (symbol) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (sorted(first),))
-        with conn.cursor() as cur, cur.copy(
-            "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision) FROM STDIN"
-        ) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision) FROM STDIN"
+            ) as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
     return len(rows), sum(r[6] for r in rows), round(sum(r[5] for r in rows), 4)
@@ -495,8 +503,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         for name in ("bars_expected", "bars_written", "bars_lost", "bars_duplicated", "bars_unexpected"):
             setattr(out, name, report[name])
         out.bar_examples = report["bar_examples"]
-        out.redis = compare.compare_redis(dict(recorder.newest().items()), written) | {
-            "recorder": asdict(recorder.stats)}
+        out.redis = compare.compare_redis(dict(recorder.newest().items()), written) | {"recorder": asdict(recorder.stats)}
         letters = compare.read_dead_letters(bootstrap, settings.topic_dead_letter, settings.topic_partitions)
         dlq = compare.check_dead_letters(records, letters)
         out.dead_letters, out.dead_letters_expected = dlq.pop("dead_letters"), dlq.pop("dead_letters_expected")
@@ -516,7 +523,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
                 base_bars, base_rows = base
                 out.detection = compare.compare_detection(base_rows, detected, feed_symbols)
                 out.revisions_differ_from_uninterrupted = sum(
-                    1 for k, v in written.items() if k in base_bars and v["revision"] != base_bars[k]["revision"])
+                    1 for k, v in written.items() if k in base_bars and v["revision"] != base_bars[k]["revision"]
+                )
                 sanity = compare.compare_bars(expected, base_bars)
                 if sanity["bars_lost"] or sanity["bars_duplicated"] or sanity["bars_unexpected"]:
                     out.problems.append(f"the uninterrupted run itself differs from the oracle: {sanity['bar_examples']}")
@@ -553,7 +561,9 @@ def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: li
     windows: list[Window] = []
     if spec.fault == "kill9":
         by_name = {"bar": flows[0], "detection": flows[1]}
-        plan = sorted((t, who) for who in spec.kill for t in _kill_points(rng, profile.kills, wall_s, len(spec.kill), spec.kill.index(who)))
+        plan = sorted(
+            (t, who) for who in spec.kill for t in _kill_points(rng, profile.kills, wall_s, len(spec.kill), spec.kill.index(who))
+        )
         for when, who in plan:
             at(when)
             flow = by_name[who]
@@ -679,17 +689,23 @@ def _problems(out: Outcome, windows: list[Window]) -> list[str]:
     if out.bars_lost or out.bars_duplicated or out.bars_unexpected:
         problems.append(f"bars: {out.bars_lost} lost, {out.bars_duplicated} duplicated, {out.bars_unexpected} unexpected")
     if out.crashes:
-        problems.append(f"{out.crashes} flow crash(es): " + "; ".join(sorted({f"{c['flow']}: {c['reason']}" for c in out.crash_details})))
+        problems.append(
+            f"{out.crashes} flow crash(es): " + "; ".join(sorted({f"{c['flow']}: {c['reason']}" for c in out.crash_details}))
+        )
     r = out.redis
     if r.get("redis_missing") or r.get("redis_stale") or r.get("redis_extra"):
-        problems.append(f"redis: {r['redis_missing']} bars missing, {r['redis_stale']} stale, {r['redis_extra']} not in the table")
+        problems.append(
+            f"redis: {r['redis_missing']} bars missing, {r['redis_stale']} stale, {r['redis_extra']} not in the table"
+        )
     if out.detection is not None and not compare.detection_ok(out.detection):
         problems.append("detection differs from the uninterrupted run: " + ", ".join(
             f"{t} {d['missing']} missing/{d['extra']} extra/{d['different']} different" for t, d in out.detection.items()
             if d["missing"] or d["extra"] or d["different"]))  # fmt: skip
     if out.revisions_differ_from_uninterrupted:
-        problems.append(f"{out.revisions_differ_from_uninterrupted} bars were made final before all their trades were in "
-                        "and then revised (their revision differs from the uninterrupted run's)")
+        problems.append(
+            f"{out.revisions_differ_from_uninterrupted} bars were made final before all their trades were in "
+            "and then revised (their revision differs from the uninterrupted run's)"
+        )
     problems += out.dead_letter_details.get("dead_letter_problems", [])
     if out.caught_up_after_feed_s is None:
         problems.append("the outputs never caught up with the input after the feed ended")

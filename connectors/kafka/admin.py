@@ -49,7 +49,6 @@ def list_partitions(bootstrap: str, topics: Iterable[str], timeout_s: float = 10
     return found
 
 
-
 def ensure_topics(settings: KafkaSettings, timeout_s: float = 10.0) -> dict[str, str]:
     """Create each missing topic of `settings.topics()`; return what happened to each."""
     bootstrap = settings.kafka_bootstrap_servers

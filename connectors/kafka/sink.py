@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 X = TypeVar("X")
 Record = tuple[bytes | str | None, bytes | None, list[tuple[str, bytes]] | None]  # key, value, headers
 
-REFUSED = Counter("tickstock_kafka_records_refused_total", "Records a broker refused for good, by topic and code", ["topic", "code"])
+REFUSED = Counter(
+    "tickstock_kafka_records_refused_total", "Records a broker refused for good, by topic and code", ["topic", "code"]
+)
 RETRIED = Counter("tickstock_kafka_records_retried_total", "Records produced again after a failed delivery", ["topic"])
 PRODUCERS_REPLACED = Counter("tickstock_kafka_producers_replaced_total", "Producers replaced after a fatal error", ["topic"])
 

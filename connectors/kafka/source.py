@@ -100,9 +100,7 @@ _stats_decoder = msgspec.json.Decoder(_Stats)
 
 
 class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(
-        self, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool, start: int
-    ) -> None:
+    def __init__(self, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool, start: int) -> None:
         self._topic = topic
         self._partition = partition
         self._label = (topic, str(partition))

@@ -64,9 +64,7 @@ INDICATOR_SCHEMA: Final[dict[str, pl.DataType]] = {
     "timestamp": _TIME,
     **{
         name: pl.Float64()
-        for name in (
-            "sma", "ema", "rsi", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr", "vwap"
-        )
+        for name in ("sma", "ema", "rsi", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr", "vwap")
     },
     "revision": pl.Int64(),
 }
@@ -106,9 +104,7 @@ _ALERT_QUERY: Final = sql.SQL(
 # detection tables have no foreign key, an event can precede its symbol's first bar.
 _UNKNOWN = "SELECT s FROM unnest(%(symbols)s::text[]) AS s WHERE NOT EXISTS (SELECT 1 FROM symbols WHERE symbol = s)"
 _UNKNOWN_IN: Final[dict[str, sql.Composed]] = {
-    table: sql.SQL(_UNKNOWN + " AND NOT EXISTS (SELECT 1 FROM {table} WHERE symbol = s)").format(
-        table=sql.Identifier(table)
-    )
+    table: sql.SQL(_UNKNOWN + " AND NOT EXISTS (SELECT 1 FROM {table} WHERE symbol = s)").format(table=sql.Identifier(table))
     for table in ("events", "indicator_values", "alerts")
 }
 

@@ -46,7 +46,6 @@ WHERE ohlcv_1min.revision <= excluded.revision
 """
 
 
-
 class BarStore:
     """Writes final bars (and revisions) to `ohlcv_1min`, filling `symbols` as it goes."""
 

@@ -29,6 +29,7 @@ R = TypeVar("R")
 # Refusals of the data: retrying the same rows cannot succeed (SQLSTATE classes 22 and 23).
 DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 
+
 class DatabaseUnavailable(ServiceUnavailable):
     """PostgreSQL cannot be reached or is not migrated: say which and how to fix it."""
 
@@ -41,8 +42,7 @@ def connect(url: str, tables: Sequence[str] = ("ohlcv_1min",), timeout_s: int = 
         conn = psycopg.connect(url, connect_timeout=timeout_s, autocommit=False)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
-            f"PostgreSQL at {_redact(url)} is unreachable ({str(exc).strip()}); start it with "
-            "`make services` or set DATABASE_URL"
+            f"PostgreSQL at {_redact(url)} is unreachable ({str(exc).strip()}); start it with `make services` or set DATABASE_URL"
         ) from exc
     with conn.cursor() as cur:
         cur.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL", (list(tables),))

@@ -109,10 +109,7 @@ class BarHistory:
             span = n_days * 7 // 5 + 10  # calendar days that hold n_days sessions, with holidays to spare
             for symbol, day, high, low in self._query(_PRIOR, {"symbols": symbols, "starts": starts, "span": span, "n": n_days}):
                 prior.setdefault(symbol, []).append((day, high, low))
-        return {
-            symbol: Reference(*today.get(symbol, (None, None)), prior.get(symbol, []))
-            for symbol in symbols
-        }
+        return {symbol: Reference(*today.get(symbol, (None, None)), prior.get(symbol, [])) for symbol in symbols}
 
     def _query(self, sql: str, params: dict) -> list[tuple]:
         def fetch(cur: psycopg.Cursor) -> list[tuple]:

@@ -34,9 +34,7 @@ def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise RedisUnavailable(
-            f"Redis at {url} is unreachable ({exc}); start it with `make services` or set REDIS_URL"
-        ) from exc
+        raise RedisUnavailable(f"Redis at {url} is unreachable ({exc}); start it with `make services` or set REDIS_URL") from exc
     return client
 
 

@@ -10,6 +10,4 @@ from connectors.redis.settings import RedisSettings
 
 
 class OutputSettings(KafkaSettings, PostgresSettings, RedisSettings):
-    sink_max_backoff_s: float = Field(
-        30.0, gt=0, le=3600, description="cap of the retry backoff when a sink's server is down"
-    )
+    sink_max_backoff_s: float = Field(30.0, gt=0, le=3600, description="cap of the retry backoff when a sink's server is down")

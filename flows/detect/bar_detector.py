@@ -181,7 +181,9 @@ class BarDetector:
         symbol, params, revisions = self.symbol, self.p.indicator_params, self.revisions
         columns = [values[name] for name in indicators.COLUMNS]
         for offset, j in enumerate(range(at, len(times))):
-            sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = (None if x != x else x for x in (float(c[j]) for c in columns))
+            sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = (
+                None if x != x else x for x in (float(c[j]) for c in columns)
+            )
             vwap = vwaps[offset]
             t = int(times[j])
             warm = 11 - (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr, vwap).count(None)
@@ -272,7 +274,9 @@ class BarDetector:
         ratio = surge.volume_ratio(volume, cfg.volume_bars)
         if ratio is not None and ratio >= cfg.volume_multiple:
             way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]
-            out.append(self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params))
+            out.append(
+                self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params)
+            )
         move = surge.price_surge(close, cfg.price_bars, cfg.price_pct)
         if move is not None:
             way = "up" if move > 0 else "down"

@@ -88,9 +88,13 @@ def alerts(cfg: AlertSettings, v: dict[str, np.ndarray], close: np.ndarray, i: i
     fired: list[Firing] = []
     rsi0, rsi1 = v["rsi"][i - 1], v["rsi"][i]
     if "rsi_overbought" in rules and rsi0 < cfg.rsi_upper <= rsi1:
-        fired.append(Firing("rsi_overbought", "rsi", rsi1, cfg.rsi_upper, "up", f"RSI crossed above {cfg.rsi_upper:g} ({rsi1:.1f})"))
+        fired.append(
+            Firing("rsi_overbought", "rsi", rsi1, cfg.rsi_upper, "up", f"RSI crossed above {cfg.rsi_upper:g} ({rsi1:.1f})")
+        )
     if "rsi_oversold" in rules and rsi0 > cfg.rsi_lower >= rsi1:
-        fired.append(Firing("rsi_oversold", "rsi", rsi1, cfg.rsi_lower, "down", f"RSI crossed below {cfg.rsi_lower:g} ({rsi1:.1f})"))
+        fired.append(
+            Firing("rsi_oversold", "rsi", rsi1, cfg.rsi_lower, "down", f"RSI crossed below {cfg.rsi_lower:g} ({rsi1:.1f})")
+        )
     h0, h1 = v["macd_hist"][i - 1], v["macd_hist"][i]
     if "macd_cross_up" in rules and h0 <= 0 < h1:
         fired.append(Firing("macd_cross_up", "macd", h1, 0.0, "up", f"MACD crossed above its signal (histogram {h1:.4f})"))

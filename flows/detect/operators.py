@@ -85,7 +85,9 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
     def snapshot(self) -> GateState:
         return (self.key, self.watermark, self.horizon.snapshot())
 
-    def _letter(self, topic: str, partition: object, offset: int, value: bytes | None, kind: str, reason: str) -> KafkaSinkMessage:
+    def _letter(
+        self, topic: str, partition: object, offset: int, value: bytes | None, kind: str, reason: str
+    ) -> KafkaSinkMessage:
         return letter(value, kind=kind, reason=reason, topic=topic, partition=int(partition), offset=offset,  # type: ignore[call-overload]
                       key=self.key.encode())  # fmt: skip
 
@@ -96,7 +98,11 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
         decode = _bar_decoder.decode
         for offset, raw in zip(offsets, values, strict=True):
             if raw is None:
-                out.append(self._letter(topic, partition, offset, raw, "malformed", "null value (a Kafka tombstone): a bar is a JSON object"))
+                out.append(
+                    self._letter(
+                        topic, partition, offset, raw, "malformed", "null value (a Kafka tombstone): a bar is a JSON object"
+                    )
+                )
                 continue
             if len(raw) > MAX_EVENT_BYTES:
                 out.append(self._letter(topic, partition, offset, raw, "too_large",

@@ -142,7 +142,11 @@ class AlertSettings(_Section):
 
 class DetectionSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="DETECT_", env_nested_delimiter="__", case_sensitive=False, extra="forbid", frozen=True,
+        env_prefix="DETECT_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
         allow_inf_nan=False,
     )
 
