@@ -1,6 +1,6 @@
 """`make bench-bridge`: throughput of the Polygon bridge and the flat-file replay, into real Kafka.
 
-The fake feed is `tests.polygon_server` serving synthetic trades and quotes (4,000 symbols) in
+The fake feed is `tests.support.polygon_server` serving synthetic trades and quotes (4,000 symbols) in
 text frames of 1..100 mixed events (about 50 on average), with the permessage-deflate
 compression the official client negotiates by default. Every client runs in its own process.
 
@@ -41,9 +41,9 @@ from websockets.asyncio.client import connect
 from connectors.feeds.flat_files import flat_file_events
 from connectors.feeds.replay import replay
 from connectors.feeds.synthetic import generate
-from tests.conftest import base_settings, create_topics
-from tests.polygon_server import PolygonServer
-from tests.test_replay import write_trades_flat_file
+from tests.support.fixtures.flat_files import write_trades_flat_file
+from tests.support.polygon_server import PolygonServer
+from tests.support.services import base_settings, create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench"

@@ -172,7 +172,7 @@ class BarBook:
     ) -> tuple[list[Bar], list[Reject]]:
         # The hot loop: locals instead of attribute lookups, and the symbol's current bar
         # tried before building a (symbol, minute) key. Keep it lean; the rules it follows are
-        # spelled out in the module docstring and tested in tests/test_book.py. `jump`: these are
+        # spelled out in the module docstring and tested in tests/unit/test_book.py. `jump`: these are
         # held events whose watermark jump was confirmed (the jump limit does not apply).
         finals: list[Bar] = []
         rejects: list[Reject] = []

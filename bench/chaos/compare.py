@@ -1,6 +1,6 @@
 """What a chaos run should have produced, what it did, and the difference, bar by bar and row by row.
 
-- Bars: the independent oracle (`tests.reference.reference_bars`) over exactly the trades that
+- Bars: the independent oracle (`tests.support.reference.reference_bars`) over exactly the trades that
   were published and are good (the synthetic feed's labels), against `ohlcv_1min`. A bar the
   table lacks, or has with other values, is lost; one whose volume or trade count is higher
   than the oracle's is duplicated (a trade counted twice); a bar the oracle does not have is
@@ -34,7 +34,7 @@ Bars = dict[tuple[str, int], dict[str, Any]]
 
 def oracle_bars(records: Iterable[Record], delivered_only: bool = True) -> Bars:
     """The reference bars of the good trades among `records` (by default those the broker acknowledged)."""
-    from tests.reference import reference_bars
+    from tests.support.reference import reference_bars
 
     trades = [orjson.loads(r.value) for r in records  # type: ignore[arg-type]
               if r.label in VALID_LABELS and (r.offset is not None or not delivered_only)]  # fmt: skip

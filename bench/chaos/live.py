@@ -2,7 +2,7 @@
 
 Everything here drives the programs from outside, as an operator would: the flows are
 `python -m bytewax.run ...` processes configured by environment variables, outages are TCP
-proxies (`tests.kafka_proxy.KafkaProxy`, which forwards any TCP protocol) in front of the broker,
+proxies (`tests.support.proxy.KafkaProxy`, which forwards any TCP protocol) in front of the broker,
 PostgreSQL or Redis, and what reached Redis is read back by a subscriber that catches up from the
 channel history after it reconnects, like a dashboard.
 

@@ -405,7 +405,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
     """Run one scenario end to end; returns its `Outcome` as a dict (what `bench/chaos.json` lists)."""
     from connectors.kafka.admin import ensure_topics
     from flows.settings import Settings
-    from tests.kafka_proxy import KafkaProxy
+    from tests.support.proxy import KafkaProxy
 
     began = time.monotonic()
     log = env.log
