@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 
+from connectors.backoff import backoff_s
 from connectors.gateway.errors import brief
 from connectors.gateway.metrics import Stats
 
@@ -29,15 +29,15 @@ RAN_LONG_S = 60.0  # a task that ran this long before failing restarts with the 
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter (no overflow however many attempts)."""
+    """`connectors.backoff.backoff_s` with its attempt count, for the gateway's supervised tasks."""
 
     def __init__(self, first_s: float, cap_s: float) -> None:
         self.first_s, self.cap_s, self.attempts = first_s, cap_s, 0
 
     def next(self) -> float:
-        delay = min(self.cap_s, self.first_s * 2 ** min(self.attempts, 30))
+        delay = backoff_s(self.attempts, self.first_s, self.cap_s)
         self.attempts += 1
-        return random.uniform(delay / 2, delay)
+        return delay
 
     def reset(self) -> None:
         self.attempts = 0

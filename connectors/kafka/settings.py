@@ -9,8 +9,13 @@ from pydantic_settings import BaseSettings
 
 from connectors.settings import CONFIG, NonBlank, matching
 
-# Kafka's own rule for topic names.
-TopicName = Annotated[str, matching(r"[A-Za-z0-9._-]{1,249}", "not a Kafka topic name (1-249 letters, digits, '.', '_', '-')")]
+# Kafka's own rule for topic names: 1-249 of these characters, and not "." or "..".
+TopicName = Annotated[
+    str,
+    matching(
+        r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}", "not a Kafka topic name (1-249 letters, digits, '.', '_', '-'; not '.' or '..')"
+    ),
+]
 
 
 class KafkaSettings(BaseSettings):

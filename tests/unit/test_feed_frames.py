@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from connectors.feeds.bridge.backoff import backoff_s
+from connectors.backoff import backoff_s
 from connectors.feeds.bridge.frames import split_frame
 from connectors.feeds.bridge.spool import MAGIC, Spool, SpoolError
 from connectors.kafka.errors import DEAD_LETTER, RENEW, RETRY, STOP, judge
@@ -166,7 +166,7 @@ def test_the_modules_examples_run() -> None:
         "connectors.feeds.bridge.frames",
         "connectors.kafka.errors",
         "connectors.feeds.bridge.spool",
-        "connectors.feeds.bridge.backoff",
+        "connectors.backoff",
     ):
         result = doctest.testmod(importlib.import_module(name))
         assert result.attempted > 0 and result.failed == 0, name

@@ -19,7 +19,7 @@ from typing import Final
 
 from confluent_kafka import KafkaException
 
-from connectors.feeds.bridge.backoff import backoff_s
+from connectors.backoff import backoff_s
 from connectors.feeds.bridge.publish import KafkaRefused
 from connectors.feeds.bridge.relay import Bridge
 from connectors.feeds.bridge.session import BridgeFatal

@@ -28,7 +28,8 @@ from typing import Final, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connectors.feeds.bridge.backoff import QUIET_S, backoff_s
+from connectors.backoff import backoff_s
+from connectors.feeds.bridge.backoff import QUIET_S
 from connectors.feeds.bridge.health import Stats, power_of_two
 from connectors.feeds.bridge.settings import BridgeSettings
 from connectors.feeds.bridge.spool import Record, Spool

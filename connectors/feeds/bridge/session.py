@@ -21,7 +21,7 @@ import time
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from connectors.feeds.bridge.backoff import backoff_s
+from connectors.backoff import backoff_s
 from connectors.feeds.bridge.frames import Head, event_ms
 from connectors.feeds.bridge.frames import split_frame as _split
 from connectors.feeds.bridge.health import Stats, bounded, power_of_two

@@ -134,13 +134,4 @@ def load_settings() -> tuple[BridgeSettings, KafkaSettings]:
         bridge, kafka = BridgeSettings(), KafkaSettings()
     except ValidationError as exc:
         raise SettingsError(f"bad settings: {settings_problem(exc)}") from None
-    topics = {
-        "TOPIC_TRADES": kafka.topic_trades, "TOPIC_QUOTES": kafka.topic_quotes,
-        "TOPIC_SECOND_AGGS": kafka.topic_second_aggs, "TOPIC_MINUTE_AGGS": kafka.topic_minute_aggs,
-        "TOPIC_DEAD_LETTER": kafka.topic_dead_letter,
-    }  # fmt: skip
-    for name, topic in topics.items():
-        if topic in (".", ".."):  # KafkaSettings checks the characters; Kafka also refuses these two names
-            raise SettingsError(f"bad settings: {name}={topic!r}: not a Kafka topic name "
-                                "(1-249 characters of letters, digits, '.', '_', '-')")  # fmt: skip
     return bridge, kafka
