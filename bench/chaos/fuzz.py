@@ -726,7 +726,7 @@ class ReplayTarget(Target):
         self._n = 0
         import gzip
 
-        fixtures = ROOT / "tests" / "fixtures" / "flat"
+        fixtures = ROOT / "tests" / "support" / "fixtures" / "flat"
         trades = gzip.decompress((fixtures / "trades_v1" / "2026-11-02.csv.gz").read_bytes()).splitlines()
         minutes = gzip.decompress((fixtures / "minute_aggs_v1" / "2026-11-02.csv.gz").read_bytes()).splitlines()
         self.headers = {
