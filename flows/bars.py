@@ -88,7 +88,7 @@ class MinuteBar:
             elif price > high:
                 self.high = price
                 extreme = True
-            elif price < self.low:  # type: ignore[operator]
+            elif price < self.low:  # type: ignore[operator]  # set together with high: not None here
                 self.low = price
                 extreme = True
         if mask & OPEN_CLOSE:
@@ -115,7 +115,7 @@ class MinuteBar:
         else:
             if agg.high > self.high:
                 self.high = agg.high
-            if agg.low < self.low:  # type: ignore[operator]
+            if agg.low < self.low:  # type: ignore[operator]  # set together with high: not None here
                 self.low = agg.low
         if self.open is None or s < self.open_t:
             self.open, self.open_t = agg.open, s
@@ -142,7 +142,7 @@ class MinuteBar:
             vwap=self.vwap,
             trades=self.trades,
             revision=self.revision,
-            status=status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
         )
 
     def to_row(self) -> tuple:

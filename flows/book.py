@@ -209,7 +209,7 @@ class BarBook:
                     rejects.append(Reject(positions[index], "future", horizon.ahead_of_clock(t, wall_limit), raw))
                     continue
                 counts.held += 1
-                confirmed = horizon.hold(t, raw, positions[index])  # type: ignore[arg-type]
+                confirmed = horizon.hold(t, raw, positions[index])  # type: ignore[arg-type]  # `raw` is bytes here: a None was refused as malformed above
                 holding = True
                 if confirmed is not None:
                     self.watermark = watermark
@@ -318,7 +318,7 @@ class BarBook:
                     rejects.append(Reject(position, "future", horizon.ahead_of_clock(t, wall_limit), raw))
                     continue
                 self.counts.held += 1
-                confirmed = horizon.hold(t, raw, position)  # type: ignore[arg-type]
+                confirmed = horizon.hold(t, raw, position)  # type: ignore[arg-type]  # `raw` is bytes here: a None was refused as malformed above
                 if confirmed is not None:
                     self._release(confirmed, True, finals, released)
                 continue

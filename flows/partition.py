@@ -106,9 +106,9 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             "max_symbols": settings.max_symbols_per_partition,
         }
         if resume is not None:
-            self.book = BarBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type]
+            self.book = BarBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
         else:
-            self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]
+            self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
         # Per-symbol high/low state of symbols idle this long (event time) is dropped; never sooner
         # than the lateness allows, so a forgotten symbol's bars are in the database when it is back.
         self.idle_ms = max(int(settings.symbol_idle_s * 1000), 2 * self.history_gap_ms)

@@ -40,7 +40,7 @@ PatternName = Literal[
     "three_white_soldiers",
     "three_black_crows",
 ]
-PATTERNS: tuple[str, ...] = PatternName.__args__  # type: ignore[attr-defined]
+PATTERNS: tuple[str, ...] = PatternName.__args__  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
 AlertRule = Literal[
     "rsi_overbought",  # RSI crossed above its upper level
     "rsi_oversold",  # RSI crossed below its lower level
@@ -49,7 +49,7 @@ AlertRule = Literal[
     "bollinger_above",  # close above the upper band
     "bollinger_below",  # close below the lower band
 ]
-ALERT_RULES: tuple[str, ...] = AlertRule.__args__  # type: ignore[attr-defined]
+ALERT_RULES: tuple[str, ...] = AlertRule.__args__  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
 _blake2b = hashlib.blake2b
 
 
@@ -75,7 +75,7 @@ class _Record(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=Fals
     @property
     def kind(self) -> str:
         """The record's tag: highlow, trend, surge, pattern, indicator or alert."""
-        return self.__struct_config__.tag  # type: ignore[return-value]
+        return self.__struct_config__.tag  # type: ignore[return-value]  # msgspec's struct config is untyped
 
 
 class HighLowEvent(_Record, tag="highlow", kw_only=True):

@@ -74,7 +74,7 @@ class BarPublisher(Publisher):
     """Bars on the all-symbols channel and on the symbol's own."""
 
     def __init__(self, url: str, channels: Channels, **options: object) -> None:
-        super().__init__(url, **options)  # type: ignore[arg-type]
+        super().__init__(url, **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
         self._channels = channels
 
     def publish_final(self, bars: Sequence[Bar]) -> None:
@@ -89,7 +89,7 @@ def _fan_out(bars: Sequence[Bar], everyone: str, own: object) -> list[tuple[str,
     for bar in bars:
         payload = encode_bar(bar)
         messages.append((everyone, payload))
-        messages.append((own(bar.symbol), payload))  # type: ignore[operator]
+        messages.append((own(bar.symbol), payload))  # type: ignore[operator]  # own is set whenever per-symbol channels are on
     return messages
 
 
@@ -97,7 +97,7 @@ class EventPublisher(Publisher):
     """Detection records on the channels the catalog routes them to (schemas.channels.route)."""
 
     def __init__(self, url: str, channels: Channels, **options: object) -> None:
-        super().__init__(url, **options)  # type: ignore[arg-type]
+        super().__init__(url, **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
         self._channels = channels
 
     def publish_events(self, events: Sequence[Event]) -> None:
@@ -116,7 +116,7 @@ class StatusPublisher(Publisher):
     """The flow's health and refused input, on the old system's status channels."""
 
     def __init__(self, url: str, channels: Channels, **options: object) -> None:
-        super().__init__(url, **options)  # type: ignore[arg-type]
+        super().__init__(url, **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
         self._channels = channels
 
     def publish_status(self, records: Sequence[Status]) -> None:

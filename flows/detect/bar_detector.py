@@ -102,10 +102,10 @@ class BarDetector:
         values = indicators.compute(p.cfg.indicators, h, low, c) if p.compute_indicators else None
         out: list[Event] = []
         if p.indicators_on:
-            out.extend(self._indicator_records(values, at))  # type: ignore[arg-type]
+            out.extend(self._indicator_records(values, at))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
         if is_new:
             if p.alerts_on:
-                out.extend(self._alerts(values, bar, c))  # type: ignore[arg-type]
+                out.extend(self._alerts(values, bar, c))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
             if p.patterns_on:
                 n = patterns.BARS
                 out.extend(self._patterns(bar, o[-n:], h[-n:], low[-n:], c[-n:], v[-n:]))
@@ -209,11 +209,11 @@ class BarDetector:
             out.append(
                 Alert(
                     id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
-                    type=f.rule,  # type: ignore[arg-type]
+                    type=f.rule,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                     symbol=self.symbol,
                     timestamp=bar.timestamp,
                     confidence=1.0,
-                    direction=f.direction,  # type: ignore[arg-type]
+                    direction=f.direction,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                     params=p.alert_params[f.indicator],
                     severity="critical" if f.rule in p.critical else "warning",
                     indicator=f.indicator,
@@ -230,11 +230,11 @@ class BarDetector:
         return [
             PatternEvent(
                 id=stable_id("pattern", self.symbol, TIMEFRAME, bar.timestamp, name),
-                type=name,  # type: ignore[arg-type]
+                type=name,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
                 timestamp=bar.timestamp,
                 confidence=confidence,
-                direction=patterns.direction(name, signal),  # type: ignore[arg-type]
+                direction=patterns.direction(name, signal),  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self.p.pattern_params[name],
                 signal=signal,
                 revision=bar.revision,
@@ -246,7 +246,7 @@ class BarDetector:
         cfg = self.p.cfg.trend
         strength, slope = trend.measure(close, cfg.bars)
         now = trend.direction_of(strength, cfg.min_strength)
-        change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]
+        change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
         self.trend = now
         if now != "flat":
             self.last_trend = now
@@ -255,15 +255,15 @@ class BarDetector:
         return [
             TrendEvent(
                 id=stable_id("trend", self.symbol, TIMEFRAME, bar.timestamp, change),
-                type=change,  # type: ignore[arg-type]
+                type=change,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
                 timestamp=bar.timestamp,
                 confidence=round(abs(strength), 4),
-                direction=now,  # type: ignore[arg-type]
+                direction=now,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self.p.trend_params,
                 strength=round(strength, 6),
                 slope=slope,
-                close=bar.close,  # type: ignore[arg-type]
+                close=bar.close,  # type: ignore[arg-type]  # final bars that reach detection carry prices (volume-only bars are skipped above)
                 revision=bar.revision,
             )
         ]
@@ -273,7 +273,7 @@ class BarDetector:
         out = []
         ratio = surge.volume_ratio(volume, cfg.volume_bars)
         if ratio is not None and ratio >= cfg.volume_multiple:
-            way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]
+            way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]  # final bars that reach detection carry prices (volume-only bars are skipped above)
             out.append(
                 self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params)
             )
@@ -286,14 +286,14 @@ class BarDetector:
     def _surge(self, kind: str, bar: Bar, ratio: float, way: str, confidence: float, params: dict) -> SurgeEvent:
         return SurgeEvent(
             id=stable_id("surge", self.symbol, TIMEFRAME, bar.timestamp, kind),
-            type=kind,  # type: ignore[arg-type]
+            type=kind,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
             symbol=self.symbol,
             timestamp=bar.timestamp,
             confidence=round(confidence, 4),
-            direction=way,  # type: ignore[arg-type]
+            direction=way,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
             params=params,
             ratio=round(ratio, 6),
-            close=bar.close,  # type: ignore[arg-type]
+            close=bar.close,  # type: ignore[arg-type]  # final bars that reach detection carry prices (volume-only bars are skipped above)
             volume=bar.volume,
             revision=bar.revision,
         )

@@ -89,7 +89,7 @@ class SessionExtremes:
         if price > high:
             s.high = price
             self._broke_high(symbol, s, price, t)
-        elif price < s.low:  # type: ignore[operator]
+        elif price < s.low:  # type: ignore[operator]  # set together with high: not None here
             s.low = price
             self._broke_low(symbol, s, price, t)
 
@@ -133,11 +133,11 @@ class SessionExtremes:
         self._events.append(
             HighLowEvent(
                 id=stable_id("highlow", symbol, kind, t, price),
-                type=kind,  # type: ignore[arg-type]
+                type=kind,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=symbol,
                 timestamp=t,
                 confidence=round(confidence, 4),
-                direction=way,  # type: ignore[arg-type]
+                direction=way,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self._params | {"min_move": move},
                 price=price,
                 previous=previous,

@@ -88,7 +88,7 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
     def _letter(
         self, topic: str, partition: object, offset: int, value: bytes | None, kind: str, reason: str
     ) -> KafkaSinkMessage:
-        return letter(value, kind=kind, reason=reason, topic=topic, partition=int(partition), offset=offset,  # type: ignore[call-overload]
+        return letter(value, kind=kind, reason=reason, topic=topic, partition=int(partition), offset=offset,  # type: ignore[call-overload]  # value is bytes or None, both accepted by letter's overloads at runtime
                       key=self.key.encode())  # fmt: skip
 
     def _gate(self, topic: str, partition: int, offsets: Sequence[int], values: Sequence[bytes | None],
@@ -252,7 +252,7 @@ def gate_bars(step_id: str, batches: Stream[RawBatch], settings: Settings) -> Ga
     gated = op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed, lambda resume: BarGate(settings, resume)))
     split = op.branch(f"{step_id}_bars_or_letters", gated, _is_bar)
     # branch narrows by predicate, not by type: the trues are (symbol, bar) pairs, the falses letters
-    return GateOut(bars=split.trues, dead_letters=split.falses)  # type: ignore[arg-type]
+    return GateOut(bars=split.trues, dead_letters=split.falses)  # type: ignore[arg-type]  # branch narrows by predicate, not by type: the trues are (symbol, bar) pairs, the falses letters
 
 
 def _is_bar(item: Gated) -> bool:
