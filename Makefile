@@ -19,12 +19,13 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
-.PHONY: help venv services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
+.PHONY: help venv check services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
 	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages chaos
 
 help:
 	@echo "make demo      set everything up, then run the synthetic feed, both flows, the gateway and dashboard (Ctrl-C stops all)"
-	@echo "make test      set everything up, then run the test suite (PYTEST_ARGS=... to pass options)"
+	@echo "make test      set everything up, then the checks and the test suite (PYTEST_ARGS=... to pass options)"
+	@echo "make check     lint (ruff), formatting (ruff format --check) and types (mypy)"
 	@echo "make bench     set everything up, then the flows' benchmark, detection off and on (BENCH_ARGS=...)"
 	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
 	@echo "make bench-sink     the sink's upsert per minute-boundary batch on that database -> bench/sink.json"
@@ -60,7 +61,13 @@ migrate: services
 demo: venv services broker topics migrate dashboard-assets
 	bash infra/demo.sh
 
-test: venv services broker topics migrate dashboard-assets chromium timescale-packages
+# The style and type checks (Starlette's scripts/check); `make test` runs them first.
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy schemas flows connectors infra
+
+test: venv check services broker topics migrate dashboard-assets chromium timescale-packages
 	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
 	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 

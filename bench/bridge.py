@@ -1,12 +1,12 @@
 """`make bench-bridge`: throughput of the Polygon bridge and the flat-file replay, into real Kafka.
 
-The fake feed is `tests.polygon_server` serving synthetic trades and quotes (4,000 symbols) in
+The fake feed is `tests.support.polygon_server` serving synthetic trades and quotes (4,000 symbols) in
 text frames of 1..100 mixed events (about 50 on average), with the permessage-deflate
 compression the official client negotiates by default. Every client runs in its own process.
 
 - `fake_feed_events_per_s`: the feed read by a bare websockets client that does nothing with
   the frames: the fastest the feed goes on this machine;
-- `bridge_events_per_s`: the same feed through `python -m connectors.polygon_bridge`, from its
+- `bridge_events_per_s`: the same feed through `python -m connectors.feeds.bridge`, from its
   subscription until Kafka acknowledged every event;
 - `bridge_cpu_us_per_event` / `feed_cpu_us_per_event` / `reader_cpu_us_per_event`: CPU time per
   event of the bridge's Python thread, of the feed server's thread and of the bare reader (the
@@ -16,7 +16,7 @@ compression the official client negotiates by default. Every client runs in its 
   with a core of its own, to compare with the feed's rate;
 - `peak_*`: the feed paced at `--peak-rate` events/s (20x the all-market average of ~10,000/s)
   and the rate the bridge forwarded it at;
-- `replay_events_per_s`: `connectors.replay` on a gzipped trades_v1 file, parse + encode + publish;
+- `replay_events_per_s`: `connectors.feeds.replay` on a gzipped trades_v1 file, parse + encode + publish;
   `replay_encode_events_per_s`: parse + encode only.
 Writes `bench/bridge.json`; `load_average` is the 1-minute load when the run started.
 """
@@ -38,11 +38,12 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import connect
 
-from connectors.replay import flat_file_events, replay
-from connectors.synthetic import generate
-from tests.conftest import base_settings, create_topics
-from tests.polygon_server import PolygonServer
-from tests.test_replay import write_trades_flat_file
+from connectors.feeds.flat_files import flat_file_events
+from connectors.feeds.replay import replay
+from connectors.feeds.synthetic import generate
+from tests.support.fixtures.flat_files import write_trades_flat_file
+from tests.support.polygon_server import PolygonServer
+from tests.support.services import base_settings, create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench"
@@ -113,7 +114,7 @@ def bridge_rate(events: list[dict[str, object]], rate: float | None = None) -> d
     with PolygonServer(KEY, frames(events), rate=rate) as server:
         env = os.environ | s.as_env() | {"MASSIVE_API_KEY": KEY, "MASSIVE_URL": server.url,
                                          "BRIDGE_HEALTH_INTERVAL_S": "0.05"}  # fmt: skip
-        proc = subprocess.Popen([sys.executable, "-m", "connectors.polygon_bridge"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "connectors.feeds.bridge"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         main_thread = f"/proc/{proc.pid}/task/{proc.pid}/stat"
         started, cpu, acked = 0.0, 0.0, 0

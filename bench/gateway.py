@@ -39,9 +39,10 @@ OUT = Path(__file__).with_name("gateway.json")
 
 
 # ------------------------------------------------------------------ publisher (own process)
-def publish(redis_url: str, namespace: str, symbols: list[str], rate_hz: float, start_at: float, stop_at: float,
-            ready: mp.Event) -> None:
-    from connectors.redis_publish import Publisher
+def publish(
+    redis_url: str, namespace: str, symbols: list[str], rate_hz: float, start_at: float, stop_at: float, ready: mp.Event
+) -> None:
+    from connectors.redis.publish import Publisher
     from schemas.bars import Bar, encode_bar
     from schemas.channels import Channels
 
@@ -64,8 +65,21 @@ def publish(redis_url: str, namespace: str, symbols: list[str], rate_hz: float, 
             i += 1
             prices[symbol] += 0.01
             p = prices[symbol]
-            raw = encode_bar(Bar(symbol=symbol, timestamp=minute, open=p, high=p, low=p, close=p, volume=100, vwap=p,
-                                 trades=1, revision=0, status="live"))
+            raw = encode_bar(
+                Bar(
+                    symbol=symbol,
+                    timestamp=minute,
+                    open=p,
+                    high=p,
+                    low=p,
+                    close=p,
+                    volume=100,
+                    vwap=p,
+                    trades=1,
+                    revision=0,
+                    status="live",
+                )
+            )
             payload = raw[:-1] + b',"sent":%.6f}' % time.time()
             batch += [(channels.live, payload), (channels.live_for(symbol), payload)]
         publisher.publish(batch)
@@ -167,7 +181,7 @@ async def _clients(url: str, subscriptions: list[list[str]], window, connected: 
 
     clients: list[Client] = []
     for start in range(0, len(subscriptions), 50):  # stay under the listen backlog
-        clients += await asyncio.gather(*(open_one(s) for s in subscriptions[start:start + 50]))
+        clients += await asyncio.gather(*(open_one(s) for s in subscriptions[start : start + 50]))
     deadline = time.monotonic() + 90
     while state["subscribed"] < len(subscriptions):
         if time.monotonic() > deadline:
@@ -181,8 +195,13 @@ async def _clients(url: str, subscriptions: list[list[str]], window, connected: 
     for c in clients:
         if c.transport is not None:
             c.transport.close()
-    return {"latencies": latencies, "frames": state["frames"], "received": state["received"], "dropped": dropped,
-            "close_codes": state["codes"]}
+    return {
+        "latencies": latencies,
+        "frames": state["frames"],
+        "received": state["received"],
+        "dropped": dropped,
+        "close_codes": state["codes"],
+    }
 
 
 # ------------------------------------------------------------------ orchestration
@@ -222,13 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     port = _free_port()
-    env = {**os.environ, "GATEWAY_DEV_MODE": "true", "GATEWAY_PORT": str(port), "REDIS_NAMESPACE": namespace,
-           "GATEWAY_BATCH_INTERVAL_MS": str(args.batch_ms), "REDIS_URL": settings.redis_url,
-           "DATABASE_URL": settings.database_url}
+    env = {
+        **os.environ,
+        "GATEWAY_DEV_MODE": "true",
+        "GATEWAY_PORT": str(port),
+        "REDIS_NAMESPACE": namespace,
+        "GATEWAY_BATCH_INTERVAL_MS": str(args.batch_ms),
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+    }
     log_path = args.out.with_suffix(".log")
     log_file = log_path.open("w")
-    gateway = subprocess.Popen([sys.executable, "-m", "connectors.gateway"], env=env, stdout=log_file,
-                               stderr=subprocess.STDOUT, text=True)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "connectors.gateway"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.time() + 60
         while "gateway: http" not in log_path.read_text():
@@ -244,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         out: mp.Queue = ctx.Queue()
         window = ctx.RawArray("d", 2)  # measure_from, measure_to: set once everyone is connected
         connected = [ctx.Event() for _ in range(args.client_procs)]
-        chunks = [subscriptions[i::args.client_procs] for i in range(args.client_procs)]
+        chunks = [subscriptions[i :: args.client_procs] for i in range(args.client_procs)]
         t_connect = time.time()
         connect_deadline = t_connect + 120.0
         procs = []
@@ -263,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         connected_after = time.time() - t_connect
         ready = ctx.Event()
         # Publish from now to the end of the window: everything before measure_from is warm-up.
-        publisher = ctx.Process(target=publish, args=(settings.redis_url, namespace, symbols, args.rate, time.time(),
-                                                      measure_to + 0.5, ready), daemon=True)
+        publisher = ctx.Process(
+            target=publish,
+            args=(settings.redis_url, namespace, symbols, args.rate, time.time(), measure_to + 0.5, ready),
+            daemon=True,
+        )
         publisher.start()
         ready.wait(30)
         while time.time() < measure_from:

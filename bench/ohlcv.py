@@ -28,11 +28,12 @@ import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from connectors.synthetic import generate, make_producer
+from connectors.feeds.synthetic import generate
+from connectors.kafka.admin import ensure_topics
+from connectors.kafka.producer import make_producer
 from flows.settings import Settings
 from infra.databases import ensure_database
 from infra.migrate import up
-from infra.topics import ensure_topics
 from schemas.bars import decode_bar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +119,9 @@ def run_flow_to_end(s: Settings, detection: bool) -> dict:
         detector = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.detection:build_flow()"], env=tailing,
                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         time.sleep(3)  # imports, connections, partitions assigned
-    out = subprocess.run([sys.executable, "-m", "bench.flow_timer"], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.flow_timer"], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise SystemExit(f"flow failed:\n{out.stderr[-3000:]}")
     timed = json.loads(out.stdout.strip().splitlines()[-1])
@@ -191,7 +194,7 @@ def bar_latency(s: Settings, symbols: int, rate: int, seconds: int) -> dict:
     detector = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.detection:build_flow()"], env=env_for(live),
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     feeder = subprocess.run(
-        [sys.executable, "-m", "connectors.synthetic", "--realtime", "--symbols", str(symbols), "--rate", str(rate),
+        [sys.executable, "-m", "connectors.feeds.synthetic", "--realtime", "--symbols", str(symbols), "--rate", str(rate),
          "--seconds", str(seconds), "--out-of-order-ratio", "0", "--late-ratio", "0", "--duplicate-ratio", "0"],
         env=env_for(live), cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip

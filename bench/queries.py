@@ -4,7 +4,7 @@ Loads `--days` trading days x `--symbols` symbols x `--minutes` session minutes 
 US session, 14:30-21:00 UTC in January) into its own database with COPY, indexes built after the
 load as a restore would, then times three queries over repeated runs with random symbols/days:
 (a) one symbol-day of 1-minute bars, (b) one symbol-month of 1-hour bars (both through
-`connectors.analyst.bars_on`, i.e. including the DataFrame), (c) the latest bar of every symbol
+`connectors.postgres.analyst.bars_on`, i.e. including the DataFrame), (c) the latest bar of every symbol
 (`latest_bars`, the trigger-maintained table of migration 0002). Writes p50/p95 in ms to
 bench/queries.json, with the machine's load average (the machine is shared: numbers are noisy). A
 loaded database of the same shape is reused (migrated to the newest schema first: on plain
@@ -28,7 +28,7 @@ import polars as pl
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from connectors.analyst import bars_on
+from connectors.postgres.analyst import bars_on
 from infra import migrate
 from infra.databases import ensure_database
 
@@ -93,8 +93,7 @@ def load(url: str, days: int, symbols: int, minutes: int) -> float:
             frame = day_frame(n, day, symbols, minutes)
             text = frame.write_csv(include_header=False, datetime_format="%Y-%m-%d %H:%M:%S+00")
             with conn.cursor().copy(
-                "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades)"
-                " FROM STDIN (FORMAT csv)"
+                "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades) FROM STDIN (FORMAT csv)"
             ) as copy:
                 copy.write(text)
             print(f"  day {n + 1}/{days}: {frame.height:,} rows, {time.perf_counter() - began:.0f} s", flush=True)

@@ -1,6 +1,6 @@
 """The flow's write path at a minute boundary: `python -m bench.sink [--batches 40 --symbols 4000]`.
 
-Times `connectors.postgres.BarStore.upsert` (COPY into staging + one INSERT .. ON CONFLICT, with
+Times `connectors.postgres.bars.BarStore.upsert` (COPY into staging + one INSERT .. ON CONFLICT, with
 every trigger the migrations put on `ohlcv_1min`) for batches shaped like the ones the flow
 writes when a minute closes: one new bar per symbol, plus `--revised` of them as revisions of
 the previous 15 minutes (late trades). It writes past the newest bar already in the database
@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from connectors.postgres import BarStore
+from connectors.postgres.bars import BarStore
 from schemas.bars import Bar
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/tickstock_bench_queries"

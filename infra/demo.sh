@@ -91,9 +91,9 @@ start_child() { # description, command...
 }
 if [[ -n ${MASSIVE_API_KEY:-}${POLYGON_API_KEY:-} ]]; then
     FEED_LOG=.run/bridge.log
-    start_child "bridge" "$PY" -m connectors.polygon_bridge >>"$FEED_LOG" 2>&1
+    start_child "bridge" "$PY" -m connectors.feeds.bridge >>"$FEED_LOG" 2>&1
 else
-    start_child "synthetic feed" "$PY" -m connectors.synthetic "${feed_args[@]}" >>"$FEED_LOG" 2>&1
+    start_child "synthetic feed" "$PY" -m connectors.feeds.synthetic "${feed_args[@]}" >>"$FEED_LOG" 2>&1
 fi
 # Bytewax stops on SIGINT with a Rust panic; keep that to one message instead of a backtrace.
 RUST_BACKTRACE=0 start_child "flow" "$PY" -m bytewax.run "$FLOW" "${flow_args[@]}"
@@ -103,10 +103,10 @@ GATEWAY_LOG=.run/gateway.log
 GATEWAY_DEV_MODE=true start_child "gateway" "$PY" -m connectors.gateway >>"$GATEWAY_LOG" 2>&1
 
 if [[ $FEED_LOG == .run/bridge.log ]]; then
-    say "feed: python -m connectors.polygon_bridge, live from Massive (log: $FEED_LOG)"
+    say "feed: python -m connectors.feeds.bridge, live from Massive (log: $FEED_LOG)"
     say "bridge health: grep health $FEED_LOG | tail -1   (a line every ${BRIDGE_HEALTH_INTERVAL_S:-10} s)"
 else
-    say "feed: python -m connectors.synthetic ${feed_args[*]} (log: $FEED_LOG)"
+    say "feed: python -m connectors.feeds.synthetic ${feed_args[*]} (log: $FEED_LOG)"
 fi
 say "flows: python -m bytewax.run '$FLOW' ${flow_args[*]}  (bars, session highs/lows)"
 say "       python -m bytewax.run 'flows.detection:build_flow()' ${detection_args[*]}  (indicators, patterns, trends, surges, alerts)"

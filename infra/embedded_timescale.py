@@ -88,9 +88,7 @@ class EmbeddedTimescale:
     def start(self) -> str:
         node = shutil.which("node")
         if node is None:
-            raise TimescaleUnavailable(
-                "Node.js is not installed: run `bash infra/timescale.sh` (installs Debian's npm as root)"
-            )
+            raise TimescaleUnavailable("Node.js is not installed: run `bash infra/timescale.sh` (installs Debian's npm as root)")
         if not PACKAGES.is_dir():
             raise TimescaleUnavailable(f"{PACKAGES.relative_to(ROOT)} is missing: run `bash infra/timescale.sh`")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -167,9 +165,7 @@ def start(
             log(f"timescale: TimescaleDB {version} answering at {url} (already running, pid {pid})")
             return url
         raise TimescaleUnavailable(f"pid {pid} runs the server but it does not answer at {url}; `make timescale-stop`")
-    server = EmbeddedTimescale(
-        port=port, data_dir=data_dir, log_file=LOG_FILE, wait_s=wait_s, queue_timeout_s=queue_timeout_s
-    )
+    server = EmbeddedTimescale(port=port, data_dir=data_dir, log_file=LOG_FILE, wait_s=wait_s, queue_timeout_s=queue_timeout_s)
     url = server.start()
     assert server.process is not None
     PID_FILE.write_text(f"{server.process.pid}\n")

@@ -79,7 +79,7 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 def _locked(database_url: str, log: Log) -> Iterator[psycopg.Connection]:
     """An autocommit connection holding the migration lock, with `schema_migrations` in place."""
     with connect(database_url) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]  # SELECT of a function always returns one row
             log("waiting for another process that is migrating this database ...")
             conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         conn.execute(
@@ -115,9 +115,7 @@ def _run(conn: psycopg.Connection, migration: Migration, script: Path, record: b
         raise MigrationError(f"{script.name} failed and was rolled back: {str(exc).strip()}") from exc
 
 
-def up(
-    database_url: str, *, to: int | None = None, directory: Path = MIGRATIONS_DIR, log: Log = print
-) -> list[Migration]:
+def up(database_url: str, *, to: int | None = None, directory: Path = MIGRATIONS_DIR, log: Log = print) -> list[Migration]:
     """Apply every pending migration (up to version `to`) in order. Returns those applied."""
     migrations = discover(directory)
     with _locked(database_url, log) as conn:

@@ -150,9 +150,7 @@ def plan(settings: PolicySettings, table: Table, state: dict[str, object]) -> li
             statements.append(sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(regclass))
         if retention is not None:
             statements.append(
-                sql.SQL("SELECT add_retention_policy({}, drop_after => {}::interval)").format(
-                    regclass, sql.Literal(retention)
-                )
+                sql.SQL("SELECT add_retention_policy({}, drop_after => {}::interval)").format(regclass, sql.Literal(retention))
             )
     return statements
 
@@ -172,7 +170,7 @@ def _state(conn: psycopg.Connection, table: str) -> dict[str, object] | None:
     ).fetchone()
     if row is None:
         return None
-    policies = dict(
+    policies: dict[str, object] = dict(
         conn.execute(
             "SELECT proc_name, coalesce(config->>'compress_after', config->>'drop_after')::interval"
             " FROM timescaledb_information.jobs"
@@ -210,9 +208,7 @@ def _check_retention(conn: psycopg.Connection, settings: PolicySettings) -> None
         )
 
 
-def apply(
-    database_url: str, settings: PolicySettings, *, dry_run: bool = False, log: Callable[[str], None] = print
-) -> list[str]:
+def apply(database_url: str, settings: PolicySettings, *, dry_run: bool = False, log: Callable[[str], None] = print) -> list[str]:
     """Bring every hypertable's policies to `settings`, in one transaction. Returns the SQL run (or,
     with `dry_run`, that would run)."""
     done: list[str] = []

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from schemas.bars import Bar
-from schemas.channels import CATALOG, ChannelSpec, Channels
+from schemas.channels import CATALOG, Channels, ChannelSpec
 from schemas.events import (
     Alert,
     HighLowEvent,
@@ -35,45 +35,141 @@ EPOCH = "1793629800123456"
 T = 1_793_629_860_000  # 2026-11-02 14:31 UTC
 
 POSITION_SCHEMA = {
-    "offset": {"type": "integer", "minimum": 1,
-               "description": "position in this channel: 1, 2, 3, ... with no gaps (per channel)"},
-    "epoch": {"type": "string",
-              "description": "the channel history's generation; a new epoch means the history was lost"},
+    "offset": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "position in this channel: 1, 2, 3, ... with no gaps (per channel)",
+    },
+    "epoch": {"type": "string", "description": "the channel history's generation; a new epoch means the history was lost"},
 }
 
 EXAMPLES: dict[type, Any] = {
-    Bar: Bar(symbol="AAPL", timestamp=T, open=190.12, high=190.5, low=190.02, close=190.44, volume=48211,
-             vwap=190.2718, trades=311, revision=0, status="final"),
-    HighLowEvent: HighLowEvent(id=stable_id("highlow", "AAPL", T + 1234, "session_high"), type="session_high",
-                               symbol="AAPL", timestamp=T + 1234, confidence=1.0, direction="up",
-                               params={"cooldown_s": 1.0, "n_days": 20, "min_move": 0.1}, price=190.6,
-                               previous=190.5, session="2026-11-02"),
-    TrendEvent: TrendEvent(id=stable_id("trend", "AAPL", "1m", T), type="trend_start", symbol="AAPL", timestamp=T,
-                           confidence=0.72, direction="up", params={"bars": 10, "min_strength": 0.7}, strength=0.72,
-                           slope=0.031,
-                           close=190.44),
-    SurgeEvent: SurgeEvent(id=stable_id("surge", "AAPL", "1m", T, "volume_surge"), type="volume_surge",
-                           symbol="AAPL", timestamp=T, confidence=0.9, direction="up",
-                           params={"volume_multiple": 3.0, "volume_bars": 20}, ratio=4.2, close=190.44, volume=48211),
-    PatternEvent: PatternEvent(id=stable_id("pattern", "AAPL", "1m", T, "doji"), type="doji", symbol="AAPL",
-                               timestamp=T, confidence=0.86, direction="neutral", params={"talib": "CDLDOJI", "bars": 14},
-                               signal=100),
-    IndicatorValues: IndicatorValues(id=stable_id("indicator", "AAPL", "1m", T), symbol="AAPL", timestamp=T,
-                                     confidence=1.0, direction="neutral",
-                                     params={"sma": 20, "ema": 20, "rsi": 14, "macd_fast": 12, "macd_slow": 26,
-                                             "macd_signal": 9, "bb_period": 20, "bb_stddev": 2.0, "atr": 14, "window": 400},
-                                     sma=189.9, ema=190.0,
-                                     rsi=61.2, macd=0.21, macd_signal=0.15, macd_hist=0.06, bb_upper=191.2,
-                                     bb_middle=189.9, bb_lower=188.6, atr=0.42, vwap=190.05),
-    Alert: Alert(id=stable_id("alert", "AAPL", "1m", T, "rsi_overbought"), type="rsi_overbought", symbol="AAPL",
-                 timestamp=T, confidence=1.0, direction="up", params={"rsi_period": 14, "rsi_upper": 70.0, "rsi_lower": 30.0},
-                 severity="warning", indicator="rsi", value=71.3, threshold=70.0, message="RSI crossed above 70 (71.3)"),
-    FlowHealth: FlowHealth(partition="stocks.trades#0", timestamp=T + 5_000, status="healthy", received=1_204_331,
-                           events_per_s=512.4, final_bars=38_112, open_bars=993, dropped=12, duplicates=230, revisions=41,
-                           watermark=T + 4_800, watermark_lag_s=0.2),
-    FlowError: FlowError(timestamp=T + 5_000, error="too_late", reason="trade at 1793628000000 ms is 1742 s past its "
-                         "minute's end, beyond the allowed lateness of 900 s (watermark 1793629802000 ms)",
-                         source_topic="stocks.trades", source_partition=0, source_offset=1_204_118),
+    Bar: Bar(
+        symbol="AAPL",
+        timestamp=T,
+        open=190.12,
+        high=190.5,
+        low=190.02,
+        close=190.44,
+        volume=48211,
+        vwap=190.2718,
+        trades=311,
+        revision=0,
+        status="final",
+    ),
+    HighLowEvent: HighLowEvent(
+        id=stable_id("highlow", "AAPL", T + 1234, "session_high"),
+        type="session_high",
+        symbol="AAPL",
+        timestamp=T + 1234,
+        confidence=1.0,
+        direction="up",
+        params={"cooldown_s": 1.0, "n_days": 20, "min_move": 0.1},
+        price=190.6,
+        previous=190.5,
+        session="2026-11-02",
+    ),
+    TrendEvent: TrendEvent(
+        id=stable_id("trend", "AAPL", "1m", T),
+        type="trend_start",
+        symbol="AAPL",
+        timestamp=T,
+        confidence=0.72,
+        direction="up",
+        params={"bars": 10, "min_strength": 0.7},
+        strength=0.72,
+        slope=0.031,
+        close=190.44,
+    ),
+    SurgeEvent: SurgeEvent(
+        id=stable_id("surge", "AAPL", "1m", T, "volume_surge"),
+        type="volume_surge",
+        symbol="AAPL",
+        timestamp=T,
+        confidence=0.9,
+        direction="up",
+        params={"volume_multiple": 3.0, "volume_bars": 20},
+        ratio=4.2,
+        close=190.44,
+        volume=48211,
+    ),
+    PatternEvent: PatternEvent(
+        id=stable_id("pattern", "AAPL", "1m", T, "doji"),
+        type="doji",
+        symbol="AAPL",
+        timestamp=T,
+        confidence=0.86,
+        direction="neutral",
+        params={"talib": "CDLDOJI", "bars": 14},
+        signal=100,
+    ),
+    IndicatorValues: IndicatorValues(
+        id=stable_id("indicator", "AAPL", "1m", T),
+        symbol="AAPL",
+        timestamp=T,
+        confidence=1.0,
+        direction="neutral",
+        params={
+            "sma": 20,
+            "ema": 20,
+            "rsi": 14,
+            "macd_fast": 12,
+            "macd_slow": 26,
+            "macd_signal": 9,
+            "bb_period": 20,
+            "bb_stddev": 2.0,
+            "atr": 14,
+            "window": 400,
+        },
+        sma=189.9,
+        ema=190.0,
+        rsi=61.2,
+        macd=0.21,
+        macd_signal=0.15,
+        macd_hist=0.06,
+        bb_upper=191.2,
+        bb_middle=189.9,
+        bb_lower=188.6,
+        atr=0.42,
+        vwap=190.05,
+    ),
+    Alert: Alert(
+        id=stable_id("alert", "AAPL", "1m", T, "rsi_overbought"),
+        type="rsi_overbought",
+        symbol="AAPL",
+        timestamp=T,
+        confidence=1.0,
+        direction="up",
+        params={"rsi_period": 14, "rsi_upper": 70.0, "rsi_lower": 30.0},
+        severity="warning",
+        indicator="rsi",
+        value=71.3,
+        threshold=70.0,
+        message="RSI crossed above 70 (71.3)",
+    ),
+    FlowHealth: FlowHealth(
+        partition="stocks.trades#0",
+        timestamp=T + 5_000,
+        status="healthy",
+        received=1_204_331,
+        events_per_s=512.4,
+        final_bars=38_112,
+        open_bars=993,
+        dropped=12,
+        duplicates=230,
+        revisions=41,
+        watermark=T + 4_800,
+        watermark_lag_s=0.2,
+    ),
+    FlowError: FlowError(
+        timestamp=T + 5_000,
+        error="too_late",
+        reason="trade at 1793628000000 ms is 1742 s past its "
+        "minute's end, beyond the allowed lateness of 900 s (watermark 1793629802000 ms)",
+        source_topic="stocks.trades",
+        source_partition=0,
+        source_offset=1_204_118,
+    ),
 }
 
 
@@ -93,8 +189,24 @@ def published_schema(payload: Any) -> dict:
     return schema
 
 
-def example(payload: Any, offset: int) -> dict:
-    record = EXAMPLES[_members(payload)[-1] if len(_members(payload)) > 1 else payload]
+LIVE_BAR = Bar(
+    symbol="AAPL",
+    timestamp=T + 60_000,
+    open=190.44,
+    high=190.61,
+    low=190.4,
+    close=190.58,
+    volume=9_310,
+    vwap=190.5127,
+    trades=57,
+    revision=0,
+    status="live",
+)
+"""A forming bar (live channels): the minute after the final example's, part-way through."""
+
+
+def example(payload: Any, offset: int, live: bool = False) -> dict:
+    record = LIVE_BAR if live else EXAMPLES[_members(payload)[-1] if len(_members(payload)) > 1 else payload]
     return {"offset": offset, "epoch": EPOCH, **msgspec.to_builtins(record)}
 
 
@@ -112,7 +224,7 @@ def _section(spec: ChannelSpec, channels: Channels, n: int) -> str:
         "Example:",
         "",
         "```json",
-        json.dumps(example(spec.payload, 1842 + n), separators=(",", ":")),
+        json.dumps(example(spec.payload, 1842 + n, live=spec.attribute.startswith("live")), separators=(",", ":")),
         "```",
         "",
         "<details><summary>JSON Schema</summary>",
@@ -133,8 +245,10 @@ def _module(payload: type) -> str:
 
 def document() -> str:
     channels = Channels()
-    rows = [f"| `{s.name(channels)}` | {', '.join(m.__name__ for m in _members(s.payload))} | {s.publisher} | {s.what} |"
-            for s in CATALOG]
+    rows = [
+        f"| `{s.name(channels)}` | {', '.join(m.__name__ for m in _members(s.payload))} | {s.publisher} | {s.what} |"
+        for s in CATALOG
+    ]
     head = """# Redis channel catalog
 
 Generated by `python -m schemas.catalog` from `schemas/channels.py` and the records in `schemas/`;
@@ -145,7 +259,7 @@ for one ticker (e.g. `tickstock.market.ohlcv.AAPL`). Payloads are flat, versione
 (`version`), validated by the JSON Schemas below (also in `schemas/json/`, without the position).
 
 **Every message carries its channel position**, added by the publisher
-(`connectors/redis_publish.py` through `connectors/redis_history.py`) as its first two fields:
+(`connectors/redis/publish.py` through `connectors/redis/history.py`) as its first two fields:
 
 - `offset`: 1, 2, 3, ... per channel with no gaps, so a consumer detects a gap by arithmetic;
 - `epoch`: the generation of the channel's history; it changes when the history was lost

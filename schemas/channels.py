@@ -6,7 +6,7 @@ configurable namespace. `{SYMBOL}` in a name stands for one ticker.
 
 Every message on every channel also carries its channel position, `offset` (1, 2, 3, ...
 contiguous per channel) and `epoch` (changes when the channel's history was lost), added by
-the publisher; see connectors/redis_history.py.
+the publisher; see connectors/redis/history.py.
 
 >>> c = Channels("tickstock")
 >>> c.ohlcv, c.ohlcv_for("AAPL"), c.patterns_detected
@@ -83,7 +83,7 @@ CATALOG: tuple[ChannelSpec, ...] = (
     ChannelSpec("indicators", IndicatorValues, "flows.detection (detection sink)", "indicator values, one message per final bar or revision"),
     ChannelSpec("alerts", Alert, "flows.detection (detection sink)", "every indicator alert (RSI levels, MACD crosses, Bollinger breaks)"),
     ChannelSpec("alerts_critical", Alert, "flows.detection (detection sink)", "alerts whose rule the deployment marks critical (DETECT_ALERTS__CRITICAL)"),
-    ChannelSpec("events_for", HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | Alert, "flows.ohlcv and flows.detection",  # type: ignore[arg-type]
+    ChannelSpec("events_for", HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | Alert, "flows.ohlcv and flows.detection",  # type: ignore[arg-type]  # a union of record types is a valid payload type; mypy wants a class
                 "every event and alert of one symbol (not indicator values)", per_symbol=True),
     ChannelSpec("health", FlowHealth, "flows.ohlcv (status sink)", "each partition's counters and healthy/degraded, every 10 s"),
     ChannelSpec("errors", FlowError, "flows.ohlcv (status sink)", "every refused input: why, and where it is in Kafka"),
@@ -99,7 +99,7 @@ def route(event: object, channels: Channels) -> list[str]:
     >>> route(e, Channels())
     ['tickstock:patterns:streaming', 'tickstock:patterns:detected', 'tickstock.events.by_symbol.AAPL']
     """
-    kind = event.kind  # type: ignore[attr-defined]
+    kind = event.kind  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
     if kind == "indicator":
         return [channels.indicators]
     if kind == "highlow":
@@ -107,14 +107,14 @@ def route(event: object, channels: Channels) -> list[str]:
     elif kind == "trend":
         out = [channels.trend]
     elif kind == "surge":
-        out = [channels.surge, channels.volume] if event.type == "volume_surge" else [channels.surge]  # type: ignore[attr-defined]
+        out = [channels.surge, channels.volume] if event.type == "volume_surge" else [channels.surge]  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
     elif kind == "pattern":
         out = [channels.patterns_streaming]
-        if event.confidence >= DETECTED_MIN_CONFIDENCE:  # type: ignore[attr-defined]
+        if event.confidence >= DETECTED_MIN_CONFIDENCE:  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
             out.append(channels.patterns_detected)
     elif kind == "alert":
-        out = [channels.alerts, channels.alerts_critical] if event.severity == "critical" else [channels.alerts]  # type: ignore[attr-defined]
+        out = [channels.alerts, channels.alerts_critical] if event.severity == "critical" else [channels.alerts]  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
     else:
         raise ValueError(f"no channel for records of kind {kind!r}")
-    out.append(channels.events_for(event.symbol))  # type: ignore[attr-defined]
+    out.append(channels.events_for(event.symbol))  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
     return out

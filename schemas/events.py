@@ -15,17 +15,18 @@ True
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
+
+from schemas.timeframes import TimeframeName as Timeframe
 
 EVENT_SCHEMA_VERSION = 1
 
 Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
 Direction = Literal["up", "down", "neutral"]
-Timeframe = Literal["1m", "5m", "15m", "1h", "1d"]
-ParamValue = Union[int, float, str, bool]
+ParamValue = int | float | str | bool
 
 PatternName = Literal[
     "doji",
@@ -39,7 +40,7 @@ PatternName = Literal[
     "three_white_soldiers",
     "three_black_crows",
 ]
-PATTERNS: tuple[str, ...] = PatternName.__args__  # type: ignore[attr-defined]
+PATTERNS: tuple[str, ...] = PatternName.__args__  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
 AlertRule = Literal[
     "rsi_overbought",  # RSI crossed above its upper level
     "rsi_oversold",  # RSI crossed below its lower level
@@ -48,7 +49,7 @@ AlertRule = Literal[
     "bollinger_above",  # close above the upper band
     "bollinger_below",  # close below the lower band
 ]
-ALERT_RULES: tuple[str, ...] = AlertRule.__args__  # type: ignore[attr-defined]
+ALERT_RULES: tuple[str, ...] = AlertRule.__args__  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
 _blake2b = hashlib.blake2b
 
 
@@ -74,7 +75,7 @@ class _Record(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=Fals
     @property
     def kind(self) -> str:
         """The record's tag: highlow, trend, surge, pattern, indicator or alert."""
-        return self.__struct_config__.tag  # type: ignore[return-value]
+        return self.__struct_config__.tag  # type: ignore[return-value]  # msgspec's struct config is untyped
 
 
 class HighLowEvent(_Record, tag="highlow", kw_only=True):
@@ -167,9 +168,12 @@ class Alert(_Record, tag="alert", kw_only=True):
     revision: int = 0
 
 
-Event = Union[HighLowEvent, TrendEvent, SurgeEvent, PatternEvent, IndicatorValues, Alert]
+Event = HighLowEvent | TrendEvent | SurgeEvent | PatternEvent | IndicatorValues | Alert
 EVENT_TYPES: tuple[type, ...] = (HighLowEvent, TrendEvent, SurgeEvent, PatternEvent, IndicatorValues, Alert)
-KINDS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[attr-defined]
+KINDS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)  # type: ignore[attr-defined]  # msgspec's struct config is untyped
+EVENT_TABLE_KINDS: tuple[str, ...] = ("highlow", "trend", "surge", "pattern")
+"""The kinds kept in the `events` table (`infra/migrations/0003_detection`); indicators and alerts
+have tables of their own."""
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)

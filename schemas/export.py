@@ -1,7 +1,7 @@
 """Write the JSON Schema of every record the system emits to `schemas/json/`.
 
-    python -m schemas.export          # rewrite the files
-    python -m schemas.export --check  # exit 1 if a file is stale (the tests run this)
+python -m schemas.export          # rewrite the files
+python -m schemas.export --check  # exit 1 if a file is stale (the tests run this)
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ two-letter names; the Python attributes spell them out.
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta, field
@@ -90,7 +90,7 @@ class MinuteAgg(_Aggregate, tag_field="ev", tag="AM"):
     """`AM`: Polygon's own minute bar; re-broadcast when corrected."""
 
 
-Event = Union[Trade, Quote, SecondAgg, MinuteAgg]
+Event = Trade | Quote | SecondAgg | MinuteAgg
 
 # Everything msgspec's JSON decoder raises for bad input: DecodeError (ValidationError is one),
 # UnicodeDecodeError for invalid UTF-8 inside a string, RecursionError for absurd nesting in a
@@ -109,14 +109,14 @@ def bounds(annotated: object) -> tuple[float, bool, float, bool]:
     >>> bounds(Size)
     (0, True, 1099511627776, True)
     """
-    meta = annotated.__metadata__[0]  # type: ignore[attr-defined]
+    meta = annotated.__metadata__[0]  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
     low, low_in = (meta.ge, True) if meta.ge is not None else (meta.gt, False)
     high, high_in = (meta.le, True) if meta.le is not None else (meta.lt, False)
     return low, low_in, high, high_in
 
 
-MAX_TRADE_ID = TradeId.__metadata__[0].max_length  # type: ignore[attr-defined]
-MAX_CODES = Codes.__metadata__[0].max_length  # type: ignore[attr-defined]
+MAX_TRADE_ID = TradeId.__metadata__[0].max_length  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
+MAX_CODES = Codes.__metadata__[0].max_length  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
 
 
 def decode_events(frame: bytes) -> list[Event]:

@@ -11,7 +11,7 @@ True
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -26,7 +26,7 @@ STATUS_SCHEMA_VERSION = 1
 # - capacity: the partition already holds as many symbols as it may (state stays bounded)
 # - rejected: the database refused the record it produced (e.g. a value out of its column's range)
 DeadLetterKind = Literal["malformed", "too_large", "too_late", "future", "unknown_condition", "capacity", "rejected"]
-DEAD_LETTER_KINDS: tuple[str, ...] = DeadLetterKind.__args__  # type: ignore[attr-defined]
+DEAD_LETTER_KINDS: tuple[str, ...] = DeadLetterKind.__args__  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
 
 
 class FlowHealth(msgspec.Struct, kw_only=True, tag_field="kind", tag="health"):
@@ -73,7 +73,7 @@ class FlowError(msgspec.Struct, kw_only=True, tag_field="kind", tag="error"):
     source_offset: int
 
 
-Status = Union[FlowHealth, FlowError]
+Status = FlowHealth | FlowError
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Status)

@@ -9,7 +9,7 @@ Two halves, both reported in `bench/chaos.json` and a table:
   replayed event that is not JSON, ...).
 - `scenarios`: a live synthetic feed while both flows tail their topics with recovery stores,
   with one fault each (kill -9, broker / PostgreSQL / Redis outage behind a TCP proxy, poison
-  records), compared with the independent bar oracle (`tests.reference`) over exactly the
+  records), compared with the independent bar oracle (`tests.support.reference`) over exactly the
   records published and with an uninterrupted run of both flows over the same input.
 
 The flows are driven only through their entry points (`python -m bytewax.run ...`) and the

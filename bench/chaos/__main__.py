@@ -1,7 +1,7 @@
 """`python -m bench.chaos` (`make chaos`): fuzz every decoder, run every chaos scenario, write bench/chaos.json.
 
     python -m bench.chaos                          # the full run: >= 1,000,000 fuzzed records, 10 kills per flow, 30 s outages
-    python -m bench.chaos --profile short          # what `make test` runs (tests/test_chaos.py), as a command
+    python -m bench.chaos --profile short          # what `make test` runs (tests/integration/test_chaos.py), as a command
     python -m bench.chaos --only fuzz --fuzz-records 5000
     python -m bench.chaos --only scenarios --scenario poison --scenario redis_outage
 
@@ -125,7 +125,9 @@ def table(results: dict[str, Any]) -> str:
             letters = ", ".join(f"{k} {v}" for k, v in sorted(s["dead_letters"].items())) or "-"
             r = s.get("redis") or {}
             d = s.get("detection")
-            detection = "-" if d is None else "/".join(str(sum(t[x] for t in d.values())) for x in ("missing", "extra", "different"))
+            detection = (
+                "-" if d is None else "/".join(str(sum(t[x] for t in d.values())) for x in ("missing", "extra", "different"))
+            )
             recover = _recovery(s["faults"])
             revisions = "-" if s["revisions_differ_from_uninterrupted"] is None else s["revisions_differ_from_uninterrupted"]
             lines.append(f"| {s['scenario']} | {s['input_records']:,} | {s['bars_expected']:,} | {s['bars_written']:,} | "

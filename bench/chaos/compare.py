@@ -1,6 +1,6 @@
 """What a chaos run should have produced, what it did, and the difference, bar by bar and row by row.
 
-- Bars: the independent oracle (`tests.reference.reference_bars`) over exactly the trades that
+- Bars: the independent oracle (`tests.support.reference.reference_bars`) over exactly the trades that
   were published and are good (the synthetic feed's labels), against `ohlcv_1min`. A bar the
   table lacks, or has with other values, is lost; one whose volume or trade count is higher
   than the oracle's is duplicated (a trade counted twice); a bar the oracle does not have is
@@ -34,7 +34,7 @@ Bars = dict[tuple[str, int], dict[str, Any]]
 
 def oracle_bars(records: Iterable[Record], delivered_only: bool = True) -> Bars:
     """The reference bars of the good trades among `records` (by default those the broker acknowledged)."""
-    from tests.reference import reference_bars
+    from tests.support.reference import reference_bars
 
     trades = [orjson.loads(r.value) for r in records  # type: ignore[arg-type]
               if r.label in VALID_LABELS and (r.offset is not None or not delivered_only)]  # fmt: skip
@@ -74,7 +74,9 @@ def compare_bars(expected: Bars, written: Bars, limit: int = 5) -> dict[str, Any
         got = written.get(key)
         if got is not None and same_bar(want, got):
             continue
-        doubled = got is not None and ((got["trades"] or 0) > (want["trades"] or 0) or (got["volume"] or 0) > (want["volume"] or 0))
+        doubled = got is not None and (
+            (got["trades"] or 0) > (want["trades"] or 0) or (got["volume"] or 0) > (want["volume"] or 0)
+        )
         (duplicated if doubled else lost).append(key)
         bucket = examples["duplicated" if doubled else "lost"]
         if len(bucket) < limit:
@@ -108,7 +110,7 @@ def compare_redis(newest: Bars, written: Bars, limit: int = 5) -> dict[str, Any]
 def detection_rows(conn: psycopg.Connection) -> dict[str, dict[tuple, tuple]]:
     out: dict[str, dict[tuple, tuple]] = {}
     for table in DETECTION_TABLES:
-        rows = conn.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed table names
+        rows = conn.execute(f"SELECT * FROM {table}").fetchall()
         out[table] = {tuple(r[: KEYS[table]]): tuple(r) for r in rows}
     return out
 
@@ -133,7 +135,9 @@ def detection_ok(report: dict[str, Any]) -> bool:
     return all(t["missing"] == 0 and t["extra"] == 0 and t["different"] == 0 for t in report.values())
 
 
-def read_dead_letters(bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0) -> list[tuple[dict[str, str], bytes | None]]:
+def read_dead_letters(
+    bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0
+) -> list[tuple[dict[str, str], bytes | None]]:
     """Every dead letter on `topic`: its headers (text) and value."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 

@@ -18,6 +18,9 @@ Each `Target` wraps one decoder the way the pipeline calls it and classifies eve
 Records come from two sources per target: mutation fuzzing of valid records (`mutate.Mutator`)
 and property-based generation (`strategies`, run by hypothesis without shrinking: every example
 is counted, none stops the run).
+
+Over 400 lines on purpose: one small `Target` per decoder, side by side, so a reader compares how
+each is called and judged in one file; splitting them would scatter one table.
 """
 
 from __future__ import annotations
@@ -91,7 +94,11 @@ def _signature(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [f for f in frames if f.filename.startswith(str(ROOT)) and "/bench/chaos/" not in f.filename]
     where = mine[-1] if mine else (frames[-1] if frames else None)
-    at = f" at {Path(where.filename).relative_to(ROOT) if where.filename.startswith(str(ROOT)) else Path(where.filename).name}:{where.lineno} ({where.name})" if where else ""
+    at = (
+        f" at {Path(where.filename).relative_to(ROOT) if where.filename.startswith(str(ROOT)) else Path(where.filename).name}:{where.lineno} ({where.name})"
+        if where
+        else ""
+    )
     return f"{type(exc).__name__}{at}"
 
 
@@ -134,10 +141,10 @@ class Seeds:
     """Valid records built once from the synthetic feed, the bar book and the detectors."""
 
     def __init__(self) -> None:
-        from connectors.synthetic import generate
+        from connectors.feeds.synthetic import generate
         from flows.book import BarBook
-        from flows.conditions import ConditionRules
         from schemas.bars import encode_bar
+        from schemas.conditions import ConditionRules
 
         self.now_ms = int(time.time() * 1000)
         start = self.now_ms - 20 * 60_000
@@ -212,7 +219,7 @@ class BookTarget(Target):
     """`BarBook.apply` on raw Kafka values, as the bar flow's step calls it (session highs/lows on).
 
     Around it, what the step does with the results: a dead letter per `Reject`
-    (`connectors.dead_letter.dead_letter`), each final bar encoded for Redis and the bars topic,
+    (`connectors.kafka.dead_letter.dead_letter`), each final bar encoded for Redis and the bars topic,
     the session high/low detector fed and its references resolved, snapshots that must encode
     and restore.
     """
@@ -222,14 +229,15 @@ class BookTarget(Target):
 
     def __init__(self, seeds: Seeds, source: str) -> None:
         super().__init__()
-        from connectors.dead_letter import dead_letter
-        from connectors.kafka_source import RawBatch
+        from connectors.kafka.dead_letter import dead_letter
+        from connectors.kafka.source import RawBatch
         from flows.book import BarBook
-        from flows.conditions import ConditionRules
-        from flows.detect.highlow import Reference, SessionExtremes
+        from flows.detect.highlow import SessionExtremes
         from flows.detect.settings import HighLowSettings
         from schemas.bars import encode_bar
+        from schemas.conditions import ConditionRules
         from schemas.events import encode_event
+        from schemas.sessions import Reference
         from schemas.status import DEAD_LETTER_KINDS
 
         self.name = f"book.apply({source})"
@@ -341,7 +349,7 @@ class BarsOfTarget(Target):
         super().__init__()
         from bytewax.connectors.kafka import KafkaSinkMessage
 
-        from connectors.kafka_source import RawBatch
+        from connectors.kafka.source import RawBatch
         from flows.detect.operators import BarGate
         from flows.settings import Settings
         from schemas.status import DEAD_LETTER_KINDS
@@ -576,13 +584,13 @@ class RedisMessageTarget(Target):
 
 
 class SplitFrameTarget(Target):
-    """`connectors.feed_frames.split_frame` on WebSocket frames: it never raises, it returns what it refused."""
+    """`connectors.feeds.bridge.frames.split_frame` on WebSocket frames: it never raises, it returns what it refused."""
 
     name = "bridge.split_frame"
 
     def __init__(self, seeds: Seeds) -> None:
         super().__init__()
-        from connectors.feed_frames import split_frame
+        from connectors.feeds.bridge.frames import split_frame
 
         self._split, self._seeds = split_frame, seeds.frames
 
@@ -648,7 +656,9 @@ class OnFrameTarget(Target):
         super().__init__()
         import logging
 
-        from connectors.polygon_bridge import Bridge, BridgeFatal, BridgeSettings
+        from connectors.feeds.bridge.relay import Bridge
+        from connectors.feeds.bridge.session import BridgeFatal
+        from connectors.feeds.bridge.settings import BridgeSettings
         from flows.settings import Settings
 
         logging.getLogger("tickstock.bridge").setLevel(logging.CRITICAL)  # its dead-letter warnings would flood
@@ -680,7 +690,9 @@ class OnFrameTarget(Target):
             except self._Fatal:
                 self.tally.refused += 1
             except TimeoutError:
-                self.tally.violation("on_frame never returned: a record the producer refuses is retried forever", _show(record, 120))
+                self.tally.violation(
+                    "on_frame never returned: a record the producer refuses is retried forever", _show(record, 120)
+                )
                 self.bridge.retry.clear()
             except Exception as exc:  # noqa: BLE001
                 self.tally.crash(exc, record)
@@ -690,7 +702,7 @@ class OnFrameTarget(Target):
 
 
 class ReplayTarget(Target):
-    """`connectors.replay.flat_file_events`: flat-file rows (CSV) to the feed's event JSON.
+    """`connectors.feeds.flat_files.flat_file_events`: flat-file rows (CSV) to the feed's event JSON.
 
     Every row of a file that parses must become one JSON object naming the row's ticker; a file
     polars cannot read is refused as a whole (counted per row).
@@ -703,8 +715,8 @@ class ReplayTarget(Target):
         super().__init__()
         import polars as pl
 
-        from connectors import replay
-        from connectors.synthetic import generate
+        from connectors.feeds import flat_files as replay
+        from connectors.feeds.synthetic import generate
         from schemas.polygon import decode_event
 
         self._events, self._refusals = replay.flat_file_events, (pl.exceptions.PolarsError, ValueError)
@@ -714,10 +726,14 @@ class ReplayTarget(Target):
         self._n = 0
         import gzip
 
-        fixtures = ROOT / "tests" / "fixtures" / "flat"
+        fixtures = ROOT / "tests" / "support" / "fixtures" / "flat"
         trades = gzip.decompress((fixtures / "trades_v1" / "2026-11-02.csv.gz").read_bytes()).splitlines()
         minutes = gzip.decompress((fixtures / "minute_aggs_v1" / "2026-11-02.csv.gz").read_bytes()).splitlines()
-        self.headers = {"trades": trades[0], "minute_aggs": minutes[0], "quotes": ",".join(strategies.CSV_COLUMNS["quotes"]).encode()}
+        self.headers = {
+            "trades": trades[0],
+            "minute_aggs": minutes[0],
+            "quotes": ",".join(strategies.CSV_COLUMNS["quotes"]).encode(),
+        }
         quotes = []
         for e in generate(seed=9, symbols=20, count=400, quote_ratio=0.9, duplicate_ratio=0, out_of_order_ratio=0, late_ratio=0):
             if e.topic_kind != "quotes":
@@ -817,8 +833,12 @@ def targets(seeds: Seeds | None = None) -> list[Target]:
         OnFrameTarget(seeds),
         SchemaTarget("schemas.polygon.decode_event", decode_event, events, strategies.encoded(strategies.EVENT)),
         SchemaTarget("schemas.polygon.decode_events", decode_events, seeds.frames, strategies.frames()),
-        SchemaTarget("schemas.bars.decode_bar", decode_bar, seeds.bars + seeds.bar_series,
-                     strategies.encoded(st.one_of(strategies.BAR, strategies.anything))),
+        SchemaTarget(
+            "schemas.bars.decode_bar",
+            decode_bar,
+            seeds.bars + seeds.bar_series,
+            strategies.encoded(st.one_of(strategies.BAR, strategies.anything)),
+        ),
         ReplayTarget(),
     ]
 

@@ -86,17 +86,98 @@ NS_NOW = 1_796_000_000_000_000_000  # a nanosecond timestamp where milliseconds 
 
 # Values a field may be replaced with. Callables are drawn lazily (big ones are built on use).
 EXTREMES: tuple[Any, ...] = (
-    None, "", " ", "0", "100", "1e3", "null", "NaN", "true", True, False, [], {}, [None], {"": None},
-    0, -0.0, -1, 1, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**64, 2**64 + 1,
-    -(2**63), -(2**63) - 1, -(2**64), 10**30, 10**400,
-    0.5, 100.5, 1e-300, 5e-324, 1e308, -1e308, 1.7976931348623157e308, float("nan"), float("inf"), float("-inf"),
-    Raw(b"NaN"), Raw(b"Infinity"), Raw(b"-Infinity"), Raw(b"1e999"), Raw(b"-1e999"), Raw(b"1e-999"), Raw(b"-0"),
-    Raw(b"00"), Raw(b"01"), Raw(b"1."), Raw(b".5"), Raw(b"+1"), Raw(b"0x10"), Raw(b"1_000"),
-    Raw(b'"\\ud800"'), Raw(b'"\\udfff\\ud800"'), Raw(b'"a\\u0000b"'), Raw(b'"\xff\xfe"'), Raw(b'"\xc3"'),
-    Raw(b'"\xed\xa0\x80"'), Raw(b'"\\x41"'), Raw(b"'AAPL'"), Raw(b"undefined"), Raw(b""),
-    YEAR_2099_MS, YEAR_10000_MS, NS_NOW, 2**62, 4_102_444_800_000,
-    "AAPL", "aapl", "ÄPPL", "AAPL\n", "AA PL", "AAPL*", "AAPL:x", "A.B.C", "🚀", "\u202eLPAA", "A\u200bB",
-    "\x00", "\x7f", "\ud800", "x" * 21, "A" * 300, "2099-01-01T00:00:00Z", "+inf", "-Infinity",
+    None,
+    "",
+    " ",
+    "0",
+    "100",
+    "1e3",
+    "null",
+    "NaN",
+    "true",
+    True,
+    False,
+    [],
+    {},
+    [None],
+    {"": None},
+    0,
+    -0.0,
+    -1,
+    1,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    2**63 + 1,
+    2**64 - 1,
+    2**64,
+    2**64 + 1,
+    -(2**63),
+    -(2**63) - 1,
+    -(2**64),
+    10**30,
+    10**400,
+    0.5,
+    100.5,
+    1e-300,
+    5e-324,
+    1e308,
+    -1e308,
+    1.7976931348623157e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    Raw(b"NaN"),
+    Raw(b"Infinity"),
+    Raw(b"-Infinity"),
+    Raw(b"1e999"),
+    Raw(b"-1e999"),
+    Raw(b"1e-999"),
+    Raw(b"-0"),
+    Raw(b"00"),
+    Raw(b"01"),
+    Raw(b"1."),
+    Raw(b".5"),
+    Raw(b"+1"),
+    Raw(b"0x10"),
+    Raw(b"1_000"),
+    Raw(b'"\\ud800"'),
+    Raw(b'"\\udfff\\ud800"'),
+    Raw(b'"a\\u0000b"'),
+    Raw(b'"\xff\xfe"'),
+    Raw(b'"\xc3"'),
+    Raw(b'"\xed\xa0\x80"'),
+    Raw(b'"\\x41"'),
+    Raw(b"'AAPL'"),
+    Raw(b"undefined"),
+    Raw(b""),
+    YEAR_2099_MS,
+    YEAR_10000_MS,
+    NS_NOW,
+    2**62,
+    4_102_444_800_000,
+    "AAPL",
+    "aapl",
+    "ÄPPL",
+    "AAPL\n",
+    "AA PL",
+    "AAPL*",
+    "AAPL:x",
+    "A.B.C",
+    "🚀",
+    "\u202eLPAA",
+    "A\u200bB",
+    "\x00",
+    "\x7f",
+    "\ud800",
+    "x" * 21,
+    "A" * 300,
+    "2099-01-01T00:00:00Z",
+    "+inf",
+    "-Infinity",
     lambda r: "x" * r.choice((10_000, 100_000, MEGABYTE)),  # huge string
     lambda r: deep(r.choice((50, 1_000, 10_000, 100_000))),  # deep nesting
     lambda r: deep(r.choice((50, 1_000, 10_000)), b"{"),
@@ -130,10 +211,7 @@ class Mutator:
         r = self.rng.random()
         if r < 0.04:
             return self._replacement(record)
-        if r < 0.55:
-            out = self._structural(record)
-        else:
-            out = record
+        out = self._structural(record) if r < 0.55 else record
         for _ in range(self.rng.choice((0, 1, 1, 2, 3)) if out is not record else self.rng.choice((1, 1, 2, 3))):
             out = self._byte_ops[int(self.rng.random() * len(self._byte_ops))](out)
         return out
@@ -210,8 +288,11 @@ class Mutator:
             op = rng.randrange(10)
             if op <= 4:
                 inner = value[key]
-                value[key] = self._change(inner, depth + 1) if isinstance(inner, (dict, list)) and rng.random() < 0.5 \
+                value[key] = (
+                    self._change(inner, depth + 1)
+                    if isinstance(inner, (dict, list)) and rng.random() < 0.5
                     else draw_extreme(rng)
+                )
             elif op == 5:
                 del value[key]
             elif op == 6:

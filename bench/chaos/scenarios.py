@@ -1,6 +1,6 @@
 """Chaos scenarios on a live feed: one fault each, compared with the oracle and an uninterrupted run.
 
-A scenario publishes a deterministic synthetic feed (`connectors.synthetic.generate`) paced to
+A scenario publishes a deterministic synthetic feed (`connectors.feeds.synthetic.generate`) paced to
 the wall clock while both flows tail their topics with recovery stores, applies its fault, waits
 for the outputs to catch up, then compares (see `compare`). Event time runs `speed` times faster
 than the wall clock and ends at a minute boundary no later than the wall clock, so a few wall
@@ -12,11 +12,15 @@ Faults: `kill9` (SIGKILL a flow at random points, restart it from its recovery s
 and refuses new ones for the outage, then lets them through again; the broker is a private Tansu
 advertising the proxy), `poison` (records of every hostile class mixed into the live feed, on the
 trades topic and on the bars topic).
+
+Over 400 lines on purpose: a scenario is one sequence (set up, feed, fault, drain, compare,
+baseline) that reads top to bottom; its parts (`live`, `compare`) are modules of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import shutil
 import sys
@@ -44,11 +48,10 @@ from bench.chaos.live import (
     free_port,
     port_of,
     start_tansu,
-    wait_for,
     wall_ms,
     with_port,
 )
-from bench.chaos.mutate import YEAR_10000_MS, YEAR_2099_MS, Raw, deep, dumps
+from bench.chaos.mutate import YEAR_2099_MS, YEAR_10000_MS, Raw, deep, dumps
 
 MINUTE_MS = 60_000
 
@@ -109,7 +112,8 @@ def scenarios(profile: Profile) -> list[Scenario]:
     # uninterrupted run compared, in the short version too.
     broker_s = max(profile.outage_s, 2 * Settings().idle_advance_s)
     outage, base = profile.outage_s, profile.baseline_for_outages
-    return out + [
+    return [
+        *out,
         Scenario("broker_outage", "broker", description=f"{broker_s:.0f} s broker outage (TCP proxy in front of a private Tansu)",
                  outage_s=broker_s),
         Scenario("postgres_outage", "postgres", outage_s=outage, baseline=base,
@@ -162,7 +166,7 @@ class Window:
 
 def feed_records(settings: Any, profile: Profile, seed: int, wall_s: float, speed: float) -> tuple[list[Record], int]:
     """The synthetic feed for one scenario, each record due at its event time / `speed`; returns (records, start_ms)."""
-    from connectors.synthetic import generate
+    from connectors.feeds.synthetic import generate
 
     ends_by = wall_ms() + 3_000 + int(wall_s * 1000)  # the feed starts within a few seconds of now
     end_ms = ends_by - ends_by % MINUTE_MS
@@ -180,7 +184,9 @@ def feed_records(settings: Any, profile: Profile, seed: int, wall_s: float, spee
     return records, start_ms
 
 
-def poison_records(settings: Any, feed: list[Record], start_ms: int, wall_s: float, speed: float, rng: random.Random) -> list[Record]:
+def poison_records(
+    settings: Any, feed: list[Record], start_ms: int, wall_s: float, speed: float, rng: random.Random
+) -> list[Record]:
     """One record of every hostile class, due at random points of the feed's middle, on feed symbols' partitions."""
     import orjson
 
@@ -271,15 +277,21 @@ def seed_history(url: str, feed: list[Record], start_ms: int, bars: int) -> tupl
         for i in range(bars):
             o = close
             close = max(0.01, round(o * (1 + rng.gauss(0, 0.003)), 4))
-            h, low = round(max(o, close) * (1 + abs(rng.gauss(0, 0.001))), 4), round(min(o, close) * (1 - abs(rng.gauss(0, 0.001))), 4)
+            h, low = (
+                round(max(o, close) * (1 + abs(rng.gauss(0, 0.001))), 4),
+                round(min(o, close) * (1 - abs(rng.gauss(0, 0.001))), 4),
+            )
             volume = rng.randint(100, 3000) * (6 if rng.random() < 0.03 else 1)
             at = datetime.fromtimestamp((end - (bars - i) * MINUTE_MS) / 1000, UTC)
             rows.append((symbol, at, round(o, 4), h, low, close, volume, round((o + close) / 2, 4), volume // 100 + 1, 0))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO symbols (symbol) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (sorted(first),))
-        with conn.cursor() as cur, cur.copy(
-            "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision) FROM STDIN"
-        ) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades, revision) FROM STDIN"
+            ) as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
     return len(rows), sum(r[6] for r in rows), round(sum(r[5] for r in rows), 4)
@@ -391,9 +403,9 @@ def _indicators_for(conn: psycopg.Connection, keys: list[tuple[str, int]]) -> bo
 
 def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str, Any]:
     """Run one scenario end to end; returns its `Outcome` as a dict (what `bench/chaos.json` lists)."""
+    from connectors.kafka.admin import ensure_topics
     from flows.settings import Settings
-    from infra.topics import ensure_topics
-    from tests.kafka_proxy import KafkaProxy
+    from tests.support.proxy import KafkaProxy
 
     began = time.monotonic()
     log = env.log
@@ -491,8 +503,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         for name in ("bars_expected", "bars_written", "bars_lost", "bars_duplicated", "bars_unexpected"):
             setattr(out, name, report[name])
         out.bar_examples = report["bar_examples"]
-        out.redis = compare.compare_redis({k: v for k, v in recorder.newest().items()}, written) | {
-            "recorder": asdict(recorder.stats)}
+        out.redis = compare.compare_redis(dict(recorder.newest().items()), written) | {"recorder": asdict(recorder.stats)}
         letters = compare.read_dead_letters(bootstrap, settings.topic_dead_letter, settings.topic_partitions)
         dlq = compare.check_dead_letters(records, letters)
         out.dead_letters, out.dead_letters_expected = dlq.pop("dead_letters"), dlq.pop("dead_letters_expected")
@@ -512,7 +523,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
                 base_bars, base_rows = base
                 out.detection = compare.compare_detection(base_rows, detected, feed_symbols)
                 out.revisions_differ_from_uninterrupted = sum(
-                    1 for k, v in written.items() if k in base_bars and v["revision"] != base_bars[k]["revision"])
+                    1 for k, v in written.items() if k in base_bars and v["revision"] != base_bars[k]["revision"]
+                )
                 sanity = compare.compare_bars(expected, base_bars)
                 if sanity["bars_lost"] or sanity["bars_duplicated"] or sanity["bars_unexpected"]:
                     out.problems.append(f"the uninterrupted run itself differs from the oracle: {sanity['bar_examples']}")
@@ -549,7 +561,9 @@ def _apply_fault(spec: Scenario, profile: Profile, rng: random.Random, flows: li
     windows: list[Window] = []
     if spec.fault == "kill9":
         by_name = {"bar": flows[0], "detection": flows[1]}
-        plan = sorted((t, who) for who in spec.kill for t in _kill_points(rng, profile.kills, wall_s, len(spec.kill), spec.kill.index(who)))
+        plan = sorted(
+            (t, who) for who in spec.kill for t in _kill_points(rng, profile.kills, wall_s, len(spec.kill), spec.kill.index(who))
+        )
         for when, who in plan:
             at(when)
             flow = by_name[who]
@@ -597,7 +611,7 @@ def _kill_points(rng: random.Random, n: int, wall_s: float, flows: int, which: i
     low, high = 8.0, wall_s - 8.0
     for _ in range(1000):
         points = sorted(rng.uniform(low, high) for _ in range(n))
-        if all(b - a >= 8.0 for a, b in zip(points, points[1:])):
+        if all(b - a >= 8.0 for a, b in itertools.pairwise(points)):
             return points
     step = (high - low) / n
     return [low + step * i for i in range(n)]
@@ -636,8 +650,8 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
     """Both flows, start to end and never interrupted, over the same feed (no poison) on the shared broker."""
     import subprocess
 
-    from connectors.synthetic import make_producer
-    from infra.topics import ensure_topics
+    from connectors.kafka.admin import ensure_topics
+    from connectors.kafka.producer import make_producer
 
     base = settings.model_copy(update={
         "kafka_bootstrap_servers": env.bootstrap, "database_url": env.baseline_database_url, "redis_url": env.redis_url,
@@ -675,17 +689,23 @@ def _problems(out: Outcome, windows: list[Window]) -> list[str]:
     if out.bars_lost or out.bars_duplicated or out.bars_unexpected:
         problems.append(f"bars: {out.bars_lost} lost, {out.bars_duplicated} duplicated, {out.bars_unexpected} unexpected")
     if out.crashes:
-        problems.append(f"{out.crashes} flow crash(es): " + "; ".join(sorted({f"{c['flow']}: {c['reason']}" for c in out.crash_details})))
+        problems.append(
+            f"{out.crashes} flow crash(es): " + "; ".join(sorted({f"{c['flow']}: {c['reason']}" for c in out.crash_details}))
+        )
     r = out.redis
     if r.get("redis_missing") or r.get("redis_stale") or r.get("redis_extra"):
-        problems.append(f"redis: {r['redis_missing']} bars missing, {r['redis_stale']} stale, {r['redis_extra']} not in the table")
+        problems.append(
+            f"redis: {r['redis_missing']} bars missing, {r['redis_stale']} stale, {r['redis_extra']} not in the table"
+        )
     if out.detection is not None and not compare.detection_ok(out.detection):
         problems.append("detection differs from the uninterrupted run: " + ", ".join(
             f"{t} {d['missing']} missing/{d['extra']} extra/{d['different']} different" for t, d in out.detection.items()
             if d["missing"] or d["extra"] or d["different"]))  # fmt: skip
     if out.revisions_differ_from_uninterrupted:
-        problems.append(f"{out.revisions_differ_from_uninterrupted} bars were made final before all their trades were in "
-                        "and then revised (their revision differs from the uninterrupted run's)")
+        problems.append(
+            f"{out.revisions_differ_from_uninterrupted} bars were made final before all their trades were in "
+            "and then revised (their revision differs from the uninterrupted run's)"
+        )
     problems += out.dead_letter_details.get("dead_letter_problems", [])
     if out.caught_up_after_feed_s is None:
         problems.append("the outputs never caught up with the input after the feed ended")
@@ -700,7 +720,7 @@ def _delete_topics(bootstrap: str | None, topics: list[str], log: Callable[[str]
         return  # a private broker: gone with its process
     from confluent_kafka import KafkaException
 
-    from infra.broker import admin_client
+    from connectors.kafka.admin import admin_client
 
     admin = admin_client(bootstrap)  # kept alive until every future resolved
     for topic, future in admin.delete_topics(topics, operation_timeout=10).items():

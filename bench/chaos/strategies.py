@@ -14,7 +14,7 @@ import time
 
 from hypothesis import strategies as st
 
-from bench.chaos.mutate import NS_NOW, YEAR_10000_MS, YEAR_2099_MS, Raw, dumps
+from bench.chaos.mutate import NS_NOW, YEAR_2099_MS, YEAR_10000_MS, Raw, dumps
 
 SYMBOLS = ("AAPL", "MSFT", "BRK.A", "BACpL", "X", "GOOGL")
 CONDITION_CODES = (0, 1, 2, 7, 10, 12, 14, 15, 16, 17, 22, 32, 37, 41, 52, 53)  # mostly known codes

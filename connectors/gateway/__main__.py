@@ -4,7 +4,8 @@
     python -m connectors.gateway token alice --symbols AAPL,MSFT --kinds live,bar,alert --ttl 3600
 
 Exit codes: 0 stopped cleanly; 1 a dependency (Redis, PostgreSQL) unreachable at start; 2 a bad
-setting or argument (the message names it; never a traceback).
+setting or argument, or an address that cannot be bound (the message names it; never a
+traceback). Only `main` exits: the library raises (errors.py) and this maps the errors to codes.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import time
 import uvloop
 from pydantic import ValidationError
 
-from connectors.gateway.app import Gateway, GatewayUnavailable
 from connectors.gateway.auth import Policy
+from connectors.gateway.errors import CannotListen, GatewayUnavailable
+from connectors.gateway.server import Gateway
 from connectors.gateway.settings import GatewaySettings, describe_errors
 
 
@@ -36,28 +38,33 @@ def _settings() -> GatewaySettings:
 
 
 def token(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.gateway token",
-                                     description="Print a signed token (GATEWAY_JWT_SECRET) for a user.")
+    parser = argparse.ArgumentParser(
+        prog="python -m connectors.gateway token", description="Print a signed token (GATEWAY_JWT_SECRET) for a user."
+    )
     parser.add_argument("user")
     parser.add_argument("--symbols", default="*", help="comma-separated tickers, or * (default): written into the token")
-    parser.add_argument("--kinds", default="*",
-                        help="comma-separated kinds (live,bar,highlow,trend,surge,pattern,indicator,alert), or * (default)")
-    parser.add_argument("--ttl", type=float, default=None,
-                        help="seconds (default GATEWAY_TOKEN_TTL_S; at most GATEWAY_MAX_TOKEN_LIFETIME_S)")
+    parser.add_argument(
+        "--kinds",
+        default="*",
+        help="comma-separated kinds (live,bar,highlow,trend,surge,pattern,indicator,alert), or * (default)",
+    )
+    parser.add_argument(
+        "--ttl", type=float, default=None, help="seconds (default GATEWAY_TOKEN_TTL_S; at most GATEWAY_MAX_TOKEN_LIFETIME_S)"
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed the usage and the problem
         return 2 if exc.code else 0
     try:
         s = _settings()
-        policy = Policy(s.jwt_secret, (), dev_mode=False, audience=s.jwt_audience, issuer=s.jwt_issuer,
-                        max_lifetime_s=s.max_token_lifetime_s)
+        policy = Policy(
+            s.jwt_secret, (), dev_mode=False, audience=s.jwt_audience, issuer=s.jwt_issuer, max_lifetime_s=s.max_token_lifetime_s
+        )
         symbols = [x for x in args.symbols.split(",") if x.strip()]
         kinds = [x.strip() for x in args.kinds.split(",") if x.strip()]
         if not symbols or not kinds:
             raise ValueError("--symbols and --kinds must each name at least one (or *)")
-        print(policy.issue(args.user, symbols, kinds, ttl_s=s.token_ttl_s if args.ttl is None else args.ttl,
-                           now=time.time()))
+        print(policy.issue(args.user, symbols, kinds, ttl_s=s.token_ttl_s if args.ttl is None else args.ttl, now=time.time()))
     except (ValueError, BadSettings) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -94,13 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     if settings.dev_mode:
         logging.getLogger("tickstock.gateway").warning(
             "GATEWAY_DEV_MODE=true: no token required, any Origin accepted, on %s%s; never expose this gateway",
-            settings.host, " (GATEWAY_DEV_MODE_ALLOW_REMOTE=true: reachable from other machines)"
-            if settings.dev_mode_allow_remote else "")
+            settings.host,
+            " (GATEWAY_DEV_MODE_ALLOW_REMOTE=true: reachable from other machines)" if settings.dev_mode_allow_remote else "",
+        )
     try:
         uvloop.run(serve(settings))
+    except CannotListen as exc:  # the address is a setting
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except GatewayUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return 1
     return 0
 
 

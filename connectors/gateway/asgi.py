@@ -31,13 +31,14 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.raw_items()]
     local = connection.local_address
     remote = connection.remote_address
+    method, path = request.method.upper(), unquote(url.path)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "method": request.method.upper(),
+        "method": method,
         "scheme": "http",
-        "path": unquote(url.path),
+        "path": path,
         "raw_path": url.path.encode(),
         "query_string": url.query.encode(),
         "root_path": "",
@@ -81,13 +82,13 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
 
     try:
         await app(scope, receive, send)
-    except Exception:  # noqa: BLE001 - Starlette re-raises after sending its 500; answer, never crash the handshake
-        log.exception("HTTP %s %s failed", scope["method"], scope["path"][:200])
+    except Exception:  # Starlette re-raises after sending its 500; answer, never crash the handshake
+        log.exception("HTTP %s %s failed", method, path[:200])
         if not started:
             status, body = 500, bytearray(b'{"detail":"internal error"}')
             out_headers = Headers()
             out_headers["Content-Type"] = "application/json"
-    if scope["method"] == "HEAD":  # headers only, with the length GET would send
+    if method == "HEAD":  # headers only, with the length GET would send
         out_headers["Content-Length"] = declared_length if declared_length is not None and not body else str(len(body))
         body = bytearray()
     else:
@@ -98,7 +99,20 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
     return Response(status, reason, out_headers, bytes(body))
 
 
-_REASONS = {200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found", 304: "Not Modified",
-            307: "Temporary Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Content Too Large", 422: "Unprocessable Content",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Found",
+    304: "Not Modified",
+    307: "Temporary Redirect",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

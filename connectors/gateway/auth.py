@@ -7,7 +7,11 @@ lists where `*` means all. A token without grant claims is refused, never read a
 Times are checked against the caller's clock with a small leeway for clock skew. Tokens come
 from `python -m connectors.gateway token` (operators) with the deployment's GATEWAY_JWT_SECRET.
 
-Pure: the app passes in the request's token, Origin and the clock.
+Pure: the app passes in what the request carries and the clock. A request presents its token
+the same way to REST and to the WebSocket handshake (`Policy.admit_request`, as Starlette's
+authentication backends serve HTTP and WebSocket alike): `Authorization: Bearer <token>`, else
+`?token=` (a browser cannot set headers on a WebSocket); a header or parameter given twice is
+refused (400), never guessed between.
 
 >>> policy = Policy(secret="s" * 32, origins=("http://dash.example",))
 >>> token = policy.issue("alice", symbols=["AAPL"], kinds=["live", "bar"], ttl_s=60, now=1000)
@@ -22,12 +26,14 @@ connectors.gateway.auth.Refused: origin 'http://evil.example' is not allowed (GA
 Traceback (most recent call last):
 ...
 connectors.gateway.auth.Refused: token expired
+>>> policy.admit_request(authorization=[f"Bearer {token}"], tokens=[], origins=[], now=1030).user
+'alice'
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import jwt
@@ -92,7 +98,7 @@ def _number(claims: dict, name: str) -> float | None:
 
 def _grant_list(claims: dict, name: str) -> list[str]:
     if name not in claims:
-        raise Refused(f"invalid token: no `{name}` claim (a token must name its grants; `[\"*\"]` for all)")
+        raise Refused(f'invalid token: no `{name}` claim (a token must name its grants; `["*"]` for all)')
     value = claims[name]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise Refused(f"invalid token: `{name}` must be a list of strings")
@@ -117,16 +123,48 @@ def grant_kinds(kinds: Iterable[str]) -> frozenset[str]:
     kinds = set(kinds)
     unknown = sorted(k for k in kinds if k != ALL and k not in KINDS)
     if unknown:
-        raise ValueError(f"unknown kind(s) {', '.join(safe_text(k, 32) for k in unknown[:5])}; expected some of {', '.join(KINDS)} or *")
+        raise ValueError(
+            f"unknown kind(s) {', '.join(safe_text(k, 32) for k in unknown[:5])}; expected some of {', '.join(KINDS)} or *"
+        )
     return frozenset(KINDS) if ALL in kinds else frozenset(kinds)
+
+
+def request_token(authorization: Sequence[str], tokens: Sequence[str]) -> str | None:
+    """The token a request carries: its `Authorization: Bearer` header, else its `token` parameter.
+
+    `authorization`: the request's Authorization header values; `tokens`: its `token` query
+    parameter values (blank ones included). Another scheme (Basic, ...) is no token.
+
+    >>> request_token(["Bearer abc"], []), request_token(["bearer abc"], ["xyz"]), request_token(["Basic eHk="], ["xyz"])
+    ('abc', 'abc', 'xyz')
+    >>> request_token([], []) is None
+    True
+    """
+    if len(authorization) > 1:
+        raise Refused("more than one Authorization header", 400)
+    if len(tokens) > 1:
+        raise Refused("`token` given more than once", 400)
+    if authorization:
+        scheme, _, credentials = authorization[0].strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return tokens[0] if tokens else None
 
 
 class Policy:
     """Admission rules of one gateway: the signing secret, allowed origins, dev mode, claim checks."""
 
-    def __init__(self, secret: str | None, origins: Iterable[str] = (), dev_mode: bool = False, *,
-                 audience: str | None = None, issuer: str | None = None, leeway_s: float = 0.0,
-                 max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S) -> None:
+    def __init__(
+        self,
+        secret: str | None,
+        origins: Iterable[str] = (),
+        dev_mode: bool = False,
+        *,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway_s: float = 0.0,
+        max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
+    ) -> None:
         if not dev_mode and (secret is None or len(secret.encode()) < MIN_SECRET_BYTES):
             raise ValueError(
                 f"GATEWAY_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes "
@@ -142,8 +180,9 @@ class Policy:
         self.leeway_s = leeway_s
         self.max_lifetime_s = max_lifetime_s
 
-    def issue(self, user: str, symbols: Iterable[str] = (ALL,), kinds: Iterable[str] = (ALL,), *,
-              ttl_s: float, now: float) -> str:
+    def issue(
+        self, user: str, symbols: Iterable[str] = (ALL,), kinds: Iterable[str] = (ALL,), *, ttl_s: float, now: float
+    ) -> str:
         """A signed token for `user`, valid `ttl_s` seconds from `now`; ValueError says what is wrong."""
         if self.secret is None:
             raise ValueError("no GATEWAY_JWT_SECRET: cannot sign tokens")
@@ -156,8 +195,13 @@ class Policy:
         granted_symbols = sorted(grant_symbols(symbols))
         kinds = set(kinds)
         grant_kinds(kinds)
-        claims: dict[str, object] = {"sub": user, "iat": int(now), "exp": int(now + ttl_s),
-                                     "symbols": granted_symbols, "kinds": sorted(kinds)}
+        claims: dict[str, object] = {
+            "sub": user,
+            "iat": int(now),
+            "exp": int(now + ttl_s),
+            "symbols": granted_symbols,
+            "kinds": sorted(kinds),
+        }
         if self.audience is not None:
             claims["aud"] = self.audience
         if self.issuer is not None:
@@ -169,6 +213,16 @@ class Policy:
         if origin is not None and origin.rstrip("/") not in self.origins and not self.dev_mode:
             raise Refused(f"origin {origin[:200]!r} is not allowed (GATEWAY_ALLOWED_ORIGINS)", 403)
 
+    def admit_request(self, *, authorization: Sequence[str], tokens: Sequence[str], origins: Sequence[str], now: float) -> Grant:
+        """`admit` for an HTTP request or a WebSocket handshake: its token (`request_token`) and its Origin.
+
+        Each argument lists the values the request carries (headers may repeat; so may parameters).
+        """
+        token = request_token(authorization, tokens)
+        if len(origins) > 1:
+            raise Refused("more than one Origin header", 400)
+        return self.admit(token, origins[0] if origins else None, now=now)
+
     def admit(self, token: str | None, origin: str | None, *, now: float) -> Grant:
         """The grant for a connection or request, or Refused with the reason (never another exception)."""
         self.check_origin(origin)
@@ -177,17 +231,28 @@ class Policy:
                 return DEV_GRANT
             raise Refused("missing token: pass ?token=... or an `Authorization: Bearer` header")
         if self.secret is None:
-            raise Refused("development mode without GATEWAY_JWT_SECRET cannot verify tokens: send none, "
-                          "or set GATEWAY_JWT_SECRET to test grants")
+            raise Refused(
+                "development mode without GATEWAY_JWT_SECRET cannot verify tokens: send none, "
+                "or set GATEWAY_JWT_SECRET to test grants"
+            )
         if len(token) > MAX_TOKEN_BYTES:
             raise Refused(f"invalid token: longer than {MAX_TOKEN_BYTES} characters")
         try:
             # times are checked below against the caller's clock (PyJWT would read the real one)
             claims = jwt.decode(
-                token, self.secret, algorithms=[ALGORITHM], audience=self.audience, issuer=self.issuer,
-                options={"require": ["exp", "iat", "sub"], "verify_exp": False, "verify_iat": False,
-                         "verify_nbf": False, "verify_aud": self.audience is not None,
-                         "verify_iss": self.issuer is not None},
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "require": ["exp", "iat", "sub"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "verify_aud": self.audience is not None,
+                    "verify_iss": self.issuer is not None,
+                },
             )
         except jwt.InvalidTokenError as exc:
             raise Refused(f"invalid token: {str(exc)[:200]}") from None
@@ -207,8 +272,9 @@ class Policy:
         if exp <= iat:
             raise Refused("invalid token: `exp` is not after `iat`")
         if exp - iat > self.max_lifetime_s:
-            raise Refused(f"invalid token: lifetime {exp - iat:.0f} s exceeds GATEWAY_MAX_TOKEN_LIFETIME_S "
-                          f"({self.max_lifetime_s:g} s)")
+            raise Refused(
+                f"invalid token: lifetime {exp - iat:.0f} s exceeds GATEWAY_MAX_TOKEN_LIFETIME_S ({self.max_lifetime_s:g} s)"
+            )
         user = claims["sub"]
         if not isinstance(user, str) or not user or len(user) > MAX_USER_LENGTH or not user.isprintable():
             raise Refused(f"invalid token: `sub` must be 1-{MAX_USER_LENGTH} printable characters")

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -71,8 +71,7 @@ class Message:
 
     __slots__ = ("channel", "symbol", "kind", "key", "confidence", "epoch", "offset", "part")
 
-    def __init__(self, channel: str, symbol: str, kind: str, key: tuple, confidence: float, epoch: str, offset: int,
-                 part: bytes):
+    def __init__(self, channel: str, symbol: str, kind: str, key: tuple, confidence: float, epoch: str, offset: int, part: bytes):
         self.channel = channel
         self.epoch = epoch
         self.symbol = symbol
@@ -178,11 +177,11 @@ class ChannelMap:
                 return None
             key = (kind, head.id or head.offset)
         elif channel == self.indicators:
-            symbol = _symbol_of(data)
-            if symbol is None:
+            found = _symbol_of(data)
+            if found is None:
                 self._ignore("no symbol in indicator message")
                 return None
-            kind, key = "indicator", (symbol, "indicator", head.timestamp)
+            symbol, kind, key = found, "indicator", (found, "indicator", head.timestamp)
         else:
             self._ignore("not a client channel")
             return None
@@ -262,16 +261,22 @@ class Subscriber:
         self.replay.extend(messages)
 
 
-class Router:
-    """Symbol -> subscribers index; `route` puts a message into every matching subscriber's buffer."""
+S = TypeVar("S", bound=Subscriber)
+
+
+class Router(Generic[S]):
+    """Symbol -> subscribers index; `route` puts a message into every matching subscriber's buffer.
+
+    Generic in the subscriber type, so the gateway's router hands back its own sessions.
+    """
 
     def __init__(self) -> None:
-        self.by_symbol: dict[str, set[Subscriber]] = {}
-        self.everything: set[Subscriber] = set()  # subscribed to `*`
-        self.dirty: set[Subscriber] = set()
+        self.by_symbol: dict[str, set[S]] = {}
+        self.everything: set[S] = set()  # subscribed to `*`
+        self.dirty: set[S] = set()
         self.replaced = 0  # unsent messages superseded by a newer one with the same key
 
-    def subscribe(self, sub: Subscriber, symbols: Iterable[str]) -> None:
+    def subscribe(self, sub: S, symbols: Iterable[str]) -> None:
         for symbol in symbols:
             sub.symbols.add(symbol)
             if symbol == ALL:
@@ -279,7 +284,7 @@ class Router:
             else:
                 self.by_symbol.setdefault(symbol, set()).add(sub)
 
-    def unsubscribe(self, sub: Subscriber, symbols: Iterable[str]) -> None:
+    def unsubscribe(self, sub: S, symbols: Iterable[str]) -> None:
         for symbol in symbols:
             sub.symbols.discard(symbol)
             if symbol == ALL:
@@ -291,7 +296,7 @@ class Router:
                 if not subs:
                     del self.by_symbol[symbol]
 
-    def remove(self, sub: Subscriber) -> None:
+    def remove(self, sub: S) -> None:
         self.unsubscribe(sub, list(sub.symbols))
         self.dirty.discard(sub)
         sub.pending.clear()

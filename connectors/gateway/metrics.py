@@ -40,8 +40,12 @@ class TaskState:
     last_error_at: float | None = None
 
     def report(self) -> dict:
-        return {"running": self.running, "restarts": self.restarts, "last_error": self.last_error,
-                "last_error_at": self.last_error_at}
+        return {
+            "running": self.running,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
 
 
 @dataclass
@@ -165,7 +169,9 @@ class _Collector:
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
-        dropped = CounterMetricFamily("tickstock_gateway_dropped_clients", "clients disconnected by the gateway", labels=["reason"])
+        dropped = CounterMetricFamily(
+            "tickstock_gateway_dropped_clients", "clients disconnected by the gateway", labels=["reason"]
+        )
         for reason, n in sorted(s.dropped.items()):
             dropped.add_metric([reason], n)
         yield dropped
@@ -184,14 +190,22 @@ class _Collector:
         d = self._depths()
         yield GaugeMetricFamily("tickstock_gateway_open_connections", "connected clients", value=s.connections)
         yield GaugeMetricFamily("tickstock_gateway_queue_messages", "unsent messages, all clients", value=d.pending_total)
-        yield GaugeMetricFamily("tickstock_gateway_queue_messages_max", "unsent messages of the fullest client", value=d.pending_max)
+        yield GaugeMetricFamily(
+            "tickstock_gateway_queue_messages_max", "unsent messages of the fullest client", value=d.pending_max
+        )
         yield GaugeMetricFamily("tickstock_gateway_socket_buffer_bytes", "bytes in socket write buffers", value=d.buffered_bytes)
-        yield GaugeMetricFamily("tickstock_gateway_redis_lag_seconds", "Redis publish to gateway receipt (probe)", value=s.redis_lag_s)
-        yield GaugeMetricFamily("tickstock_gateway_redis_up", "1 while the Redis subscription is connected", value=float(s.redis_connected))
-        yield GaugeMetricFamily("tickstock_gateway_dev_mode", "1 in development mode (no authentication)", value=float(s.dev_mode))
+        yield GaugeMetricFamily(
+            "tickstock_gateway_redis_lag_seconds", "Redis publish to gateway receipt (probe)", value=s.redis_lag_s
+        )
+        yield GaugeMetricFamily(
+            "tickstock_gateway_redis_up", "1 while the Redis subscription is connected", value=float(s.redis_connected)
+        )
+        yield GaugeMetricFamily(
+            "tickstock_gateway_dev_mode", "1 in development mode (no authentication)", value=float(s.dev_mode)
+        )
 
 
 def exposition(stats: Stats, depths: Callable[[], QueueDepths]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(stats, depths))  # type: ignore[arg-type]
+    registry.register(_Collector(stats, depths))
     return generate_latest(registry)

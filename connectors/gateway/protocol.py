@@ -66,8 +66,9 @@ class Position(msgspec.Struct, forbid_unknown_fields=True):
 
 
 # a resume names at most the three channels of each symbol of the message, plus the indicators
-Positions = Annotated[dict[Annotated[str, Meta(max_length=MAX_CHANNEL_LENGTH)], Position],
-                      Meta(max_length=3 * MAX_SYMBOLS_PER_MESSAGE + 1)]
+Positions = Annotated[
+    dict[Annotated[str, Meta(max_length=MAX_CHANNEL_LENGTH)], Position], Meta(max_length=3 * MAX_SYMBOLS_PER_MESSAGE + 1)
+]
 
 
 class Subscribe(msgspec.Struct, tag="subscribe", forbid_unknown_fields=True):
@@ -131,7 +132,9 @@ def decode_client(raw: bytes | str) -> ClientMessage:
     kinds = message.kinds or []
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
-        raise BadMessage(f"unknown kind(s) {', '.join(safe_text(k, 32) for k in unknown[:5])}; expected some of {', '.join(KINDS)}")
+        raise BadMessage(
+            f"unknown kind(s) {', '.join(safe_text(k, 32) for k in unknown[:5])}; expected some of {', '.join(KINDS)}"
+        )
     if message.kinds is not None:
         message.kinds = list(dict.fromkeys(message.kinds))
     if isinstance(message, Unsubscribe):

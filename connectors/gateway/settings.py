@@ -1,6 +1,7 @@
 """The gateway's typed settings, from environment variables (`GATEWAY_*`, plus the shared ones).
 
-REDIS_URL, DATABASE_URL and REDIS_NAMESPACE are the pipeline's own variables (flows/settings.py),
+REDIS_URL, DATABASE_URL and REDIS_NAMESPACE are the pipeline's own variables, with the rules of
+`connectors/redis/settings.py` and `connectors/postgres/settings.py`,
 so a gateway deployed beside the flow needs no extra configuration for them.
 
 Every number has a lower and an upper bound (and no NaN or infinity), so no value can make a
@@ -20,9 +21,15 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from connectors.postgres import settings as postgres_settings
+from connectors.postgres.settings import DatabaseUrl
+from connectors.redis import settings as redis_settings
+from connectors.redis.settings import Namespace, RedisUrl
+
 SECRET_FIELDS = frozenset({"jwt_secret", "redis_url", "database_url"})  # never echoed in errors or logs
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$")
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$"
+)
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
@@ -36,7 +43,9 @@ def _explicit_bool(value: object, name: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise ValueError(f"{name} must be `true` or `false` (not {str(value)[:20]!r}: an explicit word, so it cannot turn on by accident)")
+    raise ValueError(
+        f"{name} must be `true` or `false` (not {str(value)[:20]!r}: an explicit word, so it cannot turn on by accident)"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -67,15 +76,18 @@ def redact_url(url: str) -> str:
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", case_sensitive=False, extra="ignore", populate_by_name=True,
-                                      allow_inf_nan=False)
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", case_sensitive=False, extra="ignore", populate_by_name=True, allow_inf_nan=False
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535, description="0 picks a free port (tests)")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_shared("REDIS_URL"), repr=False)
-    redis_namespace: str = Field("tickstock", validation_alias=_shared("REDIS_NAMESPACE"))
-    database_url: str = Field("postgresql://postgres@127.0.0.1:5432/tickstock", validation_alias=_shared("DATABASE_URL"),
-                              repr=False)
+    # The pipeline's own variables (and rules), also readable with the GATEWAY_ prefix.
+    redis_url: RedisUrl = Field(redis_settings.DEFAULT_URL, max_length=4096, validation_alias=_shared("REDIS_URL"), repr=False)
+    redis_namespace: Namespace = Field("tickstock", validation_alias=_shared("REDIS_NAMESPACE"))
+    database_url: DatabaseUrl = Field(
+        postgres_settings.DEFAULT_URL, max_length=4096, validation_alias=_shared("DATABASE_URL"), repr=False
+    )
     db_pool_min: int = Field(1, ge=0, le=100)
     db_pool_max: int = Field(8, ge=1, le=100)
     db_timeout_s: float = Field(5.0, ge=0.1, le=60, description="wait for a pooled connection before answering 503")
@@ -84,7 +96,9 @@ class GatewaySettings(BaseSettings):
     # delivery
     batch_interval_ms: float = Field(250.0, ge=1, le=10_000, description="flush period of every client's buffer")
     max_queue: int = Field(2000, ge=1, le=1_000_000, description="unsent messages a client may have while its socket is full")
-    max_buffer_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="socket write buffer above which nothing more is written")
+    max_buffer_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30, description="socket write buffer above which nothing more is written"
+    )
     slow_timeout_s: float = Field(10.0, ge=0.1, le=3600, description="a socket full this long is cut even with a short queue")
     max_symbols: int = Field(5000, ge=1, le=100_000, description="symbols one connection may subscribe to")
     max_connections: int = Field(10_000, ge=1, le=1_000_000, description="open WebSocket connections; more get HTTP 503")
@@ -96,8 +110,9 @@ class GatewaySettings(BaseSettings):
     error_window_s: float = Field(60.0, ge=1, le=86_400)
     rate_limit_per_s: float = Field(20.0, ge=0.1, le=100_000, description="client messages per second, sustained")
     rate_burst: int = Field(50, ge=1, le=100_000, description="client messages allowed at once above the sustained rate")
-    max_tracked_channels: int = Field(200_000, ge=100, le=10_000_000,
-                                      description="channel positions remembered for recovery after a Redis outage")
+    max_tracked_channels: int = Field(
+        200_000, ge=100, le=10_000_000, description="channel positions remembered for recovery after a Redis outage"
+    )
 
     # auth
     dev_mode: bool = Field(False, description="no token needed, any origin: local development only (explicit `true`)")
@@ -133,15 +148,6 @@ class GatewaySettings(BaseSettings):
             raise ValueError("must be an IP address or a host name")
         return v
 
-    @field_validator("redis_namespace")
-    @classmethod
-    def _namespace(cls, v: str) -> str:
-        # it prefixes every channel the gateway pattern-subscribes to and is embedded in frames:
-        # no glob characters, quotes, separators or controls
-        if not _NAMESPACE.match(v):
-            raise ValueError("must be 1-64 letters, digits, '_' or '-'")
-        return v
-
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
@@ -154,35 +160,11 @@ class GatewaySettings(BaseSettings):
     def _origins(cls, v: list[str]) -> list[str]:
         bad = [o for o in v if not _ORIGIN.match(o.rstrip("/"))]
         if bad:
-            raise ValueError(f"not an origin (scheme://host[:port], no path, no wildcard): {', '.join(repr(o[:60]) for o in bad[:3])}")
+            raise ValueError(
+                f"not an origin (scheme://host[:port], no path, no wildcard): {', '.join(repr(o[:60]) for o in bad[:3])}"
+            )
         if len(v) > 1000:
             raise ValueError("at most 1000 origins")
-        return v
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        try:
-            scheme = urlsplit(v).scheme
-        except ValueError:
-            raise ValueError("is not a URL") from None
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return v
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, v: str) -> str:
-        from psycopg.conninfo import conninfo_to_dict
-
-        if not v.strip():
-            raise ValueError("must not be empty")
-        try:
-            conninfo_to_dict(v)
-        except Exception:  # noqa: BLE001 - psycopg's message may quote the URL (and its password)
-            raise ValueError("is not a PostgreSQL connection string or URL") from None
         return v
 
     @model_validator(mode="after")
@@ -190,12 +172,16 @@ class GatewaySettings(BaseSettings):
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(f"GATEWAY_DB_POOL_MIN ({self.db_pool_min}) must not exceed GATEWAY_DB_POOL_MAX ({self.db_pool_max})")
         if self.token_ttl_s > self.max_token_lifetime_s:
-            raise ValueError(f"GATEWAY_TOKEN_TTL_S ({self.token_ttl_s:g}) must not exceed GATEWAY_MAX_TOKEN_LIFETIME_S "
-                             f"({self.max_token_lifetime_s:g})")
+            raise ValueError(
+                f"GATEWAY_TOKEN_TTL_S ({self.token_ttl_s:g}) must not exceed GATEWAY_MAX_TOKEN_LIFETIME_S "
+                f"({self.max_token_lifetime_s:g})"
+            )
         if self.dev_mode and not is_loopback(self.host) and not self.dev_mode_allow_remote:
-            raise ValueError(f"GATEWAY_DEV_MODE=true needs a loopback GATEWAY_HOST (127.0.0.1, ::1, localhost), not "
-                             f"{self.host!r}: development mode has no authentication. Set GATEWAY_DEV_MODE_ALLOW_REMOTE=true "
-                             "as well to expose it anyway")
+            raise ValueError(
+                f"GATEWAY_DEV_MODE=true needs a loopback GATEWAY_HOST (127.0.0.1, ::1, localhost), not "
+                f"{self.host!r}: development mode has no authentication. Set GATEWAY_DEV_MODE_ALLOW_REMOTE=true "
+                "as well to expose it anyway"
+            )
         return self
 
     def origins(self, port: int) -> list[str]:

@@ -24,11 +24,11 @@ import msgspec
 import numpy as np
 
 from flows.detect import indicators, patterns, surge, trend
-from flows.detect.sessions import session_of
 from flows.detect.series import BarSeries
 from flows.detect.settings import DetectionSettings
 from schemas.bars import Bar
-from schemas.events import Alert, Event, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent, stable_id
+from schemas.events import Alert, Event, IndicatorValues, ParamValue, PatternEvent, SurgeEvent, TrendEvent, stable_id
+from schemas.sessions import session_of
 
 SNAPSHOT_VERSION = 1
 TIMEFRAME = "1m"
@@ -42,7 +42,7 @@ class DetectionParams:
         ind, alerts = cfg.indicators, cfg.alerts
         self.compute_indicators = cfg.enabled and (ind.enabled or alerts.enabled)
         self.indicator_params: dict[str, Any] = indicators.params(ind)
-        self.trend_params = {"bars": cfg.trend.bars, "min_strength": cfg.trend.min_strength}
+        self.trend_params: dict[str, ParamValue] = {"bars": cfg.trend.bars, "min_strength": cfg.trend.min_strength}
         self.volume_params = {"volume_multiple": cfg.surge.volume_multiple, "volume_bars": cfg.surge.volume_bars}
         self.price_params = {"price_pct": cfg.surge.price_pct, "price_bars": cfg.surge.price_bars}
         self.pattern_params = {name: {"talib": fn.__name__, "bars": patterns.BARS} for name, (fn, _, _) in patterns.TABLE.items()}
@@ -52,7 +52,7 @@ class DetectionParams:
         self.patterns_on = cfg.enabled and cfg.patterns.enabled
         self.trend_on = cfg.enabled and cfg.trend.enabled
         self.surge_on = cfg.enabled and cfg.surge.enabled
-        self.alert_params = {
+        self.alert_params: dict[str, dict[str, ParamValue]] = {
             "rsi": {"rsi_period": ind.rsi_period, "rsi_upper": alerts.rsi_upper, "rsi_lower": alerts.rsi_lower},
             "macd": {"macd_fast": ind.macd_fast, "macd_slow": ind.macd_slow, "macd_signal": ind.macd_signal},
             "bb_upper": {"bb_period": ind.bb_period, "bb_stddev": ind.bb_stddev},
@@ -102,10 +102,10 @@ class BarDetector:
         values = indicators.compute(p.cfg.indicators, h, low, c) if p.compute_indicators else None
         out: list[Event] = []
         if p.indicators_on:
-            out.extend(self._indicator_records(values, at))  # type: ignore[arg-type]
+            out.extend(self._indicator_records(values, at))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
         if is_new:
             if p.alerts_on:
-                out.extend(self._alerts(values, bar, c))  # type: ignore[arg-type]
+                out.extend(self._alerts(values, bar, c))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
             if p.patterns_on:
                 n = patterns.BARS
                 out.extend(self._patterns(bar, o[-n:], h[-n:], low[-n:], c[-n:], v[-n:]))
@@ -181,7 +181,9 @@ class BarDetector:
         symbol, params, revisions = self.symbol, self.p.indicator_params, self.revisions
         columns = [values[name] for name in indicators.COLUMNS]
         for offset, j in enumerate(range(at, len(times))):
-            sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = (None if x != x else x for x in (float(c[j]) for c in columns))
+            sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = (
+                None if x != x else x for x in (float(c[j]) for c in columns)
+            )
             vwap = vwaps[offset]
             t = int(times[j])
             warm = 11 - (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr, vwap).count(None)
@@ -207,11 +209,11 @@ class BarDetector:
             out.append(
                 Alert(
                     id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
-                    type=f.rule,  # type: ignore[arg-type]
+                    type=f.rule,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                     symbol=self.symbol,
                     timestamp=bar.timestamp,
                     confidence=1.0,
-                    direction=f.direction,  # type: ignore[arg-type]
+                    direction=f.direction,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                     params=p.alert_params[f.indicator],
                     severity="critical" if f.rule in p.critical else "warning",
                     indicator=f.indicator,
@@ -228,11 +230,11 @@ class BarDetector:
         return [
             PatternEvent(
                 id=stable_id("pattern", self.symbol, TIMEFRAME, bar.timestamp, name),
-                type=name,  # type: ignore[arg-type]
+                type=name,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
                 timestamp=bar.timestamp,
                 confidence=confidence,
-                direction=patterns.direction(name, signal),  # type: ignore[arg-type]
+                direction=patterns.direction(name, signal),  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self.p.pattern_params[name],
                 signal=signal,
                 revision=bar.revision,
@@ -244,7 +246,7 @@ class BarDetector:
         cfg = self.p.cfg.trend
         strength, slope = trend.measure(close, cfg.bars)
         now = trend.direction_of(strength, cfg.min_strength)
-        change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]
+        change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
         self.trend = now
         if now != "flat":
             self.last_trend = now
@@ -253,15 +255,15 @@ class BarDetector:
         return [
             TrendEvent(
                 id=stable_id("trend", self.symbol, TIMEFRAME, bar.timestamp, change),
-                type=change,  # type: ignore[arg-type]
+                type=change,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
                 timestamp=bar.timestamp,
                 confidence=round(abs(strength), 4),
-                direction=now,  # type: ignore[arg-type]
+                direction=now,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self.p.trend_params,
                 strength=round(strength, 6),
                 slope=slope,
-                close=bar.close,  # type: ignore[arg-type]
+                close=bar.close,  # type: ignore[arg-type]  # final bars that reach detection carry prices (volume-only bars are skipped above)
                 revision=bar.revision,
             )
         ]
@@ -271,8 +273,10 @@ class BarDetector:
         out = []
         ratio = surge.volume_ratio(volume, cfg.volume_bars)
         if ratio is not None and ratio >= cfg.volume_multiple:
-            way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]
-            out.append(self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params))
+            way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]  # final bars that reach detection carry prices (volume-only bars are skipped above)
+            out.append(
+                self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params)
+            )
         move = surge.price_surge(close, cfg.price_bars, cfg.price_pct)
         if move is not None:
             way = "up" if move > 0 else "down"
@@ -282,14 +286,14 @@ class BarDetector:
     def _surge(self, kind: str, bar: Bar, ratio: float, way: str, confidence: float, params: dict) -> SurgeEvent:
         return SurgeEvent(
             id=stable_id("surge", self.symbol, TIMEFRAME, bar.timestamp, kind),
-            type=kind,  # type: ignore[arg-type]
+            type=kind,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
             symbol=self.symbol,
             timestamp=bar.timestamp,
             confidence=round(confidence, 4),
-            direction=way,  # type: ignore[arg-type]
+            direction=way,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
             params=params,
             ratio=round(ratio, 6),
-            close=bar.close,  # type: ignore[arg-type]
+            close=bar.close,  # type: ignore[arg-type]  # final bars that reach detection carry prices (volume-only bars are skipped above)
             volume=bar.volume,
             revision=bar.revision,
         )

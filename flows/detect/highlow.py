@@ -23,24 +23,14 @@ its trades wait in order, so the events are the same however the input was batch
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import msgspec
 
-from flows.detect.sessions import session_of
 from flows.detect.settings import HighLowSettings
-from schemas.events import HighLowEvent, stable_id
+from schemas.events import HighLowEvent, ParamValue, stable_id
+from schemas.sessions import Reference, session_of
 
 SNAPSHOT_VERSION = 2  # 2: each symbol's last trade time (for forgetting idle symbols)
 _TICK = 1e-9  # binary floating point: 50.05 - 50.0 is 0.0499999..., which must count as $0.05
-
-
-class Reference(NamedTuple):
-    """What the database held for a symbol's session before this flow started writing it."""
-
-    today_high: float | None
-    today_low: float | None
-    sessions: list[tuple[str, float, float]]  # previous sessions (day, high, low), newest first
 
 
 class _Symbol:
@@ -72,7 +62,7 @@ class SessionExtremes:
         self._waiting: dict[str, int] = {}  # symbol -> time of its first waiting trade
         self._queue: list[tuple[str, float, int]] = []  # waiting trades, in arrival order
         self._events: list[HighLowEvent] = []
-        self._params = {"cooldown_s": cfg.cooldown_s, "n_days": cfg.n_days}
+        self._params: dict[str, ParamValue] = {"cooldown_s": cfg.cooldown_s, "n_days": cfg.n_days}
 
     # ---- the hot path ------------------------------------------------------------------
 
@@ -99,7 +89,7 @@ class SessionExtremes:
         if price > high:
             s.high = price
             self._broke_high(symbol, s, price, t)
-        elif price < s.low:  # type: ignore[operator]
+        elif price < s.low:  # type: ignore[operator]  # set together with high: not None here
             s.low = price
             self._broke_low(symbol, s, price, t)
 
@@ -143,11 +133,11 @@ class SessionExtremes:
         self._events.append(
             HighLowEvent(
                 id=stable_id("highlow", symbol, kind, t, price),
-                type=kind,  # type: ignore[arg-type]
+                type=kind,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=symbol,
                 timestamp=t,
                 confidence=round(confidence, 4),
-                direction=way,  # type: ignore[arg-type]
+                direction=way,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self._params | {"min_move": move},
                 price=price,
                 previous=previous,
@@ -159,7 +149,7 @@ class SessionExtremes:
         """A new session begins: the finished one joins the previous sessions."""
         prior = s.prior
         if s.high is not None:
-            prior = ([(s.day, s.high, s.low)] + prior)[: self.cfg.n_days]  # type: ignore[list-item]
+            prior = ([(s.day, s.high, s.low if s.low is not None else s.high), *prior])[: self.cfg.n_days]
         day, start, end = session_of(t)
         fresh = self._symbols[symbol] = _Symbol(day, start, end, prior)
         return fresh
@@ -178,7 +168,7 @@ class SessionExtremes:
             s = self._symbols[symbol] = _Symbol(day, start, end, list(ref.sessions[: self.cfg.n_days]))
             if ref.today_high is not None:
                 s.high = s.reported_high = ref.today_high
-                s.low = s.reported_low = ref.today_low
+                s.low = s.reported_low = ref.today_low if ref.today_low is not None else ref.today_high
         queue, self._queue, self._waiting = self._queue, [], {}
         for trade in queue:
             self.observe(*trade)
@@ -223,6 +213,6 @@ class SessionExtremes:
             s = _Symbol.__new__(_Symbol)
             for name, value in zip(_Symbol.__slots__, row, strict=True):
                 setattr(s, name, value)
-            s.prior = [tuple(p) for p in s.prior]
+            s.prior = [(p[0], p[1], p[2]) for p in s.prior]
             extremes._symbols[symbol] = s
         return extremes

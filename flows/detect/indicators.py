@@ -14,7 +14,7 @@ of an older bar costs nothing extra: the tail it changed comes out of the same c
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import talib
@@ -22,14 +22,13 @@ import talib
 from flows.detect.settings import AlertSettings, IndicatorSettings
 
 
-
-def raw(function: Callable[..., Any]) -> Callable[..., Any]:
+def raw(function: object) -> Callable[..., Any]:
     """A TA-Lib function without the wrapper that lets it take pandas/polars Series.
 
     The wrapper costs ~3 us a call, more than many of the functions themselves, and the
     series here are numpy already.
     """
-    return getattr(function, "__wrapped__", function)
+    return cast(Callable[..., Any], getattr(function, "__wrapped__", function))
 
 
 MACD, BBANDS, SMA, EMA, RSI, ATR = map(raw, (talib.MACD, talib.BBANDS, talib.SMA, talib.EMA, talib.RSI, talib.ATR))
@@ -89,9 +88,13 @@ def alerts(cfg: AlertSettings, v: dict[str, np.ndarray], close: np.ndarray, i: i
     fired: list[Firing] = []
     rsi0, rsi1 = v["rsi"][i - 1], v["rsi"][i]
     if "rsi_overbought" in rules and rsi0 < cfg.rsi_upper <= rsi1:
-        fired.append(Firing("rsi_overbought", "rsi", rsi1, cfg.rsi_upper, "up", f"RSI crossed above {cfg.rsi_upper:g} ({rsi1:.1f})"))
+        fired.append(
+            Firing("rsi_overbought", "rsi", rsi1, cfg.rsi_upper, "up", f"RSI crossed above {cfg.rsi_upper:g} ({rsi1:.1f})")
+        )
     if "rsi_oversold" in rules and rsi0 > cfg.rsi_lower >= rsi1:
-        fired.append(Firing("rsi_oversold", "rsi", rsi1, cfg.rsi_lower, "down", f"RSI crossed below {cfg.rsi_lower:g} ({rsi1:.1f})"))
+        fired.append(
+            Firing("rsi_oversold", "rsi", rsi1, cfg.rsi_lower, "down", f"RSI crossed below {cfg.rsi_lower:g} ({rsi1:.1f})")
+        )
     h0, h1 = v["macd_hist"][i - 1], v["macd_hist"][i]
     if "macd_cross_up" in rules and h0 <= 0 < h1:
         fired.append(Firing("macd_cross_up", "macd", h1, 0.0, "up", f"MACD crossed above its signal (histogram {h1:.4f})"))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import msgspec
@@ -20,9 +21,9 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from prometheus_client import Gauge
 
-from connectors.bar_history import BarHistory, BarRow
-from connectors.dead_letter import letter
-from connectors.kafka_source import RawBatch
+from connectors.kafka.dead_letter import letter
+from connectors.kafka.source import RawBatch
+from connectors.postgres.history import BarHistory, BarRow
 from flows.bars import MINUTE_MS
 from flows.book import MAX_EVENT_BYTES
 from flows.detect.bar_detector import BarDetector, DetectionParams
@@ -84,8 +85,10 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
     def snapshot(self) -> GateState:
         return (self.key, self.watermark, self.horizon.snapshot())
 
-    def _letter(self, topic: str, partition: object, offset: int, value: bytes | None, kind: str, reason: str) -> KafkaSinkMessage:
-        return letter(value, kind=kind, reason=reason, topic=topic, partition=int(partition), offset=offset,  # type: ignore[call-overload]
+    def _letter(
+        self, topic: str, partition: object, offset: int, value: bytes | None, kind: str, reason: str
+    ) -> KafkaSinkMessage:
+        return letter(value, kind=kind, reason=reason, topic=topic, partition=int(partition), offset=offset,  # type: ignore[call-overload]  # value is bytes or None, both accepted by letter's overloads at runtime
                       key=self.key.encode())  # fmt: skip
 
     def _gate(self, topic: str, partition: int, offsets: Sequence[int], values: Sequence[bytes | None],
@@ -95,7 +98,11 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
         decode = _bar_decoder.decode
         for offset, raw in zip(offsets, values, strict=True):
             if raw is None:
-                out.append(self._letter(topic, partition, offset, raw, "malformed", "null value (a Kafka tombstone): a bar is a JSON object"))
+                out.append(
+                    self._letter(
+                        topic, partition, offset, raw, "malformed", "null value (a Kafka tombstone): a bar is a JSON object"
+                    )
+                )
                 continue
             if len(raw) > MAX_EVENT_BYTES:
                 out.append(self._letter(topic, partition, offset, raw, "too_large",
@@ -200,11 +207,11 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
         self._idle = timedelta(seconds=idle_s)
         self._resume = resume
         self._detector: BarDetector | None = None
-        self._last = datetime.now(timezone.utc)
+        self._last = datetime.now(UTC)
 
     def on_batch(self, items: list[Warmed]) -> tuple[list[Event], bool]:
         out: list[Event] = []
-        self._last = datetime.now(timezone.utc)
+        self._last = datetime.now(UTC)
         for bar, history in items:
             detector = self._detector
             if detector is None:
@@ -231,12 +238,21 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
         return self._detector.snapshot()
 
 
-def gate_bars(step_id: str, batches: Stream[RawBatch], settings: Settings) -> tuple[KeyedStream[Bar], Stream[KafkaSinkMessage]]:
-    """Batches of the bars topic -> (final bars keyed by symbol, dead letters)."""
+@dataclass(frozen=True)
+class GateOut:
+    """The streams out of `gate_bars`."""
+
+    bars: KeyedStream[Bar]  # final bars keyed by symbol, in event time that cannot be poisoned
+    dead_letters: Stream[KafkaSinkMessage]  # refused records of the bars topic
+
+
+def gate_bars(step_id: str, batches: Stream[RawBatch], settings: Settings) -> GateOut:
+    """Batches of the bars topic -> final bars keyed by symbol, and dead letters."""
     keyed = op.key_on(f"{step_id}_by_partition", batches, lambda b: b.key)
     gated = op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed, lambda resume: BarGate(settings, resume)))
     split = op.branch(f"{step_id}_bars_or_letters", gated, _is_bar)
-    return split.trues, split.falses  # type: ignore[return-value]
+    # branch narrows by predicate, not by type: the trues are (symbol, bar) pairs, the falses letters
+    return GateOut(bars=split.trues, dead_letters=split.falses)  # type: ignore[arg-type]  # branch narrows by predicate, not by type: the trues are (symbol, bar) pairs, the falses letters
 
 
 def _is_bar(item: Gated) -> bool:
@@ -249,5 +265,5 @@ def detect_on_bars(step_id: str, bars: KeyedStream[Bar], settings: Settings, det
     warm = WarmStart(settings, detection.indicators.window)
     warmed: Stream = op.flat_map_batch(f"{step_id}_warm_start", bars, warm)
     idle_s = settings.symbol_idle_s
-    records = op.stateful_batch(f"{step_id}_per_symbol", warmed, lambda resume: DetectLogic(params, warm, idle_s, resume))  # type: ignore[arg-type]
+    records = op.stateful_batch(f"{step_id}_per_symbol", warmed, lambda resume: DetectLogic(params, warm, idle_s, resume))
     return records

@@ -35,7 +35,7 @@ def _clamp(x: float) -> float:
     return min(1.0, max(0.5, x))
 
 
-def _doji(o, h, low, c, v) -> float:  # noqa: ANN001 - arrays, see Grade
+def _doji(o, h, low, c, v) -> float:
     body, _, _, rng = _parts(o[-1], h[-1], low[-1], c[-1])
     if rng == 0:
         return 0.5  # a bar that never moved (TA-Lib calls it a doji) says nothing: the lowest grade
@@ -50,38 +50,38 @@ def _shadow_grade(main: float, other: float, rng: float) -> float:
     return _clamp(0.5 + 0.3 * min(1.0, max(0.0, (main - 0.5) / 0.3)) + 0.2 * (1 - min(1.0, other / 0.1)))
 
 
-def _lower_shadow(o, h, low, c, v) -> float:  # noqa: ANN001 - hammer
+def _lower_shadow(o, h, low, c, v) -> float:
     _, upper, lower, rng = _parts(o[-1], h[-1], low[-1], c[-1])
     return _shadow_grade(lower, upper, rng)
 
 
-def _upper_shadow(o, h, low, c, v) -> float:  # noqa: ANN001 - inverted hammer, shooting star
+def _upper_shadow(o, h, low, c, v) -> float:
     _, upper, lower, rng = _parts(o[-1], h[-1], low[-1], c[-1])
     return _shadow_grade(upper, lower, rng)
 
 
-def _engulfing(o, h, low, c, v) -> float:  # noqa: ANN001
+def _engulfing(o, h, low, c, v) -> float:
     body0, _, _, rng0 = _parts(o[-2], h[-2], low[-2], c[-2])
     body1, _, _, rng1 = _parts(o[-1], h[-1], low[-1], c[-1])
     size = 0.2 * min(1.0, (body1 / body0 - 1)) if body0 else 0.2
     return _clamp(0.6 + size + (0.1 if rng1 > rng0 else 0.0) + (0.1 if v[-1] >= 1.5 * v[-2] else 0.0))
 
 
-def _harami(o, h, low, c, v) -> float:  # noqa: ANN001
+def _harami(o, h, low, c, v) -> float:
     body0, _, _, rng0 = _parts(o[-2], h[-2], low[-2], c[-2])
     body1, _, _, rng1 = _parts(o[-1], h[-1], low[-1], c[-1])
     inside = 0.2 * (1 - body1 / body0) if body0 else 0.0
     return _clamp(0.6 + inside + (0.1 if rng1 < rng0 else 0.0) + (0.1 if v[-1] < v[-2] else 0.0))
 
 
-def _star(o, h, low, c, v) -> float:  # noqa: ANN001 - morning / evening star
+def _star(o, h, low, c, v) -> float:
     body0 = abs(c[-3] - o[-3])
     reclaimed = abs(c[-1] - c[-3]) if body0 else 0.0  # how far the third candle went back into the first
     depth = 0.2 * min(1.0, reclaimed / body0) if body0 else 0.0
     return _clamp(0.6 + depth + (0.2 if v[-1] > v[-2] else 0.0))
 
 
-def _three(o, h, low, c, v) -> float:  # noqa: ANN001 - three white soldiers / black crows
+def _three(o, h, low, c, v) -> float:
     bodies = np.abs(c[-3:] - o[-3:])
     even = 0.2 * (bodies.min() / bodies.max()) if bodies.max() else 0.0
     rising_volume = v[-1] >= v[-2] >= v[-3]
@@ -102,7 +102,7 @@ TABLE: dict[str, tuple[Callable[..., np.ndarray], Grade, bool]] = {
     "three_black_crows": (raw(talib.CDL3BLACKCROWS), _three, False),
 }
 # Candles a judgement needs: the longest TA-Lib look-back plus the bar itself.
-BARS = 1 + max(abstract.Function(fn.__name__).lookback for fn, _, _ in TABLE.values())
+BARS = 1 + max(abstract.Function(fn.__name__).lookback for fn, _, _ in TABLE.values())  # type: ignore[attr-defined]  # talib.abstract builds Function at import
 
 
 Entry = tuple[str, Callable[..., np.ndarray], Grade]

@@ -94,7 +94,7 @@ class SurgeSettings(_Section):
 
 
 class PatternSettings(_Section):
-    names: Annotated[tuple[PatternName, ...], NoDecode, BeforeValidator(_comma_list)] = PATTERNS  # type: ignore[assignment]
+    names: Annotated[tuple[PatternName, ...], NoDecode, BeforeValidator(_comma_list)] = PATTERNS  # type: ignore[assignment]  # the tuple holds exactly the Literal's values
 
 
 class IndicatorSettings(_Section):
@@ -130,7 +130,7 @@ class IndicatorSettings(_Section):
 class AlertSettings(_Section):
     rsi_upper: float = Field(70.0, gt=0, lt=100)
     rsi_lower: float = Field(30.0, gt=0, lt=100)
-    rules: Annotated[tuple[AlertRule, ...], NoDecode, BeforeValidator(_comma_list)] = ALERT_RULES  # type: ignore[assignment]
+    rules: Annotated[tuple[AlertRule, ...], NoDecode, BeforeValidator(_comma_list)] = ALERT_RULES  # type: ignore[assignment]  # the tuple holds exactly the Literal's values
     critical: Annotated[tuple[AlertRule, ...], NoDecode, BeforeValidator(_comma_list)] = ()
 
     @model_validator(mode="after")
@@ -142,7 +142,11 @@ class AlertSettings(_Section):
 
 class DetectionSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="DETECT_", env_nested_delimiter="__", case_sensitive=False, extra="forbid", frozen=True,
+        env_prefix="DETECT_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
         allow_inf_nan=False,
     )
 

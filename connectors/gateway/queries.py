@@ -1,0 +1,101 @@
+"""The SQL REST runs on the pipeline's tables, and the rows it answers in the records' own shapes.
+
+Every query is parameterised; a table name comes only from `schemas.timeframes.TIMEFRAMES`.
+Rows use a dict row factory per cursor (a pooled connection must not carry it to the next
+request). Event and alert rows are returned in the shape of their schemas/events.py records:
+times in epoch ms, an event's `detail` spread out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from connectors.postgres.queries import BARS_IN_RANGE
+from schemas.timeframes import Timeframe
+
+BUSIEST_SCAN = 5000  # rows read when a grant's symbols must be filtered after the query
+
+
+async def rows(conn: psycopg.AsyncConnection, query: Any, params: tuple | dict[str, Any]) -> list[dict]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, params)
+    return await cur.fetchall()
+
+
+async def is_known(conn: psycopg.AsyncConnection, symbol: str) -> bool:
+    """Whether the pipeline has ever seen `symbol` (the `symbols` table)."""
+    row = await (await conn.execute("SELECT 1 FROM symbols WHERE symbol = %s", (symbol,))).fetchone()
+    return row is not None
+
+
+async def busiest_symbols(conn: psycopg.AsyncConnection, limit: int) -> list[str]:
+    """Symbols with a bar in the last hour of data, busiest latest minute first."""
+    found = await rows(
+        conn,
+        "SELECT symbol FROM latest_bars WHERE timestamp >= (SELECT max(timestamp) FROM latest_bars) - interval '1 hour'"
+        " ORDER BY timestamp DESC, volume DESC LIMIT %s",
+        (limit,),
+    )
+    return [r["symbol"] for r in found]
+
+
+async def recent_ticks(conn: psycopg.AsyncConnection, symbol: str, since: datetime, limit: int) -> list[dict]:
+    """1-minute bars of `symbol` starting at or after `since`, newest first."""
+    return await rows(
+        conn,
+        "SELECT symbol, timestamp, open::float8 AS open, high::float8 AS high, low::float8 AS low,"
+        " close::float8 AS close, volume FROM ohlcv_1min WHERE symbol = %s AND timestamp >= %s"
+        " ORDER BY timestamp DESC LIMIT %s",
+        (symbol, since, limit),
+    )
+
+
+async def bars(conn: psycopg.AsyncConnection, timeframe: Timeframe, symbol: str, start: datetime, end: datetime) -> list[dict]:
+    """Bars of `symbol` in `timeframe` whose bucket starts in [start, end), oldest first (the shared bar SQL)."""
+    return await rows(conn, BARS_IN_RANGE[timeframe.name], {"symbols": [symbol], "start": start, "end": end})
+
+
+async def detection_events(
+    conn: psycopg.AsyncConnection, symbol: str, since: datetime, kinds: list[str], limit: int
+) -> list[dict]:
+    """Rows of the `events` table of `kinds`, newest first, as their records."""
+    found = await rows(
+        conn,
+        "SELECT kind, id, type, symbol, timestamp, timeframe, direction, confidence, price, revision,"
+        " params, detail FROM events WHERE symbol = %s AND timestamp >= %s AND kind = ANY(%s)"
+        " ORDER BY timestamp DESC LIMIT %s",
+        (symbol, since, kinds, limit),
+    )
+    return [_event(r) for r in found]
+
+
+async def alerts(conn: psycopg.AsyncConnection, symbol: str, since: datetime, limit: int) -> list[dict]:
+    """Rows of the `alerts` table, newest first, as their records."""
+    found = await rows(
+        conn,
+        "SELECT 'alert' AS kind, id, rule AS type, symbol, timestamp, timeframe, direction, confidence,"
+        " severity, indicator, value, threshold, message, revision, params FROM alerts"
+        " WHERE symbol = %s AND timestamp >= %s ORDER BY timestamp DESC LIMIT %s",
+        (symbol, since, limit),
+    )
+    return [{**r, "timestamp": _ms(r["timestamp"])} for r in found]
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _event(row: dict) -> dict:
+    """An `events` row in the shape of its schemas/events.py record (`detail` spread out)."""
+    detail = row.pop("detail") or {}
+    price = row.pop("price")
+    out = {**row, **detail, "timestamp": _ms(row["timestamp"])}
+    if price is not None:
+        out.setdefault("price", price)
+    if out.get("timeframe") is None:
+        out.pop("timeframe", None)
+    return out

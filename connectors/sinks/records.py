@@ -1,0 +1,238 @@
+"""The flow's Bytewax sinks: final bars and detection records go to PostgreSQL *then* Redis; live bars to Redis.
+
+Writing the database first means a dashboard told about a bar or an event can already query it.
+
+Database-bound records are written by a background thread so the flow keeps computing while
+PostgreSQL works (it runs on the other core). Nothing is lost by that: the queue is bounded (a
+slow database slows the flow rather than filling memory), and `snapshot`, which Bytewax calls
+at the end of every epoch before it commits the epoch's input offsets, waits until every
+accepted batch is written. A crash can therefore only re-emit records, which the upserts absorb.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+import msgspec
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+
+from connectors.kafka.dead_letter import error_record, letter
+from connectors.kafka.sink import Record, TopicWriter
+from connectors.postgres.bars import BarStore
+from connectors.postgres.events import EventStore
+from connectors.redis.publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
+from connectors.sinks.settings import OutputSettings
+from schemas.bars import Bar
+from schemas.channels import Channels
+from schemas.events import Event
+from schemas.status import Status, encode_status
+
+encode_json = msgspec.json.Encoder().encode
+
+log = logging.getLogger(__name__)
+
+_PENDING_BATCHES = 8
+X = TypeVar("X")
+
+
+class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
+    """Hands each batch to a writer thread; the epoch boundary waits for it to catch up."""
+
+    def __init__(self, what: str, write: Callable[[list[X]], None], close: Callable[[], None]) -> None:
+        self._what = what
+        self._write = write
+        self._close = close
+        self._pending: queue.Queue[list[X] | None] = queue.Queue(maxsize=_PENDING_BATCHES)
+        self._failure: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_forever, name=f"{what}-writer", daemon=True)
+        self._writer.start()
+
+    def write_batch(self, items: list[X]) -> None:
+        self._raise_failure()
+        self._pending.put(items)
+
+    def snapshot(self) -> None:
+        """Epoch boundary: return only once everything accepted so far is written."""
+        self._pending.join()
+        self._raise_failure()
+
+    def close(self) -> None:
+        self._pending.join()
+        self._pending.put(None)
+        self._writer.join(30)
+        self._close()
+        self._raise_failure()
+
+    def _write_forever(self) -> None:
+        while True:
+            items = self._pending.get()
+            try:
+                if items is None:
+                    return
+                if self._failure is None:
+                    self._write(items)  # the stores and publishers retry while their server is down
+            except Exception as exc:
+                log.exception("writing %s failed", self._what)
+                self._failure = exc
+            finally:
+                self._pending.task_done()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"{self._what} sink failed: {self._failure}") from self._failure
+
+
+def _publisher_options(settings: OutputSettings) -> dict:
+    return {"history": settings.history_limits(), "max_backoff_s": settings.sink_max_backoff_s}
+
+
+Writer = tuple[Callable[[list], None], Callable[[], None]]  # write a batch, close
+
+
+class _StoreThenPublish(FixedPartitionedSink[X, None]):
+    """Records keyed by symbol, written by one partition: database first, then Redis, behind the flow."""
+
+    def __init__(self, part: str, open_writer: Callable[[], Writer]) -> None:
+        self._part = part
+        self._open_writer = open_writer
+
+    def list_parts(self) -> list[str]:
+        return [self._part]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[X]:
+        write, close = self._open_writer()  # connects here, in the flow's thread: a missing server fails the start
+        return _WriteBehind(self._part, write, close)
+
+
+class Refusals:
+    """Records the database refused for their values: dead-lettered and announced, never a stopped flow.
+
+    The dead letter's value is the record's JSON (kind `rejected`, the reason from PostgreSQL,
+    the table as its source); the same goes to `tickstock:errors`. Used from the writer thread.
+    """
+
+    def __init__(self, settings: OutputSettings, table: str, component: str) -> None:
+        self._settings = settings
+        self._table = table
+        self._component = component
+        self._letters: list = []
+        self._writer: TopicWriter | None = None
+
+    def __call__(self, record: object, reason: str) -> None:
+        log.error("%s: %s; dead-lettered: %.300s", self._table, reason, record)
+        self._letters.append(letter(encode_json(record), kind="rejected", reason=reason, topic=self._table,
+                                    partition=None, offset=None, key=getattr(record, "symbol", "").encode()))  # fmt: skip
+
+    def deliver(self, publisher: Publisher) -> None:
+        """Dead letters onto their topic (waiting for Kafka), then their error records onto Redis."""
+        if not self._letters:
+            return
+        letters, self._letters = self._letters, []
+        if self._writer is None:
+            s = self._settings
+            self._writer = TopicWriter(s.kafka_bootstrap_servers, s.topic_dead_letter, _letter_record)
+        self._writer.write_batch(letters)
+        self._writer.snapshot()
+        errors = [error_record(m, component=self._component) for m in letters]
+        channel = Channels(self._settings.redis_namespace).errors
+        publisher.publish([(channel, encode_status(e)) for e in errors])
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _closing(*clients: _Closable) -> Callable[[], None]:
+    """Closes each client in turn (the writer thread's end)."""
+
+    def close() -> None:
+        for client in clients:
+            client.close()
+
+    return close
+
+
+def _letter_record(m: object) -> Record:
+    return m.key, m.value, m.headers  # type: ignore[attr-defined]  # KafkaSinkMessage carries headers; the stubs omit them
+
+
+def final_bar_sink(settings: OutputSettings) -> _StoreThenPublish[Bar]:
+    """Final bars and revisions: upsert into `ohlcv_1min`, then publish on the bar channels."""
+
+    def open_writer() -> Writer:
+        store = BarStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
+        publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        refused = Refusals(settings, "ohlcv_1min", "ohlcv_flow")
+
+        def write(bars: list[Bar]) -> None:
+            written = store.upsert(bars, refused)
+            publisher.publish_final(written)
+            refused.deliver(publisher)
+
+        return write, _closing(store, publisher)
+
+    return _StoreThenPublish("ohlcv_1min", open_writer)
+
+
+def event_sink(settings: OutputSettings, component: str = "detection_flow") -> _StoreThenPublish[Event]:
+    """Detection records: upsert into their tables, then publish on their channels."""
+
+    def open_writer() -> Writer:
+        store = EventStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
+        publisher = EventPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        refused = Refusals(settings, "detection records", component)
+
+        def write(events: list[Event]) -> None:
+            written = store.upsert(events, refused)
+            publisher.publish_events(written)
+            refused.deliver(publisher)
+
+        return write, _closing(store, publisher)
+
+    return _StoreThenPublish("detection", open_writer)
+
+
+class _RedisPartition(StatelessSinkPartition[X], Generic[X]):
+    def __init__(self, publish: Callable[[list[X]], None], close: Callable[[], None]) -> None:
+        self._publish = publish
+        self._close = close
+
+    def write_batch(self, items: list[X]) -> None:
+        self._publish(items)
+
+    def close(self) -> None:
+        self._close()
+
+
+class _RedisOnly(DynamicSink[X]):
+    """Records that go to Redis alone (nothing to store first), published by every worker."""
+
+    def __init__(self, open_publisher: Callable[[], tuple[Callable[[list[X]], None], Callable[[], None]]]) -> None:
+        self._open_publisher = open_publisher
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition[X]:
+        return _RedisPartition(*self._open_publisher())
+
+
+def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
+    """Forming-bar updates for dashboards."""
+
+    def open_publisher() -> tuple[Callable[[list[Bar]], None], Callable[[], None]]:
+        publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        return publisher.publish_live, publisher.close
+
+    return _RedisOnly(open_publisher)
+
+
+def status_sink(settings: OutputSettings) -> _RedisOnly[Status]:
+    """The flow's health and refused input, for dashboards."""
+
+    def open_publisher() -> tuple[Callable[[list[Status]], None], Callable[[], None]]:
+        publisher = StatusPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+        return publisher.publish_status, publisher.close
+
+    return _RedisOnly(open_publisher)

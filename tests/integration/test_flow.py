@@ -1,0 +1,191 @@
+"""The whole OHLCV flow on real Kafka, PostgreSQL and Redis, checked against an independent oracle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from bytewax.testing import run_main
+from polars.testing import assert_frame_equal
+
+from flows.detection import build_flow as build_detection
+from flows.ohlcv import build_flow
+from flows.settings import Settings
+from schemas.bars import decode_bar
+from schemas.status import decode_status
+from tests.support.bars import BAR_COLUMNS, ROOT, assert_same_bars, expected_bars, feed
+from tests.support.services import create_topics, publish, read_topic, table_bars
+
+pytestmark = pytest.mark.integration
+
+
+def test_bars_equal_independent_reference_in_table_and_on_redis(settings, db, recorder):
+    events = feed()
+    publish(settings, events)
+    channel = recorder(settings.redis_url, f"{settings.redis_namespace}.market.ohlcv*")
+
+    run_main(build_flow(settings))
+
+    expected = expected_bars(events)
+    table = table_bars(db)
+    assert len(expected) > 500
+    assert_same_bars(table, expected)
+    assert table["revision"].max() >= 1, "late trades should have revised some final bars"
+
+    time.sleep(0.5)
+    messages = channel.stop()
+    everyone = [decode_bar(data) for ch, data in messages if ch == f"{settings.redis_namespace}.market.ohlcv"]
+    own = [(ch, decode_bar(data)) for ch, data in messages if ch != f"{settings.redis_namespace}.market.ohlcv"]
+    assert len(own) == len(everyone)
+    assert all(ch.endswith("." + bar.symbol) for ch, bar in own)
+    newest: dict[tuple[str, int], dict] = {}
+    for bar in everyone:
+        key = (bar.symbol, bar.timestamp)
+        if key not in newest or newest[key]["revision"] <= bar.revision:
+            newest[key] = {c: getattr(bar, c) for c in [*BAR_COLUMNS, "revision"]}
+    on_redis = pl.DataFrame(list(newest.values())).sort("symbol", "timestamp")
+    assert_frame_equal(on_redis, table.sort("symbol", "timestamp"), check_dtypes=False, rel_tol=1e-9)
+
+
+def test_bad_records_go_to_dead_letters_with_reason_and_good_ones_still_count(settings, db, recorder):
+    events = feed(seed=5, seconds=22 * 60, malformed_ratio=0.02, too_late_ratio=0.01)
+    publish(settings, events)
+    ns = settings.redis_namespace
+    status = recorder(settings.redis_url, f"{ns}[:.][eh][re][ra][ol]*")  # tickstock:errors, tickstock.health.status
+    run_main(build_flow(settings))
+
+    letters = read_topic(settings, settings.topic_dead_letter)
+    kinds: dict[str, int] = {}
+    for m in letters:
+        headers = dict(m.headers())
+        kinds[headers["dlq.kind"].decode()] = kinds.get(headers["dlq.kind"].decode(), 0) + 1
+        assert headers["dlq.reason"], "every dead letter says why"
+        assert headers["dlq.topic"].decode() == settings.topic_trades
+    labels = [e.label for e in events]
+    assert kinds.get("malformed", 0) == labels.count("malformed")
+    assert kinds.get("too_late", 0) == labels.count("too_late")
+    originals = {e.value for e in events if e.label in ("malformed", "too_late")}
+    assert {m.value() for m in letters} == originals
+    assert_same_bars(table_bars(db), expected_bars(events))
+
+    time.sleep(0.5)
+    published = [(channel, decode_status(data)) for channel, data in status.stop()]
+    errors = [r for channel, r in published if channel == f"{ns}:errors"]
+    expected_errors = set()
+    for m in letters:
+        h = {k: v.decode() for k, v in m.headers()}
+        expected_errors.add((h["dlq.kind"], h["dlq.reason"], h["dlq.topic"], int(h["dlq.partition"]), int(h["dlq.offset"])))
+    assert {(e.error, e.reason, e.source_topic, e.source_partition, e.source_offset) for e in errors} == expected_errors
+    health = [r for channel, r in published if channel == f"{ns}.health.status"]
+    final = {h.partition: h for h in health}  # the last message per partition, sent at the end of input
+    assert len(final) == settings.topic_partitions
+    assert sum(h.received for h in final.values()) == len(events)
+    assert sum(h.dropped for h in final.values()) == len(letters)
+
+
+def test_a_partition_refusing_much_of_its_input_reports_degraded(settings, db, recorder):
+    publish(settings, feed(seed=6, seconds=8 * 60, malformed_ratio=0.12))
+    health = recorder(settings.redis_url, f"{settings.redis_namespace}.health.status")
+    run_main(build_flow(settings))
+    time.sleep(0.5)
+    reports = [decode_status(data) for _, data in health.stop()]
+    assert reports and all(r.status == "degraded" and "refused" in r.reason for r in reports)
+
+
+def test_feeding_the_same_ticks_again_changes_nothing(settings, db):
+    events = feed(seed=3, seconds=12 * 60)
+    publish(settings, events)
+    run_main(build_flow(settings))
+    first = table_bars(db)
+    xmins = db.execute("SELECT string_agg(xmin::text, ',' ORDER BY symbol, timestamp) FROM ohlcv_1min").fetchone()
+    run_main(build_flow(settings))
+    assert_frame_equal(table_bars(db), first)
+    assert db.execute("SELECT string_agg(xmin::text, ',' ORDER BY symbol, timestamp) FROM ohlcv_1min").fetchone() == xmins, (
+        "no row was rewritten"
+    )
+    assert db.execute("SELECT count(*) FROM symbols").fetchone()[0] == first["symbol"].n_unique()
+
+
+def detection_tables(db) -> dict[str, list]:
+    return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in ("events", "indicator_values", "alerts")}
+
+
+def kill_9_then_resume(flow: str, s: Settings, recovery: Path, progress: Callable[[], bool]) -> None:
+    """Run `flow` with a recovery store, SIGKILL it once `progress()` says so, then run it again to the end."""
+    env = os.environ | s.as_env()
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, env=env, cwd=ROOT)
+    command = [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "1", "-b", "0"]
+    running = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and running.poll() is None and not progress():
+        time.sleep(0.05)
+    assert running.poll() is None, "the flow finished before it could be killed; make the input bigger"
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+
+
+def count(db, table: str) -> int:
+    return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tmp_path):
+    """Bars and highs/lows as if the bar flow had never been interrupted; the bars it published
+    again after the restart change nothing downstream either (the detection flow's tables)."""
+    events = feed(seed=21, symbols=60, rate=120.0, seconds=25 * 60)
+    publish(settings, events)
+    run_main(build_flow(settings))
+    run_main(build_detection(settings))
+    uninterrupted = table_bars(db)
+    detected = detection_tables(db)
+    assert all(len(rows) > 30 for rows in detected.values()), {t: len(r) for t, r in detected.items()}
+    db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
+
+    # the same ticks, small batches, bars to a topic of their own, killed at ~40 % of the table
+    again = settings.model_copy(update={"kafka_batch_size": 50, "topic_bars": settings.topic_bars + ".again"})
+    create_topics(again)
+    kill_9_then_resume("flows.ohlcv:build_flow()", again, tmp_path / "recovery",
+                       lambda: count(db, "ohlcv_1min") >= len(uninterrupted) * 0.4)  # fmt: skip
+    assert_frame_equal(table_bars(db), uninterrupted)
+    assert len(read_topic(again, again.topic_bars)) - count(db, "ohlcv_1min") > 0, "the restart published bars again"
+    run_main(build_detection(again))
+    after = detection_tables(db)
+    for table, rows in detected.items():
+        assert after[table] == rows, f"{table}: {len(after[table])} rows vs {len(rows)} uninterrupted"
+
+
+def test_kill_9_of_the_detection_flow_gives_the_same_events_and_ids(settings, db, tmp_path):
+    publish(settings, feed(seed=22, symbols=60, rate=120.0, seconds=25 * 60))
+    run_main(build_flow(settings))
+    run_main(build_detection(settings))
+    detected = detection_tables(db)
+    db.execute("TRUNCATE indicator_values, alerts")
+    db.execute("DELETE FROM events WHERE kind <> 'highlow'")  # highs and lows are the bar flow's
+
+    slow = settings.model_copy(update={"kafka_batch_size": 20})
+    kill_9_then_resume("flows.detection:build_flow()", slow, tmp_path / "recovery",
+                       lambda: count(db, "indicator_values") >= len(detected["indicator_values"]) * 0.4)  # fmt: skip
+    after = detection_tables(db)
+    for table, rows in detected.items():
+        assert after[table] == rows, f"{table}: {len(after[table])} rows vs {len(rows)} uninterrupted"
+
+
+def test_bars_from_per_second_aggregates_match_bars_from_trades(services, db):
+    from tests.support.services import base_settings, create_topics
+
+    s = base_settings(bar_source="second_aggs")
+    create_topics(s)
+    events = feed(seed=8, seconds=6 * 60, second_aggs=True, duplicate_ratio=0, out_of_order_ratio=0, late_ratio=0,
+                  too_late_ratio=0, malformed_ratio=0, condition_mix="regular")  # fmt: skip
+    publish(s, events)
+    run_main(build_flow(s))
+    assert_same_bars(table_bars(db), expected_bars(events))

@@ -1,0 +1,183 @@
+"""Migrations against a real PostgreSQL, each test in a throwaway database it creates and drops."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from infra import migrate
+
+BASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_test")
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+SHIPPED = [m.version for m in migrate.discover()]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+def versions(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+
+
+def test_fresh_apply_creates_the_bar_schema(database_url: str) -> None:
+    applied = migrate.up(database_url, log=quiet)
+
+    assert [m.label for m in applied] == [m.label for m in migrate.discover()]
+    assert [m.label for m in applied][:3] == ["0001_ohlcv", "0002_timeframes", "0003_detection"]
+    assert {"symbols", "ohlcv_1min", "schema_migrations", "events", "indicator_values", "alerts"} <= tables(database_url)
+    with psycopg.connect(database_url) as conn:
+        nullable: dict[str, str] = dict(
+            conn.execute(
+                "SELECT column_name, is_nullable FROM information_schema.columns WHERE table_name = 'ohlcv_1min'"
+            ).fetchall()
+        )
+        assert {c for c, n in nullable.items() if n == "YES"} == {"open", "high", "low", "close", "vwap"}
+        # a minute of volume-only trades: no price, still a bar
+        conn.execute("INSERT INTO symbols (symbol) VALUES ('AAPL')")
+        conn.execute("INSERT INTO ohlcv_1min (symbol, timestamp, volume, trades) VALUES ('AAPL', '2024-01-02 14:30+00', 5, 1)")
+        assert conn.execute("SELECT revision FROM ohlcv_1min").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO ohlcv_1min (symbol, timestamp, volume, trades) VALUES ('NOPE', now(), 1, 1)")
+
+
+def test_reapplying_is_a_no_op(database_url: str) -> None:
+    migrate.up(database_url, log=quiet)
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
+
+    assert migrate.up(database_url, log=quiet) == []
+
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == before
+
+
+def test_down_then_up(database_url: str) -> None:
+    migrate.up(database_url, log=quiet)
+
+    reverted = migrate.down(database_url, to=0, log=quiet)
+    assert [m.version for m in reverted] == SHIPPED[::-1]
+    assert tables(database_url) == {"schema_migrations"}
+    assert versions(database_url) == []
+
+    assert [m.version for m in migrate.up(database_url, log=quiet)] == SHIPPED
+    assert {"symbols", "ohlcv_1min"} <= tables(database_url)
+    assert versions(database_url) == SHIPPED
+
+
+@pytest.fixture
+def broken_dir(tmp_path: Path) -> Path:
+    """0001 as shipped, then a 0002 that fails half-way, then a 0003 that must never run."""
+    for path in migrate.MIGRATIONS_DIR.glob("0001_*.sql"):
+        shutil.copy(path, tmp_path)
+    (tmp_path / "0002_broken.up.sql").write_text(
+        "CREATE TABLE half_done (x INTEGER);\n"
+        "INSERT INTO half_done VALUES (1);\n"
+        "ALTER TABLE ohlcv_1min ADD COLUMN doomed INTEGER;\n"
+        "SELECT 1 / 0;\n"
+    )
+    (tmp_path / "0002_broken.down.sql").write_text("DROP TABLE half_done;\n")
+    (tmp_path / "0003_later.up.sql").write_text("CREATE TABLE later (x INTEGER);\n")
+    return tmp_path
+
+
+def test_failing_migration_is_rolled_back(database_url: str, broken_dir: Path) -> None:
+    with pytest.raises(migrate.MigrationError, match=r"0002_broken.up.sql failed and was rolled back"):
+        migrate.up(database_url, directory=broken_dir, log=quiet)
+
+    # 0001 committed in its own transaction; nothing of 0002 remains; 0003 never ran
+    assert versions(database_url) == [1]
+    assert tables(database_url) == {"symbols", "ohlcv_1min", "schema_migrations"}
+    with psycopg.connect(database_url) as conn:
+        columns = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'ohlcv_1min'"
+        )}  # fmt: skip
+    assert "doomed" not in columns
+
+
+def test_failing_down_leaves_the_schema(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_t.up.sql").write_text("CREATE TABLE t (x INTEGER);\n")
+    (tmp_path / "0001_t.down.sql").write_text("DROP TABLE t;\nDROP TABLE not_there;\n")
+    migrate.up(database_url, directory=tmp_path, log=quiet)
+
+    with pytest.raises(migrate.MigrationError, match="rolled back"):
+        migrate.down(database_url, to=0, directory=tmp_path, log=quiet)
+
+    assert "t" in tables(database_url)
+    assert versions(database_url) == [1]
+
+
+def test_concurrent_runs_apply_each_migration_once(database_url: str) -> None:
+    results: list[list[migrate.Migration]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate.up(database_url, log=quiet))
+        except BaseException as exc:  # noqa: BLE001 - every failure of the thread is surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    assert sorted(len(r) for r in results) == [0, 0, len(SHIPPED)]
+    assert versions(database_url) == SHIPPED
+
+
+def test_cli_reports_failure_and_needs_a_target_for_down(database_url: str, broken_dir: Path) -> None:
+    command = [sys.executable, "-m", "infra.migrate", "--database-url", database_url]
+
+    failed = subprocess.run([*command, "--migrations-dir", str(broken_dir)], cwd=REPO, capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "0002_broken.up.sql failed and was rolled back" in failed.stderr
+
+    usage = subprocess.run([*command, "down"], cwd=REPO, capture_output=True, text=True)
+    assert usage.returncode == 2
+    assert "--to" in usage.stderr
+
+    ok = subprocess.run([*command, "status"], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0
+    assert "0001_ohlcv: applied" in ok.stdout
+
+
+@pytest.mark.parametrize("name", ["1_short.up.sql", "0001_ok.sideways.sql", "0001_Upper.up.sql"])
+def test_stray_sql_files_are_errors_not_skipped(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text("SELECT 1;\n")
+    with pytest.raises(migrate.MigrationError, match="name must be"):
+        migrate.discover(tmp_path)
+
+
+def test_hypertable_when_timescaledb_is_present(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        preloaded = "timescaledb" in str(conn.execute("SHOW shared_preload_libraries").fetchone())
+    if not (available and preloaded):
+        pytest.skip("TimescaleDB is not installed/preloaded on this server; the plain-table path is tested above")
+
+    migrate.up(database_url, log=quiet)
+
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ohlcv_1min'").fetchone()
+    assert row is not None

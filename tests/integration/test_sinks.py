@@ -1,0 +1,98 @@
+"""Sinks keep what they accepted when their server goes away, and fail fast when it was never there."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import psycopg
+import pytest
+import redis
+
+from connectors.postgres.bars import BarStore
+from connectors.postgres.database import DatabaseUnavailable
+from connectors.redis.publish import BarPublisher, RedisUnavailable
+from schemas.bars import Bar, decode_bar
+from schemas.channels import Channels
+from tests.support.services import TEST_DATABASE_URL, free_port, private_redis
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_762_094_400_000
+
+
+def bar(symbol: str, minute: int, revision: int = 0, close: float = 10.0) -> Bar:
+    return Bar(symbol=symbol, timestamp=T0 + minute * 60_000, open=10.0, high=11.0, low=9.5, close=close,
+               volume=100, vwap=10.1, trades=3, revision=revision, status="final")  # fmt: skip
+
+
+def rows(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute("SELECT symbol, close::float8, revision FROM ohlcv_1min ORDER BY symbol, timestamp").fetchall()
+
+
+def test_postgres_write_survives_a_killed_connection(db):
+    store = BarStore(TEST_DATABASE_URL, max_backoff_s=0.5)
+    store.upsert([bar("AAA", 0), bar("BBB", 0)])
+    pid = store._db._conn.info.backend_pid
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    store.upsert([bar("AAA", 1), bar("CCC", 1)])
+    assert rows(db) == [("AAA", 10.0, 0), ("AAA", 10.0, 0), ("BBB", 10.0, 0), ("CCC", 10.0, 0)]
+    assert db.execute("SELECT count(*) FROM symbols").fetchone()[0] == 3
+    store.close()
+
+
+def test_older_revision_never_overwrites_newer(db):
+    store = BarStore(TEST_DATABASE_URL)
+    store.upsert([bar("AAA", 0, revision=2, close=12.0)])
+    store.upsert([bar("AAA", 0, revision=1, close=11.0)])
+    store.upsert([bar("AAA", 0, revision=0, close=10.0), bar("AAA", 0, revision=3, close=13.0)])
+    assert rows(db) == [("AAA", 13.0, 3)]
+    store.close()
+
+
+def test_unreachable_or_unmigrated_database_fails_fast_with_the_fix(services):
+    with pytest.raises(DatabaseUnavailable, match="make services"):
+        BarStore("postgresql://postgres@127.0.0.1:1/none")
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS tickstock_unmigrated")
+        conn.execute("CREATE DATABASE tickstock_unmigrated")
+    with pytest.raises(DatabaseUnavailable, match="make migrate"):
+        BarStore(TEST_DATABASE_URL.rsplit("/", 1)[0] + "/tickstock_unmigrated")
+
+
+def test_unreachable_redis_fails_fast_with_the_fix():
+    with pytest.raises(RedisUnavailable, match="REDIS_URL"):
+        BarPublisher("redis://127.0.0.1:1/0", Channels())
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary (Debian redis-server)")
+def test_redis_publish_waits_for_the_server_to_return_and_then_delivers():
+    port = free_port()
+    server = private_redis(port)
+    url = f"redis://127.0.0.1:{port}/0"
+    publisher = BarPublisher(url, Channels("t"), max_backoff_s=0.2)
+    publisher.publish_final([bar("AAA", 0)])
+    server.kill()
+    server.wait()
+
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (publisher.publish_final([bar("BBB", 1)]), done.set()), daemon=True)
+    worker.start()
+    time.sleep(0.6)
+    assert not done.is_set(), "publishing must block while Redis is down, not drop the bars"
+
+    server = private_redis(port)
+    listener = redis.Redis(port=port).pubsub()
+    listener.subscribe("t.market.ohlcv.BBB")
+    listener.get_message(timeout=2)
+    got = None
+    deadline = time.monotonic() + 10
+    while got is None and time.monotonic() < deadline:
+        message = listener.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            got = decode_bar(message["data"])
+    worker.join(10)
+    server.kill()
+    assert done.is_set()
+    assert got is not None and got.symbol == "BBB"

@@ -1,0 +1,1 @@
+"""Code the tests share: harnesses, a local Polygon server, a TCP proxy, the reference bars, fixtures."""

@@ -1,0 +1,85 @@
+"""Random 1-minute bars, their coarser views and the independent rollup they must equal (both databases)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import psycopg
+from polars.testing import assert_frame_equal
+
+from connectors.postgres.analyst import TIMEFRAMES
+
+EVERY = {"ohlcv_5min": "5m", "ohlcv_15min": "15m", "ohlcv_1hour": "1h", "ohlcv_1day": "1d"}
+
+
+COLUMNS = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "vwap", "trades"]
+
+
+START = datetime(2024, 1, 2, 22, 0, tzinfo=UTC)  # runs across UTC midnight: two 1-day buckets
+
+
+def one_minute_rows(symbols: tuple[str, ...] = ("AAPL", "MSFT"), minutes: int = 200) -> list[tuple]:
+    """Random bars with holes, volume-only minutes (no prices) and zero-volume minutes."""
+    rng, rows = random.Random(6), []
+    for symbol in symbols:
+        price = 100.0
+        for m in range(minutes):
+            if rng.random() < 0.1:
+                continue  # a minute without trades: no bar
+            ts = START + timedelta(minutes=m)
+            volume = rng.randint(0, 500) if rng.random() < 0.95 else 0
+            if rng.random() < 0.1:  # volume-only trades: no price at all
+                rows.append((symbol, ts, None, None, None, None, volume, None, rng.randint(1, 3)))
+                continue
+            price = round(price + rng.uniform(-0.5, 0.5), 4)
+            o, c = price, round(price + rng.uniform(-0.3, 0.3), 4)
+            h, low = round(max(o, c) + rng.uniform(0, 0.2), 4), round(min(o, c) - rng.uniform(0, 0.2), 4)
+            rows.append((symbol, ts, o, h, low, c, volume, round((o + c) / 2, 4), rng.randint(1, 40)))
+    return rows
+
+
+def insert(conn: psycopg.Connection, rows: list[tuple]) -> None:
+    conn.execute("INSERT INTO symbols (symbol) SELECT DISTINCT unnest(%s::text[])", ([r[0] for r in rows],))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ohlcv_1min (symbol, timestamp, open, high, low, close, volume, vwap, trades)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+def table(conn: psycopg.Connection, name: str) -> pl.DataFrame:
+    assert name in TIMEFRAMES.values() or name == "latest_bars"
+    rows = conn.execute(
+        f"SELECT symbol, timestamp, open::float8, high::float8, low::float8, close::float8, volume, vwap::float8,"
+        f" trades FROM {name} ORDER BY symbol, timestamp"
+    ).fetchall()
+    return pl.DataFrame(rows, schema=COLUMNS, orient="row").with_columns(pl.col("timestamp").dt.convert_time_zone("UTC"))
+
+
+def reference(minute_bars: pl.DataFrame, every: str) -> pl.DataFrame:
+    """The issue's definition, computed by polars: UTC buckets, first/last non-null prices by time."""
+    priced = (pl.col("vwap").is_not_null()) & (pl.col("volume") > 0)
+    return (
+        minute_bars.sort("symbol", "timestamp")
+        .group_by("symbol", pl.col("timestamp").dt.truncate(every), maintain_order=True)
+        .agg(
+            pl.col("open").drop_nulls().first(),
+            pl.col("high").max(),
+            pl.col("low").min(),
+            pl.col("close").drop_nulls().last(),
+            pl.col("volume").sum(),
+            ((pl.col("vwap") * pl.col("volume")).filter(priced).sum() / pl.col("volume").filter(priced).sum()).alias("vwap"),
+            pl.col("trades").sum(),
+        )
+        .with_columns(pl.when(pl.col("vwap").is_finite()).then("vwap").alias("vwap"))  # 0/0 -> null, as in SQL
+        .sort("symbol", "timestamp")
+    )
+
+
+def assert_views_match(conn: psycopg.Connection) -> None:
+    minute_bars = table(conn, "ohlcv_1min")
+    for view, every in EVERY.items():
+        assert_frame_equal(table(conn, view), reference(minute_bars, every), check_dtypes=False, rel_tol=1e-9)
