@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
 from connectors.kafka.admin import admin_client
+from connectors.unavailable import ServiceUnavailable
 
 RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
 PIDFILE = RUN_DIR / "tansu.pid"
@@ -30,8 +31,10 @@ LOGFILE = RUN_DIR / "tansu.log"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-class BrokerError(RuntimeError):
+class BrokerError(ServiceUnavailable):
     """The broker cannot be used or started; the message says why and what to do."""
+
+    service = "Kafka"
 
 
 def endpoints(bootstrap: str) -> list[tuple[str, int]]:

@@ -13,9 +13,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from connectors.unavailable import ServiceUnavailable
 
-class DatabaseUnreachable(RuntimeError):
+
+class DatabaseUnreachable(ServiceUnavailable):
     """The server cannot be reached or refuses us; the message says how to fix it."""
+
+    service = "PostgreSQL"
 
 
 def describe(url: str) -> str:

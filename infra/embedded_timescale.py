@@ -31,6 +31,8 @@ from typing import Self
 
 import psycopg
 
+from connectors.unavailable import ServiceUnavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "infra" / "timescale" / "server.mjs"
 PACKAGES = ROOT / "infra" / "timescale" / "node_modules" / "@unni-craftsman" / "pglite"
@@ -43,8 +45,10 @@ _instances = itertools.count()
 _LISTENING = re.compile(r"^listening (?P<host>[^\s:]+):(?P<port>\d+)$", re.MULTILINE)
 
 
-class TimescaleUnavailable(RuntimeError):
+class TimescaleUnavailable(ServiceUnavailable):
     """The embedded server cannot be installed or started here; the message says why and what to do."""
+
+    service = "the embedded TimescaleDB"
 
 
 def url_for(host: str, port: int) -> str:

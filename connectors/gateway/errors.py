@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import redis
 
+from connectors.unavailable import ServiceUnavailable
 
-class GatewayUnavailable(RuntimeError):
+
+class GatewayUnavailable(ServiceUnavailable):
     """A dependency is unreachable at start: the message names it and the fix."""
+
+    service = "the gateway's Redis or PostgreSQL"
 
 
 class CannotListen(GatewayUnavailable):
