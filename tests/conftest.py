@@ -1,7 +1,10 @@
-"""Shared fixtures: real Kafka (Tansu or any broker), real PostgreSQL, real Redis.
+"""Shared fixtures: real Kafka (Tansu or any broker), real PostgreSQL, real Redis, and the embedded TimescaleDB.
 
 `make test` starts and migrates all three; run alone, these fixtures fail with a message
-saying what is missing rather than skipping.
+saying what is missing rather than skipping. The storage tests take `storage` (a migrated
+database) or `empty_database` (an empty one), each run on plain PostgreSQL and on the embedded
+TimescaleDB (ids `postgres` and `timescaledb`, tests/support/databases.py): one TimescaleDB server
+for the whole session, started and migrated on first use; an empty one is a private server.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import psycopg
 import pytest
@@ -16,6 +20,7 @@ import redis
 from confluent_kafka.admin import AdminClient
 
 from flows.settings import Settings
+from tests.support.databases import KINDS, Storage, empty_timescale, migrate_timescale, start_timescale
 from tests.support.services import TEST_DATABASE_URL, ChannelRecorder, base_settings, create_topics
 
 
@@ -38,9 +43,9 @@ def services() -> None:
     up(TEST_DATABASE_URL, log=lambda *_: None)
 
 
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    """A throwaway database, created empty and dropped after the test (migration tests)."""
+@contextmanager
+def throwaway_database() -> Iterator[str]:
+    """A database on the test server, created empty, dropped afterwards."""
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
@@ -56,6 +61,70 @@ def database_url() -> Iterator[str]:
     finally:
         with connect(admin_url) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A throwaway database, created empty and dropped after the test (migration tests)."""
+    with throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def embedded_timescale() -> Iterator[str]:
+    """The URL of the session's embedded TimescaleDB (PGlite + TimescaleDB 2.23), migrated with its
+    policies; tests that need it empty take `fresh_timescale` or `empty_database`."""
+    server = start_timescale()
+    try:
+        assert server.url is not None
+        migrate_timescale(server.url)
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_timescale(embedded_timescale: str) -> Iterator[str]:
+    """The session's embedded TimescaleDB emptied (the extension only, as a new server has) for this
+    test, and migrated again afterwards for the next."""
+    empty_timescale(embedded_timescale)
+    try:
+        yield embedded_timescale
+    finally:
+        empty_timescale(embedded_timescale)
+        migrate_timescale(embedded_timescale)
+
+
+@pytest.fixture(params=KINDS)
+def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
+    """A migrated database with empty bar and detection tables: the test database on PostgreSQL, or
+    the session's embedded TimescaleDB (one session at a time: `Storage.release()` before another
+    client connects)."""
+    if request.param == "postgres":
+        request.getfixturevalue("services")
+        url = TEST_DATABASE_URL
+    else:
+        url = request.getfixturevalue("embedded_timescale")
+    database = Storage(request.param, url)
+    database.clear()
+    try:
+        yield database
+    finally:
+        database.release()
+
+
+@pytest.fixture(params=KINDS)
+def empty_database(request: pytest.FixtureRequest) -> Iterator[Storage]:
+    """An empty database of this test's own: a throwaway one on PostgreSQL; on TimescaleDB the
+    session's server emptied (`fresh_timescale`: a private server would cost ~3 s to start)."""
+    with ExitStack() as stack:
+        if request.param == "postgres":
+            url = stack.enter_context(throwaway_database())
+        else:
+            url = request.getfixturevalue("fresh_timescale")
+        database = Storage(request.param, url)
+        stack.callback(database.release)
+        yield database
 
 
 @pytest.fixture

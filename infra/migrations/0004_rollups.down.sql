@@ -1,5 +1,7 @@
--- Reverts 0004_rollups: 0002's query-time views and latest_bars triggers come back; ohlcv_1min and
--- latest_bars' rows are untouched.
+-- Reverts 0004_rollups: 0002's query-time views (plain PostgreSQL) or continuous aggregates
+-- (TimescaleDB, re-created empty with their refresh policies: real-time aggregation computes every
+-- bucket until a policy run) and latest_bars triggers come back; ohlcv_1min and latest_bars' rows
+-- are untouched.
 -- 0004's triggers (which of them exist depends on the server): whichever exist
 DO $$
 DECLARE
@@ -57,23 +59,54 @@ BEGIN
 END
 $$;
 
--- 0002's query-time views in place of the rollup-backed ones (plain PostgreSQL only)
+-- 0002's query-time views or continuous aggregates in place of the rollup-backed views
 DO $$
 DECLARE
     frame RECORD;
+    hypertable BOOLEAN := false;
 BEGIN
     IF to_regnamespace('rollups') IS NULL THEN
-        RETURN;  -- TimescaleDB: the continuous aggregates were never replaced
+        RETURN;  -- TimescaleDB before 2.18: the continuous aggregates were never replaced
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        -- nested: PL/pgSQL would plan the catalog query even without the extension
+        hypertable := EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ohlcv_1min');
     END IF;
     FOR frame IN
         SELECT * FROM (VALUES
-            ('ohlcv_5min',  INTERVAL '5 minutes'),
-            ('ohlcv_15min', INTERVAL '15 minutes'),
-            ('ohlcv_1hour', INTERVAL '1 hour'),
-            ('ohlcv_1day',  INTERVAL '1 day')
-        ) AS f (name, width)
+            ('ohlcv_5min',  INTERVAL '5 minutes',  INTERVAL '1 day',  INTERVAL '5 minutes', INTERVAL '1 minute'),
+            ('ohlcv_15min', INTERVAL '15 minutes', INTERVAL '1 day',  INTERVAL '15 minutes', INTERVAL '5 minutes'),
+            ('ohlcv_1hour', INTERVAL '1 hour',     INTERVAL '3 days', INTERVAL '1 hour',    INTERVAL '15 minutes'),
+            ('ohlcv_1day',  INTERVAL '1 day',      INTERVAL '7 days', INTERVAL '1 day',     INTERVAL '1 hour')
+        ) AS f (name, width, start_offset, end_offset, schedule)
     LOOP
         EXECUTE format('DROP VIEW %I', frame.name);
+        IF hypertable THEN  -- as 0002 creates them
+            EXECUTE format($sql$
+                CREATE MATERIALIZED VIEW %I
+                WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+                SELECT symbol,
+                       time_bucket(%L::interval, timestamp) AS timestamp,
+                       first(open, timestamp) FILTER (WHERE open IS NOT NULL) AS open,
+                       max(high) AS high,
+                       min(low) AS low,
+                       last(close, timestamp) FILTER (WHERE close IS NOT NULL) AS close,
+                       sum(volume)::bigint AS volume,
+                       sum(vwap * volume) FILTER (WHERE vwap IS NOT NULL AND volume > 0)
+                         / NULLIF(sum(volume) FILTER (WHERE vwap IS NOT NULL AND volume > 0), 0) AS vwap,
+                       sum(trades)::bigint AS trades
+                FROM ohlcv_1min
+                GROUP BY symbol, time_bucket(%L::interval, timestamp)
+                WITH NO DATA
+            $sql$, frame.name, frame.width, frame.width);
+            PERFORM add_continuous_aggregate_policy(
+                frame.name::regclass,
+                start_offset => frame.start_offset,
+                end_offset => frame.end_offset,
+                schedule_interval => frame.schedule
+            );
+            CONTINUE;
+        END IF;
         EXECUTE format($sql$
             CREATE VIEW %I AS
             SELECT symbol,
@@ -93,6 +126,7 @@ BEGIN
             format('%s bars from ohlcv_1min, buckets aligned to UTC (timestamp = bucket start)', frame.width));
     END LOOP;
     DROP TABLE rollups.bars_5min;
+    DROP FUNCTION IF EXISTS rollups.after_delete_row();  -- created with a hypertable only
     DROP FUNCTION rollups.after_write(), rollups.clear(), rollups.recompute_prices(text[], timestamptz[]);
     DROP SCHEMA rollups;
 END

@@ -1,4 +1,5 @@
--- 0004_rollups: on plain PostgreSQL, the derived timeframes read a 5-minute rollup maintained on write.
+-- 0004_rollups: the derived timeframes read a 5-minute rollup maintained on write (plain PostgreSQL,
+-- and TimescaleDB 2.18 or newer, in place of 0002's continuous aggregates).
 --
 -- Why: 0002's views aggregate ohlcv_1min at query time, and PostgreSQL applies a filter on a grouped
 -- view's `timestamp` only to the rows it groups, with no index, so `WHERE symbol = 'AAPL' AND
@@ -22,8 +23,17 @@
 -- triggers of an INSERT .. ON CONFLICT DO UPDATE in (it fires UPDATE first). TRUNCATE empties it.
 -- Measured numbers: README (Querying bars), `python -m bench.sink`.
 --
--- With TimescaleDB (ohlcv_1min a hypertable) nothing of this is created: 0002's continuous
--- aggregates already are materialized, time-indexed rollups.
+-- With TimescaleDB (ohlcv_1min a hypertable) the same rollup replaces 0002's continuous aggregates,
+-- for freshness: an aggregate serves its materialized buckets until a refresh, so a revised minute
+-- below the watermark (a late trade) stayed invisible at 5m/15m/1h/1d until the next policy run,
+-- and refreshing the touched buckets from the sink cost ~2.7 s per minute boundary on the embedded
+-- server. Hypertables take statement-level triggers with transition tables from TimescaleDB 2.18
+-- (INSERT and UPDATE; DELETE ones are refused once compression is enabled, because deleting a
+-- compressed segment builds no transition table), so there the INSERT and UPDATE triggers are the
+-- same as on plain PostgreSQL and DELETE is handled row by row (rollups.after_delete_row, and
+-- latest_bars_after_write_row). Before 2.18 nothing of the rollup is created: the continuous
+-- aggregates stay (README: TimescaleDB). Also a difference there: TimescaleDB refuses an UPDATE
+-- that moves a row into another chunk (a changed timestamp across a chunk boundary).
 --
 -- latest_bars (0002) gets rewritten triggers: SQL over the transition tables directly instead of
 -- building and unnesting arrays of rows, an UPDATE through a join instead of ON CONFLICT, rows
@@ -39,6 +49,17 @@ BEGIN
     -- nested: PL/pgSQL would plan the catalog query even without the extension
     RETURN NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ohlcv_1min');
 END
+$$;
+
+-- TimescaleDB 2.18 added statement-level triggers with transition tables on hypertables.
+CREATE OR REPLACE FUNCTION pg_temp.hypertables_take_transition_tables() RETURNS boolean LANGUAGE sql AS $$
+    SELECT coalesce((SELECT string_to_array(split_part(extversion, '-', 1), '.')::int[] >= ARRAY[2, 18]
+                     FROM pg_extension WHERE extname = 'timescaledb'), false);
+$$;
+
+-- The rollup replaces the timeframes' views (plain PostgreSQL) or continuous aggregates (TimescaleDB 2.18+).
+CREATE OR REPLACE FUNCTION pg_temp.rollup_wanted() RETURNS boolean LANGUAGE sql AS $$
+    SELECT pg_temp.bars_are_plain() OR pg_temp.hypertables_take_transition_tables();
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -141,7 +162,8 @@ BEGIN
 END
 $fn$;
 
--- TimescaleDB hypertables do not take transition tables (before 2.18): the same, row by row.
+-- Hypertables do not take transition tables before TimescaleDB 2.18, nor DELETE ones with compression
+-- enabled: the same, row by row.
 CREATE FUNCTION latest_bars_after_write_row() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND (OLD.symbol, OLD.timestamp) IS DISTINCT FROM (NEW.symbol, NEW.timestamp)) THEN
@@ -166,14 +188,19 @@ $fn$;
 
 DO $$
 BEGIN
-    IF pg_temp.bars_are_plain() THEN
+    IF pg_temp.bars_are_plain() OR pg_temp.hypertables_take_transition_tables() THEN
         CREATE TRIGGER latest_bars_after_insert AFTER INSERT ON ohlcv_1min
             REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION latest_bars_after_write();
         CREATE TRIGGER latest_bars_after_update AFTER UPDATE ON ohlcv_1min
             REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION latest_bars_after_write();
+    END IF;
+    IF pg_temp.bars_are_plain() THEN
         CREATE TRIGGER latest_bars_after_delete AFTER DELETE ON ohlcv_1min
             REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION latest_bars_after_write();
+    ELSIF pg_temp.hypertables_take_transition_tables() THEN
+        CREATE TRIGGER latest_bars_after_delete AFTER DELETE ON ohlcv_1min
+            FOR EACH ROW EXECUTE FUNCTION latest_bars_after_write_row();
     ELSE
         CREATE TRIGGER latest_bars_after_write AFTER INSERT OR UPDATE OR DELETE ON ohlcv_1min
             FOR EACH ROW EXECUTE FUNCTION latest_bars_after_write_row();
@@ -181,19 +208,20 @@ BEGIN
 END
 $$;
 
--- Rollup (plain PostgreSQL only)
+-- Rollup (plain PostgreSQL, TimescaleDB 2.18+)
 -- ---------------------------------------------------------------------------------------------
 DO $$
 DECLARE
     frame RECORD;
 BEGIN
-    IF NOT pg_temp.bars_are_plain() THEN
-        RAISE NOTICE 'ohlcv_1min is a hypertable: the timeframes stay continuous aggregates (0002)';
+    IF NOT pg_temp.rollup_wanted() THEN
+        RAISE NOTICE 'ohlcv_1min is a hypertable and TimescaleDB is older than 2.18 (no transition tables on'
+                     ' hypertables): the timeframes stay continuous aggregates (0002)';
         RETURN;
     END IF;
 
     CREATE SCHEMA rollups;
-    COMMENT ON SCHEMA rollups IS 'the 5-minute rollup behind ohlcv_5min/15min/1hour/1day on plain PostgreSQL';
+    COMMENT ON SCHEMA rollups IS 'the 5-minute rollup behind ohlcv_5min/15min/1hour/1day';
 
     -- fillfactor 45: a bucket row is rewritten every minute while its 5 minutes are open, and every
     -- open bucket of a page is rewritten in the same transaction; a page must hold a second version
@@ -266,7 +294,12 @@ BEGIN
             ('ohlcv_1day',  INTERVAL '1 day',      '1day')
         ) AS f (view_name, width, label)
     LOOP
-        EXECUTE format('DROP VIEW %I', frame.view_name);
+        IF pg_temp.bars_are_plain() THEN
+            EXECUTE format('DROP VIEW %I', frame.view_name);
+        ELSE
+            -- 0002's continuous aggregate, with its refresh policy and materialized hypertable
+            EXECUTE format('DROP MATERIALIZED VIEW %I', frame.view_name);
+        END IF;
         IF frame.label = '5min' THEN
             CREATE VIEW ohlcv_5min AS
             SELECT symbol, timestamp, open, high, low, close, volume,
@@ -510,6 +543,31 @@ BEGIN
     END
     $fn$;
 
+    -- A hypertable's DELETE, row by row (see the header): the minute's sums leave its bucket, then
+    -- the bucket goes (no minutes left) or its prices are recomputed from the minutes that remain.
+    -- AFTER ROW triggers run when the statement is done, so the recompute sees all its deletes.
+    CREATE FUNCTION rollups.after_delete_row() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    DECLARE
+        bucket timestamptz := date_bin('5 minutes', OLD.timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00');
+        priced boolean := OLD.vwap IS NOT NULL AND OLD.volume > 0;
+        remaining integer;
+    BEGIN
+        UPDATE rollups.bars_5min r
+        SET minutes = r.minutes - 1, volume = r.volume - OLD.volume,
+            priced_value = r.priced_value - CASE WHEN priced THEN OLD.vwap * OLD.volume ELSE 0 END,
+            priced_volume = r.priced_volume - CASE WHEN priced THEN OLD.volume ELSE 0 END,
+            trades = r.trades - OLD.trades
+        WHERE r.symbol = OLD.symbol AND r.timestamp = bucket
+        RETURNING r.minutes INTO remaining;
+        IF remaining <= 0 THEN
+            DELETE FROM rollups.bars_5min r WHERE r.symbol = OLD.symbol AND r.timestamp = bucket;
+        ELSIF remaining IS NOT NULL THEN
+            PERFORM rollups.recompute_prices(ARRAY[OLD.symbol::text], ARRAY[bucket]);
+        END IF;
+        RETURN NULL;
+    END
+    $fn$;
+
     CREATE FUNCTION rollups.clear() RETURNS trigger LANGUAGE plpgsql AS $fn$
     BEGIN
         TRUNCATE rollups.bars_5min;
@@ -521,8 +579,13 @@ BEGIN
         REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION rollups.after_write();
     CREATE TRIGGER rollups_after_update AFTER UPDATE ON ohlcv_1min
         REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION rollups.after_write();
-    CREATE TRIGGER rollups_after_delete AFTER DELETE ON ohlcv_1min
-        REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION rollups.after_write();
+    IF pg_temp.bars_are_plain() THEN
+        CREATE TRIGGER rollups_after_delete AFTER DELETE ON ohlcv_1min
+            REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION rollups.after_write();
+    ELSE
+        CREATE TRIGGER rollups_after_delete AFTER DELETE ON ohlcv_1min
+            FOR EACH ROW EXECUTE FUNCTION rollups.after_delete_row();
+    END IF;
     CREATE TRIGGER rollups_after_truncate AFTER TRUNCATE ON ohlcv_1min
         FOR EACH STATEMENT EXECUTE FUNCTION rollups.clear();
     ANALYZE rollups.bars_5min;

@@ -1,5 +1,6 @@
 """Every ```sql block of docs/cookbook.md runs, and returns rows, on two generated trading days of bars
-with the detection rows (events, indicator values, alerts) a detector would write for them."""
+with the detection rows (events, indicator values, alerts) a detector would write for them, on plain
+PostgreSQL and on the embedded TimescaleDB."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.support.databases import Storage
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +38,9 @@ def test_cookbook_has_a_dozen_recipes() -> None:
 
 
 @pytest.fixture
-def two_days(db: psycopg.Connection) -> psycopg.Connection:
+def two_days(storage: Storage) -> psycopg.Connection:
     """Regular sessions with holes, revisions, volume-only minutes and a price gap."""
+    db = storage.conn
     rng, rows = random.Random(12), []
     for symbol in SYMBOLS:
         price = rng.uniform(50, 500)
@@ -61,7 +65,6 @@ def two_days(db: psycopg.Connection) -> psycopg.Connection:
     ) as copy:
         for row in rows:
             copy.write_row(row)
-    db.execute("TRUNCATE events, indicator_values, alerts")
     detections(db, [r for r in rows if r[5] is not None], rng)
     return db
 

@@ -15,29 +15,39 @@ import pytest
 from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
+from flows.detect.settings import DetectionSettings
 from flows.detection import build_flow as build_detection
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from schemas.bars import decode_bar
 from schemas.status import decode_status
 from tests.support.bars import BAR_COLUMNS, ROOT, assert_same_bars, expected_bars, feed
+from tests.support.databases import Storage
+from tests.support.rollups import assert_views_match
 from tests.support.services import create_topics, publish, read_topic, table_bars
 
 pytestmark = pytest.mark.integration
 
 
-def test_bars_equal_independent_reference_in_table_and_on_redis(settings, db, recorder):
+def test_bars_equal_independent_reference_in_table_and_on_redis(settings, storage: Storage, recorder):
+    """End to end into ohlcv_1min on plain PostgreSQL and on the embedded TimescaleDB; the revised
+    minutes are in every coarser timeframe too once the flow is done. On TimescaleDB without the
+    high/low detector: it reads each partition's bar history in a session of its own beside the
+    sink's, and the embedded server serves one session at a time."""
+    settings = settings.model_copy(update={"database_url": storage.url})
     events = feed()
     publish(settings, events)
     channel = recorder(settings.redis_url, f"{settings.redis_namespace}.market.ohlcv*")
 
-    run_main(build_flow(settings))
+    storage.release()  # the flow's sink is the one session (TimescaleDB) while it runs
+    run_main(build_flow(settings, DetectionSettings(enabled=False)) if storage.timescaledb else build_flow(settings))
 
     expected = expected_bars(events)
-    table = table_bars(db)
+    table = table_bars(storage.conn)
     assert len(expected) > 500
     assert_same_bars(table, expected)
     assert table["revision"].max() >= 1, "late trades should have revised some final bars"
+    assert_views_match(storage.conn)
 
     time.sleep(0.5)
     messages = channel.stop()

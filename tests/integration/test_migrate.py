@@ -1,4 +1,5 @@
-"""Migrations against a real PostgreSQL, each test in a throwaway database it creates and drops."""
+"""Migrations on plain PostgreSQL and on the embedded TimescaleDB, each test in an empty database of its own
+(a throwaway one on PostgreSQL, a private server on TimescaleDB)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from infra import migrate
+from tests.support.databases import Storage
 
 BASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_test")
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +40,8 @@ def versions(url: str) -> list[int]:
         return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
 
-def test_fresh_apply_creates_the_bar_schema(database_url: str) -> None:
+def test_fresh_apply_creates_the_bar_schema(empty_database: Storage) -> None:
+    database_url = empty_database.url
     applied = migrate.up(database_url, log=quiet)
 
     assert [m.label for m in applied] == [m.label for m in migrate.discover()]
@@ -59,7 +62,8 @@ def test_fresh_apply_creates_the_bar_schema(database_url: str) -> None:
             conn.execute("INSERT INTO ohlcv_1min (symbol, timestamp, volume, trades) VALUES ('NOPE', now(), 1, 1)")
 
 
-def test_reapplying_is_a_no_op(database_url: str) -> None:
+def test_reapplying_is_a_no_op(empty_database: Storage) -> None:
+    database_url = empty_database.url
     migrate.up(database_url, log=quiet)
     with psycopg.connect(database_url) as conn:
         before = conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
@@ -70,7 +74,8 @@ def test_reapplying_is_a_no_op(database_url: str) -> None:
         assert conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == before
 
 
-def test_down_then_up(database_url: str) -> None:
+def test_down_then_up(empty_database: Storage) -> None:
+    database_url = empty_database.url
     migrate.up(database_url, log=quiet)
 
     reverted = migrate.down(database_url, to=0, log=quiet)
@@ -99,7 +104,8 @@ def broken_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_failing_migration_is_rolled_back(database_url: str, broken_dir: Path) -> None:
+def test_failing_migration_is_rolled_back(empty_database: Storage, broken_dir: Path) -> None:
+    database_url = empty_database.url
     with pytest.raises(migrate.MigrationError, match=r"0002_broken.up.sql failed and was rolled back"):
         migrate.up(database_url, directory=broken_dir, log=quiet)
 
@@ -113,7 +119,8 @@ def test_failing_migration_is_rolled_back(database_url: str, broken_dir: Path) -
     assert "doomed" not in columns
 
 
-def test_failing_down_leaves_the_schema(database_url: str, tmp_path: Path) -> None:
+def test_failing_down_leaves_the_schema(empty_database: Storage, tmp_path: Path) -> None:
+    database_url = empty_database.url
     (tmp_path / "0001_t.up.sql").write_text("CREATE TABLE t (x INTEGER);\n")
     (tmp_path / "0001_t.down.sql").write_text("DROP TABLE t;\nDROP TABLE not_there;\n")
     migrate.up(database_url, directory=tmp_path, log=quiet)
@@ -125,7 +132,8 @@ def test_failing_down_leaves_the_schema(database_url: str, tmp_path: Path) -> No
     assert versions(database_url) == [1]
 
 
-def test_concurrent_runs_apply_each_migration_once(database_url: str) -> None:
+def test_concurrent_runs_apply_each_migration_once(empty_database: Storage) -> None:
+    database_url = empty_database.url
     results: list[list[migrate.Migration]] = []
     errors: list[BaseException] = []
 
@@ -146,7 +154,8 @@ def test_concurrent_runs_apply_each_migration_once(database_url: str) -> None:
     assert versions(database_url) == SHIPPED
 
 
-def test_cli_reports_failure_and_needs_a_target_for_down(database_url: str, broken_dir: Path) -> None:
+def test_cli_reports_failure_and_needs_a_target_for_down(empty_database: Storage, broken_dir: Path) -> None:
+    database_url = empty_database.url
     command = [sys.executable, "-m", "infra.migrate", "--database-url", database_url]
 
     failed = subprocess.run([*command, "--migrations-dir", str(broken_dir)], cwd=REPO, capture_output=True, text=True)
@@ -169,11 +178,14 @@ def test_stray_sql_files_are_errors_not_skipped(tmp_path: Path, name: str) -> No
         migrate.discover(tmp_path)
 
 
-def test_hypertable_when_timescaledb_is_present(database_url: str) -> None:
+def test_hypertable_when_timescaledb_is_present(empty_database: Storage) -> None:
+    database_url = empty_database.url
     with psycopg.connect(database_url) as conn:
         available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
         preloaded = "timescaledb" in str(conn.execute("SHOW shared_preload_libraries").fetchone())
-    if not (available and preloaded):
+        created = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()  # PGlite: at start
+    if not (available and preloaded) and not created:
+        assert not empty_database.timescaledb
         pytest.skip("TimescaleDB is not installed/preloaded on this server; the plain-table path is tested above")
 
     migrate.up(database_url, log=quiet)

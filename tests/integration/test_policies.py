@@ -1,25 +1,23 @@
 """TimescaleDB policies (infra/policies.py): settings, the statements planned, and applying them.
 
 The settings and the plan are plain Python and always run. Applying needs the timescaledb
-extension: those tests run when the server has it and skip, saying so, when it does not; on plain
-PostgreSQL `apply` must be a no-op that says why.
+extension: those tests run on the embedded TimescaleDB (the session's server, emptied and migrated
+for each), skipping only when it cannot start (failing under CI); on plain PostgreSQL `apply` must
+be a no-op that says why.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from pydantic import ValidationError
 
 from connectors.postgres.bars import BarStore
 from infra import migrate
-from infra.databases import connect
 from infra.policies import TABLES, PolicyError, PolicySettings, apply, plan
 from schemas.bars import Bar
 from tests.support.services import TEST_DATABASE_URL
@@ -88,24 +86,10 @@ def test_plain_postgresql_needs_no_policies(db: psycopg.Connection) -> None:
 
 
 @pytest.fixture
-def timescale_url() -> Iterator[str]:
-    """A fresh, migrated database on a server that has TimescaleDB, else skip."""
-    with psycopg.connect(TEST_DATABASE_URL) as conn:
-        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
-        preloaded = "timescaledb" in str(conn.execute("SHOW shared_preload_libraries").fetchone())
-    if not (available and preloaded):
-        pytest.skip("TimescaleDB is not installed/preloaded on this server: policy application is untested here")
-    name = f"tickstock_policies_{uuid.uuid4().hex[:10]}"
-    admin_url = make_conninfo(TEST_DATABASE_URL, dbname="postgres")
-    with connect(admin_url) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(TEST_DATABASE_URL, dbname=name)
-    try:
-        migrate.up(url, log=lambda _: None)
-        yield url
-    finally:
-        with connect(admin_url) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def timescale_url(fresh_timescale: str) -> Iterator[str]:
+    """A fresh, migrated database with TimescaleDB and no policies applied yet (the embedded one)."""
+    migrate.up(fresh_timescale, log=lambda _: None)
+    yield fresh_timescale
 
 
 @pytest.mark.integration
@@ -137,23 +121,31 @@ def test_revised_bars_upsert_into_compressed_chunks(timescale_url: str) -> None:
         return Bar(symbol="AAPL", timestamp=day, open=10.0, high=max(11.0, close), low=9.0, close=close,
                    volume=100 + revision, vwap=10.0, trades=1, revision=revision, status="final")  # fmt: skip
 
-    store = BarStore(timescale_url)
-    try:
-        store.upsert([minute_bar(0, 10.5)])
-        with psycopg.connect(timescale_url, autocommit=True) as conn:
-            compressed = conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('ohlcv_1min') c").fetchone()
-            assert compressed == (1,)
-        store.upsert([minute_bar(1, 12.5)])  # a late correction lands in the compressed chunk
-    finally:
-        store.close()
+    def upsert(bar: Bar) -> None:  # a session of its own each time: the embedded server serves one at a time
+        store = BarStore(timescale_url)
+        try:
+            store.upsert([bar])
+        finally:
+            store.close()
+
+    upsert(minute_bar(0, 10.5))
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        compressed = conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('ohlcv_1min') c").fetchone()
+        assert compressed == (1,)
+    upsert(minute_bar(1, 12.5))  # a late correction lands in the compressed chunk
     with psycopg.connect(timescale_url, autocommit=True) as conn:
         assert conn.execute("SELECT close, revision FROM ohlcv_1min").fetchall() == [(12.5, 1)]
         assert conn.execute("SELECT close, revision FROM latest_bars").fetchall() == [(12.5, 1)]
-        conn.execute("CALL refresh_continuous_aggregate('ohlcv_1hour', NULL, NULL)")
+        # the rollup (0004) has it too, without a refresh
         assert conn.execute("SELECT high, close, volume FROM ohlcv_1hour").fetchall() == [(12.5, 12.5, 101)]
 
 
 @pytest.mark.integration
-def test_retention_inside_a_refresh_window_is_refused(timescale_url: str) -> None:
+def test_retention_inside_a_refresh_window_is_refused(fresh_timescale: str) -> None:
+    """With 0002's continuous aggregates (up to 0003, and what TimescaleDB before 2.18 keeps); 0004's
+    rollup has no refresh window (dropping raw chunks fires no triggers, its buckets stay)."""
+    migrate.up(fresh_timescale, to=3, log=lambda _: None)
     with pytest.raises(PolicyError, match=r"TIMESCALE_RETENTION_BARS=3 days.*refresh"):
-        apply(timescale_url, PolicySettings(retention_bars="3 days"), log=lambda _: None)
+        apply(fresh_timescale, PolicySettings(retention_bars="3 days"), log=lambda _: None)
+    migrate.up(fresh_timescale, log=lambda _: None)
+    assert apply(fresh_timescale, PolicySettings(retention_bars="3 days"), log=lambda _: None)

@@ -1,4 +1,9 @@
-"""Sinks keep what they accepted when their server goes away, and fail fast when it was never there."""
+"""Sinks keep what they accepted when their server goes away, and fail fast when it was never there.
+
+The bar sink's revision rule and its refusal of an unmigrated database run on plain PostgreSQL and
+on the embedded TimescaleDB; killing the sink's session takes a second session beside it (the
+embedded server serves one at a time), so that one is PostgreSQL's only.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from connectors.postgres.database import DatabaseUnavailable
 from connectors.redis.publish import BarPublisher, RedisUnavailable
 from schemas.bars import Bar, decode_bar
 from schemas.channels import Channels
+from tests.support.databases import Storage
 from tests.support.services import TEST_DATABASE_URL, free_port, private_redis
 
 pytestmark = pytest.mark.integration
@@ -32,6 +38,7 @@ def rows(conn: psycopg.Connection) -> list[tuple]:
 
 
 def test_postgres_write_survives_a_killed_connection(db):
+    """PostgreSQL only: pg_terminate_backend from a second session while the sink's is open."""
     store = BarStore(TEST_DATABASE_URL, max_backoff_s=0.5)
     store.upsert([bar("AAA", 0), bar("BBB", 0)])
     pid = store._db._conn.info.backend_pid
@@ -42,16 +49,15 @@ def test_postgres_write_survives_a_killed_connection(db):
     store.close()
 
 
-def test_older_revision_never_overwrites_newer(db):
-    store = BarStore(TEST_DATABASE_URL)
-    store.upsert([bar("AAA", 0, revision=2, close=12.0)])
-    store.upsert([bar("AAA", 0, revision=1, close=11.0)])
-    store.upsert([bar("AAA", 0, revision=0, close=10.0), bar("AAA", 0, revision=3, close=13.0)])
-    assert rows(db) == [("AAA", 13.0, 3)]
-    store.close()
+def test_older_revision_never_overwrites_newer(storage: Storage) -> None:
+    storage.upsert([bar("AAA", 0, revision=2, close=12.0)])  # each in a sink session of its own
+    storage.upsert([bar("AAA", 0, revision=1, close=11.0)])
+    storage.upsert([bar("AAA", 0, revision=0, close=10.0), bar("AAA", 0, revision=3, close=13.0)])
+    assert rows(storage.conn) == [("AAA", 13.0, 3)]
 
 
 def test_unreachable_or_unmigrated_database_fails_fast_with_the_fix(services):
+    """Creates a second database on the server (the embedded TimescaleDB has one: see the next test)."""
     with pytest.raises(DatabaseUnavailable, match="make services"):
         BarStore("postgresql://postgres@127.0.0.1:1/none")
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
@@ -59,6 +65,11 @@ def test_unreachable_or_unmigrated_database_fails_fast_with_the_fix(services):
         conn.execute("CREATE DATABASE tickstock_unmigrated")
     with pytest.raises(DatabaseUnavailable, match="make migrate"):
         BarStore(TEST_DATABASE_URL.rsplit("/", 1)[0] + "/tickstock_unmigrated")
+
+
+def test_unmigrated_timescaledb_fails_fast_with_the_fix(fresh_timescale: str) -> None:
+    with pytest.raises(DatabaseUnavailable, match="make migrate"):
+        BarStore(fresh_timescale)
 
 
 def test_unreachable_redis_fails_fast_with_the_fix():

@@ -188,17 +188,33 @@ def writes_of_every_kind(conn: psycopg.Connection) -> None:
     latest_bars_match(conn)
     conn.execute("DELETE FROM ohlcv_1min WHERE symbol = 'TSLA' AND timestamp >= %s", (now - timedelta(days=1),))
     latest_bars_match(conn)
-    assert_views_match(conn)  # nothing materialized: the real-time aggregates compute every bucket
+    assert_views_match(conn)  # the rollup (0004), or 0002's real-time aggregates with nothing materialized
 
 
-def test_migrations_make_hypertables_and_continuous_aggregates(timescale: str) -> None:
-    migrate.up(timescale, log=quiet)
+def test_migrations_make_hypertables_then_the_rollup_replaces_the_continuous_aggregates(timescale: str) -> None:
+    migrate.up(timescale, to=3, log=quiet)
     with psycopg.connect(timescale, autocommit=True) as conn:
         hypertables = {r[0] for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")}
         aggregates = dict(conn.execute("SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"))
-        assert to_regnamespace(conn, "rollups") is None  # 0004's rollup is for plain PostgreSQL only
     assert {"ohlcv_1min", "events", "indicator_values", "alerts"} <= hypertables
     assert aggregates == {"ohlcv_5min": False, "ohlcv_15min": False, "ohlcv_1hour": False, "ohlcv_1day": False}
+    migrate.up(timescale, log=quiet)  # 0004 on TimescaleDB 2.18+: the rollup, kept current by the writes' triggers
+    with psycopg.connect(timescale, autocommit=True) as conn:
+        assert to_regnamespace(conn, "rollups") == "rollups"
+        assert conn.execute("SELECT count(*) FROM timescaledb_information.continuous_aggregates").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name ="
+                            " 'policy_refresh_continuous_aggregate'").fetchone() == (0,)  # fmt: skip
+        triggers = dict(conn.execute(
+            "SELECT tgname, CASE WHEN tgtype & 1 = 1 THEN 'row' ELSE 'statement' END FROM pg_trigger"
+            " WHERE tgrelid = 'ohlcv_1min'::regclass AND NOT tgisinternal AND tgname <> 'ts_insert_blocker'"
+        ).fetchall())  # fmt: skip
+    # transition tables for INSERT and UPDATE; DELETE row by row (compression refuses DELETE transition tables)
+    assert triggers == {
+        "latest_bars_on_truncate": "statement", "rollups_after_truncate": "statement",
+        "latest_bars_after_insert": "statement", "latest_bars_after_update": "statement",
+        "latest_bars_after_delete": "row", "rollups_after_insert": "statement",
+        "rollups_after_update": "statement", "rollups_after_delete": "row",
+    }  # fmt: skip
 
 
 def to_regnamespace(conn: psycopg.Connection, name: str) -> object:
