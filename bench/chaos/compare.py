@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -135,25 +135,39 @@ def detection_ok(report: dict[str, Any]) -> bool:
     return all(t["missing"] == 0 and t["extra"] == 0 and t["different"] == 0 for t in report.values())
 
 
+def _messages(bootstrap: str, topic: str, partitions: int | None, timeout_s: float) -> Iterator[Any]:
+    """Every message of `topic` from its start to its end (all partitions, or the first `partitions`)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-read", "enable.partition.eof": True,
+                         "enable.auto.commit": False, "fetch.max.bytes": 52_428_800})  # fmt: skip
+    try:
+        numbers = (
+            range(partitions)
+            if partitions is not None
+            else list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        )
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in numbers])
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(ended) < len(numbers) and time.monotonic() < deadline:
+            for m in consumer.consume(1000, 0.5):
+                if m.error() is None:
+                    yield m
+                else:
+                    ended.add(m.partition())
+    finally:
+        consumer.close()
+
+
 def read_dead_letters(
     bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0
 ) -> list[tuple[dict[str, str], bytes | None]]:
     """Every dead letter on `topic`: its headers (text) and value."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-dlq", "enable.partition.eof": True,
-                         "enable.auto.commit": False, "fetch.max.bytes": 52_428_800})  # fmt: skip
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    out, ended = [], set()
-    deadline = time.monotonic() + timeout_s
-    while len(ended) < partitions and time.monotonic() < deadline:
-        for m in consumer.consume(1000, 0.5):
-            if m.error() is None:
-                out.append(({k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}, m.value()))
-            else:
-                ended.add(m.partition())
-    consumer.close()
-    return out
+    return [
+        ({k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}, m.value())
+        for m in _messages(bootstrap, topic, partitions, timeout_s)
+    ]
 
 
 def settle_deliveries(bootstrap: str, records: list[Record], timeout_s: float = 20.0) -> int:
@@ -165,39 +179,19 @@ def settle_deliveries(bootstrap: str, records: list[Record], timeout_s: float = 
     the reports said. Matched by value among the records of the same topic and key; returns how
     many records were settled this way.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
     pending: dict[tuple[str, bytes | None, bytes | None], list[Record]] = {}
     for r in records:
         if r.offset is None:
             pending.setdefault((r.topic, r.key, r.value), []).append(r)
-    if not pending:
-        return 0
     known = {(r.topic, r.partition, r.offset) for r in records if r.offset is not None}
     settled = 0
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-settle", "enable.partition.eof": True,
-                         "enable.auto.commit": False, "fetch.max.bytes": 52_428_800})  # fmt: skip
-    try:
-        for topic in sorted({t for t, _, _ in pending}):
-            partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            ended: set[int] = set()
-            deadline = time.monotonic() + timeout_s
-            while len(ended) < len(partitions) and time.monotonic() < deadline:
-                for m in consumer.consume(1000, 0.5):
-                    if m.error() is not None:
-                        ended.add(m.partition())
-                        continue
-                    if (topic, m.partition(), m.offset()) in known:
-                        continue
-                    waiting = pending.get((topic, m.key(), m.value()))
-                    if waiting:
-                        record = waiting.pop(0)
-                        record.partition, record.offset = m.partition(), m.offset()
-                        settled += 1
-            consumer.unassign()
-    finally:
-        consumer.close()
+    for topic in sorted({t for t, _, _ in pending}):
+        for m in _messages(bootstrap, topic, None, timeout_s):
+            waiting = pending.get((topic, m.key(), m.value()))
+            if waiting and (topic, m.partition(), m.offset()) not in known:
+                record = waiting.pop(0)
+                record.partition, record.offset = m.partition(), m.offset()
+                settled += 1
     return settled
 
 
