@@ -8,7 +8,13 @@ Measures, in one run and on the same messages:
   session highs/lows) and the detection flow beside it, until the last bar's indicator values
   are in PostgreSQL (`detection_cost_pct`: the throughput it costs);
 - `p99_bar_latency_ms`: with a real-time feed, from a minute's end plus the close delay to its
-  bar arriving on Redis (the sink writes PostgreSQL first, so it is in the table by then).
+  bar arriving on Redis (the sink writes PostgreSQL first, so it is in the table by then);
+- `decode_floor_us_per_tick`: the least any Python consumer of this JSON pays per tick: CPU of
+  msgspec decoding the same message values into `schemas.polygon.Trade`, the cheaper of one call
+  per value and one call per joined batch; `flow_cpu_per_tick_x_floor` is the bar flow's CPU per
+  tick (detection off) as a multiple of it, `detection_cpu_us_per_bar` the detection flow's CPU
+  per bar. Machines differ (per-core speed varies 2x between runs of this kind), so these
+  same-run ratios are the figures to compare, with `load_average_before`/`_after` and `cpu_model`.
 Writes `bench/results.json`.
 """
 
@@ -24,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -35,6 +42,7 @@ from flows.settings import Settings
 from infra.databases import ensure_database
 from infra.migrate import up
 from schemas.bars import decode_bar
+from schemas.polygon import Trade
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -75,8 +83,9 @@ def publish_ticks(s: Settings, symbols: int, ticks: int) -> int:
     return n
 
 
-def raw_consume(s: Settings, expected: int) -> float:
-    """confluent-kafka alone on the same topic, with the flow's consumer settings."""
+def raw_consume(s: Settings, expected: int, keep: list[bytes] | None = None) -> float:
+    """confluent-kafka alone on the same topic, with the flow's consumer settings; the values go to
+    `keep` (after the clock stops counting them: appending is outside what a consumer must do)."""
     consumers = []
     for p in range(s.topic_partitions):
         c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "bench-raw", "enable.auto.commit": False,
@@ -90,8 +99,10 @@ def raw_consume(s: Settings, expected: int) -> float:
         for c in list(live):
             for m in c.consume(s.kafka_batch_size, 0.001):
                 if m.error() is None:
-                    m.value()
+                    value = m.value()
                     seen += 1
+                    if keep is not None:
+                        keep.append(value)  # type: ignore[arg-type]  # a value of a message without error is bytes
                 else:
                     live.remove(c)
                     break
@@ -101,6 +112,39 @@ def raw_consume(s: Settings, expected: int) -> float:
     if seen != expected:
         raise SystemExit(f"raw consume saw {seen} messages, expected {expected}")
     return seen / elapsed
+
+
+def decode_floor_us(values: list[bytes], batch: int) -> dict[str, float]:
+    """CPU per value of msgspec decoding `values` into the trade struct: one `decode` per value (as a
+    consumer handed one record at a time), and one per `batch` values joined into a JSON array (what
+    a consumer that decodes its whole poll at once pays, the join included). The floor is the lesser."""
+    one = msgspec.json.Decoder(Trade)
+    many = msgspec.json.Decoder(list[Trade])
+    started = time.process_time()
+    for value in values:
+        one.decode(value)
+    per_value = time.process_time() - started
+    started = time.process_time()
+    for i in range(0, len(values), batch):
+        many.decode(b"[" + b",".join(values[i : i + batch]) + b"]")
+    per_batch = time.process_time() - started
+    n = len(values)
+    return {
+        "decode_us_per_tick_one_by_one": round(per_value / n * 1e6, 3),
+        "decode_us_per_tick_batched": round(per_batch / n * 1e6, 3),
+        "decode_floor_us_per_tick": round(min(per_value, per_batch) / n * 1e6, 3),
+    }
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
+    return f"unknown x {os.cpu_count()}"
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run_flow_to_end(s: Settings, detection: bool) -> dict:
@@ -234,20 +278,28 @@ def main(argv: list[str] | None = None) -> int:
     ensure_database(database_url)
     up(database_url, log=lambda *_: None)
 
+    load_before = load_average()
     run = uuid.uuid4().hex[:6]
     s = bench_settings(run, database_url, kafka_tail=False)
     ensure_topics(s)
     t0 = time.perf_counter()
     ticks = publish_ticks(s, args.symbols, args.ticks)
     print(f"published {ticks:,} ticks for {args.symbols:,} symbols in {time.perf_counter() - t0:.1f} s", flush=True)
-    raw = raw_consume(s, ticks)
+    values: list[bytes] = []
+    raw = raw_consume(s, ticks, keep=values)
     print(f"raw consume: {raw:,.0f} msg/s", flush=True)
+    floor = decode_floor_us(values, s.kafka_batch_size)
+    del values
+    print(f"decode floor: {floor['decode_floor_us_per_tick']} us/tick (one by one {floor['decode_us_per_tick_one_by_one']},"
+          f" batched {floor['decode_us_per_tick_batched']})", flush=True)  # fmt: skip
     timed = run_flow_to_end(s, detection=False)
     ticks_per_s = ticks / timed["elapsed_s"]
     with psycopg.connect(database_url) as conn:
         bars = conn.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]
+    flow_us = timed["cpu_s"] / ticks * 1e6
     print(f"flow, detection off: {ticks_per_s:,.0f} ticks/s ({ticks_per_s / raw:.2f} x raw), {bars:,} bars, "
-          f"{timed['cpu_s']:.2f} s CPU, peak RSS {timed['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+          f"{timed['cpu_s']:.2f} s CPU ({flow_us:.2f} us/tick, {flow_us / floor['decode_floor_us_per_tick']:.1f} x the"
+          f" decode floor), peak RSS {timed['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
     detected = run_flow_to_end(s, detection=True)
     with_detection = ticks / detected["elapsed_s"]
     with psycopg.connect(database_url) as conn:
@@ -274,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         "detection_flow_peak_rss_mb": round(detected["detection_peak_rss_mb"], 1),
         "flow_cpu_s": round(timed["cpu_s"], 2),
         "flows_cpu_s_with_detection": round(detected["cpu_s"], 2),
+        **floor,
+        "flow_cpu_us_per_tick": round(flow_us, 3),
+        "flow_cpu_per_tick_x_floor": round(flow_us / floor["decode_floor_us_per_tick"], 2),
+        "detection_cpu_us_per_bar": round(detected["detection_cpu_s"] / bars * 1e6, 1),
+        "cpu_model": cpu_model(),
+        "load_average_before": load_before,
     }
     if args.latency_seconds:
         ls = bench_settings(run + "l", database_url)
@@ -281,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         results.update(bar_latency(ls, args.symbols, args.latency_rate, args.latency_seconds))
         print(f"bar latency: p50 {results['p50_bar_latency_ms']} ms, p99 {results['p99_bar_latency_ms']} ms "
               f"over {results['latency_bars']:,} bars", flush=True)  # fmt: skip
+    results["load_average_after"] = load_average()
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
