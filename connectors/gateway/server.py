@@ -57,7 +57,8 @@ from schemas.channels import Channels
 log = logging.getLogger("tickstock.gateway")
 
 STATIC_DIR = Path(__file__).with_name("static")
-VENDOR_DIR = Path(__file__).resolve().parents[2] / "infra" / "dashboard" / "node_modules" / "lightweight-charts" / "dist"
+# The dashboard's chart library, part of the package (infra/dashboard.sh copies it here from npm; the wheel ships it).
+VENDOR_DIR = Path(__file__).with_name("vendor")
 
 
 class Gateway:
