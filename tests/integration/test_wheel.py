@@ -93,10 +93,9 @@ class Install:
     work: Path
 
     def env(self, **settings: str | None) -> dict[str, str]:
-        """This environment (OPENBLAS_* and the like stay) without Python's search paths; None unsets."""
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        """`clean_env()` with the virtualenv's programs first on PATH; a setting of None unsets it."""
+        env = clean_env()
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        env["PYTHONNOUSERSITE"] = "1"
         for name, value in settings.items():
             if value is None:
                 env.pop(name, None)
@@ -120,6 +119,14 @@ class Install:
             text=True,
             timeout=120,
         )
+
+
+def clean_env() -> dict[str, str]:
+    """This environment (OPENBLAS_* and the like stay) without Python's search paths, which could lead
+    pip or a program to the checkout (`PYTHONPATH=$PWD` would show pip a tickstock_streams.egg-info)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
 
 
 def tracked_package_files() -> list[str]:
@@ -190,6 +197,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(source),
         ],
         cwd=root,
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -205,10 +213,12 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Install:
     venv, deps, work = root / "venv", root / "dependencies", root / "work"
     deps.mkdir()
     work.mkdir()
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60, env=clean_env())
     pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "--disable-pip-version-check"]
-    done = subprocess.run([*pip, "install", "--quiet", "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", str(wheel)], cwd=work, env=clean_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "Successfully installed tickstock-streams" in done.stdout, done.stdout + done.stderr
     with zipfile.ZipFile(wheel) as z:
         (metadata,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
         requires = Parser().parsestr(z.read(metadata).decode()).get_all("Requires-Dist") or []
@@ -353,18 +363,20 @@ def test_the_installed_gateway_serves_the_dashboard_and_its_chart_library(
 ) -> None:
     env = {**run_settings, "GATEWAY_DEV_MODE": "true", "GATEWAY_PORT": str(free_port())}
     ok(installed.run("tickstock-migrate", **env))
-    gateway = subprocess.Popen(
-        [str(installed.venv / "bin/tickstock-gateway")],
-        cwd=installed.work,
-        env=installed.env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = installed.work / f"gateway-{env['REDIS_NAMESPACE']}.log"
+    with log.open("w") as stderr:
+        gateway = subprocess.Popen(
+            [str(installed.venv / "bin/tickstock-gateway")],
+            cwd=installed.work,
+            env=installed.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
         assert gateway.stdout is not None
         line = gateway.stdout.readline()  # printed once it listens, or nothing when it exits
-        assert line.startswith("gateway: http://"), (line, gateway.wait(10), gateway.stderr and gateway.stderr.read())
+        assert line.startswith("gateway: http://"), (line, gateway.wait(10), log.read_text())
         base = line.split()[1].removesuffix("/dashboard/")
         with urllib.request.urlopen(f"{base}/dashboard/", timeout=10) as page:
             html = page.read().decode()
