@@ -181,7 +181,11 @@ class Gateway:
             on_database_error=self.probe.database_failed,
         )
         if not (VENDOR_DIR / "lightweight-charts.standalone.production.js").exists():
-            log.warning("the dashboard's chart library is missing from %s: run `make dashboard-assets`", VENDOR_DIR)
+            log.warning(
+                "the dashboard's chart library is missing from %s: run `make dashboard-assets` in a checkout; "
+                "an installed wheel carries it (setup.py)",
+                VENDOR_DIR,
+            )
         self.supervisor.start("flusher", self.flusher.flush_forever)
         self.supervisor.start("redis-probe", self.probe.probe_forever)
         log.info(
