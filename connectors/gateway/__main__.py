@@ -3,6 +3,8 @@
     python -m connectors.gateway                       # serve (settings: GATEWAY_* env vars, README)
     python -m connectors.gateway token alice --symbols AAPL,MSFT --kinds live,bar,alert --ttl 3600
 
+Installed, the same are `tickstock-gateway` and `tickstock-token alice --symbols ...`.
+
 Exit codes: 0 stopped cleanly; 1 a dependency (Redis, PostgreSQL) unreachable at start; 2 a bad
 setting or argument, or an address that cannot be bound (the message names it; never a
 traceback). Only `main` exits: the library raises (errors.py) and this maps the errors to codes.
@@ -37,10 +39,8 @@ def _settings() -> GatewaySettings:
         raise BadSettings(f"invalid gateway settings:\n{describe_errors(exc)}") from None
 
 
-def token(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m connectors.gateway token", description="Print a signed token (GATEWAY_JWT_SECRET) for a user."
-    )
+def token(argv: list[str], prog: str = "python -m connectors.gateway token") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Print a signed token (GATEWAY_JWT_SECRET) for a user.")
     parser.add_argument("user")
     parser.add_argument("--symbols", default="*", help="comma-separated tickers, or * (default): written into the token")
     parser.add_argument(
@@ -71,6 +71,11 @@ def token(argv: list[str]) -> int:
     return 0
 
 
+def token_main(argv: list[str] | None = None) -> int:
+    """`tickstock-token USER [--symbols ...]`: `token` as a program of its own."""
+    return token(sys.argv[1:] if argv is None else argv, prog="tickstock-token")
+
+
 async def serve(settings: GatewaySettings) -> None:
     gateway = Gateway(settings)
     await gateway.start()
@@ -87,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["token"]:
         return token(argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if argv and argv[0] not in ("serve",):
         print(__doc__, file=sys.stderr)
         return 2

@@ -57,7 +57,8 @@ from schemas.channels import Channels
 log = logging.getLogger("tickstock.gateway")
 
 STATIC_DIR = Path(__file__).with_name("static")
-VENDOR_DIR = Path(__file__).resolve().parents[2] / "infra" / "dashboard" / "node_modules" / "lightweight-charts" / "dist"
+# The dashboard's chart library, part of the package (infra/dashboard.sh copies it here from npm; the wheel ships it).
+VENDOR_DIR = Path(__file__).with_name("vendor")
 
 
 class Gateway:
@@ -180,7 +181,11 @@ class Gateway:
             on_database_error=self.probe.database_failed,
         )
         if not (VENDOR_DIR / "lightweight-charts.standalone.production.js").exists():
-            log.warning("the dashboard's chart library is missing from %s: run `make dashboard-assets`", VENDOR_DIR)
+            log.warning(
+                "the dashboard's chart library is missing from %s: run `make dashboard-assets` in a checkout; "
+                "an installed wheel carries it (setup.py)",
+                VENDOR_DIR,
+            )
         self.supervisor.start("flusher", self.flusher.flush_forever)
         self.supervisor.start("redis-probe", self.probe.probe_forever)
         log.info(

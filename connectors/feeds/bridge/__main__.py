@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from connectors.feeds.bridge.program import Exit, main
+from connectors.feeds.bridge.program import run
 
-try:
-    sys.exit(main())
-except Exit as exc:
-    print(exc, file=sys.stderr)
-    sys.exit(exc.code)
+sys.exit(run())

@@ -1,6 +1,7 @@
 """The bridge as a program: settings, the spool lock and Kafka checked, then serve until stopped.
 
-`python -m connectors.feeds.bridge` runs `main()`. Exit codes: 0 after a clean stop; 2 for a
+`python -m connectors.feeds.bridge` and `tickstock-bridge` run `run()`: `main()` with a `--help`,
+and its `Exit` printed. Exit codes: 0 after a clean stop; 2 for a
 bad setting (the message names it) or a refused API key; 3 when another connection holds the
 account's slot; 4 when Kafka refuses the bridge (a missing topic, authorization); 5 when records
 read could be neither delivered nor spooled. Library code raises (`SettingsError`,
@@ -10,6 +11,7 @@ into a message and an exit code.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -121,3 +123,19 @@ def main() -> int:
         print(f"{PROGRAM}: {exc}", file=sys.stderr)
         return EXIT_KAFKA_REFUSED
     return asyncio.run(serve(Bridge(bridge_settings, settings), spool))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The program: no arguments (the settings are environment variables), `--help` says so."""
+    argparse.ArgumentParser(
+        prog="tickstock-bridge",
+        description="Relay Polygon's (Massive's) WebSocket stream into Kafka until SIGTERM/SIGINT.",
+        epilog="Settings are environment variables: MASSIVE_API_KEY (or POLYGON_API_KEY), BRIDGE_* and the Kafka ones "
+        "(KAFKA_BOOTSTRAP_SERVERS, TOPIC_*); see the README. Exit codes: 0 stopped, 2 bad setting or refused key, "
+        "3 connection slot taken, 4 Kafka refused, 5 records neither delivered nor spooled.",
+    ).parse_args(argv)
+    try:
+        return main()
+    except Exit as exc:
+        print(exc, file=sys.stderr)
+        return int(exc.code or 0)
