@@ -18,20 +18,24 @@ Bars without prices (only volume-only trades in the minute) are skipped.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from flows.detect import indicators, patterns, surge, trend
+from flows.detect.streaming import EMPTY, Indicators, State, Values
 from flows.detect.series import BarSeries
 from flows.detect.settings import DetectionSettings
 from schemas.bars import Bar
 from schemas.events import Alert, Event, IndicatorValues, ParamValue, PatternEvent, SurgeEvent, TrendEvent, stable_id
 from schemas.sessions import session_of
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: with the streaming indicator state; 1 (without) is still restored
 TIMEFRAME = "1m"
+_CONFIDENCE = tuple(round(warm / 11, 4) for warm in range(12))  # share of the 11 values that are warm
+_UNWARM: Values = (None,) * 10
 
 
 class DetectionParams:
@@ -59,6 +63,10 @@ class DetectionParams:
             "bb_lower": {"bb_period": ind.bb_period, "bb_stddev": ind.bb_stddev},
         }
         self.critical = frozenset(alerts.critical)
+        self.indicators = Indicators(ind)
+        self.replay_bars = ind.replay_bars
+        # bars each new bar reads as lists: the indicators' closes, the patterns' candles, trend, surges
+        self.tail = max(self.indicators.trail, patterns.BARS, cfg.trend.bars, cfg.surge.volume_bars + 1, cfg.surge.price_bars + 2)
 
 
 class BarDetector:
@@ -74,6 +82,12 @@ class BarDetector:
         self.session_start = self.session_end = 0  # the session of the newest bar, for its VWAP
         self.evicted_pv = self.evicted_v = 0.0  # its bars that left the window: sum of vwap * volume, of volume
         self.total_pv = self.total_v = 0.0  # all its bars
+        # TA-Lib's indicators over every bar seen (streaming.py): the state after the newest bar, its
+        # values, and (timestamp, state, values) of the recent bars, to replay a revision from
+        self.state: State = EMPTY
+        self.values: Values = _UNWARM
+        self.recent: deque[tuple[int, State, Values]] = deque(maxlen=params.replay_bars + 1)
+        self._id_prefix = f"indicator|{symbol}|{TIMEFRAME}|"
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -82,6 +96,7 @@ class BarDetector:
         for t, o, h, low, c, v, vw in rows:
             if c is not None and o is not None and h is not None and low is not None:
                 self._add(t, o, h, low, c, v, vw if vw is not None else c)
+        self._restep(0, EMPTY)
 
     def on_bar(self, bar: Bar) -> list[Event]:
         """What a final bar (or a revision) produces."""
@@ -98,22 +113,73 @@ class BarDetector:
         if bar.revision:
             self.revisions[bar.timestamp] = bar.revision
         p = self.p
-        _, o, h, low, c, v, _ = self.series.columns()
-        values = indicators.compute(p.cfg.indicators, h, low, c) if p.compute_indicators else None
+        if not is_new:
+            return self._replay(at) if p.indicators_on else []
+        s = self.series
+        end = s._end
+        o, h, low, c, v = s._data[1:6, max(s._start, end - p.tail) : end].tolist()
+        before = self.values
+        if p.compute_indicators:
+            self.state, values = p.indicators.step(self.state, bar.high, bar.low, c)
+            self.values = values
+            self.recent.append((bar.timestamp, self.state, values))
         out: list[Event] = []
         if p.indicators_on:
-            out.extend(self._indicator_records(values, at))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
-        if is_new:
-            if p.alerts_on:
-                out.extend(self._alerts(values, bar, c))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
-            if p.patterns_on:
-                n = patterns.BARS
-                out.extend(self._patterns(bar, o[-n:], h[-n:], low[-n:], c[-n:], v[-n:]))
-            if p.trend_on:
-                out.extend(self._trend(bar, c))
-            if p.surge_on:
-                out.extend(self._surges(bar, c, v))
+            total_v = self.total_v
+            vwap_now = self.total_pv / total_v if total_v > 0 and bar.timestamp >= self.session_start else None
+            out.append(self._indicator_record(bar.timestamp, values, vwap_now))
+        if p.alerts_on and len(c) > 1:
+            out.extend(self._alerts(before, values, bar, c[-2], c[-1]))
+        if p.patterns_on:
+            out.extend(self._patterns(bar, o, h, low, c, v))
+        if p.trend_on:
+            out.extend(self._trend(bar, s.close))
+        if p.surge_on:
+            out.extend(self._surges(bar, c, v))
         return out
+
+    def _replay(self, at: int) -> list[Event]:
+        """A revised or inserted bar at index `at`: step it and every later bar again from the state of
+        the bar before it (kept for the last `replay_bars` bars; else from the window's first bar, as
+        if the series began there), and re-emit their values."""
+        times = self.series.timestamp
+        before = int(times[at - 1]) if at > 0 else None
+        start = None
+        for t, state, _ in reversed(self.recent):
+            if t == before:
+                start = state
+                break
+        if start is None and at == 0 and self.series.evicted is None and self.state[0] <= len(self.series):
+            start = EMPTY  # nothing was ever before it
+        if start is None:
+            self._restep(0, EMPTY)
+        else:
+            self._restep(at, start)
+        vwaps = self._session_vwaps(at)
+        by_time = {t: values for t, _, values in self.recent}
+        out: list[Event] = []
+        for offset, j in enumerate(range(at, len(times))):
+            t = int(times[j])
+            out.append(self._indicator_record(t, by_time.get(t, _UNWARM), vwaps[offset]))
+        return out
+
+    def _restep(self, at: int, state: State) -> None:
+        """Step the indicators from bar `at` of the series to the newest, starting from `state`."""
+        if not self.p.compute_indicators:
+            return
+        s = self.series
+        ind = self.p.indicators
+        times = s.timestamp.tolist()
+        _, _, h, low, c, _, _ = s.columns().tolist()
+        recent = self.recent
+        while recent and recent[-1][0] >= (times[at] if at < len(times) else 0):
+            recent.pop()
+        values = self.values if at >= len(times) else _UNWARM
+        trail = ind.trail
+        for j in range(at, len(times)):
+            state, values = ind.step(state, h[j], low[j], c[max(0, j - trail + 1) : j + 1])
+            recent.append((int(times[j]), state, values))
+        self.state, self.values = state, values
 
     def _seen(self, bar: Bar, vwap: float) -> bool:
         """An older revision than the one held, or the very bar held: a repeat from upstream, nothing to do.
@@ -174,38 +240,25 @@ class BarDetector:
         pv, volume, in_session = self._session_sums()
         return [float(pv[j + 1] / volume[j + 1]) if in_session[j] and volume[j + 1] > 0 else None for j in range(at, len(s))]
 
-    def _indicator_records(self, values: dict[str, np.ndarray], at: int) -> list[IndicatorValues]:
-        times = self.series.timestamp
-        vwaps = self._session_vwaps(at)
-        records = []
-        symbol, params, revisions = self.symbol, self.p.indicator_params, self.revisions
-        columns = [values[name] for name in indicators.COLUMNS]
-        for offset, j in enumerate(range(at, len(times))):
-            sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = (
-                None if x != x else x for x in (float(c[j]) for c in columns)
-            )
-            vwap = vwaps[offset]
-            t = int(times[j])
-            warm = 11 - (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr, vwap).count(None)
-            records.append(
-                IndicatorValues(
-                    id=stable_id("indicator", symbol, TIMEFRAME, t),
-                    symbol=symbol,
-                    timestamp=t,
-                    confidence=round(warm / 11, 4),
-                    direction="neutral",
-                    params=params,
-                    sma=sma, ema=ema, rsi=rsi, macd=macd, macd_signal=signal, macd_hist=hist,
-                    bb_upper=upper, bb_middle=middle, bb_lower=lower, atr=atr, vwap=vwap,
-                    revision=revisions.get(t, 0),
-                )
-            )  # fmt: skip
-        return records
+    def _indicator_record(self, t: int, values: Values, vwap: float | None) -> IndicatorValues:
+        sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = values
+        warm = 11 - values.count(None) - (vwap is None)
+        return IndicatorValues(
+            id=stable_id(self._id_prefix + str(t)),
+            symbol=self.symbol,
+            timestamp=t,
+            confidence=_CONFIDENCE[warm],
+            direction="neutral",
+            params=self.p.indicator_params,
+            sma=sma, ema=ema, rsi=rsi, macd=macd, macd_signal=signal, macd_hist=hist,
+            bb_upper=upper, bb_middle=middle, bb_lower=lower, atr=atr, vwap=vwap,
+            revision=self.revisions.get(t, 0) if self.revisions else 0,
+        )  # fmt: skip
 
-    def _alerts(self, values: dict[str, np.ndarray], bar: Bar, close: np.ndarray) -> list[Alert]:
+    def _alerts(self, before: Values, now: Values, bar: Bar, c0: float, c1: float) -> list[Alert]:
         p = self.p
         out = []
-        for f in indicators.alerts(p.cfg.alerts, values, close, len(close) - 1):
+        for f in indicators.alerts_at(p.cfg.alerts, before, now, c0, c1):
             out.append(
                 Alert(
                     id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
@@ -225,8 +278,15 @@ class BarDetector:
             )
         return out
 
-    def _patterns(self, bar: Bar, *candles: np.ndarray) -> list[PatternEvent]:
-        hits = patterns.recognise(self.p.pattern_entries, *candles)
+    def _patterns(self, bar: Bar, o: list[float], h: list[float], low: list[float], c: list[float], v: list[float]) -> list[PatternEvent]:
+        n = patterns.BARS
+        s = self.series
+        hits = patterns.recognise_last(
+            self.p.pattern_entries, o[-n:], h[-n:], low[-n:], c[-n:], v[-n:],
+            lambda: tuple(s._data[1:5, max(s._start, s._end - n) : s._end]),  # type: ignore[arg-type]  # four rows
+        )  # fmt: skip
+        if not hits:
+            return []
         return [
             PatternEvent(
                 id=stable_id("pattern", self.symbol, TIMEFRAME, bar.timestamp, name),
@@ -268,7 +328,7 @@ class BarDetector:
             )
         ]
 
-    def _surges(self, bar: Bar, close: np.ndarray, volume: np.ndarray) -> list[SurgeEvent]:
+    def _surges(self, bar: Bar, close: list[float], volume: list[float]) -> list[SurgeEvent]:
         cfg = self.p.cfg.surge
         out = []
         ratio = surge.volume_ratio(volume, cfg.volume_bars)
@@ -308,17 +368,25 @@ class BarDetector:
         return msgspec.msgpack.encode((
             SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
             self.session_start, self.session_end, self.evicted_pv, self.evicted_v, self.total_pv, self.total_v,
+            self.state, self.values,
         ))  # fmt: skip
 
     @classmethod
     def restore(cls, symbol: str, raw: bytes, params: DetectionParams) -> BarDetector:
-        version, series, revisions, trend_now, last_trend, start, end, pv, v, total_pv, total_v = msgspec.msgpack.decode(raw)
-        if version != SNAPSHOT_VERSION:
+        fields = msgspec.msgpack.decode(raw)
+        version = fields[0] if isinstance(fields, list) and fields else None
+        if version not in (1, SNAPSHOT_VERSION) or len(fields) != (11 if version == 1 else 13):
             raise ValueError(f"bar detector snapshot version {version}, expected {SNAPSHOT_VERSION}")
+        _, series, revisions, trend_now, last_trend, start, end, pv, v, total_pv, total_v = fields[:11]
         d = cls(symbol, params)
         d.series = BarSeries.restore(series, params.cfg.indicators.window)
         d.revisions = {int(t): r for t, r in revisions.items()}
         d.trend, d.last_trend = trend_now, last_trend
         d.session_start, d.session_end, d.evicted_pv, d.evicted_v = start, end, pv, v
         d.total_pv, d.total_v = total_pv, total_v
+        if version == 1:  # from before the streaming state: TA-Lib over the window, as then
+            d._restep(0, EMPTY)
+        else:
+            state, values = fields[11:]
+            d.state, d.values = tuple(state), tuple(values)  # type: ignore[assignment]  # msgpack gives lists of the same fields
         return d

@@ -115,6 +115,11 @@ class IndicatorSettings(_Section):
     bb_stddev: float = Field(2.0, gt=0, le=100)
     atr_period: int = Field(14, ge=1, le=2500)
     window: int = Field(400, ge=50, le=5000)
+    # A revision (or a late minute) up to this many bars back is replayed from the indicator state
+    # kept for the bar before it, giving TA-Lib's values on the corrected series; one reaching
+    # further back recomputes from the window. The bar flow revises within ALLOWED_LATENESS_S
+    # (900 s by default: 15 bars), so the default covers it twice over.
+    replay_bars: int = Field(32, ge=1, le=5000)
 
     @model_validator(mode="after")
     def _consistent(self) -> IndicatorSettings:
