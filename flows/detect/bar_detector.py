@@ -19,15 +19,16 @@ Bars without prices (only volume-only trades in the minute) are skipped.
 from __future__ import annotations
 
 from collections import deque
+from hashlib import blake2b as _blake2b
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from flows.detect import indicators, patterns, surge, trend
-from flows.detect.streaming import EMPTY, Indicators, State, Values
 from flows.detect.series import BarSeries
 from flows.detect.settings import DetectionSettings
+from flows.detect.streaming import EMPTY, Indicators, State, Values
 from schemas.bars import Bar
 from schemas.events import Alert, Event, IndicatorValues, ParamValue, PatternEvent, SurgeEvent, TrendEvent, stable_id
 from schemas.sessions import session_of
@@ -88,6 +89,7 @@ class BarDetector:
         self.values: Values = _UNWARM
         self.recent: deque[tuple[int, State, Values]] = deque(maxlen=params.replay_bars + 1)
         self._id_prefix = f"indicator|{symbol}|{TIMEFRAME}|"
+        self._tail: list[list[float]] | None = None  # o, h, l, c, v of the last `params.tail` bars, as lists
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -110,30 +112,42 @@ class BarDetector:
         at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
         if at < 0:
             return []  # older than the whole window
+        t = bar.timestamp
         if bar.revision:
-            self.revisions[bar.timestamp] = bar.revision
+            self.revisions[t] = bar.revision
         p = self.p
         if not is_new:
+            self._tail = None  # the recent bars changed: read them again from the series
             return self._replay(at) if p.indicators_on else []
-        s = self.series
-        end = s._end
-        o, h, low, c, v = s._data[1:6, max(s._start, end - p.tail) : end].tolist()
+        tail = self._tail
+        if tail is None:
+            s = self.series
+            tail = self._tail = s._data[1:6, max(s._start, s._end - p.tail) : s._end].tolist()
+        else:
+            for column, x in zip(tail, (bar.open, bar.high, bar.low, bar.close, float(bar.volume)), strict=True):
+                column.append(x)
+            if len(tail[0]) > p.tail:
+                for column in tail:
+                    del column[0]
+        o, h, low, c, v = tail
         before = self.values
         if p.compute_indicators:
-            self.state, values = p.indicators.step(self.state, bar.high, bar.low, c)
+            self.state, values = p.indicators.step(self.state, h[-1], low[-1], c)
             self.values = values
-            self.recent.append((bar.timestamp, self.state, values))
+            self.recent.append((t, self.state, values))
         out: list[Event] = []
         if p.indicators_on:
             total_v = self.total_v
-            vwap_now = self.total_pv / total_v if total_v > 0 and bar.timestamp >= self.session_start else None
-            out.append(self._indicator_record(bar.timestamp, values, vwap_now))
+            vwap_now = self.total_pv / total_v if total_v > 0 and t >= self.session_start else None
+            out.append(self._indicator_record(t, values, vwap_now))
         if p.alerts_on and len(c) > 1:
-            out.extend(self._alerts(before, values, bar, c[-2], c[-1]))
+            fired = indicators.alerts_at(p.cfg.alerts, before, values, c[-2], c[-1])
+            if fired:
+                out.extend(self._alerts(fired, bar))
         if p.patterns_on:
             out.extend(self._patterns(bar, o, h, low, c, v))
         if p.trend_on:
-            out.extend(self._trend(bar, s.close))
+            out.extend(self._trend(bar))
         if p.surge_on:
             out.extend(self._surges(bar, c, v))
         return out
@@ -149,8 +163,8 @@ class BarDetector:
             if t == before:
                 start = state
                 break
-        if start is None and at == 0 and self.series.evicted is None and self.state[0] <= len(self.series):
-            start = EMPTY  # nothing was ever before it
+        if start is None and at == 0 and self.state[0] < len(self.series):
+            start = EMPTY  # every bar stepped so far is still held: nothing was before it
         if start is None:
             self._restep(0, EMPTY)
         else:
@@ -244,7 +258,7 @@ class BarDetector:
         sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = values
         warm = 11 - values.count(None) - (vwap is None)
         return IndicatorValues(
-            id=stable_id(self._id_prefix + str(t)),
+            id=_blake2b((self._id_prefix + str(t)).encode(), digest_size=8).hexdigest(),  # = stable_id("indicator", ...)
             symbol=self.symbol,
             timestamp=t,
             confidence=_CONFIDENCE[warm],
@@ -255,10 +269,10 @@ class BarDetector:
             revision=self.revisions.get(t, 0) if self.revisions else 0,
         )  # fmt: skip
 
-    def _alerts(self, before: Values, now: Values, bar: Bar, c0: float, c1: float) -> list[Alert]:
+    def _alerts(self, fired: list[indicators.Firing], bar: Bar) -> list[Alert]:
         p = self.p
         out = []
-        for f in indicators.alerts_at(p.cfg.alerts, before, now, c0, c1):
+        for f in fired:
             out.append(
                 Alert(
                     id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
@@ -278,11 +292,13 @@ class BarDetector:
             )
         return out
 
-    def _patterns(self, bar: Bar, o: list[float], h: list[float], low: list[float], c: list[float], v: list[float]) -> list[PatternEvent]:
+    def _patterns(
+        self, bar: Bar, o: list[float], h: list[float], low: list[float], c: list[float], v: list[float]
+    ) -> list[PatternEvent]:
         n = patterns.BARS
         s = self.series
         hits = patterns.recognise_last(
-            self.p.pattern_entries, o[-n:], h[-n:], low[-n:], c[-n:], v[-n:],
+            self.p.pattern_entries, o, h, low, c, v,
             lambda: tuple(s._data[1:5, max(s._start, s._end - n) : s._end]),  # type: ignore[arg-type]  # four rows
         )  # fmt: skip
         if not hits:
@@ -302,9 +318,10 @@ class BarDetector:
             for name, signal, confidence in hits
         ]
 
-    def _trend(self, bar: Bar, close: np.ndarray) -> list[TrendEvent]:
+    def _trend(self, bar: Bar) -> list[TrendEvent]:
         cfg = self.p.cfg.trend
-        strength, slope = trend.measure(close, cfg.bars)
+        s = self.series
+        strength, slope = trend.measure(s._data[4, max(s._start, s._end - cfg.bars) : s._end], cfg.bars)
         now = trend.direction_of(strength, cfg.min_strength)
         change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
         self.trend = now

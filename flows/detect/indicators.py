@@ -110,7 +110,9 @@ def alerts(cfg: AlertSettings, v: dict[str, np.ndarray], close: np.ndarray, i: i
     return fired
 
 
-def alerts_at(cfg: AlertSettings, before: Sequence[float | None], now: Sequence[float | None], c0: float, c1: float) -> list[Firing]:
+def alerts_at(
+    cfg: AlertSettings, before: Sequence[float | None], now: Sequence[float | None], c0: float, c1: float
+) -> list[Firing]:
     """`alerts` on the values of two consecutive bars (in `streaming.NAMES` order, None while warming).
 
     The same rules and records as `alerts`; a value still warming never crosses anything.
@@ -134,7 +136,9 @@ def alerts_at(cfg: AlertSettings, before: Sequence[float | None], now: Sequence[
         if h0 <= 0 < h1 and "macd_cross_up" in rules:
             fired.append(Firing("macd_cross_up", "macd", h1, 0.0, "up", f"MACD crossed above its signal (histogram {h1:.4f})"))
         if h0 >= 0 > h1 and "macd_cross_down" in rules:
-            fired.append(Firing("macd_cross_down", "macd", h1, 0.0, "down", f"MACD crossed below its signal (histogram {h1:.4f})"))
+            fired.append(
+                Firing("macd_cross_down", "macd", h1, 0.0, "down", f"MACD crossed below its signal (histogram {h1:.4f})")
+            )
     up0, up1 = before[6], now[6]
     if up0 is not None and up1 is not None and c1 > up1 and c0 <= up0 and "bollinger_above" in rules:
         fired.append(Firing("bollinger_above", "bb_upper", c1, up1, "up", f"close {c1:g} above the upper band {up1:.4f}"))

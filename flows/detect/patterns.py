@@ -112,125 +112,86 @@ BARS = 1 + max(abstract.Function(fn.__name__).lookback for fn, _, _ in TABLE.val
 
 
 Candles = list[float]
-# The mean high-low range and the mean real body of the 10 candles before the judged one (TA-Lib's
-# HighLow and RealBody averages of period 10, which BodyDoji, BodyShort and ShadowVeryShort use).
-Averages = tuple[float, float]
-# o, h, l, c of the last candles (the judged one last, more than TA-Lib's look-back of them) and
-# the averages -> 0: TA-Lib cannot find the pattern there; None: ask TA-Lib; else TA-Lib's signal.
-Screen = Callable[[Candles, Candles, Candles, Candles, Averages], int | None]
-ASK: int | None = None
+ASK: int | None = None  # a screen's "TA-Lib must say"
 _LOOSE = 1 + 1e-9  # relative slack on an average: far beyond the rounding of TA-Lib's running totals
 _TIGHT = 1 - 1e-9
-
-
-def averages(o: Candles, h: Candles, low: Candles, c: Candles) -> Averages:
-    """The candle averages at the last candle (needs 11 candles)."""
-    return (sum(map(_sub, h[-11:-1], low[-11:-1])) / 10, sum(map(abs, map(_sub, c[-11:-1], o[-11:-1]))) / 10)
-
-
-def _doji_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """TA-Lib's CDLDOJI: body <= 0.1 x the mean high-low range of the 10 candles before (BodyDoji)."""
-    bound = 0.1 * avg[0]
-    body = abs(c[-1] - o[-1])
-    if body < bound * _TIGHT:
-        return 100
-    if body > bound * _LOOSE:
-        return 0
-    return ASK
-
-
-def _small_body_short_shadow(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages, upper: bool) -> bool:
-    """Hammer-like: a body below BodyShort, one shadow longer than the body (ShadowLong), the other
-    below ShadowVeryShort (a tenth of the mean range)."""
-    top, bottom = max(o[-1], c[-1]), min(o[-1], c[-1])
-    body = top - bottom
-    if body >= avg[1] * _LOOSE:
-        return False
-    long, short = (h[-1] - top, bottom - low[-1]) if upper else (bottom - low[-1], h[-1] - top)
-    return long > body and short < 0.1 * avg[0] * _LOOSE
-
-
-def _hammer_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    return ASK if _small_body_short_shadow(o, h, low, c, avg, upper=False) else 0
-
-
-def _inverted_hammer_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Inverted hammer: and a real body gapping down from the one before."""
-    if not _small_body_short_shadow(o, h, low, c, avg, upper=True):
-        return 0
-    return ASK if max(o[-1], c[-1]) <= min(o[-2], c[-2]) else 0
-
-
-def _shooting_star_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Shooting star: and a real body gapping up from the one before."""
-    if not _small_body_short_shadow(o, h, low, c, avg, upper=True):
-        return 0
-    return ASK if min(o[-1], c[-1]) >= max(o[-2], c[-2]) else 0
-
-
-def _engulfing_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Engulfing: colours opposite, the real body covering the one before."""
-    if (c[-1] >= o[-1]) == (c[-2] >= o[-2]):
-        return 0
-    return ASK if max(o[-1], c[-1]) >= max(o[-2], c[-2]) and min(o[-1], c[-1]) <= min(o[-2], c[-2]) else 0
-
-
-def _harami_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Harami: a short real body (BodyShort) inside the one before."""
-    if abs(c[-1] - o[-1]) > avg[1] * _LOOSE:
-        return 0
-    return ASK if max(o[-1], c[-1]) <= max(o[-2], c[-2]) and min(o[-1], c[-1]) >= min(o[-2], c[-2]) else 0
-
-
-def _morning_star_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Morning star: black, then a real body gapping down, then white and not short."""
-    if c[-3] > o[-3] or c[-1] < o[-1] or c[-1] - o[-1] < avg[1] * _TIGHT:
-        return 0
-    return ASK if max(o[-2], c[-2]) <= min(o[-3], c[-3]) else 0
-
-
-def _evening_star_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Evening star: white, then a real body gapping up, then black and not short."""
-    if c[-3] < o[-3] or c[-1] > o[-1] or o[-1] - c[-1] < avg[1] * _TIGHT:
-        return 0
-    return ASK if min(o[-2], c[-2]) >= max(o[-3], c[-3]) else 0
-
-
-def _soldiers_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Three white soldiers: three white candles, each closing higher."""
-    if c[-1] < o[-1] or c[-2] < o[-2] or c[-3] < o[-3]:
-        return 0
-    return ASK if c[-1] >= c[-2] >= c[-3] else 0
-
-
-def _crows_screen(o: Candles, h: Candles, low: Candles, c: Candles, avg: Averages) -> int | None:
-    """Three black crows: three black candles, each closing lower."""
-    if c[-1] > o[-1] or c[-2] > o[-2] or c[-3] > o[-3]:
-        return 0
-    return ASK if c[-1] <= c[-2] <= c[-3] else 0
-
-
-SCREENS: dict[str, Screen] = {
-    "doji": _doji_screen,
-    "hammer": _hammer_screen,
-    "inverted_hammer": _inverted_hammer_screen,
-    "shooting_star": _shooting_star_screen,
-    "engulfing": _engulfing_screen,
-    "harami": _harami_screen,
-    "morning_star": _morning_star_screen,
-    "evening_star": _evening_star_screen,
-    "three_white_soldiers": _soldiers_screen,
-    "three_black_crows": _crows_screen,
-}
-
-# name, TA-Lib function, grade, screen, TA-Lib's look-back
-Entry = tuple[str, Callable[..., np.ndarray], Grade, Screen, int]
+# name, TA-Lib function, grade, TA-Lib's look-back
+Entry = tuple[str, Callable[..., np.ndarray], Grade, int]
 LOOKBACK = {name: abstract.Function(fn.__name__).lookback for name, (fn, _, _) in TABLE.items()}  # type: ignore[attr-defined]  # talib.abstract builds Function at import
 
 
 def select(names: Sequence[str]) -> list[Entry]:
     """The table rows for `names`, resolved once so recognising a bar does no lookups."""
-    return [(name, TABLE[name][0], TABLE[name][1], SCREENS[name], LOOKBACK[name]) for name in names]
+    return [(name, TABLE[name][0], TABLE[name][1], LOOKBACK[name]) for name in names]
+
+
+def screen(o: Candles, h: Candles, low: Candles, c: Candles) -> dict[str, int | None]:
+    """What can be said of each pattern at the last candle without TA-Lib (the candles as lists,
+    more than a pattern's look-back of them for it to be judged): absent or 0, TA-Lib cannot find
+    it there; None, ask TA-Lib; else TA-Lib's signal. Each condition is one TA-Lib's definition
+    requires, on the values TA-Lib compares (colours, real-body gaps and nesting exactly; the
+    candle averages BodyDoji, BodyShort, ShadowVeryShort and Near with a 1e-9 slack):
+
+    - doji: body <= 0.1 x the mean range of the 10 candles before; decided here unless within 1e-9;
+    - engulfing: colours opposite, the body covering the one before: 100 (strictly on both ends),
+      80 (flush on one), 0 (the same body), signed by the colour; decided here;
+    - hammer (100), inverted hammer (100), shooting star (-100): a body below BodyShort, one shadow
+      longer than the body, the other below ShadowVeryShort; the hammer's body near (Near) the low
+      before, the other two's gapping down or up; decided here unless an average is within 1e-9;
+    - harami: a short body inside the one before; stars: a body gapping away between a first
+      candle and a third of the other colour, not short; soldiers and crows: three of a colour,
+      each closing further.
+    """
+    n = len(c)
+    out: dict[str, int | None] = {}
+    if n < 3:
+        return out
+    o1, h1, l1, c1 = o[-1], h[-1], low[-1], c[-1]
+    o2, c2 = o[-2], c[-2]
+    white1, white2 = c1 >= o1, c2 >= o2
+    top1, bottom1 = (c1, o1) if white1 else (o1, c1)
+    top2, bottom2 = (c2, o2) if white2 else (o2, c2)
+    body1 = top1 - bottom1
+    if white1 != white2 and top1 >= top2 and bottom1 <= bottom2:
+        strength = 100 if top1 > top2 and bottom1 < bottom2 else 0 if top1 == top2 and bottom1 == bottom2 else 80
+        out["engulfing"] = strength if white1 else -strength
+    if n < 11:
+        return out
+    mean_range = sum(map(_sub, h[-11:-1], low[-11:-1])) / 10
+    mean_body = sum(map(abs, map(_sub, c[-11:-1], o[-11:-1]))) / 10
+    doji = 0.1 * mean_range
+    out["doji"] = 100 if body1 < doji * _TIGHT else 0 if body1 > doji * _LOOSE else ASK
+    if n < 12:
+        return out
+    if body1 < mean_body * _LOOSE:
+        upper, lower = h1 - top1, bottom1 - l1
+        short_body = body1 < mean_body * _TIGHT  # else within the slack of BodyShort: TA-Lib decides
+        if lower > body1 and upper < doji * _LOOSE:
+            near = low[-2] + 0.2 * (sum(map(_sub, h[-7:-2], low[-7:-2])) / 5)  # Near, at the candle before
+            if bottom1 <= near + abs(near) * 1e-9:
+                sure = short_body and upper < doji * _TIGHT and bottom1 <= near - abs(near) * 1e-9
+                out["hammer"] = 100 if sure else ASK
+        if upper > body1 and lower < doji * _LOOSE:
+            sure = short_body and lower < doji * _TIGHT
+            if top1 <= bottom2:
+                out["inverted_hammer"] = 100 if sure and top1 < bottom2 else ASK
+            if bottom1 >= top2:
+                out["shooting_star"] = -100 if sure and bottom1 > top2 else ASK
+        if top1 <= top2 and bottom1 >= bottom2:
+            out["harami"] = ASK
+    if n < 13:
+        return out
+    o3, c3 = o[-3], c[-3]
+    white3 = c3 >= o3
+    if c1 - o1 >= mean_body * _TIGHT and c3 <= o3 and max(o2, c2) <= min(o3, c3):
+        out["morning_star"] = ASK
+    if o1 - c1 >= mean_body * _TIGHT and white3 and min(o2, c2) >= max(o3, c3):
+        out["evening_star"] = ASK
+    if white1 and white2 and white3 and c1 >= c2 >= c3:
+        out["three_white_soldiers"] = ASK
+    if n > 13 and c1 <= o1 and c2 <= o2 and c3 <= o3 and c1 <= c2 <= c3:
+        out["three_black_crows"] = ASK
+    return out
 
 
 Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -241,25 +202,22 @@ def recognise_last(
 ) -> list[tuple[str, int, float]]:
     """`recognise` for the newest bar: the last BARS candles as lists (or all there are), and
     `columns()` giving the same bars as arrays (o, h, l, c), read only when TA-Lib is asked."""
-    n = len(c)
-    if n < 2:
+    said = screen(o, h, low, c)
+    if not said:
         return []
     hits = []
     arrays: Columns | None = None
-    avg = averages(o, h, low, c) if n >= 11 else (0.0, 0.0)
-    for name, recognise_with, grade, screen, lookback in entries:
-        if n <= lookback:
-            continue  # TA-Lib says 0 before its look-back
-        signal = screen(o, h, low, c, avg)
-        if signal == 0:
-            continue
+    n = len(c)
+    for name, recognise_with, grade, lookback in entries:
+        if name not in said or n <= lookback:
+            continue  # (TA-Lib says 0 before its look-back)
+        signal = said[name]
         if signal is None:
             if arrays is None:
                 arrays = columns()
             signal = int(recognise_with(*arrays)[-1])
-            if not signal:
-                continue
-        hits.append((name, signal, round(float(grade(o, h, low, c, v)), 4)))
+        if signal:
+            hits.append((name, signal, round(float(grade(o, h, low, c, v)), 4)))
     return hits
 
 
@@ -268,7 +226,7 @@ def recognise(
 ) -> list[tuple[str, int, float]]:
     """(name, TA-Lib signal, confidence) of every pattern in `entries` (see `select`) that ends at the last bar."""
     hits = []
-    for name, recognise_with, grade, _, _ in entries:
+    for name, recognise_with, grade, _ in entries:
         signal = recognise_with(o, h, low, c)[-1]
         if signal:
             hits.append((name, int(signal), round(float(grade(o, h, low, c, v)), 4)))
