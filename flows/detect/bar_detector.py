@@ -90,6 +90,8 @@ class BarDetector:
         self.recent: deque[tuple[int, State, Values]] = deque(maxlen=params.replay_bars + 1)
         self._id_prefix = f"indicator|{symbol}|{TIMEFRAME}|"
         self._tail: list[list[float]] | None = None  # o, h, l, c, v of the last `params.tail` bars, as lists
+        self._last = -1  # the newest bar's start (-1: none yet)
+        self._pattern_id = f"pattern|{symbol}|{TIMEFRAME}|"
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -98,21 +100,24 @@ class BarDetector:
         for t, o, h, low, c, v, vw in rows:
             if c is not None and o is not None and h is not None and low is not None:
                 self._add(t, o, h, low, c, v, vw if vw is not None else c)
+        self._tail = None
         self._restep(0, EMPTY)
 
     def on_bar(self, bar: Bar) -> list[Event]:
         """What a final bar (or a revision) produces."""
         if bar.close is None or bar.open is None or bar.high is None or bar.low is None:
             return []
-        last = self.series.last_timestamp
-        is_new = last is None or bar.timestamp > last
-        vwap = bar.vwap if bar.vwap is not None else bar.close
-        if not is_new and self._seen(bar, vwap):
-            return []
-        at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
-        if at < 0:
-            return []  # older than the whole window
         t = bar.timestamp
+        is_new = t > self._last
+        vwap = bar.vwap if bar.vwap is not None else bar.close
+        if is_new:
+            self._push(t, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
+        else:
+            if self._seen(bar, vwap):
+                return []
+            at = self._add(t, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
+            if at < 0:
+                return []  # older than the whole window
         if bar.revision:
             self.revisions[t] = bar.revision
         p = self.p
@@ -206,6 +211,20 @@ class BarDetector:
         row = self.series.row(bar.timestamp)
         return bar.revision == held and row == (bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
 
+    def _push(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> None:
+        """`_add` for a bar newer than every one held, without its general case."""
+        if t >= self.session_end:
+            self.session_start, self.session_end = session_of(t)[1:]
+            self.evicted_pv = self.evicted_v = self.total_pv = self.total_v = 0.0
+        gone = self.series.push(t, o, h, low, c, v, vw)
+        self._last = t
+        if gone is not None and gone[0] >= self.session_start:
+            self.evicted_pv += gone[2] * gone[1]
+            self.evicted_v += gone[1]
+        if t >= self.session_start:
+            self.total_pv += vw * v
+            self.total_v += v
+
     def _add(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
         """Put a bar in the series and keep the session VWAP sums.
 
@@ -222,6 +241,7 @@ class BarDetector:
         at = s.upsert(t, o, h, low, c, v, vw)
         if at < 0:
             return at
+        self._last = int(s.timestamp[-1])
         gone = s.evicted
         if gone is not None and gone[0] >= self.session_start:
             self.evicted_pv += float(gone[6] * gone[5])
@@ -303,9 +323,10 @@ class BarDetector:
         )  # fmt: skip
         if not hits:
             return []
+        prefix = f"{self._pattern_id}{bar.timestamp}|"
         return [
             PatternEvent(
-                id=stable_id("pattern", self.symbol, TIMEFRAME, bar.timestamp, name),
+                id=_blake2b((prefix + name).encode(), digest_size=8).hexdigest(),  # = stable_id("pattern", ...)
                 type=name,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
                 timestamp=bar.timestamp,
@@ -397,6 +418,7 @@ class BarDetector:
         _, series, revisions, trend_now, last_trend, start, end, pv, v, total_pv, total_v = fields[:11]
         d = cls(symbol, params)
         d.series = BarSeries.restore(series, params.cfg.indicators.window)
+        d._last = d.series.last_timestamp if len(d.series) else -1  # type: ignore[assignment]  # not None when bars are held
         d.revisions = {int(t): r for t, r in revisions.items()}
         d.trend, d.last_trend = trend_now, last_trend
         d.session_start, d.session_end, d.evicted_pv, d.evicted_v = start, end, pv, v
