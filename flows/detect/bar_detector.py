@@ -319,7 +319,7 @@ class BarDetector:
         s = self.series
         hits = patterns.recognise_last(
             self.p.pattern_entries, o, h, low, c, v,
-            lambda: tuple(s._data[1:5, max(s._start, s._end - n) : s._end]),  # type: ignore[arg-type]  # four rows
+            lambda: tuple(s._data[1:5, max(s._start, s._end - n) : s._end]),  # four rows
         )  # fmt: skip
         if not hits:
             return []
@@ -427,5 +427,5 @@ class BarDetector:
             d._restep(0, EMPTY)
         else:
             state, values = fields[11:]
-            d.state, d.values = tuple(state), tuple(values)  # type: ignore[assignment]  # msgpack gives lists of the same fields
+            d.state, d.values = tuple(state), tuple(values)  # msgpack gives lists of the same fields
         return d

@@ -29,7 +29,8 @@ from talib import abstract
 
 from flows.detect.indicators import raw
 
-Grade = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
+# o, h, l, c, v of the candles up to the judged one: numpy arrays or lists (only [-1], [-2], [-3] are read)
+Grade = Callable[..., float]
 
 
 def _parts(o: float, h: float, low: float, c: float) -> tuple[float, float, float, float]:

@@ -156,9 +156,11 @@ def test_screened_patterns_equal_talib_on_every_bar(decimals):
     n = patterns.BARS
     for i in range(len(c)):
         s = max(0, i - n + 1)
-        got = patterns.recognise_last(
-            entries, *(x[s : i + 1] for x in lists), lambda: (o[s : i + 1], h[s : i + 1], low[s : i + 1], c[s : i + 1])
-        )  # noqa: B023  # called right here
+
+        def columns(s: int = s, i: int = i) -> tuple[np.ndarray, ...]:
+            return o[s : i + 1], h[s : i + 1], low[s : i + 1], c[s : i + 1]
+
+        got = patterns.recognise_last(entries, *(x[s : i + 1] for x in lists), columns)
         want = patterns.recognise(entries, o[s : i + 1], h[s : i + 1], low[s : i + 1], c[s : i + 1], v[s : i + 1])
         assert got == want, i
         assert {(name, signal) for name, signal, _ in got} == {(name, int(x[i])) for name, x in whole.items() if x[i]}, i
