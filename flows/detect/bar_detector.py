@@ -170,22 +170,18 @@ class BarDetector:
                 break
         if start is None and at == 0 and self.state[0] < len(self.series):
             start = EMPTY  # every bar stepped so far is still held: nothing was before it
-        if start is None:
-            self._restep(0, EMPTY)
-        else:
-            self._restep(at, start)
+        stepped = self._restep(0, EMPTY)[at:] if start is None else self._restep(at, start)
         vwaps = self._session_vwaps(at)
-        by_time = {t: values for t, _, values in self.recent}
         out: list[Event] = []
         for offset, j in enumerate(range(at, len(times))):
-            t = int(times[j])
-            out.append(self._indicator_record(t, by_time.get(t, _UNWARM), vwaps[offset]))
+            out.append(self._indicator_record(int(times[j]), stepped[offset], vwaps[offset]))
         return out
 
-    def _restep(self, at: int, state: State) -> None:
-        """Step the indicators from bar `at` of the series to the newest, starting from `state`."""
+    def _restep(self, at: int, state: State) -> list[Values]:
+        """Step the indicators from bar `at` of the series to the newest, starting from `state`;
+        returns the values of those bars (all None when indicators are not computed)."""
         if not self.p.compute_indicators:
-            return
+            return [_UNWARM] * (len(self.series) - at)
         s = self.series
         ind = self.p.indicators
         times = s.timestamp.tolist()
@@ -195,10 +191,13 @@ class BarDetector:
             recent.pop()
         values = self.values if at >= len(times) else _UNWARM
         trail = ind.trail
+        stepped = []
         for j in range(at, len(times)):
             state, values = ind.step(state, h[j], low[j], c[max(0, j - trail + 1) : j + 1])
             recent.append((int(times[j]), state, values))
+            stepped.append(values)
         self.state, self.values = state, values
+        return stepped
 
     def _seen(self, bar: Bar, vwap: float) -> bool:
         """An older revision than the one held, or the very bar held: a repeat from upstream, nothing to do.
