@@ -18,6 +18,8 @@ Bars without prices (only volume-only trades in the minute) are skipped.
 
 from __future__ import annotations
 
+from collections import deque
+from hashlib import blake2b as _blake2b
 from typing import Any
 
 import msgspec
@@ -26,12 +28,15 @@ import numpy as np
 from flows.detect import indicators, patterns, surge, trend
 from flows.detect.series import BarSeries
 from flows.detect.settings import DetectionSettings
+from flows.detect.streaming import EMPTY, Indicators, State, Values
 from schemas.bars import Bar
 from schemas.events import Alert, Event, IndicatorValues, ParamValue, PatternEvent, SurgeEvent, TrendEvent, stable_id
 from schemas.sessions import session_of
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: with the streaming indicator state; 1 (without) is still restored
 TIMEFRAME = "1m"
+_CONFIDENCE = tuple(round(warm / 11, 4) for warm in range(12))  # share of the 11 values that are warm
+_UNWARM: Values = (None,) * 10
 
 
 class DetectionParams:
@@ -59,6 +64,10 @@ class DetectionParams:
             "bb_lower": {"bb_period": ind.bb_period, "bb_stddev": ind.bb_stddev},
         }
         self.critical = frozenset(alerts.critical)
+        self.indicators = Indicators(ind)
+        self.replay_bars = ind.replay_bars
+        # bars each new bar reads as lists: the indicators' closes, the patterns' candles, trend, surges
+        self.tail = max(self.indicators.trail, patterns.BARS, cfg.trend.bars, cfg.surge.volume_bars + 1, cfg.surge.price_bars + 2)
 
 
 class BarDetector:
@@ -74,6 +83,15 @@ class BarDetector:
         self.session_start = self.session_end = 0  # the session of the newest bar, for its VWAP
         self.evicted_pv = self.evicted_v = 0.0  # its bars that left the window: sum of vwap * volume, of volume
         self.total_pv = self.total_v = 0.0  # all its bars
+        # TA-Lib's indicators over every bar seen (streaming.py): the state after the newest bar, its
+        # values, and (timestamp, state, values) of the recent bars, to replay a revision from
+        self.state: State = EMPTY
+        self.values: Values = _UNWARM
+        self.recent: deque[tuple[int, State, Values]] = deque(maxlen=params.replay_bars + 1)
+        self._id_prefix = f"indicator|{symbol}|{TIMEFRAME}|"
+        self._tail: list[list[float]] | None = None  # o, h, l, c, v of the last `params.tail` bars, as lists
+        self._last = -1  # the newest bar's start (-1: none yet)
+        self._pattern_id = f"pattern|{symbol}|{TIMEFRAME}|"
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -82,38 +100,104 @@ class BarDetector:
         for t, o, h, low, c, v, vw in rows:
             if c is not None and o is not None and h is not None and low is not None:
                 self._add(t, o, h, low, c, v, vw if vw is not None else c)
+        self._tail = None
+        self._restep(0, EMPTY)
 
     def on_bar(self, bar: Bar) -> list[Event]:
         """What a final bar (or a revision) produces."""
         if bar.close is None or bar.open is None or bar.high is None or bar.low is None:
             return []
-        last = self.series.last_timestamp
-        is_new = last is None or bar.timestamp > last
+        t = bar.timestamp
+        is_new = t > self._last
         vwap = bar.vwap if bar.vwap is not None else bar.close
-        if not is_new and self._seen(bar, vwap):
-            return []
-        at = self._add(bar.timestamp, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
-        if at < 0:
-            return []  # older than the whole window
+        if is_new:
+            self._push(t, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
+        else:
+            if self._seen(bar, vwap):
+                return []
+            at = self._add(t, bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
+            if at < 0:
+                return []  # older than the whole window
         if bar.revision:
-            self.revisions[bar.timestamp] = bar.revision
+            self.revisions[t] = bar.revision
         p = self.p
-        _, o, h, low, c, v, _ = self.series.columns()
-        values = indicators.compute(p.cfg.indicators, h, low, c) if p.compute_indicators else None
+        if not is_new:
+            self._tail = None  # the recent bars changed: read them again from the series
+            return self._replay(at) if p.indicators_on else []
+        tail = self._tail
+        if tail is None:
+            s = self.series
+            tail = self._tail = s._data[1:6, max(s._start, s._end - p.tail) : s._end].tolist()
+        else:
+            for column, x in zip(tail, (bar.open, bar.high, bar.low, bar.close, float(bar.volume)), strict=True):
+                column.append(x)
+            if len(tail[0]) > p.tail:
+                for column in tail:
+                    del column[0]
+        o, h, low, c, v = tail
+        before = self.values
+        if p.compute_indicators:
+            self.state, values = p.indicators.step(self.state, h[-1], low[-1], c)
+            self.values = values
+            self.recent.append((t, self.state, values))
         out: list[Event] = []
         if p.indicators_on:
-            out.extend(self._indicator_records(values, at))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
-        if is_new:
-            if p.alerts_on:
-                out.extend(self._alerts(values, bar, c))  # type: ignore[arg-type]  # values are computed (not None) once the window is warm, checked above
-            if p.patterns_on:
-                n = patterns.BARS
-                out.extend(self._patterns(bar, o[-n:], h[-n:], low[-n:], c[-n:], v[-n:]))
-            if p.trend_on:
-                out.extend(self._trend(bar, c))
-            if p.surge_on:
-                out.extend(self._surges(bar, c, v))
+            total_v = self.total_v
+            vwap_now = self.total_pv / total_v if total_v > 0 and t >= self.session_start else None
+            out.append(self._indicator_record(t, values, vwap_now))
+        if p.alerts_on and len(c) > 1:
+            fired = indicators.alerts_at(p.cfg.alerts, before, values, c[-2], c[-1])
+            if fired:
+                out.extend(self._alerts(fired, bar))
+        if p.patterns_on:
+            out.extend(self._patterns(bar, o, h, low, c, v))
+        if p.trend_on:
+            out.extend(self._trend(bar))
+        if p.surge_on:
+            out.extend(self._surges(bar, c, v))
         return out
+
+    def _replay(self, at: int) -> list[Event]:
+        """A revised or inserted bar at index `at`: step it and every later bar again from the state of
+        the bar before it (kept for the last `replay_bars` bars; else from the window's first bar, as
+        if the series began there), and re-emit their values."""
+        times = self.series.timestamp
+        before = int(times[at - 1]) if at > 0 else None
+        start = None
+        for t, state, _ in reversed(self.recent):
+            if t == before:
+                start = state
+                break
+        if start is None and at == 0 and self.state[0] < len(self.series):
+            start = EMPTY  # every bar stepped so far is still held: nothing was before it
+        stepped = self._restep(0, EMPTY)[at:] if start is None else self._restep(at, start)
+        vwaps = self._session_vwaps(at)
+        out: list[Event] = []
+        for offset, j in enumerate(range(at, len(times))):
+            out.append(self._indicator_record(int(times[j]), stepped[offset], vwaps[offset]))
+        return out
+
+    def _restep(self, at: int, state: State) -> list[Values]:
+        """Step the indicators from bar `at` of the series to the newest, starting from `state`;
+        returns the values of those bars (all None when indicators are not computed)."""
+        if not self.p.compute_indicators:
+            return [_UNWARM] * (len(self.series) - at)
+        s = self.series
+        ind = self.p.indicators
+        times = s.timestamp.tolist()
+        _, _, h, low, c, _, _ = s.columns().tolist()
+        recent = self.recent
+        while recent and recent[-1][0] >= (times[at] if at < len(times) else 0):
+            recent.pop()
+        values = self.values if at >= len(times) else _UNWARM
+        trail = ind.trail
+        stepped = []
+        for j in range(at, len(times)):
+            state, values = ind.step(state, h[j], low[j], c[max(0, j - trail + 1) : j + 1])
+            recent.append((int(times[j]), state, values))
+            stepped.append(values)
+        self.state, self.values = state, values
+        return stepped
 
     def _seen(self, bar: Bar, vwap: float) -> bool:
         """An older revision than the one held, or the very bar held: a repeat from upstream, nothing to do.
@@ -125,6 +209,20 @@ class BarDetector:
             return True
         row = self.series.row(bar.timestamp)
         return bar.revision == held and row == (bar.open, bar.high, bar.low, bar.close, float(bar.volume), vwap)
+
+    def _push(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> None:
+        """`_add` for a bar newer than every one held, without its general case."""
+        if t >= self.session_end:
+            self.session_start, self.session_end = session_of(t)[1:]
+            self.evicted_pv = self.evicted_v = self.total_pv = self.total_v = 0.0
+        gone = self.series.push(t, o, h, low, c, v, vw)
+        self._last = t
+        if gone is not None and gone[0] >= self.session_start:
+            self.evicted_pv += gone[2] * gone[1]
+            self.evicted_v += gone[1]
+        if t >= self.session_start:
+            self.total_pv += vw * v
+            self.total_v += v
 
     def _add(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> int:
         """Put a bar in the series and keep the session VWAP sums.
@@ -142,6 +240,7 @@ class BarDetector:
         at = s.upsert(t, o, h, low, c, v, vw)
         if at < 0:
             return at
+        self._last = int(s.timestamp[-1])
         gone = s.evicted
         if gone is not None and gone[0] >= self.session_start:
             self.evicted_pv += float(gone[6] * gone[5])
@@ -174,38 +273,25 @@ class BarDetector:
         pv, volume, in_session = self._session_sums()
         return [float(pv[j + 1] / volume[j + 1]) if in_session[j] and volume[j + 1] > 0 else None for j in range(at, len(s))]
 
-    def _indicator_records(self, values: dict[str, np.ndarray], at: int) -> list[IndicatorValues]:
-        times = self.series.timestamp
-        vwaps = self._session_vwaps(at)
-        records = []
-        symbol, params, revisions = self.symbol, self.p.indicator_params, self.revisions
-        columns = [values[name] for name in indicators.COLUMNS]
-        for offset, j in enumerate(range(at, len(times))):
-            sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = (
-                None if x != x else x for x in (float(c[j]) for c in columns)
-            )
-            vwap = vwaps[offset]
-            t = int(times[j])
-            warm = 11 - (sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr, vwap).count(None)
-            records.append(
-                IndicatorValues(
-                    id=stable_id("indicator", symbol, TIMEFRAME, t),
-                    symbol=symbol,
-                    timestamp=t,
-                    confidence=round(warm / 11, 4),
-                    direction="neutral",
-                    params=params,
-                    sma=sma, ema=ema, rsi=rsi, macd=macd, macd_signal=signal, macd_hist=hist,
-                    bb_upper=upper, bb_middle=middle, bb_lower=lower, atr=atr, vwap=vwap,
-                    revision=revisions.get(t, 0),
-                )
-            )  # fmt: skip
-        return records
+    def _indicator_record(self, t: int, values: Values, vwap: float | None) -> IndicatorValues:
+        sma, ema, rsi, macd, signal, hist, upper, middle, lower, atr = values
+        warm = 11 - values.count(None) - (vwap is None)
+        return IndicatorValues(
+            id=_blake2b((self._id_prefix + str(t)).encode(), digest_size=8).hexdigest(),  # = stable_id("indicator", ...)
+            symbol=self.symbol,
+            timestamp=t,
+            confidence=_CONFIDENCE[warm],
+            direction="neutral",
+            params=self.p.indicator_params,
+            sma=sma, ema=ema, rsi=rsi, macd=macd, macd_signal=signal, macd_hist=hist,
+            bb_upper=upper, bb_middle=middle, bb_lower=lower, atr=atr, vwap=vwap,
+            revision=self.revisions.get(t, 0) if self.revisions else 0,
+        )  # fmt: skip
 
-    def _alerts(self, values: dict[str, np.ndarray], bar: Bar, close: np.ndarray) -> list[Alert]:
+    def _alerts(self, fired: list[indicators.Firing], bar: Bar) -> list[Alert]:
         p = self.p
         out = []
-        for f in indicators.alerts(p.cfg.alerts, values, close, len(close) - 1):
+        for f in fired:
             out.append(
                 Alert(
                     id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
@@ -225,11 +311,21 @@ class BarDetector:
             )
         return out
 
-    def _patterns(self, bar: Bar, *candles: np.ndarray) -> list[PatternEvent]:
-        hits = patterns.recognise(self.p.pattern_entries, *candles)
+    def _patterns(
+        self, bar: Bar, o: list[float], h: list[float], low: list[float], c: list[float], v: list[float]
+    ) -> list[PatternEvent]:
+        n = patterns.BARS
+        s = self.series
+        hits = patterns.recognise_last(
+            self.p.pattern_entries, o, h, low, c, v,
+            lambda: tuple(s._data[1:5, max(s._start, s._end - n) : s._end]),  # four rows
+        )  # fmt: skip
+        if not hits:
+            return []
+        prefix = f"{self._pattern_id}{bar.timestamp}|"
         return [
             PatternEvent(
-                id=stable_id("pattern", self.symbol, TIMEFRAME, bar.timestamp, name),
+                id=_blake2b((prefix + name).encode(), digest_size=8).hexdigest(),  # = stable_id("pattern", ...)
                 type=name,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
                 timestamp=bar.timestamp,
@@ -242,9 +338,10 @@ class BarDetector:
             for name, signal, confidence in hits
         ]
 
-    def _trend(self, bar: Bar, close: np.ndarray) -> list[TrendEvent]:
+    def _trend(self, bar: Bar) -> list[TrendEvent]:
         cfg = self.p.cfg.trend
-        strength, slope = trend.measure(close, cfg.bars)
+        s = self.series
+        strength, slope = trend.measure(s._data[4, max(s._start, s._end - cfg.bars) : s._end], cfg.bars)
         now = trend.direction_of(strength, cfg.min_strength)
         change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
         self.trend = now
@@ -268,7 +365,7 @@ class BarDetector:
             )
         ]
 
-    def _surges(self, bar: Bar, close: np.ndarray, volume: np.ndarray) -> list[SurgeEvent]:
+    def _surges(self, bar: Bar, close: list[float], volume: list[float]) -> list[SurgeEvent]:
         cfg = self.p.cfg.surge
         out = []
         ratio = surge.volume_ratio(volume, cfg.volume_bars)
@@ -308,17 +405,26 @@ class BarDetector:
         return msgspec.msgpack.encode((
             SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
             self.session_start, self.session_end, self.evicted_pv, self.evicted_v, self.total_pv, self.total_v,
+            self.state, self.values,
         ))  # fmt: skip
 
     @classmethod
     def restore(cls, symbol: str, raw: bytes, params: DetectionParams) -> BarDetector:
-        version, series, revisions, trend_now, last_trend, start, end, pv, v, total_pv, total_v = msgspec.msgpack.decode(raw)
-        if version != SNAPSHOT_VERSION:
+        fields = msgspec.msgpack.decode(raw)
+        version = fields[0] if isinstance(fields, list) and fields else None
+        if version not in (1, SNAPSHOT_VERSION) or len(fields) != (11 if version == 1 else 13):
             raise ValueError(f"bar detector snapshot version {version}, expected {SNAPSHOT_VERSION}")
+        _, series, revisions, trend_now, last_trend, start, end, pv, v, total_pv, total_v = fields[:11]
         d = cls(symbol, params)
         d.series = BarSeries.restore(series, params.cfg.indicators.window)
+        d._last = d.series.last_timestamp if len(d.series) else -1  # type: ignore[assignment]  # not None when bars are held
         d.revisions = {int(t): r for t, r in revisions.items()}
         d.trend, d.last_trend = trend_now, last_trend
         d.session_start, d.session_end, d.evicted_pv, d.evicted_v = start, end, pv, v
         d.total_pv, d.total_v = total_pv, total_v
+        if version == 1:  # from before the streaming state: TA-Lib over the window, as then
+            d._restep(0, EMPTY)
+        else:
+            state, values = fields[11:]
+            d.state, d.values = tuple(state), tuple(values)  # msgpack gives lists of the same fields
         return d

@@ -13,7 +13,7 @@ of an older bar costs nothing extra: the tail it changed comes out of the same c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -106,5 +106,43 @@ def alerts(cfg: AlertSettings, v: dict[str, np.ndarray], close: np.ndarray, i: i
         fired.append(Firing("bollinger_above", "bb_upper", c1, up1, "up", f"close {c1:g} above the upper band {up1:.4f}"))
     lo0, lo1 = v["bb_lower"][i - 1], v["bb_lower"][i]
     if "bollinger_below" in rules and c1 < lo1 and c0 >= lo0:
+        fired.append(Firing("bollinger_below", "bb_lower", c1, lo1, "down", f"close {c1:g} below the lower band {lo1:.4f}"))
+    return fired
+
+
+def alerts_at(
+    cfg: AlertSettings, before: Sequence[float | None], now: Sequence[float | None], c0: float, c1: float
+) -> list[Firing]:
+    """`alerts` on the values of two consecutive bars (in `streaming.NAMES` order, None while warming).
+
+    The same rules and records as `alerts`; a value still warming never crosses anything.
+
+    >>> before = (None, None, 68.0, None, None, None, None, None, None, None)
+    >>> now = (None, None, 71.5, None, None, None, None, None, None, None)
+    >>> [f.rule for f in alerts_at(AlertSettings(), before, now, 1.0, 1.0)]
+    ['rsi_overbought']
+    """
+    rules = cfg.rules
+    fired: list[Firing] = []
+    rsi0, rsi1 = before[2], now[2]
+    if rsi0 is not None and rsi1 is not None:
+        upper, lower = cfg.rsi_upper, cfg.rsi_lower
+        if rsi0 < upper <= rsi1 and "rsi_overbought" in rules:
+            fired.append(Firing("rsi_overbought", "rsi", rsi1, upper, "up", f"RSI crossed above {upper:g} ({rsi1:.1f})"))
+        if rsi0 > lower >= rsi1 and "rsi_oversold" in rules:
+            fired.append(Firing("rsi_oversold", "rsi", rsi1, lower, "down", f"RSI crossed below {lower:g} ({rsi1:.1f})"))
+    h0, h1 = before[5], now[5]
+    if h0 is not None and h1 is not None:
+        if h0 <= 0 < h1 and "macd_cross_up" in rules:
+            fired.append(Firing("macd_cross_up", "macd", h1, 0.0, "up", f"MACD crossed above its signal (histogram {h1:.4f})"))
+        if h0 >= 0 > h1 and "macd_cross_down" in rules:
+            fired.append(
+                Firing("macd_cross_down", "macd", h1, 0.0, "down", f"MACD crossed below its signal (histogram {h1:.4f})")
+            )
+    up0, up1 = before[6], now[6]
+    if up0 is not None and up1 is not None and c1 > up1 and c0 <= up0 and "bollinger_above" in rules:
+        fired.append(Firing("bollinger_above", "bb_upper", c1, up1, "up", f"close {c1:g} above the upper band {up1:.4f}"))
+    lo0, lo1 = before[8], now[8]
+    if lo0 is not None and lo1 is not None and c1 < lo1 and c0 >= lo0 and "bollinger_below" in rules:
         fired.append(Firing("bollinger_below", "bb_lower", c1, lo1, "down", f"close {c1:g} below the lower band {lo1:.4f}"))
     return fired

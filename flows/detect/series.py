@@ -108,6 +108,23 @@ class BarSeries:
             i -= 1
         return i
 
+    def push(self, t: int, o: float, h: float, low: float, c: float, v: float, vw: float) -> tuple[float, float, float] | None:
+        """Append a bar newer than every one held (the hot path: one per bar); returns the bar it
+        pushed out of the window as (timestamp, volume, vwap), or None. `evicted` is not set."""
+        end = self._end
+        data = self._data
+        if end == data.shape[1]:
+            self._compact()
+            end = self._end
+        data[:, end] = (t, o, h, low, c, v, vw)
+        self._end = end + 1
+        if end + 1 - self._start > self.window:
+            start = self._start
+            self._start = start + 1
+            gone = data[:, start].tolist()
+            return gone[0], gone[5], gone[6]
+        return None
+
     def _append(self, row: tuple) -> int:
         if self._end == self._data.shape[1]:
             self._compact()

@@ -98,11 +98,13 @@ class PatternSettings(_Section):
 
 
 class IndicatorSettings(_Section):
-    """TA-Lib periods, and how many recent bars per symbol the indicators are computed over.
+    """TA-Lib periods, and how many recent bars per symbol are held.
 
-    Recursive indicators (EMA, RSI, MACD, ATR) depend on the whole series; over the last
-    `window` bars they equal TA-Lib over the whole series to within 1e-10 at 400 (the
-    default), 2e-8 at 300, 3e-5 at 200 (measured on a random walk around 100).
+    The indicators are streamed over the whole series (`streaming.py`), so they are TA-Lib's
+    over all of it. The `window` is what a revision older than `replay_bars` (or a snapshot
+    from before the streaming state) recomputes from: there, recursive indicators (EMA, RSI,
+    MACD, ATR) equal TA-Lib over the whole series to within 1e-10 at 400 (the default), 2e-8
+    at 300, 3e-5 at 200 (measured on a random walk around 100).
     """
 
     sma_period: int = Field(20, ge=2, le=2500)
@@ -115,6 +117,11 @@ class IndicatorSettings(_Section):
     bb_stddev: float = Field(2.0, gt=0, le=100)
     atr_period: int = Field(14, ge=1, le=2500)
     window: int = Field(400, ge=50, le=5000)
+    # A revision (or a late minute) up to this many bars back is replayed from the indicator state
+    # kept for the bar before it, giving TA-Lib's values on the corrected series; one reaching
+    # further back recomputes from the window. The bar flow revises within ALLOWED_LATENESS_S
+    # (900 s by default: 15 bars), so the default covers it twice over.
+    replay_bars: int = Field(32, ge=1, le=5000)
 
     @model_validator(mode="after")
     def _consistent(self) -> IndicatorSettings:

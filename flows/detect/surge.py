@@ -13,18 +13,21 @@ Confidence is 0.5 at the threshold, rising to 1 at twice it.
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
 
-def volume_ratio(volume: np.ndarray, bars: int) -> float | None:
-    """The last bar's volume over the mean of the `bars` before it; None without enough history."""
+def volume_ratio(volume: Sequence[float], bars: int) -> float | None:
+    """The last bar's volume over the mean of the `bars` before it; None without enough history.
+
+    (Volumes are whole numbers: their sum is exact in any order.)
+    """
     if len(volume) <= bars:
         return None
-    mean = float(volume[-bars - 1 : -1].sum()) / bars
+    mean = float(sum(volume[-bars - 1 : -1])) / bars
     return float(volume[-1]) / mean if mean > 0 else None
 
 
-def price_move(close: np.ndarray, bars: int, at: int = -1) -> float | None:
+def price_move(close: Sequence[float], bars: int, at: int = -1) -> float | None:
     """Percent change of the close at `at` from the close `bars` bars earlier."""
     end = len(close) + at if at < 0 else at
     start = end - bars
@@ -33,7 +36,7 @@ def price_move(close: np.ndarray, bars: int, at: int = -1) -> float | None:
     return (float(close[end]) / float(close[start]) - 1.0) * 100.0
 
 
-def price_surge(close: np.ndarray, bars: int, pct: float) -> float | None:
+def price_surge(close: Sequence[float], bars: int, pct: float) -> float | None:
     """The move if it reached `pct` on this bar and had not on the bar before (same direction)."""
     move = price_move(close, bars)
     if move is None or abs(move) < pct:
