@@ -41,7 +41,7 @@ before: the result is what TA-Lib gives on the corrected series.
 >>> closes = close.tolist()
 >>> for i, c in enumerate(closes):
 ...     state, values = ind.step(state, c + 0.5, c - 0.5, closes[max(0, i - 20) : i + 1])
->>> abs(values[2] - talib.RSI(close, 14)[-1]) < 1e-12, abs(values[3] - talib.MACD(close)[0][-1]) < 1e-12
+>>> bool(abs(values[2] - talib.RSI(close, 14)[-1]) < 1e-12), bool(abs(values[3] - talib.MACD(close)[0][-1]) < 1e-12)
 (True, True)
 """
 
