@@ -218,12 +218,13 @@ class Report:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     kept_topic: str | None = None
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds of: replay, bars, detection, refresh
 
     def lines(self) -> list[str]:
         t = self.tally
         out = [
             f"backfill {self.day.isoformat()} (run {self.run_id}): {len(self.files)} trades file(s), "
-            f"{self.trades:,} trades in {self.seconds:.1f} s",
+            f"{self.trades:,} trades in {self.seconds:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in self.phases.items())})",
             f"bars: {t.bars:,} from the files: {t.inserted:,} new, {t.corrected:,} corrected (revision + 1), "
             f"{t.unchanged:,} unchanged; ohlcv_1min holds {self.stored_after:,} bars of the day "
             f"(before: {self.stored_before:,})",
@@ -309,13 +310,23 @@ def backfill(
     try:
         say(f"backfill {day.isoformat()}: run {run_id}, topics {PREFIX}.{day.isoformat()}.{run_id}.*, "
             f"{len(files)} file(s): {', '.join(map(str, files))}")  # fmt: skip
+        mark = time.monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            report.phases[name], mark = time.monotonic() - mark, time.monotonic()
+
         report.trades = replay(files, kind="trades", settings=s, symbols=symbols)
+        phase("replay")
         if report.trades == 0 and symbols is not None:
             raise BackfillError(f"no trades of {', '.join(symbols)} in {', '.join(map(str, files))}")
         _run_flow(bar_flow(s, detection, report.tally), workers)
+        phase("bars")
         if report.detection:
             _run_flow(detection_flow(s, detection), workers)
+            phase("detection")
         report.aggregates = _refresh(live.database_url, around, report.tally)
+        phase("refresh")
         report.stored_after = tables.stored_bars(live.database_url, symbols, *window)
         report.dead_letters = _dead_letters(s)
     finally:
