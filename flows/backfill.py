@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
 import time
 import uuid
@@ -50,7 +51,7 @@ from bytewax.dataflow import Dataflow
 from connectors.feeds.flat_files import FlatFileError, kind_of
 from connectors.feeds.flat_files.checks import file_day
 from connectors.feeds.replay import replay
-from connectors.kafka.admin import ensure_topics
+from connectors.kafka.admin import KafkaUnavailable, ensure_topics
 from connectors.kafka.dead_letter import KIND, REASON, SOURCE_OFFSET, SOURCE_TOPIC, dead_letter_sink, letter_key
 from connectors.kafka.sink import Record, TopicSink
 from connectors.kafka.source import KafkaBatchSource
@@ -305,9 +306,8 @@ def backfill(
     report = Report(day, run_id, files, detection=detection.bar_detection_on())
     window = day_window(day)
     report.stored_before = tables.stored_bars(live.database_url, symbols, *window)
-    ensure_topics(s)
-    ours = s.topics()
     try:
+        ensure_topics(s)
         say(f"backfill {day.isoformat()}: run {run_id}, topics {PREFIX}.{day.isoformat()}.{run_id}.*, "
             f"{len(files)} file(s): {', '.join(map(str, files))}")  # fmt: skip
         mark = time.monotonic()
@@ -332,6 +332,10 @@ def backfill(
     finally:
         keep = [s.topic_dead_letter] if report.dead_letters else []
         report.kept_topic = keep[0] if keep else None
+        try:  # as far as their creation got
+            ours = topics_named(s.kafka_bootstrap_servers, f"{PREFIX}.{day.isoformat()}.{run_id}.")
+        except KafkaUnavailable:
+            ours = s.topics()
         deleted = delete_topics(s.kafka_bootstrap_servers, [t for t in ours if t not in keep])
         failed = {t: why for t, why in deleted.items() if why}
         if failed:
@@ -387,8 +391,13 @@ def _workers(text: str) -> int:
     return n
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flows.backfill` (console script `tickstock-backfill`): 0 done, 1 a service failed, 2 bad input."""
+    """`python -m flows.backfill` (console script `tickstock-backfill`): 0 done, 1 a service failed, 2 bad input,
+    130 stopped (SIGINT or SIGTERM) before the end."""
     parser = argparse.ArgumentParser(prog="python -m flows.backfill", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--date", type=_day, required=True, help="the day to backfill, YYYY-MM-DD (New York)")
     parser.add_argument("--flat-files", type=Path, required=True, help="directory holding trades_v1/ flat files")
@@ -400,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-leftovers", action="store_true", help="delete the topics unfinished runs of the day left")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop unwinds like Ctrl-C: the run's topics are deleted
     try:
         live = flow_settings.load()
         detection = detect_settings.load() if args.detection else DetectionSettings(enabled=False)
@@ -412,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailable as exc:
         print(f"backfill: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("backfill: stopped before the end; its topics are deleted, run it again to finish the day", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for line in report.lines():
         print(line, file=sys.stderr)
     return 0

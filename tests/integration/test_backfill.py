@@ -326,3 +326,43 @@ def test_a_day_or_symbols_the_files_do_not_hold_are_precise_errors(
     capsys.readouterr()
     days = ("2026-10-30", "2026-11-02", "2026-11-03", today.isoformat())
     assert [t for t in topics_named(command_env, "backfill.") if t.split(".")[1] in days] == [], "nothing left behind"
+
+
+def test_a_stopped_backfill_deletes_its_topics_and_a_killed_ones_are_named_then_deleted(
+    command_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM mid-run: exit 130, no topic left. Topics of a run killed with -9 (made here by hand):
+    the next run names them, --delete-leftovers deletes them. ~15 s (a process start)."""
+    root = flat_files(tmp_path, day_trades(seconds=20 * 60, symbols=50, rate=60.0))
+    prefix = f"backfill.{DAY.isoformat()}."
+    env = os.environ | {"DATABASE_URL": TEST_DATABASE_URL, "REDIS_URL": NO_REDIS}
+    command = [sys.executable, "-m", "flows.backfill", "--date", DAY.isoformat(), "--flat-files", str(root), "--no-detection",
+               "--run-id", "stopped"]  # fmt: skip
+    running = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        said = b""
+        while f"topics {prefix}stopped.*".encode() not in said:  # its topics are made, the replay starts
+            line = running.stderr.readline()  # type: ignore[union-attr]
+            assert line, f"the backfill ended before it could be stopped: {said.decode()[-2000:]}"
+            said += line
+        running.send_signal(signal.SIGTERM)
+        _, err = running.communicate(timeout=60)
+    finally:
+        running.kill()
+    assert running.returncode == 130, err.decode()[-2000:]
+    assert "stopped before the end; its topics are deleted" in err.decode()
+    assert topics_named(command_env, prefix) == []
+
+    from connectors.kafka.admin import ensure_topics
+    from flows.backfill import backfill_settings
+
+    killed = backfill_settings(Settings(), DAY, "killed")
+    ensure_topics(killed)
+    args = ["--date", DAY.isoformat(), "--flat-files", str(root), "--symbols", "ZZZZ", "--no-detection"]
+    assert main(args) == 2  # no trades of ZZZZ: fails after the leftovers are looked at
+    err = capsys.readouterr().err
+    assert f"earlier runs of {DAY.isoformat()} did not finish; their topics are still there ({prefix}killed." in err, err
+    assert f"{prefix}killed.trades" in topics_named(command_env, prefix)
+    assert main([*args, "--delete-leftovers"]) == 2
+    assert f"deleted the topics of unfinished earlier runs of {DAY.isoformat()}" in capsys.readouterr().err
+    assert topics_named(command_env, prefix) == []
