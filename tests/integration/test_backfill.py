@@ -333,7 +333,7 @@ def test_a_stopped_backfill_deletes_its_topics_and_a_killed_ones_are_named_then_
 ) -> None:
     """SIGTERM mid-run: exit 130, no topic left. Topics of a run killed with -9 (made here by hand):
     the next run names them, --delete-leftovers deletes them. ~15 s (a process start)."""
-    root = flat_files(tmp_path, day_trades(seconds=20 * 60, symbols=50, rate=60.0))
+    root = flat_files(tmp_path, day_trades(seconds=10 * 60, symbols=20, rate=25.0))
     prefix = f"backfill.{DAY.isoformat()}."
     env = os.environ | {"DATABASE_URL": TEST_DATABASE_URL, "REDIS_URL": NO_REDIS}
     command = [sys.executable, "-m", "flows.backfill", "--date", DAY.isoformat(), "--flat-files", str(root), "--no-detection",
