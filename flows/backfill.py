@@ -24,7 +24,8 @@ every old trade is `too_late`. A backfill is therefore a run of its own (docs/ba
 
 A day the live flow may still revise (it ends, in New York, less than ALLOWED_LATENESS_S ago),
 a day no trades file holds, a day a retention policy would drop again, and unreadable files are
-errors with exit code 2, before anything is published; a service that cannot be reached, 1.
+errors with exit code 2, before anything is published; a service that cannot be reached, 1;
+SIGINT or SIGTERM, 130 (the run's topics deleted on the way out).
 Composition only; the console entry point is `flows.backfill:main`.
 """
 
