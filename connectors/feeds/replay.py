@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -53,11 +53,14 @@ def replay(
     kind: Kind | None = None,
     settings: KafkaSettings | None = None,
     report: dict[str, object] | None = None,
+    symbols: Collection[str] | None = None,
 ) -> int:
     """Publish the files' events merged in event-time order (idempotent producer, key = symbol),
     and their refused rows to the dead-letter topic; returns how many events. Every file is read
     and checked before anything is published (FlatFileError otherwise). `report`, when given,
-    receives the dead letters by kind. ReplayError when Kafka refuses or loses events."""
+    receives the dead letters by kind. `symbols`, when given, keeps only their events and refused
+    rows (a refused row without a valid ticker is nobody's: left out). ReplayError when Kafka
+    refuses or loses events."""
     from confluent_kafka import KafkaError, KafkaException
 
     from connectors.kafka.dead_letter import letter
@@ -81,11 +84,16 @@ def replay(
                 producer.poll(0.05)
         dead[dead_kind] += 1
 
+    wanted = None if symbols is None else set(symbols)
     for path, _, f in files:
         for row, dead_kind, why, key, value in f.refused.iter_rows():
-            dead_letter(value.encode(), why, str(path), row, key, dead_kind)
+            if wanted is None or key in wanted:
+                dead_letter(value.encode(), why, str(path), row, key, dead_kind)
+    events = merge([(k, f) for _, k, f in files])
+    if wanted is not None:
+        events = events.filter(pl.col("key").is_in(sorted(wanted)))
     n = 0
-    for k, key, value, row, file in _paced(merge([(k, f) for _, k, f in files]), speed):
+    for k, key, value, row, file in _paced(events, speed):
         try:
             try:
                 producer.produce(topics[k], value, key)

@@ -127,8 +127,9 @@ class Refusals:
         self._letters.append(letter(encode_json(record), kind="rejected", reason=reason, topic=self._table,
                                     partition=None, offset=None, key=getattr(record, "symbol", "").encode()))  # fmt: skip
 
-    def deliver(self, publisher: Publisher) -> None:
-        """Dead letters onto their topic (waiting for Kafka), then their error records onto Redis."""
+    def deliver(self, publisher: Publisher | None) -> None:
+        """Dead letters onto their topic (waiting for Kafka), then their error records onto Redis
+        (unless `publisher` is None: a sink that publishes nothing, the backfill's)."""
         if not self._letters:
             return
         letters, self._letters = self._letters, []
@@ -137,6 +138,8 @@ class Refusals:
             self._writer = TopicWriter(s.kafka_bootstrap_servers, s.topic_dead_letter, _letter_record)
         self._writer.write_batch(letters)
         self._writer.snapshot()
+        if publisher is None:
+            return
         errors = [error_record(m, component=self._component) for m in letters]
         channel = Channels(self._settings.redis_namespace).errors
         publisher.publish([(channel, encode_status(e)) for e in errors])
