@@ -58,8 +58,7 @@ PACKAGES = ("flows", "connectors", "schemas", "infra")
 CHART_LIBRARY = "connectors/gateway/vendor/lightweight-charts.standalone.production.js"
 NPM_CHART_LIBRARY = REPO / "infra/dashboard/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js"
 
-# Every program of pyproject.toml's [project.scripts] and what it runs. The backfill command
-# (branch `backfill`) joins here, as `tickstock-backfill`, when it is merged.
+# Every program of pyproject.toml's [project.scripts] and what it runs.
 PROGRAMS = {
     "tickstock-bridge": "connectors.feeds.bridge.program:run",
     "tickstock-replay": "connectors.feeds.replay:main",
@@ -72,6 +71,7 @@ PROGRAMS = {
     "tickstock-topics": "infra.topics:main",
     "tickstock-migrate": "infra.migrate:main",
     "tickstock-policies": "infra.policies:main",
+    "tickstock-backfill": "flows.backfill:main",
 }
 
 # Tracked files inside the packages that the wheel leaves out, and why. A new data file must be
