@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 from bytewax.testing import run_main
 
@@ -20,7 +21,7 @@ from flows.settings import Settings
 from tests.support.bars import feed
 from tests.support.cluster import Cluster, as_multisets, first_occurrences, init_recovery, redis_history, topic_by_key
 from tests.support.rollups import assert_views_match
-from tests.support.services import base_settings, create_topics, publish, table_bars
+from tests.support.services import TEST_DATABASE_URL, base_settings, create_topics, publish, table_bars
 
 pytestmark = pytest.mark.integration
 
@@ -47,26 +48,25 @@ def fresh_outputs(s: Settings) -> Settings:
     return again
 
 
-@pytest.fixture
-def reference(services, db):
-    """One process (in this one, one worker) over the feed: tables, bars topic, Redis history."""
+@pytest.fixture(scope="module")
+def reference(services):
+    """One process (in this one, one worker) over the feed: tables, bars topic, Redis history; once for the module."""
     s = base_settings(**HISTORY)
     create_topics(s)
     publish(s, feed(seed=31, symbols=40, rate=80.0, seconds=20 * 60))
-    run_main(build_flow(s))
-    run_main(build_detection(s))
-    out = {
-        "bars": table_bars(db),
-        "detected": detection_tables(db),
-        "topic": topic_by_key(s, s.topic_bars),
-        "history": redis_history(s.redis_url, s.redis_namespace),
-    }
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as db:
+        db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
+        run_main(build_flow(s))
+        run_main(build_detection(s))
+        out = {
+            "bars": table_bars(db),
+            "detected": detection_tables(db),
+            "topic": topic_by_key(s, s.topic_bars),
+            "history": redis_history(s.redis_url, s.redis_namespace),
+        }
     assert len(out["bars"]) > 500 and out["bars"]["revision"].max() >= 1
     assert all(len(rows) > 5 for rows in out["detected"].values()), {t: len(r) for t, r in out["detected"].items()}
-    assert any(".market.ohlcv." in c for c in out["history"]) and any("indicator" in c for c in out["history"]), out[
-        "history"
-    ].keys()
-    db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
+    assert any(".market.ohlcv." in c for c in out["history"]) and any("indicator" in c for c in out["history"])
     return s, out
 
 
