@@ -58,10 +58,9 @@ def run_cluster(s: Settings, processes: int, workers: int) -> dict:
     if processes > 1:
         command += ["-a", ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))]
     started = time.perf_counter()
+    ids = [["-i", str(i)] for i in range(processes)] if processes > 1 else [[]]
     pids = [
-        subprocess.Popen([*command, *(["-i", str(i)] if processes > 1 else [])], env=env, cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid  # fmt: skip
-        for i in range(processes)
+        subprocess.Popen([*command, *i], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid for i in ids
     ]
     cpu_s, failed = 0.0, []
     for pid in pids:

@@ -25,7 +25,7 @@ from connectors.kafka.sink import Record, TopicWriter
 from connectors.postgres.bars import BarStore
 from connectors.postgres.events import EventStore
 from connectors.redis.publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
-from connectors.sinks.parts import part_names
+from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 from connectors.sinks.settings import OutputSettings
 from schemas.bars import Bar
 from schemas.channels import Channels
@@ -97,20 +97,25 @@ Writer = tuple[Callable[[list], None], Callable[[], None]]  # write a batch, clo
 class _StoreThenPublish(FixedPartitionedSink[X, None]):
     """Records keyed by symbol: database first, then Redis, behind the flow.
 
-    `parts` sink partitions (see `connectors.sinks.parts`), each with its own connections and
-    writer thread, spread by Bytewax over the workers; a symbol's records all go through one.
+    `parts` sink partitions (see `connectors.sinks.parts`), spread by Bytewax over the workers; a
+    symbol's records all go through one. The partitions of a worker share its one writer thread
+    and connections.
     """
 
     def __init__(self, part: str, open_writer: Callable[[], Writer], parts: int = 1) -> None:
         self._parts = part_names(part, parts)
-        self._open_writer = open_writer
+
+        def open_write_behind() -> _WriteBehind[X]:
+            write, close = open_writer()  # connects here, in the flow's thread: a missing server fails the start
+            return _WriteBehind(part, write, close)
+
+        self._writers: PerWorker[X] = PerWorker(open_write_behind)
 
     def list_parts(self) -> list[str]:
         return list(self._parts)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[X]:
-        write, close = self._open_writer()  # connects here, in the flow's thread: a missing server fails the start
-        return _WriteBehind(for_part, write, close)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> SharedPartition[X]:
+        return self._writers.partition()
 
 
 class Refusals:
