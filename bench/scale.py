@@ -80,7 +80,7 @@ def run_cluster(s: Settings, processes: int, workers: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--symbols", type=int, default=4000)
-    parser.add_argument("--ticks", type=int, default=1_000_000)
+    parser.add_argument("--ticks", type=int, default=2_000_000)
     parser.add_argument("--processes", default="1,2", help="process counts to run, comma-separated")
     parser.add_argument("--workers", type=int, default=1, help="workers per process")
     args = parser.parse_args(argv)
