@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
-.PHONY: help venv check services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
+.PHONY: help venv check services broker topics migrate demo test bench bench-scale bench-queries bench-sink bench-bridge stop \
 	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages chaos wheel
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make test      set everything up, then the checks and the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make check     lint (ruff), formatting (ruff format --check) and types (mypy)"
 	@echo "make bench     set everything up, then the flows' benchmark, detection off and on (BENCH_ARGS=...)"
+	@echo "make bench-scale    the bar flow as 1 and as 2 processes (a cluster), ticks/s and CPU -> bench/scale.json"
 	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
 	@echo "make bench-sink     the sink's upsert per minute-boundary batch on that database -> bench/sink.json"
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
@@ -80,6 +81,9 @@ test: venv check services broker topics migrate dashboard-assets chromium timesc
 
 bench: venv services broker topics migrate
 	$(PY) -m bench.ohlcv $(BENCH_ARGS)
+
+bench-scale: venv services broker topics migrate
+	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
 bench-queries: venv services
 	$(PY) -m bench.queries $(BENCH_QUERIES_ARGS)

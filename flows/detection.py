@@ -45,9 +45,10 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     source = KafkaBatchSource(
         s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
     )
+    parts = len(source.list_parts())  # a sink partition per input partition, spread over the workers
     gate = gate_bars("gate", op.input("bars", flow, source), s)
     events = detect_on_bars("detect", gate.bars, s, detection)
-    op.output("detection", events, event_sink(s))
+    op.output("detection", events, event_sink(s, parts=parts))
     letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
-    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter, parts))
     return flow

@@ -92,9 +92,9 @@ def headers(message: KafkaSinkMessage[bytes, bytes]) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in message.headers}
 
 
-def dead_letter_sink(bootstrap: str, topic: str) -> TopicSink[KafkaSinkMessage[bytes, bytes]]:
+def dead_letter_sink(bootstrap: str, topic: str, parts: int = 1) -> TopicSink[KafkaSinkMessage[bytes, bytes]]:
     """Dead letters (keyed by their source partition) onto `topic`, delivered before the epoch commits."""
-    return TopicSink(bootstrap, topic, _record)
+    return TopicSink(bootstrap, topic, _record, parts)
 
 
 def _record(letter: KafkaSinkMessage[bytes, bytes]) -> Record:

@@ -34,6 +34,8 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
+from connectors.sinks.parts import PerWorker, SharedPartition, part_names
+
 log = logging.getLogger(__name__)
 
 X = TypeVar("X")
@@ -159,15 +161,23 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
 
 
 class TopicSink(FixedPartitionedSink[X, None]):
-    """A keyed stream onto `topic`, as `encode` makes each item (key, value, headers)."""
+    """A keyed stream onto `topic`, as `encode` makes each item (key, value, headers).
 
-    def __init__(self, bootstrap: str, topic: str, encode: Callable[[X], Record]) -> None:
+    `parts` sink partitions (see `connectors.sinks.parts`) spread over the workers, those of a
+    worker sharing its one producer; the stream's key picks the partition, so the records of a
+    key leave in order from one producer, and the Kafka key (the same partitioner in every
+    producer) picks the topic partition.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, encode: Callable[[X], Record], parts: int = 1) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self._encode = encode
+        self._parts = part_names(topic, parts)
+        self._writers: PerWorker[X] = PerWorker(lambda: TopicWriter(bootstrap, topic, encode))
 
     def list_parts(self) -> list[str]:
-        return [self._topic]
+        return list(self._parts)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> TopicWriter[X]:
-        return TopicWriter(self._bootstrap, self._topic, self._encode)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> SharedPartition[X]:
+        return self._writers.partition()

@@ -25,6 +25,7 @@ from connectors.kafka.sink import Record, TopicWriter
 from connectors.postgres.bars import BarStore
 from connectors.postgres.events import EventStore
 from connectors.redis.publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
+from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 from connectors.sinks.settings import OutputSettings
 from schemas.bars import Bar
 from schemas.channels import Channels
@@ -94,18 +95,27 @@ Writer = tuple[Callable[[list], None], Callable[[], None]]  # write a batch, clo
 
 
 class _StoreThenPublish(FixedPartitionedSink[X, None]):
-    """Records keyed by symbol, written by one partition: database first, then Redis, behind the flow."""
+    """Records keyed by symbol: database first, then Redis, behind the flow.
 
-    def __init__(self, part: str, open_writer: Callable[[], Writer]) -> None:
-        self._part = part
-        self._open_writer = open_writer
+    `parts` sink partitions (see `connectors.sinks.parts`), spread by Bytewax over the workers; a
+    symbol's records all go through one. The partitions of a worker share its one writer thread
+    and connections.
+    """
+
+    def __init__(self, part: str, open_writer: Callable[[], Writer], parts: int = 1) -> None:
+        self._parts = part_names(part, parts)
+
+        def open_write_behind() -> _WriteBehind[X]:
+            write, close = open_writer()  # connects here, in the flow's thread: a missing server fails the start
+            return _WriteBehind(part, write, close)
+
+        self._writers: PerWorker[X] = PerWorker(open_write_behind)
 
     def list_parts(self) -> list[str]:
-        return [self._part]
+        return list(self._parts)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehind[X]:
-        write, close = self._open_writer()  # connects here, in the flow's thread: a missing server fails the start
-        return _WriteBehind(self._part, write, close)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> SharedPartition[X]:
+        return self._writers.partition()
 
 
 class Refusals:
@@ -163,8 +173,8 @@ def _letter_record(m: object) -> Record:
     return m.key, m.value, m.headers  # type: ignore[attr-defined]  # KafkaSinkMessage carries headers; the stubs omit them
 
 
-def final_bar_sink(settings: OutputSettings) -> _StoreThenPublish[Bar]:
-    """Final bars and revisions: upsert into `ohlcv_1min`, then publish on the bar channels."""
+def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublish[Bar]:
+    """Final bars and revisions (keyed by symbol): upsert into `ohlcv_1min`, then publish on the bar channels."""
 
     def open_writer() -> Writer:
         store = BarStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
@@ -178,11 +188,11 @@ def final_bar_sink(settings: OutputSettings) -> _StoreThenPublish[Bar]:
 
         return write, _closing(store, publisher)
 
-    return _StoreThenPublish("ohlcv_1min", open_writer)
+    return _StoreThenPublish("ohlcv_1min", open_writer, parts)
 
 
-def event_sink(settings: OutputSettings, component: str = "detection_flow") -> _StoreThenPublish[Event]:
-    """Detection records: upsert into their tables, then publish on their channels."""
+def event_sink(settings: OutputSettings, component: str = "detection_flow", parts: int = 1) -> _StoreThenPublish[Event]:
+    """Detection records (keyed by symbol): upsert into their tables, then publish on their channels."""
 
     def open_writer() -> Writer:
         store = EventStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
@@ -196,7 +206,7 @@ def event_sink(settings: OutputSettings, component: str = "detection_flow") -> _
 
         return write, _closing(store, publisher)
 
-    return _StoreThenPublish("detection", open_writer)
+    return _StoreThenPublish("detection", open_writer, parts)
 
 
 class _RedisPartition(StatelessSinkPartition[X], Generic[X]):
