@@ -43,6 +43,7 @@ SETTINGS = {
     "max_wal_size": "8GB",
     "checkpoint_timeout": "30min",
     "maintenance_work_mem": "1GB",
+    "work_mem": "64MB",  # 0004 builds its rollup from the loaded bars with one grouped, sorted INSERT
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "'/tmp'",
     "autovacuum": "on",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,9 +88,15 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 def _locked(database_url: str, log: Log) -> Iterator[psycopg.Connection]:
     """An autocommit connection holding the migration lock, with `schema_migrations` in place."""
     with connect(database_url) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]  # SELECT of a function always returns one row
-            log("waiting for another process that is migrating this database ...")
-            conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        # Polled, not a blocking pg_advisory_lock(): a session blocked in that statement holds a
+        # snapshot, which CREATE INDEX CONCURRENTLY (0005) in the lock holder's session waits for: a deadlock.
+        waited = 0.0
+        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]  # SELECT of a function always returns one row
+            if waited == 0.0:
+                log("waiting for another process that is migrating this database ...")
+            pause = min(1.0, 0.05 + waited / 10)
+            time.sleep(pause)
+            waited += pause
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version INTEGER PRIMARY KEY,"
