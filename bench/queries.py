@@ -310,9 +310,9 @@ def describe_target(target: Target) -> dict[str, object]:
 
 def _postgres(args: argparse.Namespace) -> Target:
     if args.postgres_url is None:
-        cluster.start()
-        url = cluster.url(dbname=args.postgres_db)
-        restart: Callable[[], None] | None = lambda: (cluster.restart(), None)[1]  # noqa: E731
+        cluster.start(args.cluster_dir, args.cluster_port)
+        url = cluster.url(args.cluster_port, args.postgres_db)
+        restart: Callable[[], None] | None = lambda: (cluster.restart(args.cluster_dir, args.cluster_port), None)[1]  # noqa: E731
     else:
         url, restart = args.postgres_url, None
     ensure_database(url)
@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reload", action="store_true", help="load even if the database already has this shape")
     parser.add_argument("--postgres-url", help="measure this server instead of the bench cluster (never restarted)")
     parser.add_argument("--postgres-db", default="tickstock_bench_queries", help="database name on the bench cluster")
+    parser.add_argument("--cluster-dir", type=Path, default=cluster.DATA_DIR, help="the bench cluster's data directory")
+    parser.add_argument("--cluster-port", type=int, default=cluster.PORT, help="the bench cluster's port")
     parser.add_argument("--ts-data-dir", type=Path, default=DEFAULT_TS_DIR)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
