@@ -28,8 +28,8 @@ help:
 	@echo "make check     lint (ruff), formatting (ruff format --check) and types (mypy)"
 	@echo "make bench     set everything up, then the flows' benchmark, detection off and on (BENCH_ARGS=...)"
 	@echo "make bench-scale    the bar flow as 1 and as 2 processes (a cluster), ticks/s and CPU -> bench/scale.json"
-	@echo "make bench-queries  load 30 days x 4,000 symbols of bars, report analyst query latencies"
-	@echo "make bench-sink     the sink's upsert per minute-boundary batch on that database -> bench/sink.json"
+	@echo "make bench-queries  analyst query latencies, warm and cold, on PostgreSQL (30 days x 4,000 symbols, own cluster) and TimescaleDB (embedded, smaller)"
+	@echo "make bench-sink     the sink's upsert per minute-boundary batch on those databases -> bench/sink.json"
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
 	@echo "make gateway        run the WebSocket/REST gateway and dashboard (dev mode unless GATEWAY_DEV_MODE=false)"
 	@echo "make bench-gateway  1,000 WebSocket clients x 20 of 4,000 symbols -> bench/gateway.json"
@@ -85,10 +85,10 @@ bench: venv services broker topics migrate
 bench-scale: venv services broker topics migrate
 	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
-bench-queries: venv services
+bench-queries: venv services timescale-packages
 	$(PY) -m bench.queries $(BENCH_QUERIES_ARGS)
 
-bench-sink: venv services
+bench-sink: venv services timescale-packages
 	$(PY) -m bench.sink $(BENCH_SINK_ARGS)
 
 bench-bridge: venv services broker topics migrate

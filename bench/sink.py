@@ -1,16 +1,22 @@
-"""The flow's write path at a minute boundary: `python -m bench.sink [--batches 40 --symbols 4000]`.
+"""The flow's write path at a minute boundary, on both databases: `python -m bench.sink [--batches 40 --symbols 4000]`.
 
 Times `connectors.postgres.bars.BarStore.upsert` (COPY into staging + one INSERT .. ON CONFLICT, with
 every trigger the migrations put on `ohlcv_1min`) for batches shaped like the ones the flow
 writes when a minute closes: one new bar per symbol, plus `--revised` of them as revisions of
 the previous 15 minutes (late trades). It writes past the newest bar already in the database
 (by default the `make bench-queries` database, so the tables have a month of history and
-realistic index depth), then deletes what it wrote, leaving the database as it found it.
+realistic index depth), then deletes what it wrote, leaving the database as it found it. Both
+databases of `make bench-queries` side by side, in one run (`--databases`): plain PostgreSQL (the
+bench cluster, bench/cluster.py, or `--postgres-url`) and the embedded TimescaleDB on its data
+directory (`--ts-data-dir`; a smaller shape, so its batches have at most as many symbols as it
+holds: compare `mean_ms_per_1000_bars`). On TimescaleDB the batches land in a new, uncompressed
+chunk, as live minutes do.
 
 `--without-triggers` disables the user triggers on `ohlcv_1min` for the run (FK checks stay):
 the cost of the bare upsert, to tell what the triggers add; `--disable NAME` disables one trigger
 (e.g. the `rollups_after_*` ones, to time `latest_bars` alone). Writes p50/p95/mean per batch to
-bench/sink.json (or `--out`).
+bench/sink.json (or `--out`), one entry per database, with the schema version measured (0005's
+covering keys are part of the write cost: `python -m bench.queries --schema 4` for before).
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench import cluster
+from bench.queries import DEFAULT_TS_DIR
 from connectors.postgres.bars import BarStore
+from infra.embedded_timescale import EmbeddedTimescale
 from schemas.bars import Bar
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/tickstock_bench_queries"
 OUT = Path(__file__).with_name("sink.json")
 LATE_MINUTES = 15  # ALLOWED_LATENESS_S / 60: how far back a revision reaches
 
@@ -62,8 +70,11 @@ def run(
     with psycopg.connect(url, autocommit=True) as conn:
         newest = conn.execute("SELECT max(timestamp) FROM ohlcv_1min").fetchone()[0]  # type: ignore[index]
         names = [r[0] for r in conn.execute("SELECT symbol FROM symbols ORDER BY symbol LIMIT %s", (symbol_count,))]
-        if newest is None or len(names) < symbol_count:
-            raise SystemExit(f"needs {symbol_count} symbols with bars: run `make bench-queries` first")
+        if newest is None or not names:
+            raise SystemExit("needs symbols with bars: run `make bench-queries` first")
+        symbol_count = len(names)
+        version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]  # type: ignore[index]
+        rows = conn.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]  # type: ignore[index]
         if without_triggers:
             conn.execute("ALTER TABLE ohlcv_1min DISABLE TRIGGER USER")
         for name in disabled:
@@ -90,6 +101,8 @@ def run(
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     per_batch = symbol_count + revised
     result = {
+        "schema_version": version,
+        "rows_in_table": rows,
         "batch_bars": per_batch,
         "new_bars": symbol_count,
         "revised_bars": revised,
@@ -107,18 +120,37 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__.split("\n")[0])
+    parser.add_argument("--databases", default="postgres,timescaledb", help="which to measure, comma-separated")
     parser.add_argument("--batches", type=int, default=40, help="timed minute-boundary batches")
-    parser.add_argument("--symbols", type=int, default=4000, help="new bars per batch (one per symbol)")
+    parser.add_argument("--symbols", type=int, default=4000, help="new bars per batch (one per symbol, at most those held)")
     parser.add_argument("--revised", type=float, default=0.05, help="share of symbols with a revision per batch")
     parser.add_argument("--without-triggers", action="store_true", help="disable user triggers on ohlcv_1min meanwhile")
     parser.add_argument("--disable", action="append", default=[], metavar="NAME", help="disable this trigger meanwhile")
-    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--postgres-url", help="default: the bench cluster's database (bench/cluster.py)")
+    parser.add_argument("--ts-data-dir", type=Path, default=DEFAULT_TS_DIR)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    result = run(args.database_url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable)
-    for key, value in result.items():
-        print(f"  {key}: {value}")
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    chosen = [d.strip() for d in args.databases.split(",") if d.strip()]
+    if not chosen or set(chosen) - {"postgres", "timescaledb"}:
+        parser.error("--databases takes postgres, timescaledb or both")
+    results: dict[str, object] = {}
+    load_before = os.getloadavg()
+    for kind in chosen:
+        if kind == "postgres":
+            url = args.postgres_url or cluster.start()
+            result = run(url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable)
+        else:
+            if not (args.ts_data_dir / "PG_VERSION").exists():
+                raise SystemExit(f"no embedded TimescaleDB database in {args.ts_data_dir}: run `make bench-queries` first")
+            with EmbeddedTimescale(port=0, data_dir=args.ts_data_dir, wait_s=300) as server:
+                assert server.url is not None
+                result = run(server.url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable)
+        print(f"{kind}:")
+        for key, value in result.items():
+            print(f"  {key}: {value}")
+        results[kind] = result
+    results["load_average_1m"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]  # before, after
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -2,7 +2,13 @@
 
 Files are `NNNN_name.up.sql` / `NNNN_name.down.sql` in `infra/migrations`. Each runs in its own
 transaction together with its row in `schema_migrations`, so a failing file leaves the database
-exactly as it was; re-running is a no-op. A Postgres advisory lock keeps two processes (two test
+exactly as it was; re-running is a no-op. A file whose first line is `-- migrate: no-transaction`
+runs statement by statement instead, each committed on its own, for what PostgreSQL refuses in a
+transaction (CREATE INDEX CONCURRENTLY: building an index on a live table without blocking its
+writers). Its statements are separated by lines `-- statement`, or `-- statement when <query>`
+to run the next one only when that query returns true (the database's kind, say); the bookkeeping
+row follows the last one. Such a file must be safe to re-run from the start: a failure leaves the
+statements before it done, and says which one failed. A Postgres advisory lock keeps two processes (two test
 runs, two deploys) from migrating the same database at once.
 
     python -m infra.migrate [up] [--to N]      apply pending migrations (up to N), then the TimescaleDB
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +37,8 @@ from infra.policies import apply as apply_policies
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 LOCK_KEY = 0x7469636B_6D696772  # "tick" "migr": constant so every process contends for the same lock
+NO_TRANSACTION = "-- migrate: no-transaction"
+_STATEMENT = re.compile(r"^-- statement(?: when (?P<when>.+))?$", re.MULTILINE)
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9][a-z0-9_]*)\.(?P<direction>up|down)\.sql$")
 
 Log = Callable[[str], None]
@@ -79,9 +88,15 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 def _locked(database_url: str, log: Log) -> Iterator[psycopg.Connection]:
     """An autocommit connection holding the migration lock, with `schema_migrations` in place."""
     with connect(database_url) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]  # SELECT of a function always returns one row
-            log("waiting for another process that is migrating this database ...")
-            conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        # Polled, not a blocking pg_advisory_lock(): a session blocked in that statement holds a
+        # snapshot, which CREATE INDEX CONCURRENTLY (0005) in the lock holder's session waits for: a deadlock.
+        waited = 0.0
+        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]  # SELECT of a function always returns one row
+            if waited == 0.0:
+                log("waiting for another process that is migrating this database ...")
+            pause = min(1.0, 0.05 + waited / 10)
+            time.sleep(pause)
+            waited += pause
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version INTEGER PRIMARY KEY,"
@@ -99,20 +114,58 @@ def applied(conn: psycopg.Connection) -> dict[int, str]:
 
 def _run(conn: psycopg.Connection, migration: Migration, script: Path, record: bool) -> None:
     """Run one file and its bookkeeping in one transaction; on error nothing of it stays."""
+    text = script.read_bytes()
+    if text.startswith(NO_TRANSACTION.encode()):
+        _run_each(conn, migration, script, text.decode(), record)
+        return
     try:
         with conn.transaction():
-            text = script.read_bytes()
             if text.strip():
                 conn.execute(text)
-            if record:
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-            else:
-                conn.execute("DELETE FROM schema_migrations WHERE version = %s", (migration.version,))
+            _record(conn, migration, record)
     except psycopg.Error as exc:
         raise MigrationError(f"{script.name} failed and was rolled back: {str(exc).strip()}") from exc
+
+
+def _record(conn: psycopg.Connection, migration: Migration, record: bool) -> None:
+    if record:
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (migration.version, migration.name))
+    else:
+        conn.execute("DELETE FROM schema_migrations WHERE version = %s", (migration.version,))
+
+
+def statements(text: str) -> list[tuple[str | None, str]]:
+    """A no-transaction file's statements, each with its `when` query (None: always)."""
+    parts = _STATEMENT.split(text)
+    # split() yields: the header, then (when, body) pairs
+    found = [(when.strip() if when else None, body.strip()) for when, body in zip(parts[1::2], parts[2::2], strict=True)]
+    if not found or any(not body for _, body in found):
+        raise MigrationError("a no-transaction migration needs `-- statement` lines, each followed by one statement")
+    return found
+
+
+def _run_each(conn: psycopg.Connection, migration: Migration, script: Path, text: str, record: bool) -> None:
+    """A no-transaction file: each statement committed on its own (the connection is autocommit)."""
+    steps = statements(text)
+    for n, (when, body) in enumerate(steps, 1):
+        try:
+            if when is not None:
+                row = conn.execute(when).fetchone()
+                if row is None or not isinstance(row[0], bool):
+                    raise MigrationError(f"{script.name} statement {n}: `when {when}` must return one boolean")
+                if not row[0]:
+                    continue
+            conn.execute(body)
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"{script.name} statement {n} of {len(steps)} failed ({str(exc).strip()}); the statements before it"
+                " stay done, and the file is written to be run again from the start"
+            ) from exc
+    try:
+        with conn.transaction():
+            _record(conn, migration, record)
+    except psycopg.Error as exc:
+        raise MigrationError(f"{script.name}: recording it failed: {str(exc).strip()}") from exc
 
 
 def up(database_url: str, *, to: int | None = None, directory: Path = MIGRATIONS_DIR, log: Log = print) -> list[Migration]:

@@ -12,8 +12,10 @@ in about a quarter of memory):
     day, and a compression or retention step drops or compresses whole days.
   * `events`, `alerts`: 7 days. Far fewer rows (a fraction of bars fire anything); day chunks would
     be tiny and many.
-A new interval applies to chunks created afterwards. The continuous aggregates of 0002 keep
-TimescaleDB's default for their own hypertables (ten times the raw table's interval).
+A new interval applies to chunks created afterwards. Where 0002's continuous aggregates remain
+(TimescaleDB before 2.18, or a database not yet at 0004) they keep TimescaleDB's default for their
+own hypertables (ten times the raw table's interval); 0004's rollup (`rollups.bars_5min`) is a
+plain table.
 
 Compression (the old, still supported `timescaledb.compress` API; TimescaleDB >= 2.11 is required
 because the sink upserts revised bars, and INSERT .. ON CONFLICT DO UPDATE into compressed chunks
@@ -22,13 +24,24 @@ arrived in 2.11): segment by symbol (plus timeframe for indicator values), order
 for unique checks on compressed data). Chunks older than `TIMESCALE_COMPRESS_AFTER` are compressed
 by a background policy; late corrections arrive within minutes (ALLOWED_LATENESS_S), so they hit
 uncompressed chunks except in replays of old days, which still work (decompressing the segments
-they touch).
+they touch), and reach the rollup and latest_bars through the same triggers. Segmenting by symbol
+is also what makes a closed day local on disk: one symbol-day is a few compressed batches found by
+the compressed chunk's (symbol, min/max time) index, not ~390 heap pages in arrival order.
 
 Retention drops whole chunks older than `TIMESCALE_RETENTION_BARS` (`ohlcv_1min`) or
-`TIMESCALE_RETENTION_DETECTION` (events, indicator values, alerts). Off by default: these are the
-users' data. It must exceed every continuous-aggregate refresh window over `ohlcv_1min` (0002: up to
-7 days), or a refresh would see the dropped minutes as deleted and remove aggregated buckets; this
-command refuses such a setting.
+`TIMESCALE_RETENTION_DETECTION` (events, indicator values, alerts): the raw tables only. Off by
+default: these are the users' data. What is derived from the raw minutes stays: dropping raw
+minutes must not delete aggregated history. How that holds depends on what derives it:
+  * 0004's rollup (TimescaleDB 2.18+, as on plain PostgreSQL): dropping a chunk fires no trigger,
+    so `rollups.bars_5min` (hence ohlcv_5min/15min/1hour/1day) and `latest_bars` keep the buckets
+    and latest bars of dropped minutes; tests/integration/test_policies.py runs both jobs and
+    checks it. The rollup's sums are maintained by deltas, so a write of a minute that was
+    already dropped counts as a new minute on top of its kept bucket: retention must exceed the
+    longest reach of a revision (ALLOWED_LATENESS_S is at most one day), and this command refuses
+    one day or less. Replaying a day older than the retention would add to its kept buckets twice.
+  * 0002's continuous aggregates (TimescaleDB before 2.18): retention must exceed every refresh
+    window over `ohlcv_1min` (0002: up to 7 days), or a refresh would see the dropped minutes as
+    deleted and remove aggregated buckets; this command refuses such a setting.
 """
 
 from __future__ import annotations
@@ -46,11 +59,13 @@ from psycopg import sql
 from pydantic import BeforeValidator, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.settings import DAY_S
 from infra.databases import DatabaseUnreachable, connect, describe
 
 _INTERVAL = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week|month|year)s?\s*$", re.IGNORECASE)
 OFF = ("", "off", "none", "0")
 MIN_TIMESCALEDB = (2, 11)
+REVISION_REACH = timedelta(seconds=DAY_S)  # the bound on ALLOWED_LATENESS_S (flows/settings.py)
 
 
 def _interval(value: object) -> str:
@@ -188,7 +203,8 @@ def _state(conn: psycopg.Connection, table: str) -> dict[str, object] | None:
 
 
 def _check_retention(conn: psycopg.Connection, settings: PolicySettings) -> None:
-    """Retention on ohlcv_1min must reach beyond every continuous-aggregate refresh window over it."""
+    """Retention on ohlcv_1min must not undo what is derived from it: beyond every continuous-aggregate
+    refresh window over it (0002's aggregates), and beyond the reach of a revision (0004's rollup)."""
     if settings.retention_bars is None:
         return
     widest = conn.execute(
@@ -205,6 +221,14 @@ def _check_retention(conn: psycopg.Connection, settings: PolicySettings) -> None
         raise PolicyError(
             f"TIMESCALE_RETENTION_BARS={settings.retention_bars} does not exceed the widest continuous-aggregate refresh"
             f" window over ohlcv_1min ({widest[0]}): a refresh would delete aggregated buckets; set it longer"
+        )
+    rollup = conn.execute("SELECT to_regclass('rollups.bars_5min') IS NOT NULL").fetchone()
+    reach = duration(settings.retention_bars)
+    if rollup == (True,) and reach is not None and reach <= REVISION_REACH:
+        raise PolicyError(
+            f"TIMESCALE_RETENTION_BARS={settings.retention_bars} does not exceed how far back a revision can reach"
+            " (ALLOWED_LATENESS_S, at most 1 day): a revision of a dropped minute would be counted twice in the"
+            " 5-minute rollup; set it longer"
         )
 
 

@@ -372,6 +372,12 @@ async function reset() {
 const started = performance.now()
 const db = await PGlite.create({ dataDir, extensions: { timescaledb } })
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
+// On a data directory made before, CREATE EXTENSION is a no-op and the library would be loaded
+// lazily, part-way through the first statement that touches a hypertable: its TSL module is then
+// never enabled, compressed chunks read as empty (count(*) 0, no error) and compression is refused
+// ("not supported under the current license"). Loading it here, before any client, is what
+// shared_preload_libraries does on a server.
+await db.exec("LOAD 'timescaledb'")
 await reset()
 const { rows } = await db.query("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
 

@@ -8,13 +8,18 @@ import shutil
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from polars.testing import assert_frame_equal
 
+from connectors.postgres.queries import BARS_IN_RANGE
 from infra import migrate
+from schemas.bars import Bar
 from tests.support.databases import Storage
+from tests.support.rollups import START, assert_views_match, insert, one_minute_rows, table
 
 BASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_test")
 REPO = Path(__file__).resolve().parents[2]
@@ -193,3 +198,94 @@ def test_hypertable_when_timescaledb_is_present(empty_database: Storage) -> None
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'ohlcv_1min'").fetchone()
     assert row is not None
+
+
+def test_a_no_transaction_migration_runs_statement_by_statement(empty_database: Storage, tmp_path: Path) -> None:
+    """Each statement commits on its own (VACUUM, like CREATE INDEX CONCURRENTLY, refuses a transaction); `when`
+    skips one; a failure says which statement, keeps the ones before and records nothing."""
+    database_url = empty_database.url
+    body = (
+        "-- migrate: no-transaction\n-- statement\nCREATE TABLE IF NOT EXISTS t (x INTEGER);\n"
+        "-- statement\nCREATE INDEX IF NOT EXISTS t_x ON t (x);\n-- statement\nVACUUM t;\n"
+        "-- statement when SELECT false\nDROP TABLE t;\n"
+        "-- statement when SELECT NOT EXISTS (SELECT 1 FROM t)\nSELECT 1 / 0;\n"
+    )
+    (tmp_path / "0001_t.up.sql").write_text(body)
+    with pytest.raises(migrate.MigrationError, match=r"0001_t.up.sql statement 5 of 5 failed .*division by zero"):
+        migrate.up(database_url, directory=tmp_path, log=quiet)
+    assert "t" in tables(database_url) and versions(database_url) == []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('t_x') IS NOT NULL").fetchone() == (True,)
+        conn.execute("INSERT INTO t VALUES (1)")  # now the 5th statement is skipped: re-running completes it
+    assert [m.version for m in migrate.up(database_url, directory=tmp_path, log=quiet)] == [1]
+    assert versions(database_url) == [1]
+
+    (tmp_path / "0002_bad.up.sql").write_text("-- migrate: no-transaction\n-- statement when SELECT 1\nSELECT 2;\n")
+    with pytest.raises(migrate.MigrationError, match="must return one boolean"):
+        migrate.up(database_url, directory=tmp_path, log=quiet)
+    (tmp_path / "0002_bad.up.sql").write_text("-- migrate: no-transaction\nSELECT 2;\n")
+    with pytest.raises(migrate.MigrationError, match="needs `-- statement` lines"):
+        migrate.up(database_url, directory=tmp_path, log=quiet)
+
+
+def _keys(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as conn:
+        return dict(
+            conn.execute(
+                "SELECT conrelid::regclass::text, pg_get_indexdef(conindid) FROM pg_constraint"
+                " WHERE contype = 'p' AND conrelid IN ('ohlcv_1min'::regclass, 'rollups.bars_5min'::regclass)"
+            ).fetchall()
+        )
+
+
+def test_covering_keys_up_down_up_with_data_in_place(empty_database: Storage) -> None:
+    """0005: the primary keys of the rollup (both) and of ohlcv_1min (plain PostgreSQL; TimescaleDB keeps
+    its key and has compression) cover the analyst columns; closed days are read by index-only scans;
+    data, views and writes survive every step."""
+    url = empty_database.url
+    migrate.up(url, to=4, log=quiet)
+    with psycopg.connect(url, autocommit=True) as conn:
+        insert(conn, one_minute_rows(("AAPL", "MSFT"), minutes=60))
+        frames = {v: table(conn, v) for v in ("ohlcv_1min", "ohlcv_5min", "ohlcv_1hour", "ohlcv_1day", "latest_bars")}
+    narrow = _keys(url)
+    assert all("INCLUDE" not in d for d in narrow.values())
+    minute = int((START + timedelta(minutes=7)).timestamp() * 1000)
+    for revision, step in enumerate((lambda: migrate.up(url, log=quiet), lambda: migrate.down(url, to=4, log=quiet),
+                                     lambda: migrate.up(url, log=quiet)), 1):  # fmt: skip
+        step()
+        keys = _keys(url)
+        covering = versions(url)[-1] == 5
+        assert ("INCLUDE (open, open_at, high" in keys["rollups.bars_5min"]) is covering
+        assert ("INCLUDE (open, high, low, close, volume, vwap, trades)" in keys["ohlcv_1min"]) is (
+            covering and not empty_database.timescaledb
+        )
+        with psycopg.connect(url, autocommit=True) as conn:
+            for view, frame in frames.items():
+                assert_frame_equal(table(conn, view), frame, check_dtypes=False)
+        # a revision through the sink's upsert (ON CONFLICT on the key) reaches every timeframe
+        empty_database.upsert([Bar(symbol="AAPL", timestamp=minute, open=1.0, high=999.0 + revision, low=0.5, close=2.0,
+                                   volume=7, vwap=1.5, trades=1, revision=revision, status="final")])  # fmt: skip
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert_views_match(conn)
+            assert conn.execute("SELECT max(high) FROM ohlcv_1day").fetchone() == (999 + revision,)
+            frames = {v: table(conn, v) for v in frames}
+    if not empty_database.timescaledb:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE ohlcv_1min")
+            conn.execute("VACUUM ANALYZE rollups.bars_5min")
+            conn.execute("SET enable_seqscan = off")  # a table this small is otherwise read whole
+            plans = [
+                "\n".join(r[0] for r in conn.execute(f"EXPLAIN SELECT * FROM ({q}) q", params))
+                for q, params in (
+                    (
+                        BARS_IN_RANGE["1m"].as_string(conn),
+                        {"symbols": ["AAPL"], "start": START, "end": START + timedelta(days=1)},
+                    ),
+                    (
+                        BARS_IN_RANGE["1h"].as_string(conn),
+                        {"symbols": ["AAPL"], "start": START, "end": START + timedelta(days=1)},
+                    ),
+                )
+            ]
+        assert "Index Only Scan using ohlcv_1min_pkey" in plans[0]
+        assert "Index Only Scan using bars_5min_pkey" in plans[1]

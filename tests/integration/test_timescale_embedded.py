@@ -16,6 +16,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import psycopg
@@ -24,6 +25,7 @@ from polars.testing import assert_frame_equal
 
 from infra import migrate
 from infra.embedded_timescale import EmbeddedTimescale, TimescaleUnavailable
+from tests.support.databases import unavailable
 from tests.support.rollups import COLUMNS, assert_views_match, insert, one_minute_rows, table
 
 pytestmark = pytest.mark.integration
@@ -64,6 +66,33 @@ def impatient() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def test_compressed_chunks_read_the_same_after_a_restart_on_a_data_directory(tmp_path: Path) -> None:
+    """A server restarted on its files loads TimescaleDB before any client, as a preloaded server does:
+    compressed chunks are read, not silently empty, and compression still works."""
+    data_dir = tmp_path / "pgdata"
+    for restarted in (False, True):
+        server = EmbeddedTimescale(port=0, data_dir=data_dir)
+        try:
+            try:
+                server.start()
+            except TimescaleUnavailable as exc:
+                unavailable(exc)
+            assert server.url is not None
+            with psycopg.connect(server.url, autocommit=True) as conn:
+                if not restarted:
+                    conn.execute("CREATE TABLE m (t TIMESTAMPTZ NOT NULL, s TEXT, v INTEGER)")
+                    conn.execute("SELECT create_hypertable('m', 't')")
+                    conn.execute("INSERT INTO m SELECT '2024-01-01'::timestamptz + i * interval '1 minute', 's' || i % 10, i"
+                                 " FROM generate_series(1, 3000) i")  # fmt: skip
+                    conn.execute("ALTER TABLE m SET (timescaledb.compress, timescaledb.compress_segmentby = 's')")
+                    assert conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('m') c").fetchone() == (1,)
+                assert conn.execute("SELECT count(*), sum(v) FROM m").fetchone() == (3000, 3000 * 3001 // 2)
+                assert conn.execute("SELECT count(decompress_chunk(c)) FROM show_chunks('m') c").fetchone() == (1,)
+                assert conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('m') c").fetchone() == (1,)
+        finally:
+            server.stop()
 
 
 # --- what a client gets ------------------------------------------------------------------------------
