@@ -122,6 +122,7 @@ def start_bridge(s: Settings, url: str, key: str = KEY, **env: str) -> subproces
             "BRIDGE_HEALTH_INTERVAL_S": "1",
             "BRIDGE_BACKOFF_INITIAL_S": "0.1",
             "BRIDGE_SPOOL_DIR": spool_dir(),
+            "BRIDGE_OPS_PORT": "0",  # bridges of parallel tests must not share a port; the monitoring test sets one
         }
         | env
     )
