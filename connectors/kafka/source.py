@@ -301,9 +301,14 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self._batch_size = batch_size
         self._config = config or {}
         self._ready_max_lag = ready_max_lag
+        # /readyz: not ready before the dataflow lists its input (then each partition speaks for itself)
+        self._ready_name = f"input {','.join(topics)}"
+        READINESS.set(self._ready_name, False, "the dataflow has not started reading yet")
 
     def list_parts(self) -> list[str]:
-        return [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
+        parts = [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
+        READINESS.set(self._ready_name, True, f"{len(parts)} partitions over the cluster")
+        return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
         topic, _, partition = for_part.rpartition("#")

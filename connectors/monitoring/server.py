@@ -24,11 +24,12 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from connectors.monitoring.readiness import READINESS, Readiness
 
 log = logging.getLogger("tickstock.monitoring")
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes (and the gateway says)
 
 
 class CannotServe(Exception):
@@ -120,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/readyz":
                 self._json(*self.ops.readyz())
             elif path == "/metrics":
-                self._send(200, self.ops.metrics(), CONTENT_TYPE_LATEST)
+                self._send(200, self.ops.metrics(), TEXT_FORMAT)
             else:
                 self._json(404, {"detail": "not found: GET /healthz, /readyz or /metrics"})
         except Exception:  # a bug of ours: answered 500 and logged, never a dead server thread
