@@ -80,6 +80,7 @@ def test_the_document_states_every_status_method_and_constraint(documented_gatew
             if "limit" in params:
                 assert params["limit"]["minimum"] == 1 and "maximum" in params["limit"]
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200", "503"}
+    assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
 
 
 def test_schemathesis_all_checks_pass(documented_gateway, tmp_path):
