@@ -191,6 +191,50 @@ def test_mixed_frames_land_on_their_topics_keyed_by_symbol(settings: Settings) -
 
 
 @pytest.mark.integration
+def test_health_readiness_and_metrics_follow_the_feed(settings: Settings) -> None:
+    """Not ready while the feed's first connection hangs (no greeting), ready once subscribed; the
+    metrics count what came in and went out by type; JSON logs."""
+    import httpx
+
+    from tests.support.services import free_port
+
+    events = feed_events()
+    port = free_port()
+    ops = f"http://127.0.0.1:{port}"
+    with PolygonServer(KEY, frames_of(events), first_greeting=None) as server:
+        proc = start_bridge(settings, server.url, BRIDGE_OPS_PORT=str(port), BRIDGE_HANDSHAKE_TIMEOUT_S="3", LOG_FORMAT="json")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                alive = httpx.get(f"{ops}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the ops server never answered"
+                time.sleep(0.05)
+        assert alive.status_code == 200 and alive.json()["status"] == "alive"
+        waiting = httpx.get(f"{ops}/readyz", timeout=5)  # the first connection hears nothing for 3 s
+        assert waiting.status_code == 503 and waiting.json()["conditions"]["polygon feed"]["ok"] is False, waiting.json()
+        while (ready := httpx.get(f"{ops}/readyz", timeout=5)).status_code != 200:
+            assert time.monotonic() < deadline + 30, ready.json()
+            time.sleep(0.1)
+        assert ready.json()["conditions"]["kafka"]["ok"] is True
+        got = wait_for(settings, len(events))
+        text = httpx.get(f"{ops}/metrics", timeout=5).text
+        code, out = stop_bridge(proc)
+    assert code == 0, out
+    assert len(got) == len(events)
+    trades = sum(1 for e in events if e["ev"] == "T")
+    assert f'tickstock_bridge_events_received_total{{type="T"}} {float(trades)}' in text
+    assert f'tickstock_bridge_events_forwarded_total{{type="T"}} {float(trades)}' in text
+    assert 'tickstock_reconnects_total{dependency="polygon"} 1.0' in text  # after the hung first connection
+    for line in ("tickstock_bridge_feed_connected 1.0", "tickstock_ready 1.0", "tickstock_bridge_in_flight_records"):
+        assert line in text
+    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert logs and all(line["service"] == "bridge" and {"level", "logger", "message"} <= set(line) for line in logs)
+    assert any(line["level"] == "WARNING" and line["message"].startswith("disconnected") for line in logs)
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(("key", "auth_reply"), [("wrong", "auth_success"), (KEY, "auth_timeout")])
 def test_refused_key_exits_non_zero_saying_so(settings: Settings, key: str, auth_reply: str) -> None:
     with PolygonServer(KEY, auth_reply=auth_reply) as server:
