@@ -42,7 +42,7 @@ def process_id(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     """This process's Bytewax process id, as `python -m bytewax.run` determines it; None outside a cluster."""
     argv = sys.argv[1:] if argv is None else argv
     env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("-i", "--process-id", type=int)
     try:
         known, _ = parser.parse_known_args(list(argv))

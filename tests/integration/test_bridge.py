@@ -31,6 +31,7 @@ from connectors.feeds.bridge.spool import Spool
 from connectors.feeds.synthetic import generate
 from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_TOPIC, TRUNCATED
 from flows.settings import Settings
+from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.polygon_server import PolygonServer
 from tests.support.proxy import KafkaProxy, start_tansu
 from tests.support.services import base_settings, create_topics, read_topic
@@ -229,6 +230,7 @@ def test_health_readiness_and_metrics_follow_the_feed(settings: Settings) -> Non
     assert 'tickstock_reconnects_total{dependency="polygon"} 1.0' in text  # after the hung first connection
     for line in ("tickstock_bridge_feed_connected 1.0", "tickstock_ready 1.0", "tickstock_bridge_in_flight_records"):
         assert line in text
+    assert {n for n in used_metrics() if n.startswith("tickstock_bridge_")} - exposed_metrics(text) == set()
     logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert logs and all(line["service"] == "bridge" and {"level", "logger", "message"} <= set(line) for line in logs)
     assert any(line["level"] == "WARNING" and line["message"].startswith("disconnected") for line in logs)

@@ -24,6 +24,7 @@ from schemas.bars import decode_bar
 from schemas.status import decode_status
 from tests.support.bars import BAR_COLUMNS, ROOT, assert_same_bars, expected_bars, feed
 from tests.support.databases import Storage
+from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.rollups import assert_views_match
 from tests.support.services import create_topics, publish, read_topic, table_bars
 
@@ -250,7 +251,7 @@ def test_both_flows_serve_health_readiness_and_metrics_and_are_not_ready_while_r
         "detection_flow_ops_port": detection_port, "ready_max_lag_messages": 0, "health_interval_s": 1.0,
         "sink_max_backoff_s": 0.5,
     })  # fmt: skip
-    events = feed(seconds=5 * 60, malformed_ratio=0.01)
+    events = feed(seconds=2 * 60, malformed_ratio=0.01)
     publish(s, events)
     env = os.environ | s.as_env() | {"LOG_FORMAT": "json"}
     logs = {flow: (tmp_path / f"{flow}.log").open("w+") for flow in ("ohlcv", "detection")}
@@ -285,7 +286,12 @@ def test_both_flows_serve_health_readiness_and_metrics_and_are_not_ready_while_r
         ):
             assert _sample(text, "tickstock_sink_batch_duration_seconds_count", sink=sink, target=target), (sink, target)
         assert _sample(text, "tickstock_ready") == 1.0
+        exposed = exposed_metrics(text)
         text = httpx.get(f"{detection}/metrics", timeout=10).text
+        exposed |= exposed_metrics(text)
+        # what the example alert rules and the dashboard use of the flows' metrics, they expose
+        flows_part = {n for n in used_metrics() if not n.startswith(("tickstock_bridge_", "tickstock_gateway_"))}
+        assert flows_part - exposed == set()
         assert _sample(text, "tickstock_detection_bars_total", partition=f"{s.topic_bars}#0", outcome="final")
         assert _sample(text, "tickstock_kafka_consumer_lag_messages", topic=s.topic_bars, partition="0") == 0
 

@@ -23,6 +23,7 @@ from connectors.redis.history import HistoryLimits
 from flows.settings import Settings
 from schemas import symbols
 from tests.support.gateway import SECRET, WAIT_S, Client, alert, live_bar, pattern, running_gateway
+from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.services import TEST_DATABASE_URL, free_port, private_redis
 
 pytestmark = pytest.mark.integration
@@ -355,6 +356,8 @@ def test_health_and_metrics(gw):
         assert {"redis", "postgresql", "task flusher", "task redis-reader"} <= set(ready.json()["conditions"])
         text = httpx.get(f"{gw.http}/metrics", timeout=WAIT_S).text
         assert "tickstock_gateway_open_connections 1.0" in text and "tickstock_ready 1.0" in text
+        # what the example alert rules and the dashboard use of the gateway's metrics, it exposes
+        assert {n for n in used_metrics() if n.startswith("tickstock_gateway_")} - exposed_metrics(text) == set()
         assert "tickstock_gateway_delivered_messages_total 1.0" in text
         for name in (
             "tickstock_gateway_redis_lag_seconds",
