@@ -23,6 +23,7 @@ What the broker does wrong is waited out, not raised:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ _STATS_INTERVAL_MS = 1000
 _STATS_FRESH_S = 3.0  # statistics older than this say nothing about the broker now
 _CAUGHT_UP_EVERY_S = 1.0  # at most one caught-up marker per partition per second
 _BEYOND_END_SNAPSHOTS = 3  # consecutive statistics showing the position past the log's end
+_NO_PARTITION_AFTER_S = 10.0  # listed, but no partition built here this long after: the process owns none
 _READY_TTL_S = 15.0  # a partition's readiness without fresh statistics (its worker is stuck) goes stale
 _value, _offset, _error = Message.value, Message.offset, Message.error
 
@@ -304,13 +306,23 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         # /readyz: not ready before the dataflow lists its input (then each partition speaks for itself)
         self._ready_name = f"input {','.join(topics)}"
         READINESS.set(self._ready_name, False, "the dataflow has not started reading yet")
+        self._built = False
 
     def list_parts(self) -> list[str]:
         parts = [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
-        READINESS.set(self._ready_name, True, f"{len(parts)} partitions over the cluster")
+        # A process of a cluster may own none of them: then nothing else will say so.
+        timer = threading.Timer(_NO_PARTITION_AFTER_S, self._owns_none)
+        timer.daemon = True
+        timer.start()
         return parts
 
+    def _owns_none(self) -> None:
+        if not self._built:
+            READINESS.set(self._ready_name, True, "this process reads none of the input's partitions")
+
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
+        self._built = True  # the partition's own condition ("not caught up yet") holds readiness from here
+        READINESS.set(self._ready_name, True, "reading")
         topic, _, partition = for_part.rpartition("#")
         config = {
             "bootstrap.servers": self._bootstrap,
