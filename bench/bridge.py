@@ -113,7 +113,7 @@ def bridge_rate(events: list[dict[str, object]], rate: float | None = None) -> d
     create_topics(s)
     with PolygonServer(KEY, frames(events), rate=rate) as server:
         env = os.environ | s.as_env() | {"MASSIVE_API_KEY": KEY, "MASSIVE_URL": server.url,
-                                         "BRIDGE_HEALTH_INTERVAL_S": "0.05"}  # fmt: skip
+                                         "BRIDGE_HEALTH_INTERVAL_S": "0.05", "BRIDGE_OPS_PORT": "0"}  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-m", "connectors.feeds.bridge"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         main_thread = f"/proc/{proc.pid}/task/{proc.pid}/stat"

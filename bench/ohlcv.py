@@ -58,7 +58,7 @@ def bench_settings(run: str, database_url: str, **overrides: object) -> Settings
         topic_bars=f"bench{run}.bars",
         redis_namespace=f"bench{run}",
         database_url=database_url,
-        **overrides,  # type: ignore[arg-type]
+        **{"bar_flow_ops_port": 0, "detection_flow_ops_port": 0, **overrides},  # type: ignore[arg-type]
     )
 
 

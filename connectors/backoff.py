@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from connectors.monitoring.metrics import RETRIES
+from connectors.monitoring.readiness import READINESS
+
 T = TypeVar("T")
 
 
@@ -33,6 +36,7 @@ def with_backoff(
     max_backoff_s: float = 30.0,
     on_retry: Callable[[], None] | None = None,
     give_up_on: tuple[type[BaseException], ...] = (),
+    dependency: str | None = None,
 ) -> T:
     """Run `action` until it succeeds, sleeping `backoff_s(attempt, 0.1, max_backoff_s)` between tries.
 
@@ -40,19 +44,32 @@ def with_backoff(
     down, so nothing accepted is lost and nothing is skipped. `give_up_on` are the failures
     (among `retry_on`'s subclasses) that no retry can fix, e.g. a value the database refuses:
     they are raised at once for the caller to handle.
+
+    With `dependency` ("postgresql", "redis") each retry is counted
+    (`tickstock_dependency_retries_total`) and the process is not ready (/readyz) from the
+    first failure until the action succeeds or gives up.
     """
     attempt = 0
-    while True:
-        try:
-            return action()
-        except give_up_on:
-            raise
-        except retry_on as exc:
-            delay = backoff_s(attempt, 0.1, max_backoff_s)
-            attempt += 1
-            level = logging.WARNING if attempt < 5 else logging.ERROR
-            log.log(level, "%s failed (attempt %d): %s: %s; retrying in %.1f s",
-                    what, attempt, type(exc).__name__, exc, delay)  # fmt: skip
-            time.sleep(delay)
-            if on_retry is not None:
-                on_retry()
+    failing: int | None = None
+    try:
+        while True:
+            try:
+                return action()
+            except give_up_on:
+                raise
+            except retry_on as exc:
+                delay = backoff_s(attempt, 0.1, max_backoff_s)
+                attempt += 1
+                level = logging.WARNING if attempt < 5 else logging.ERROR
+                log.log(level, "%s failed (attempt %d): %s: %s; retrying in %.1f s",
+                        what, attempt, type(exc).__name__, exc, delay)  # fmt: skip
+                if dependency is not None:
+                    RETRIES.labels(dependency).inc()
+                    if failing is None:
+                        failing = READINESS.failing(dependency, f"{what}: {type(exc).__name__}: {exc}")
+                time.sleep(delay)
+                if on_retry is not None:
+                    on_retry()
+    finally:
+        if failing is not None:
+            READINESS.recovered(failing)

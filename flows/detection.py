@@ -28,6 +28,7 @@ from flows import settings as flow_settings
 from flows.detect import settings as detect_settings
 from flows.detect.operators import detect_on_bars, gate_bars
 from flows.detect.settings import DetectionSettings
+from flows.monitoring import start_monitoring
 from flows.settings import Settings
 
 log = logging.getLogger("tickstock.detection")
@@ -40,11 +41,12 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
         detection = detect_settings.load_or_exit("detection flow")
     if not detection.bar_detection_on():
         raise SystemExit("detection flow: every detector on bars is off (DETECT_*), so it has nothing to do")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_monitoring(s, "detection")
     flow = Dataflow("detection")
     source = KafkaBatchSource(
-        s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
-    )
+        s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,
+        ready_max_lag=s.ready_max_lag_messages,
+    )  # fmt: skip
     parts = len(source.list_parts())  # a sink partition per input partition, spread over the workers
     gate = gate_bars("gate", op.input("bars", flow, source), s)
     events = detect_on_bars("detect", gate.bars, s, detection)

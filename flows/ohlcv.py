@@ -14,7 +14,6 @@ the detection flow (`flows.detection`) reads them.
 from __future__ import annotations
 
 import gc
-import logging
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -26,6 +25,7 @@ from connectors.sinks.records import event_sink, final_bar_sink, live_bar_sink, 
 from flows import settings as flow_settings
 from flows.detect import settings as detect_settings
 from flows.detect.settings import DetectionSettings
+from flows.monitoring import start_monitoring
 from flows.partition import partition_bars
 from flows.settings import Settings
 from schemas.bars import Bar, encode_bar
@@ -42,11 +42,12 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     # The books hold millions of small objects (trade ids) for the lateness window; the default
     # collector thresholds would rescan them constantly for cycles they never form.
     gc.set_threshold(100_000, 50, 100)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_monitoring(s, "ohlcv")
     flow = Dataflow("ohlcv")
     source = KafkaBatchSource(
-        s.kafka_bootstrap_servers, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
-    )
+        s.kafka_bootstrap_servers, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,
+        ready_max_lag=s.ready_max_lag_messages,
+    )  # fmt: skip
     # One sink partition per input partition: Bytewax spreads them over the workers, so in a
     # cluster every worker that reads input also writes (connectors.sinks.parts).
     parts = len(source.list_parts())

@@ -43,9 +43,14 @@ log = logging.getLogger("tickstock.ohlcv")
 
 DEAD_LETTER_COUNTS = ("malformed", "too_large", "too_late", "future", "unknown_condition", "capacity")
 
-EVENTS = Counter("tickstock_bar_input_total", "Events the bar book handled, by outcome", ["partition", "outcome"])
-WATERMARK_LAG = Gauge("tickstock_watermark_lag_seconds", "Wall clock minus the partition watermark", ["partition"])
-OPEN_BARS = Gauge("tickstock_open_bars", "Bars still forming", ["partition"])
+EVENTS = Counter(
+    "tickstock_bar_events_total", "Events in: received, and what the bar book did with them, by outcome", ["partition", "outcome"]
+)
+OUTPUT = Counter(
+    "tickstock_bar_output_total", "Records out of the bar flow, by type (final, live, highlow)", ["partition", "type"]
+)
+WATERMARK_LAG = Gauge("tickstock_bar_watermark_lag_seconds", "Wall clock minus the partition's watermark", ["partition"])
+OPEN_BARS = Gauge("tickstock_bar_open_bars", "Bars still forming", ["partition"])
 SYMBOLS = Gauge("tickstock_bar_state_symbols", "Symbols with state in the partition, by holder", ["partition", "state"])
 OUTCOMES = (
     "duplicates",
@@ -144,7 +149,10 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             out.extend(self._letters(rejects))
             if self.extremes is not None:
                 self._resolve_references()
-                out.extend(self.extremes.take())
+                events = self.extremes.take()
+                if events:
+                    OUTPUT.labels(self.key, "highlow").inc(len(events))
+                    out.extend(events)
         if data:
             self.last_input = now
             self._forget_idle_symbols()
@@ -215,7 +223,10 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
     def _tick(self, now: float, out: list[Output]) -> None:
         """Live updates when their interval has passed, and metrics."""
         if now - self.last_live >= self.live_every:
-            out.extend(self.book.take_live())
+            live = self.book.take_live()
+            if live:
+                OUTPUT.labels(self.key, "live").inc(len(live))
+                out.extend(live)
             self.last_live = now
         self._report(now, out)
 
@@ -228,6 +239,9 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         delta = counts.events - last.events
         if delta:
             EVENTS.labels(self.key, "received").inc(delta)
+        delta = counts.bars_final - last.bars_final
+        if delta:
+            OUTPUT.labels(self.key, "final").inc(delta)
         self.reported = Counts(**{f: getattr(counts, f) for f in counts.__struct_fields__})
         if self.book.watermark:
             WATERMARK_LAG.labels(self.key).set(time.time() - self.book.watermark / 1000)

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from connectors.monitoring.settings import OpsSettings, port
 from connectors.settings import DAY_S, SettingsError, describe
 from connectors.settings import load as _load
 from connectors.settings import load_or_exit as _load_or_exit
@@ -18,8 +19,12 @@ from connectors.sinks.settings import OutputSettings
 __all__ = ["Settings", "SettingsError", "describe", "load", "load_or_exit"]
 
 
-class Settings(OutputSettings):
+class Settings(OutputSettings, OpsSettings):
     """Every value is bounded, so no setting can overflow what uses it (timers, snapshots, int64)."""
+
+    # --- Monitoring (docs/monitoring.md; LOG_LEVEL, LOG_FORMAT, OPS_* in OpsSettings) ----
+    bar_flow_ops_port: int = port(9500, "the bar flow's /healthz, /readyz, /metrics (+ the Bytewax process id); 0: off")
+    detection_flow_ops_port: int = port(9600, "the detection flow's (+ the Bytewax process id); 0: off")
 
     # --- Bars --------------------------------------------------------------------------
     bar_source: Literal["trades", "second_aggs"] = "trades"

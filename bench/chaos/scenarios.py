@@ -433,6 +433,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
             proxy = stack.enter_context(KafkaProxy(free_port(), port_of(env.redis_url, 6379)))
             redis_url = with_port(env.redis_url, proxy.port)
         overrides: dict[str, Any] = {"sink_max_backoff_s": profile.sink_max_backoff_s} if profile.sink_max_backoff_s else {}
+        overrides |= {"bar_flow_ops_port": 0, "detection_flow_ops_port": 0}  # runs beside others: no fixed ports
         settings = Settings(
             kafka_bootstrap_servers=bootstrap, topic_trades=f"{ns}.trades", topic_quotes=f"{ns}.quotes",
             topic_second_aggs=f"{ns}.aggs.second", topic_minute_aggs=f"{ns}.aggs.minute",

@@ -26,6 +26,9 @@ from connectors.gateway.auth import Policy
 from connectors.gateway.errors import CannotListen, GatewayUnavailable
 from connectors.gateway.server import Gateway
 from connectors.gateway.settings import GatewaySettings, describe_errors
+from connectors.monitoring.logs import configure_logging
+from connectors.monitoring.settings import LogSettings
+from connectors.settings import describe
 
 
 class BadSettings(Exception):
@@ -98,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in ("serve",):
         print(__doc__, file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(LogSettings(), "gateway")
+    except ValidationError as exc:
+        print(f"error: invalid settings: {describe(exc)}", file=sys.stderr)
+        return 2
     logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         settings = _settings()

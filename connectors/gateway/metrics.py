@@ -21,8 +21,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
@@ -137,6 +138,41 @@ def health(stats: Stats, *, database_ok: bool, now: float, probe_interval_s: flo
     }
 
 
+def readiness(stats: Stats, *, database_ok: bool, now: float, probe_interval_s: float = 1.0) -> dict:
+    """`/readyz`: ready to take clients when Redis delivers (subscribed, probe fresh), PostgreSQL answers and the tasks run.
+
+    The same shape as the other services' `/readyz` (`connectors.monitoring.readiness`): a
+    late Redis (degraded in `/healthz`) is still ready, a Redis that delivers nothing is not.
+
+    >>> s = Stats(redis_connected=True)
+    >>> s.task("flusher").running = True
+    >>> readiness(s, database_ok=True, now=s.last_probe_at)["ready"]
+    True
+    >>> readiness(s, database_ok=False, now=s.last_probe_at)["conditions"]["postgresql"]
+    {'ok': False, 'detail': 'unreachable: REST answers 503'}
+    """
+    silent_s = now - stats.last_probe_at
+    quiet = silent_s > max(5.0, 5 * probe_interval_s)
+    if not stats.redis_connected:
+        redis_ok, redis_detail = False, "subscription down"
+    elif quiet:
+        redis_ok, redis_detail = False, f"no probe received for {silent_s:.1f} s"
+    else:
+        redis_ok, redis_detail = True, f"subscribed, probe lag {stats.redis_lag_s * 1000:.1f} ms"
+    conditions: dict[str, dict[str, Any]] = {
+        "redis": {"ok": redis_ok, "detail": redis_detail},
+        "postgresql": {"ok": database_ok, "detail": "answers" if database_ok else "unreachable: REST answers 503"},
+    }
+    for name, t in sorted(stats.tasks.items()):
+        conditions[f"task {name}"] = {"ok": t.running, "detail": "running" if t.running else f"restarting ({t.last_error})"}
+    return {
+        "service": "gateway",
+        "ready": all(c["ok"] for c in conditions.values()),
+        "conditions": conditions,
+        "failing": {},
+    }
+
+
 @dataclass
 class QueueDepths:
     pending_total: int
@@ -145,9 +181,10 @@ class QueueDepths:
 
 
 class _Collector:
-    def __init__(self, stats: Stats, depths: Callable[[], QueueDepths]) -> None:
+    def __init__(self, stats: Stats, depths: Callable[[], QueueDepths], ready: Callable[[], bool] | None) -> None:
         self._stats = stats
         self._depths = depths
+        self._ready = ready
 
     def collect(self) -> Iterable:
         s = self._stats
@@ -203,9 +240,14 @@ class _Collector:
         yield GaugeMetricFamily(
             "tickstock_gateway_dev_mode", "1 in development mode (no authentication)", value=float(s.dev_mode)
         )
+        if self._ready is not None:
+            yield GaugeMetricFamily(
+                "tickstock_ready", "1 while the gateway is ready (what /readyz answers)", value=float(self._ready())
+            )
 
 
-def exposition(stats: Stats, depths: Callable[[], QueueDepths]) -> bytes:
+def exposition(stats: Stats, depths: Callable[[], QueueDepths], ready: Callable[[], bool] | None = None) -> bytes:
+    """The gateway's metrics, then the process-wide ones (PostgreSQL/Redis retries, reconnects) of prometheus_client's registry."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(stats, depths))
-    return generate_latest(registry)
+    registry.register(_Collector(stats, depths, ready))
+    return generate_latest(registry) + generate_latest(REGISTRY)

@@ -83,6 +83,18 @@ class Health(BaseModel):
     tasks: dict[str, TaskReport]
 
 
+class ReadyCondition(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Ready(BaseModel):
+    service: Literal["gateway"]
+    ready: bool
+    conditions: dict[str, ReadyCondition]
+    failing: dict[str, list[str]]
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "malformed symbol, unknown or repeated parameter, or a rule between parameters broken (the detail says which)",

@@ -49,6 +49,7 @@ from connectors.gateway.openapi import (
     Events,
     Health,
     QueryScheme,
+    Ready,
     RecentTicks,
     Symbols,
     error_responses,
@@ -103,6 +104,7 @@ def build_rest(
     max_bars: int,
     health: Callable[[], dict],
     metrics: Callable[[], bytes],
+    readiness: Callable[[], dict] | None = None,
     static_dir: str | None = None,
     vendor_dir: str | None = None,
     db_timeout_s: float = 5.0,
@@ -315,6 +317,18 @@ def build_rest(
     async def healthz() -> JSONResponse:
         report = health()
         return JSONResponse(report, status_code=503 if report["status"] == "error" else 200)
+
+    @app.get(
+        "/readyz",
+        summary="ready to take clients: Redis delivers, PostgreSQL answers, the tasks run (no token needed)",
+        responses={
+            200: {"model": Ready, "description": "ready"},
+            503: {"model": Ready, "description": "not ready: the failing conditions say why"},
+        },
+    )
+    async def readyz() -> JSONResponse:
+        report = readiness() if readiness is not None else {"service": "gateway", "ready": True, "conditions": {}, "failing": {}}
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.get(
         "/metrics",

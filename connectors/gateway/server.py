@@ -44,7 +44,7 @@ from connectors.gateway.auth import Policy, Refused
 from connectors.gateway.errors import REDIS_ERRORS, CannotListen, GatewayUnavailable, brief
 from connectors.gateway.fanout import ChannelMap, Router
 from connectors.gateway.flush import Flusher
-from connectors.gateway.metrics import Stats, exposition, health
+from connectors.gateway.metrics import Stats, exposition, health, readiness
 from connectors.gateway.probe import Probe
 from connectors.gateway.relay import Relay
 from connectors.gateway.rest import build_rest
@@ -174,6 +174,7 @@ class Gateway:
             self.policy,
             max_bars=s.max_bars,
             health=self.health,
+            readiness=self.readiness,
             metrics=self.metrics,
             static_dir=str(STATIC_DIR),
             vendor_dir=str(VENDOR_DIR),
@@ -253,8 +254,13 @@ class Gateway:
             self.stats, database_ok=self.probe.database_ok, now=time.time(), probe_interval_s=self.settings.probe_interval_s
         )
 
+    def readiness(self) -> dict:
+        return readiness(
+            self.stats, database_ok=self.probe.database_ok, now=time.time(), probe_interval_s=self.settings.probe_interval_s
+        )
+
     def metrics(self) -> bytes:
-        return exposition(self.stats, self.flusher.depths)
+        return exposition(self.stats, self.flusher.depths, lambda: bool(self.readiness()["ready"]))
 
 
 async def _bounded(awaitable: Awaitable[object], timeout_s: float, what: str) -> None:

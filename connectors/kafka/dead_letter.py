@@ -23,6 +23,7 @@ from bytewax.connectors.kafka import KafkaSinkMessage
 
 from connectors.kafka.sink import Record, TopicSink
 from connectors.kafka.source import RawBatch
+from connectors.monitoring.metrics import DEAD_LETTERS
 from schemas.status import FlowError
 
 REASON = "dlq.reason"
@@ -55,7 +56,8 @@ def letter(
     offset: int | None,
     key: bytes | None = None,
 ) -> KafkaSinkMessage[bytes, bytes]:
-    """The dead letter of one refused input, bounded in size whatever the input was."""
+    """The dead letter of one refused input, bounded in size whatever the input was (counted by source and kind)."""
+    DEAD_LETTERS.labels(topic[:250] or "feed", kind).inc()
     hdrs = [
         (KIND, kind.encode()),
         (REASON, _text(reason, MAX_REASON_CHARS)),

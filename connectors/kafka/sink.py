@@ -35,6 +35,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
 from connectors.sinks.parts import PerWorker, SharedPartition, part_names
+from connectors.monitoring.metrics import SINK_BATCH_SECONDS, SINK_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ Record = tuple[bytes | str | None, bytes | None, list[tuple[str, bytes]] | None]
 REFUSED = Counter(
     "tickstock_kafka_records_refused_total", "Records a broker refused for good, by topic and code", ["topic", "code"]
 )
-RETRIED = Counter("tickstock_kafka_records_retried_total", "Records produced again after a failed delivery", ["topic"])
+RETRIED = Counter("tickstock_kafka_delivery_retries_total", "Records produced again after a failed delivery", ["topic"])
 PRODUCERS_REPLACED = Counter("tickstock_kafka_producers_replaced_total", "Producers replaced after a fatal error", ["topic"])
 
 # Refusals of the record itself, which no retry can turn into a delivery. (A refusal of the
@@ -63,6 +64,9 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
         self._fatal: KafkaError | None = None
         self._retry: list[tuple[bytes | str | None, bytes | None, list | None]] = []
         self._backoff_s = 0.05
+        self._unacknowledged = 0  # records written since the last epoch boundary
+        self._batch_seconds = SINK_BATCH_SECONDS.labels("kafka", topic)
+        self._records = SINK_RECORDS.labels("kafka", topic)
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
@@ -112,6 +116,7 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
             self._replace()
         for item in items:
             self._produce(*self._encode(item))
+        self._unacknowledged += len(items)
         self._producer.poll(0)
         if self._retry:
             self._resend()
@@ -140,8 +145,13 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
         log.error("kafka producer for %s replaced; producing %d records again", self._topic, len(self._retry))
 
     def snapshot(self) -> None:
-        """Epoch boundary: return only once Kafka has every record written so far (waiting as long as it takes)."""
+        """Epoch boundary: return only once Kafka has every record written so far (waiting as long as it takes).
+
+        The wait is the sink's batch latency (`tickstock_sink_batch_duration_seconds{sink="kafka"}`):
+        an epoch's records, from the boundary until Kafka acknowledged the last of them.
+        """
         waited = 0.0
+        started = time.perf_counter()
         while True:
             if self._fatal is not None:
                 self._replace()
@@ -150,6 +160,10 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
             remaining = self._producer.flush(1.0)
             if remaining == 0 and not self._retry and self._fatal is None:
                 self._backoff_s = 0.05
+                if self._unacknowledged:
+                    self._batch_seconds.observe(time.perf_counter() - started)
+                    self._records.inc(self._unacknowledged)
+                    self._unacknowledged = 0
                 return
             waited += 1.0
             if waited % 10 == 0:

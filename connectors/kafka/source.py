@@ -23,6 +23,7 @@ What the broker does wrong is waited out, not raised:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from prometheus_client import Counter, Gauge
 
 from connectors.kafka.admin import list_partitions
+from connectors.monitoring.readiness import READINESS
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ _STATS_INTERVAL_MS = 1000
 _STATS_FRESH_S = 3.0  # statistics older than this say nothing about the broker now
 _CAUGHT_UP_EVERY_S = 1.0  # at most one caught-up marker per partition per second
 _BEYOND_END_SNAPSHOTS = 3  # consecutive statistics showing the position past the log's end
+_NO_PARTITION_AFTER_S = 10.0  # listed, but no partition built here this long after: the process owns none
+_READY_TTL_S = 15.0  # a partition's readiness without fresh statistics (its worker is stuck) goes stale
 _value, _offset, _error = Message.value, Message.offset, Message.error
 
 OFFSET_RESETS = Counter(
@@ -51,6 +55,9 @@ OFFSET_RESETS = Counter(
 )
 CONSUMER_LAG = Gauge(
     "tickstock_kafka_consumer_lag_messages", "End offset minus the flow's position, per partition", ["topic", "partition"]
+)
+CONSUMED = Counter(
+    "tickstock_kafka_consumed_messages_total", "Messages read from a partition (events in)", ["topic", "partition"]
 )
 CONSUMER_ERRORS = Counter(
     "tickstock_kafka_consumer_errors_total", "Errors the consumer reported and rode out, by code", ["topic", "code"]
@@ -100,10 +107,19 @@ _stats_decoder = msgspec.json.Decoder(_Stats)
 
 
 class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool, start: int) -> None:
+    def __init__(
+        self, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool, start: int,
+        ready_max_lag: int = 10_000,
+    ) -> None:  # fmt: skip
         self._topic = topic
         self._partition = partition
         self._label = (topic, str(partition))
+        self._consumed = CONSUMED.labels(*self._label)
+        # /readyz: not ready until this partition's lag is known and at most `ready_max_lag`
+        self._ready_name = f"kafka {topic}[{partition}]"
+        self._ready_max_lag = ready_max_lag
+        READINESS.set(self._ready_name, False, "not caught up yet: no statistics from the broker so far")
+        READINESS.heartbeat(self._ready_name)
         self._next_offset = offset
         self._batch_size = batch_size
         self._tail = tail
@@ -133,15 +149,25 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         part = stats.topics.get(self._topic, _TopicStats()).partitions.get(str(self._partition))
         if part is None:
             self._healthy = False
+            READINESS.set(self._ready_name, False, "the broker's statistics do not list the partition", ttl_s=_READY_TTL_S)
             return
         leader_up = any(b.nodeid == part.leader and b.state == "UP" for b in stats.brokers.values())
         self._healthy = leader_up and part.fetch_state == "active"
         self._stats_at = time.monotonic()
+        if not self._healthy:
+            why = f"leader {part.leader} {'up' if leader_up else 'not up'}, fetch state {part.fetch_state or '?'}"
+            READINESS.set(self._ready_name, False, f"broker unreachable ({why})", ttl_s=_READY_TTL_S)
         if self._healthy and part.hi_offset >= 0:
             self._high = part.hi_offset
             self._fetch_position = part.next_offset
             position = self._position()
-            CONSUMER_LAG.labels(*self._label).set(max(0, part.hi_offset - position) if position >= 0 else 0)
+            lag = max(0, part.hi_offset - position) if position >= 0 else 0
+            CONSUMER_LAG.labels(*self._label).set(lag)
+            caught_up = position >= 0 and lag <= self._ready_max_lag
+            detail = f"lag {lag} messages" if position >= 0 else "position not known yet"
+            if position >= 0 and not caught_up:
+                detail += f" (READY_MAX_LAG_MESSAGES={self._ready_max_lag})"
+            READINESS.set(self._ready_name, caught_up, detail, ttl_s=_READY_TTL_S)
             # Real Kafka answers a fetch past the end with OFFSET_OUT_OF_RANGE; some brokers return
             # nothing, forever. Both sides of this test come from one statistics snapshot.
             if part.next_offset > part.hi_offset >= 0:
@@ -166,6 +192,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
     # ---- input -----------------------------------------------------------------------------
 
     def next_batch(self) -> list[RawBatch]:
+        READINESS.heartbeat(self._ready_name)
         if self._eof:
             raise StopIteration
         try:
@@ -190,6 +217,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
             range(first, last + 1) if last - first + 1 == len(messages) else cast(list[int], list(map(_offset, messages)))
         )
         self._next_offset = last + 1
+        self._consumed.inc(len(messages))
         return [RawBatch(self._topic, self._partition, offsets, values)]
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:
@@ -246,6 +274,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         return self._next_offset
 
     def close(self) -> None:
+        READINESS.remove(self._ready_name)
         self._consumer.close()
 
 
@@ -265,6 +294,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         tail: bool = True,
         batch_size: int = 10_000,
         config: dict | None = None,
+        ready_max_lag: int = 10_000,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
@@ -272,11 +302,27 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self._tail = tail
         self._batch_size = batch_size
         self._config = config or {}
+        self._ready_max_lag = ready_max_lag
+        # /readyz: not ready before the dataflow lists its input (then each partition speaks for itself)
+        self._ready_name = f"input {','.join(topics)}"
+        READINESS.set(self._ready_name, False, "the dataflow has not started reading yet")
+        self._built = False
 
     def list_parts(self) -> list[str]:
-        return [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
+        parts = [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
+        # A process of a cluster may own none of them: then nothing else will say so.
+        timer = threading.Timer(_NO_PARTITION_AFTER_S, self._owns_none)
+        timer.daemon = True
+        timer.start()
+        return parts
+
+    def _owns_none(self) -> None:
+        if not self._built:
+            READINESS.set(self._ready_name, True, "this process reads none of the input's partitions")
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
+        self._built = True  # the partition's own condition ("not caught up yet") holds readiness from here
+        READINESS.set(self._ready_name, True, "reading")
         topic, _, partition = for_part.rpartition("#")
         config = {
             "bootstrap.servers": self._bootstrap,
@@ -294,4 +340,6 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             **self._config,
         }
         offset = self._start if resume_state is None else resume_state
-        return _BatchPartition(config, topic, int(partition), offset, self._batch_size, self._tail, self._start)
+        return _BatchPartition(
+            config, topic, int(partition), offset, self._batch_size, self._tail, self._start, self._ready_max_lag
+        )

@@ -20,6 +20,7 @@ from typing import TypeVar
 import psycopg
 
 from connectors.backoff import with_backoff
+from connectors.monitoring.metrics import RECONNECTS
 from connectors.unavailable import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ class Database:
             what=what,
             log=log,
             max_backoff_s=self._max_backoff_s,
-            on_retry=self._drop_connection,
+            on_retry=self._reconnect,
+            dependency="postgresql",
         )
 
     def run_each(
@@ -104,6 +106,11 @@ class Database:
             log.warning("%s: the database refused a value (%s); finding the record(s) it refuses", what, refusal(exc))
             mid = len(items) // 2
             return self.run_each(items[:mid], work, what, rejected) + self.run_each(items[mid:], work, what, rejected)
+
+    def _reconnect(self) -> None:
+        """After a failure: the next attempt opens a new connection (counted)."""
+        RECONNECTS.labels("postgresql").inc()
+        self._drop_connection()
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

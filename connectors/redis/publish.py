@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import redis
 
 from connectors.backoff import with_backoff
+from connectors.monitoring.metrics import RECONNECTS
 from connectors.redis.history import History, HistoryLimits
 from connectors.unavailable import ServiceUnavailable
 from schemas.bars import Bar, encode_bar
@@ -38,6 +39,11 @@ def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
     return client
 
 
+def _reconnecting() -> None:
+    """redis-py opens a new connection for the next command after a failed one: count it."""
+    RECONNECTS.labels("redis").inc()
+
+
 class Publisher:
     """Publishes (channel, JSON) messages with history; blocks and retries while Redis is down.
 
@@ -64,6 +70,8 @@ class Publisher:
                 what=f"publishing {len(chunk)} messages to Redis",
                 log=log,
                 max_backoff_s=self._max_backoff_s,
+                dependency="redis",
+                on_retry=_reconnecting,
             )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkParti
 
 from connectors.kafka.dead_letter import error_record, letter
 from connectors.kafka.sink import Record, TopicWriter
+from connectors.monitoring.metrics import timed_batch
 from connectors.postgres.bars import BarStore
 from connectors.postgres.events import EventStore
 from connectors.redis.publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
@@ -182,8 +183,10 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
         refused = Refusals(settings, "ohlcv_1min", "ohlcv_flow")
 
         def write(bars: list[Bar]) -> None:
-            written = store.upsert(bars, refused)
-            publisher.publish_final(written)
+            with timed_batch("postgresql", "ohlcv_1min", len(bars)):
+                written = store.upsert(bars, refused)
+            with timed_batch("redis", "final_bars", len(written)):
+                publisher.publish_final(written)
             refused.deliver(publisher)
 
         return write, _closing(store, publisher)
@@ -200,8 +203,10 @@ def event_sink(settings: OutputSettings, component: str = "detection_flow", part
         refused = Refusals(settings, "detection records", component)
 
         def write(events: list[Event]) -> None:
-            written = store.upsert(events, refused)
-            publisher.publish_events(written)
+            with timed_batch("postgresql", "detection", len(events)):
+                written = store.upsert(events, refused)
+            with timed_batch("redis", "detection", len(written)):
+                publisher.publish_events(written)
             refused.deliver(publisher)
 
         return write, _closing(store, publisher)
@@ -236,7 +241,12 @@ def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
 
     def open_publisher() -> tuple[Callable[[list[Bar]], None], Callable[[], None]]:
         publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
-        return publisher.publish_live, publisher.close
+
+        def publish(bars: list[Bar]) -> None:
+            with timed_batch("redis", "live_bars", len(bars)):
+                publisher.publish_live(bars)
+
+        return publish, publisher.close
 
     return _RedisOnly(open_publisher)
 
@@ -246,6 +256,11 @@ def status_sink(settings: OutputSettings) -> _RedisOnly[Status]:
 
     def open_publisher() -> tuple[Callable[[list[Status]], None], Callable[[], None]]:
         publisher = StatusPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
-        return publisher.publish_status, publisher.close
+
+        def publish(records: list[Status]) -> None:
+            with timed_batch("redis", "status", len(records)):
+                publisher.publish_status(records)
+
+        return publish, publisher.close
 
     return _RedisOnly(open_publisher)

@@ -19,7 +19,7 @@ import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from connectors.kafka.dead_letter import letter
 from connectors.kafka.source import RawBatch
@@ -34,7 +34,15 @@ from schemas.bars import Bar
 from schemas.events import Event
 from schemas.polygon import DECODE_ERRORS
 
-DETECTORS = Gauge("tickstock_detection_symbols", "Symbols with detector state in this process")
+DETECTORS = Gauge("tickstock_detection_state_symbols", "Symbols with detector state in this process")
+BARS_IN = Counter(
+    "tickstock_detection_bars_total", "Bars-topic records in, by outcome (received; final: passed to the detectors)",
+    ["partition", "outcome"],
+)  # fmt: skip
+EVENTS_OUT = Counter("tickstock_detection_events_total", "Detection records out, by kind", ["kind"])
+WATERMARK_LAG = Gauge(
+    "tickstock_detection_watermark_lag_seconds", "Wall clock minus the newest bar start of the partition", ["partition"]
+)
 
 Warmed = tuple[Bar, list[BarRow] | None]  # a bar, with the history to start from on a symbol's first
 Gated = tuple[str, Bar] | KafkaSinkMessage  # a bar for its symbol's detector, or a dead letter
@@ -68,10 +76,17 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
 
     def on_batch(self, batches: list[RawBatch]) -> tuple[list[Gated], bool]:
         out: list[Gated] = []
+        received = 0
         for batch in batches:
             self.key = batch.key
             if batch.values:
+                received += len(batch.values)
                 self._gate(batch.topic, batch.partition, batch.offsets, batch.values, out, jump=False)
+        if received:
+            BARS_IN.labels(self.key, "received").inc(received)
+            BARS_IN.labels(self.key, "final").inc(sum(1 for item in out if isinstance(item, tuple)))
+        if self.watermark:
+            WATERMARK_LAG.labels(self.key).set(time.time() - self.watermark / 1000)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Gated], bool]:
@@ -222,6 +237,8 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
                     detector.warm(history if history is not None else self._warm.history(bar.symbol, bar.timestamp))
                 self._detector, self._resume = detector, None
             out.extend(detector.on_bar(bar))
+        for event in out:
+            EVENTS_OUT.labels(event.kind).inc()
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:

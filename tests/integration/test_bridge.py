@@ -31,6 +31,7 @@ from connectors.feeds.bridge.spool import Spool
 from connectors.feeds.synthetic import generate
 from connectors.kafka.dead_letter import KIND, REASON, SHA256, SIZE, SOURCE_TOPIC, TRUNCATED
 from flows.settings import Settings
+from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.polygon_server import PolygonServer
 from tests.support.proxy import KafkaProxy, start_tansu
 from tests.support.services import base_settings, create_topics, read_topic
@@ -122,6 +123,7 @@ def start_bridge(s: Settings, url: str, key: str = KEY, **env: str) -> subproces
             "BRIDGE_HEALTH_INTERVAL_S": "1",
             "BRIDGE_BACKOFF_INITIAL_S": "0.1",
             "BRIDGE_SPOOL_DIR": spool_dir(),
+            "BRIDGE_OPS_PORT": "0",  # bridges of parallel tests must not share a port; the monitoring test sets one
         }
         | env
     )
@@ -187,6 +189,51 @@ def test_mixed_frames_land_on_their_topics_keyed_by_symbol(settings: Settings) -
     assert len(got) == len(events)
     assert set(got) == expected_records(settings, events)
     assert "health in=" in out
+
+
+@pytest.mark.integration
+def test_health_readiness_and_metrics_follow_the_feed(settings: Settings) -> None:
+    """Not ready while the feed's first connection hangs (no greeting), ready once subscribed; the
+    metrics count what came in and went out by type; JSON logs."""
+    import httpx
+
+    from tests.support.services import free_port
+
+    events = feed_events()
+    port = free_port()
+    ops = f"http://127.0.0.1:{port}"
+    with PolygonServer(KEY, frames_of(events), first_greeting=None) as server:
+        proc = start_bridge(settings, server.url, BRIDGE_OPS_PORT=str(port), BRIDGE_HANDSHAKE_TIMEOUT_S="3", LOG_FORMAT="json")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                alive = httpx.get(f"{ops}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the ops server never answered"
+                time.sleep(0.05)
+        assert alive.status_code == 200 and alive.json()["status"] == "alive"
+        waiting = httpx.get(f"{ops}/readyz", timeout=5)  # the first connection hears nothing for 3 s
+        assert waiting.status_code == 503 and waiting.json()["conditions"]["polygon feed"]["ok"] is False, waiting.json()
+        while (ready := httpx.get(f"{ops}/readyz", timeout=5)).status_code != 200:
+            assert time.monotonic() < deadline + 30, ready.json()
+            time.sleep(0.1)
+        assert ready.json()["conditions"]["kafka"]["ok"] is True
+        got = wait_for(settings, len(events))
+        text = httpx.get(f"{ops}/metrics", timeout=5).text
+        code, out = stop_bridge(proc)
+    assert code == 0, out
+    assert len(got) == len(events)
+    trades = sum(1 for e in events if e["ev"] == "T")
+    assert f'tickstock_bridge_events_received_total{{type="T"}} {float(trades)}' in text
+    assert f'tickstock_bridge_events_forwarded_total{{type="T"}} {float(trades)}' in text
+    assert 'tickstock_reconnects_total{dependency="polygon"} 1.0' in text  # after the hung first connection
+    for line in ("tickstock_bridge_feed_connected 1.0", "tickstock_ready 1.0", "tickstock_bridge_in_flight_records"):
+        assert line in text
+    assert {n for n in used_metrics() if n.startswith("tickstock_bridge_")} - exposed_metrics(text) == set()
+    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert logs and all(line["service"] == "bridge" and {"level", "logger", "message"} <= set(line) for line in logs)
+    assert any(line["level"] == "WARNING" and line["message"].startswith("disconnected") for line in logs)
 
 
 @pytest.mark.integration

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import polars as pl
 import pytest
 from bytewax.testing import run_main
@@ -23,6 +24,7 @@ from schemas.bars import decode_bar
 from schemas.status import decode_status
 from tests.support.bars import BAR_COLUMNS, ROOT, assert_same_bars, expected_bars, feed
 from tests.support.databases import Storage
+from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.rollups import assert_views_match
 from tests.support.services import create_topics, publish, read_topic, table_bars
 
@@ -199,3 +201,124 @@ def test_bars_from_per_second_aggregates_match_bars_from_trades(services, db):
     publish(s, events)
     run_main(build_flow(s))
     assert_same_bars(table_bars(db), expected_bars(events))
+
+
+# --- health, readiness, metrics (docs/monitoring.md) ---------------------------------------------
+
+
+def _poll(url: str, status: int, timeout_s: float = 90) -> dict:
+    """GET `url` until it answers `status`; its JSON body."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            answer = httpx.get(url, timeout=5)
+            if answer.status_code == status:
+                return answer.json()
+            last = f"{answer.status_code} {answer.text[:500]}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never answered {status}; last: {last}")
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples in Prometheus text that match `name` and `labels`, or None when none does."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]  # fmt: skip
+    return sum(values) if values else None
+
+
+def test_both_flows_serve_health_readiness_and_metrics_and_are_not_ready_while_redis_is_down(settings, tmp_path):
+    """Both flows tailing as `python -m bytewax.run` with JSON logs, on a Redis of the test's own:
+    ready once caught up, not ready (but alive) while Redis is down, ready again after."""
+    import shutil
+
+    import httpx
+
+    from tests.support.services import free_port, private_redis
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not found (make services installs it)")
+    redis_port, bar_port, detection_port = free_port(), free_port(), free_port()
+    server = private_redis(redis_port, str(tmp_path))
+    s = settings.model_copy(update={
+        "redis_url": f"redis://127.0.0.1:{redis_port}/0", "kafka_tail": True, "bar_flow_ops_port": bar_port,
+        "detection_flow_ops_port": detection_port, "ready_max_lag_messages": 0, "health_interval_s": 1.0,
+        "sink_max_backoff_s": 0.5,
+    })  # fmt: skip
+    events = feed(seconds=2 * 60, malformed_ratio=0.01)
+    publish(s, events)
+    env = os.environ | s.as_env() | {"LOG_FORMAT": "json"}
+    logs = {flow: (tmp_path / f"{flow}.log").open("w+") for flow in ("ohlcv", "detection")}
+    flows = [subprocess.Popen([sys.executable, "-m", "bytewax.run", f"flows.{flow}:build_flow()", "-s", "1"], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=logs[flow]) for flow in ("ohlcv", "detection")]  # fmt: skip
+    bar, detection = f"http://127.0.0.1:{bar_port}", f"http://127.0.0.1:{detection_port}"
+    try:
+        ready = _poll(f"{bar}/readyz", 200)
+        kafka = {name: c for name, c in ready["conditions"].items() if name.startswith("kafka ")}
+        assert len(kafka) == s.topic_partitions and all(c["detail"] == "lag 0 messages" for c in kafka.values())
+        assert _poll(f"{bar}/healthz", 200)["status"] == "alive"
+        _poll(f"{detection}/readyz", 200)
+        _poll(f"{detection}/healthz", 200)
+        deadline = time.monotonic() + 60  # the bars topic's batch is timed at the epoch's end (1 s here)
+        while not _sample(text := httpx.get(f"{bar}/metrics", timeout=10).text, "tickstock_sink_batch_duration_seconds_count",
+                          sink="kafka", target=s.topic_bars):  # fmt: skip
+            assert time.monotonic() < deadline, "no batch onto the bars topic was timed"
+            time.sleep(0.2)
+        assert _sample(text, "tickstock_bar_events_total", outcome="received") == sum(
+            1 for e in events if e.topic_kind == "trades"
+        )
+        assert _sample(text, "tickstock_bar_events_total", outcome="malformed")
+        assert _sample(text, "tickstock_dead_letters_total", source=s.topic_trades, kind="malformed")
+        assert _sample(text, "tickstock_kafka_consumer_lag_messages", topic=s.topic_trades, partition="0") == 0
+        assert _sample(text, "tickstock_bar_watermark_lag_seconds", partition=f"{s.topic_trades}#0") is not None
+        assert _sample(text, "tickstock_bar_output_total", partition=f"{s.topic_trades}#0", type="final")
+        for sink, target in (
+            ("postgresql", "ohlcv_1min"),
+            ("redis", "final_bars"),
+            ("redis", "live_bars"),
+            ("kafka", s.topic_bars),
+        ):
+            assert _sample(text, "tickstock_sink_batch_duration_seconds_count", sink=sink, target=target), (sink, target)
+        assert _sample(text, "tickstock_ready") == 1.0
+        exposed = exposed_metrics(text)
+        text = httpx.get(f"{detection}/metrics", timeout=10).text
+        exposed |= exposed_metrics(text)
+        # what the example alert rules and the dashboard use of the flows' metrics, they expose
+        flows_part = {n for n in used_metrics() if not n.startswith(("tickstock_bridge_", "tickstock_gateway_"))}
+        assert flows_part - exposed == set()
+        assert _sample(text, "tickstock_detection_bars_total", partition=f"{s.topic_bars}#0", outcome="final")
+        assert _sample(text, "tickstock_kafka_consumer_lag_messages", topic=s.topic_bars, partition="0") == 0
+
+        server.terminate()  # the health messages (every second) cannot be published now
+        server.wait(10)
+        down = _poll(f"{bar}/readyz", 503)
+        assert "redis" in down["failing"], down
+        assert _poll(f"{bar}/healthz", 200)["status"] == "alive"  # waiting it out: a restart would not help
+        assert _sample(httpx.get(f"{bar}/metrics", timeout=10).text, "tickstock_ready") == 0.0
+        server = private_redis(redis_port, str(tmp_path))
+        _poll(f"{bar}/readyz", 200)
+        text = httpx.get(f"{bar}/metrics", timeout=10).text
+        assert _sample(text, "tickstock_dependency_retries_total", dependency="redis")
+        assert _sample(text, "tickstock_reconnects_total", dependency="redis")
+    finally:
+        for flow in flows:
+            flow.kill()
+            flow.wait(30)
+        server.terminate()
+        server.wait(10)
+    for flow, log in logs.items():
+        log.seek(0)
+        ours = [orjson.loads(line) for line in log.read().splitlines() if line.startswith("{")]
+        assert ours and all({"time", "level", "logger", "message"} <= set(line) for line in ours), flow
+        assert all(line["service"] == f"{flow}_flow" for line in ours)
+    assert any(line["level"] in ("WARNING", "ERROR") and "Redis" in line["message"] for line in ours_of(tmp_path / "ohlcv.log"))
+
+
+def ours_of(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]

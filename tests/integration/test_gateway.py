@@ -23,6 +23,7 @@ from connectors.redis.history import HistoryLimits
 from flows.settings import Settings
 from schemas import symbols
 from tests.support.gateway import SECRET, WAIT_S, Client, alert, live_bar, pattern, running_gateway
+from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.services import TEST_DATABASE_URL, free_port, private_redis
 
 pytestmark = pytest.mark.integration
@@ -350,8 +351,13 @@ def test_health_and_metrics(gw):
         health = httpx.get(f"{gw.http}/healthz", timeout=WAIT_S).json()
         assert health["status"] == "healthy" and health["reason"] == "ok"
         assert health["counters"]["connections"] == 1 and health["counters"]["delivered"] == 1
+        ready = httpx.get(f"{gw.http}/readyz", timeout=WAIT_S)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert {"redis", "postgresql", "task flusher", "task redis-reader"} <= set(ready.json()["conditions"])
         text = httpx.get(f"{gw.http}/metrics", timeout=WAIT_S).text
-        assert "tickstock_gateway_open_connections 1.0" in text
+        assert "tickstock_gateway_open_connections 1.0" in text and "tickstock_ready 1.0" in text
+        # what the example alert rules and the dashboard use of the gateway's metrics, it exposes
+        assert {n for n in used_metrics() if n.startswith("tickstock_gateway_")} - exposed_metrics(text) == set()
         assert "tickstock_gateway_delivered_messages_total 1.0" in text
         for name in (
             "tickstock_gateway_redis_lag_seconds",
@@ -364,7 +370,7 @@ def test_health_and_metrics(gw):
 
     asyncio.run(scenario())
     doc = __import__("httpx").get(f"{gw.http}/openapi.json", timeout=WAIT_S).json()
-    assert {"/api/ticks/recent", "/api/bars", "/api/events", "/healthz", "/metrics"} <= set(doc["paths"])
+    assert {"/api/ticks/recent", "/api/bars", "/api/events", "/healthz", "/readyz", "/metrics"} <= set(doc["paths"])
 
 
 def test_redis_down_makes_health_error_and_the_gateway_recovers(services, tmp_path):
@@ -405,8 +411,12 @@ def test_redis_down_makes_health_error_and_the_gateway_recovers(services, tmp_pa
                 server.wait(10)
                 report = await asyncio.to_thread(wait_status, gw, "error")
                 assert report.status_code == 503 and "redis" in report.json()["reason"]
+                ready = await asyncio.to_thread(httpx.get, f"{gw.http}/readyz", timeout=WAIT_S)
+                assert ready.status_code == 503 and ready.json()["conditions"]["redis"]["ok"] is False
                 server = start_redis()
                 await asyncio.to_thread(wait_status, gw, "healthy")
+                ready = await asyncio.to_thread(httpx.get, f"{gw.http}/readyz", timeout=WAIT_S)
+                assert ready.status_code == 200 and ready.json()["ready"] is True
                 # the gateway could not replay what its client might have missed: it says so
                 reset = await client.control_reply()
                 assert reset["type"] == "reset" and reset["channel"] == channel

@@ -80,6 +80,7 @@ def test_the_document_states_every_status_method_and_constraint(documented_gatew
             if "limit" in params:
                 assert params["limit"]["minimum"] == 1 and "maximum" in params["limit"]
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200", "503"}
+    assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
 
 
 def test_schemathesis_all_checks_pass(documented_gateway, tmp_path):
@@ -114,7 +115,7 @@ def test_schemathesis_all_checks_pass(documented_gateway, tmp_path):
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert summary is not None and "fail" not in summary.group(2), summary
     assert int(summary.group(1)) >= 100
-    assert "Operations:       6 selected / 6 total" in result.stdout
+    assert "Operations:       7 selected / 7 total" in result.stdout
     with psycopg.connect(TEST_DATABASE_URL) as conn:  # the gateway still answers afterwards
         conn.execute("SELECT 1")
     assert httpx.get(f"{gw.http}/healthz", timeout=WAIT_S).json()["counters"]["internal_errors"] == 0

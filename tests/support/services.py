@@ -41,6 +41,9 @@ def base_settings(**overrides: object) -> Settings:
         "database_url": TEST_DATABASE_URL,
         "kafka_tail": False,
         "sink_max_backoff_s": 1.0,
+        # no ops server unless a test asks for one (flows run in-process, many per test process)
+        "bar_flow_ops_port": 0,
+        "detection_flow_ops_port": 0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

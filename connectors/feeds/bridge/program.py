@@ -22,6 +22,7 @@ from typing import Final
 from confluent_kafka import KafkaException
 
 from connectors.backoff import backoff_s
+from connectors.feeds.bridge.monitoring import beat, start_ops_server
 from connectors.feeds.bridge.publish import KafkaRefused
 from connectors.feeds.bridge.relay import Bridge
 from connectors.feeds.bridge.session import BridgeFatal
@@ -29,6 +30,8 @@ from connectors.feeds.bridge.settings import load_settings
 from connectors.feeds.bridge.spool import Spool, SpoolError
 from connectors.kafka.admin import KafkaUnavailable, admin_client
 from connectors.kafka.settings import KafkaSettings
+from connectors.monitoring.logs import configure_logging
+from connectors.monitoring.server import CannotServe
 from connectors.settings import SettingsError
 
 log = logging.getLogger("tickstock.bridge")
@@ -58,10 +61,11 @@ async def serve(bridge: Bridge, spool: Spool) -> int:
     feed = asyncio.ensure_future(bridge.feed(spool))
     pump = asyncio.ensure_future(bridge.pump())
     stop = asyncio.ensure_future(signalled.wait())
+    heartbeat = asyncio.ensure_future(beat())
     await asyncio.wait({feed, pump, stop}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (feed, pump, stop):
+    for task in (feed, pump, stop, heartbeat):
         task.cancel()
-    outcomes = await asyncio.gather(feed, pump, stop, return_exceptions=True)
+    outcomes = await asyncio.gather(feed, pump, stop, heartbeat, return_exceptions=True)
     code = 0
     bug: BaseException | None = None
     for outcome in outcomes:
@@ -105,9 +109,9 @@ def wait_for_kafka(settings: KafkaSettings, topics: list[str]) -> None:
 
 def main() -> int:
     """The exit code; raises `Exit` (a SystemExit, code 2) for a bad setting, before anything runs."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         bridge_settings, settings = load_settings()
+        configure_logging(bridge_settings, "bridge")
         spool = Spool(bridge_settings.bridge_spool_dir)
         try:
             spool.lock()
@@ -122,7 +126,16 @@ def main() -> int:
     except KafkaUnavailable as exc:
         print(f"{PROGRAM}: {exc}", file=sys.stderr)
         return EXIT_KAFKA_REFUSED
-    return asyncio.run(serve(Bridge(bridge_settings, settings), spool))
+    bridge = Bridge(bridge_settings, settings)
+    try:
+        ops = start_ops_server(bridge, bridge_settings.ops_host, bridge_settings.bridge_ops_port)
+    except CannotServe as exc:
+        raise Exit(EXIT_BAD_SETTINGS, f"{PROGRAM}: {exc}") from None
+    try:
+        return asyncio.run(serve(bridge, spool))
+    finally:
+        if ops is not None:
+            ops.stop()
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -26,6 +26,10 @@ from connectors.feeds.bridge.frames import Head, event_ms
 from connectors.feeds.bridge.frames import split_frame as _split
 from connectors.feeds.bridge.health import Stats, bounded, power_of_two
 from connectors.feeds.bridge.settings import BridgeSettings
+from connectors.monitoring.metrics import RECONNECTS
+from connectors.monitoring.readiness import READINESS
+
+FEED_CONDITION: Final = "polygon feed"  # /readyz: subscribed to the feed
 
 log = logging.getLogger("tickstock.bridge")
 
@@ -70,6 +74,7 @@ class Session:
         self.reconnect_attempt = 0
         self.fatal_status: BridgeFatal | None = None  # a fatal status inside a data frame
         self.status_lines = 0
+        self.subscribed = False  # connected, authenticated, subscriptions sent (/readyz)
 
     async def on_frame(self, frame: str | bytes) -> None:
         """Every data frame of a session; the relay forwards its events."""
@@ -140,6 +145,8 @@ class Session:
                     bridge.on_handshake(await asyncio.wait_for(ws.recv(), timeout), "auth")
                     await self._subscribe(self.scheduled_subs)
                     self.subs = set(self.scheduled_subs)
+                    bridge.subscribed = True
+                    READINESS.set(FEED_CONDITION, True, f"subscribed at {cfg.url()}")
                     async for frame in ws:
                         await bridge.on_frame(frame)
 
@@ -170,6 +177,9 @@ class Session:
                 reason = self._closed(exc)
             except (WebSocketException, OSError, TimeoutError, FeedProtocolError) as exc:
                 reason = f"{type(exc).__name__}: {bounded(str(exc), 300)}"
+            self.subscribed = False
+            READINESS.set(FEED_CONDITION, False, f"disconnected: {reason}")
+            RECONNECTS.labels("polygon").inc()
             if self.stats.events_total() > before:
                 self.reconnect_attempt = 0  # a session that carried data resets the backoff
             delay = backoff_s(self.reconnect_attempt, self.cfg.bridge_backoff_initial_s, self.cfg.bridge_backoff_max_s)

@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from connectors.kafka.settings import KafkaSettings
+from connectors.monitoring.settings import LogSettings, port
 from connectors.settings import SettingsError
 from schemas.symbols import SYMBOL_PATTERN
 
@@ -34,8 +35,8 @@ def _seconds(default: float, low: float, high: float, description: str) -> Any:
     return Field(default, ge=low, le=high, allow_inf_nan=False, description=description)
 
 
-class BridgeSettings(BaseSettings):
-    """Where the feed is and how the bridge behaves (environment variables, no prefix)."""
+class BridgeSettings(LogSettings):
+    """Where the feed is and how the bridge behaves (environment variables, no prefix; LOG_LEVEL, LOG_FORMAT)."""
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
@@ -60,6 +61,8 @@ class BridgeSettings(BaseSettings):
     )
     bridge_spool_dir: Path = Field(default_factory=_default_spool_dir, description="where a stop writes what Kafka did not take")
     bridge_health_interval_s: float = _seconds(10.0, 0.01, 86_400, "health line interval")
+    bridge_ops_port: int = port(9401, "the bridge's /healthz, /readyz, /metrics; 0: off")
+    ops_host: str = Field("127.0.0.1", min_length=1, max_length=253, description="address of that server")
     bridge_idempotence: bool = Field(
         True, description="false only for a broker that forgets producer state (in-memory Tansu restarts)"
     )
