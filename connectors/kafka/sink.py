@@ -34,8 +34,8 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
-from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 from connectors.monitoring.metrics import SINK_BATCH_SECONDS, SINK_RECORDS
+from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 
 log = logging.getLogger(__name__)
 
