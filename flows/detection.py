@@ -42,12 +42,10 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
         raise SystemExit("detection flow: every detector on bars is off (DETECT_*), so it has nothing to do")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flow = Dataflow("detection")
-    source = KafkaBatchSource(
-        s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
-    )
+    source = KafkaBatchSource(s, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size)
     gate = gate_bars("gate", op.input("bars", flow, source), s)
     events = detect_on_bars("detect", gate.bars, s, detection)
     op.output("detection", events, event_sink(s))
     letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
-    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter))
     return flow

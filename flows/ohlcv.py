@@ -44,15 +44,13 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     gc.set_threshold(100_000, 50, 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flow = Dataflow("ohlcv")
-    source = KafkaBatchSource(
-        s.kafka_bootstrap_servers, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size
-    )
+    source = KafkaBatchSource(s, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size)
     out = partition_bars(op.input("ticks", flow, source), s, d)
     op.output("final_bars", out.final_bars, final_bar_sink(s))
     op.output("live_bars", out.live_bars, live_bar_sink(s))
-    op.output("bars_topic", out.final_bars, TopicSink(s.kafka_bootstrap_servers, s.topic_bars, _bar_record))
+    op.output("bars_topic", out.final_bars, TopicSink(s, s.topic_bars, _bar_record))
     letters = op.key_on("dead_letters_by_partition", out.dead_letters, letter_key)
-    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter))
     status = op.merge("health_and_errors", out.health, op.map("errors", out.dead_letters, error_record))
     op.output("status", status, status_sink(s))
     if d.enabled and d.highlow.enabled:

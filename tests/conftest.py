@@ -17,8 +17,8 @@ from contextlib import ExitStack, contextmanager
 import psycopg
 import pytest
 import redis
-from confluent_kafka.admin import AdminClient
 
+from connectors.kafka import clients
 from flows.settings import Settings
 from tests.support.databases import KINDS, Storage, empty_timescale, migrate_timescale, start_timescale
 from tests.support.services import TEST_DATABASE_URL, ChannelRecorder, base_settings, create_topics
@@ -27,7 +27,7 @@ from tests.support.services import TEST_DATABASE_URL, ChannelRecorder, base_sett
 @pytest.fixture(scope="session")
 def services() -> None:
     s = Settings()
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    admin = clients.admin(s)
     try:
         admin.list_topics(timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure here means the same thing

@@ -21,6 +21,7 @@ import time
 
 from bytewax.connectors.kafka import KafkaSinkMessage
 
+from connectors.kafka.settings import KafkaSettings
 from connectors.kafka.sink import Record, TopicSink
 from connectors.kafka.source import RawBatch
 from schemas.status import FlowError
@@ -92,9 +93,9 @@ def headers(message: KafkaSinkMessage[bytes, bytes]) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in message.headers}
 
 
-def dead_letter_sink(bootstrap: str, topic: str) -> TopicSink[KafkaSinkMessage[bytes, bytes]]:
+def dead_letter_sink(kafka: KafkaSettings, topic: str) -> TopicSink[KafkaSinkMessage[bytes, bytes]]:
     """Dead letters (keyed by their source partition) onto `topic`, delivered before the epoch commits."""
-    return TopicSink(bootstrap, topic, _record)
+    return TopicSink(kafka, topic, _record)
 
 
 def _record(letter: KafkaSinkMessage[bytes, bytes]) -> Record:

@@ -34,6 +34,9 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
+from connectors.kafka import clients
+from connectors.kafka.settings import KafkaSettings
+
 log = logging.getLogger(__name__)
 
 X = TypeVar("X")
@@ -54,8 +57,8 @@ _MAX_BACKOFF_S = 5.0
 class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
     """One producer onto one topic (the sink partition of `TopicSink`, also usable on its own): `write_batch`, then `snapshot` waits for delivery."""
 
-    def __init__(self, bootstrap: str, topic: str, encode: Callable[[X], Record]) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaSettings, topic: str, encode: Callable[[X], Record]) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._encode = encode
         self._fatal: KafkaError | None = None
@@ -64,16 +67,16 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
-        return Producer(
+        return clients.producer(
+            self._kafka,
             {
-                "bootstrap.servers": self._bootstrap,
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 5,
+                "linger.ms": 5,  # tuning: KAFKA_PROPERTY_LINGER_MS overrides it; the others are protected
                 "message.timeout.ms": 0,  # no deadline: while Kafka is down, the epoch boundary waits
                 "delivery.report.only.error": True,
                 "error_cb": self._client_error,
-            }
+            },
         )
 
     def _client_error(self, err: KafkaError) -> None:
@@ -161,8 +164,8 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
 class TopicSink(FixedPartitionedSink[X, None]):
     """A keyed stream onto `topic`, as `encode` makes each item (key, value, headers)."""
 
-    def __init__(self, bootstrap: str, topic: str, encode: Callable[[X], Record]) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaSettings, topic: str, encode: Callable[[X], Record]) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._encode = encode
 
@@ -170,4 +173,4 @@ class TopicSink(FixedPartitionedSink[X, None]):
         return [self._topic]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> TopicWriter[X]:
-        return TopicWriter(self._bootstrap, self._topic, self._encode)
+        return TopicWriter(self._kafka, self._topic, self._encode)

@@ -83,7 +83,7 @@ async def serve(bridge: Bridge, spool: Spool) -> int:
 
 def wait_for_kafka(settings: KafkaSettings, topics: list[str]) -> None:
     """Wait (backing off, forever) until Kafka answers; KafkaUnavailable if topics are missing."""
-    admin = admin_client(settings.kafka_bootstrap_servers)
+    admin = admin_client(settings)
     attempt = 0
     while True:
         try:
