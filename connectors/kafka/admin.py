@@ -20,9 +20,28 @@ from connectors.kafka.settings import KafkaSettings
 from connectors.unavailable import ServiceUnavailable
 
 
+class _LastError:
+    """The client's last error report: a metadata timeout says only "transport failure", this says
+    why (a TLS handshake refused, authentication failed, a name that does not resolve)."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        self.text = err.str()
+
+    def why(self, exc: BaseException) -> str:
+        return f"{exc}; last client error: {self.text}" if self.text else str(exc)
+
+
 def admin_client(settings: KafkaSettings) -> AdminClient:
     """An admin client with the settings' properties, quiet (callers report failures themselves)."""
     return clients.admin(settings)
+
+
+def _reporting_admin(settings: KafkaSettings) -> tuple[AdminClient, _LastError]:
+    errors = _LastError()
+    return clients.admin(settings, {"error_cb": errors}), errors
 
 
 class KafkaUnavailable(ServiceUnavailable):
@@ -33,12 +52,12 @@ class KafkaUnavailable(ServiceUnavailable):
 
 def list_partitions(settings: KafkaSettings, topics: Iterable[str], timeout_s: float = 10.0) -> list[tuple[str, int]]:
     bootstrap = settings.kafka_bootstrap_servers
-    admin = admin_client(settings)
+    admin, errors = _reporting_admin(settings)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:  # confluent_kafka raises KafkaException with the transport error
         raise KafkaUnavailable(
-            f"Kafka at {bootstrap} is unreachable ({exc}); start the local broker with `make broker` "
+            f"Kafka at {bootstrap} is unreachable ({errors.why(exc)}); start the local broker with `make broker` "
             "or point KAFKA_BOOTSTRAP_SERVERS at a running one (and KAFKA_PROPERTY_* at its security settings)"
         ) from exc
     found: list[tuple[str, int]] = []
@@ -94,11 +113,13 @@ def ensure_topics(settings: KafkaSettings, timeout_s: float = 10.0) -> dict[str,
 
     An existing topic's outcome says `differs from the settings` with each difference."""
     bootstrap = settings.kafka_bootstrap_servers
-    admin = admin_client(settings)
+    admin, errors = _reporting_admin(settings)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise KafkaUnavailable(f"Kafka at {bootstrap} does not answer ({exc}); run `make broker`") from exc
+        raise KafkaUnavailable(
+            f"Kafka at {bootstrap} does not answer ({errors.why(exc)}); run `make broker`, or check KAFKA_PROPERTY_*"
+        ) from exc
     existing = metadata.topics
     wanted = settings.topic_partitions
     outcome: dict[str, str] = {}

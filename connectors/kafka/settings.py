@@ -56,9 +56,30 @@ class _PropertyVariables(PydanticBaseSettingsSource):
         return found
 
 
-_quiet = logging.getLogger("connectors.kafka.librdkafka")  # librdkafka's chatter during the check below
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
+log = logging.getLogger(__name__)
+
+
+class _CheckLog(logging.Handler):
+    """librdkafka's lines while the check builds its clients: its configuration warnings (a property
+    that applies to another kind of client, or does nothing with this security protocol) are the
+    deployment's to see, once, with secrets masked; the rest (no bootstrap servers: on purpose) is dropped."""
+
+    def __init__(self, secrets: list[str], seen: set[str]) -> None:
+        super().__init__()
+        self._secrets = secrets
+        self._seen = seen  # one line per warning, not one per kind of client
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "CONFWARN" not in text or "bootstrap.servers" in text:
+            return
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        text = text.split("]: ", 1)[-1]
+        if text not in self._seen:
+            self._seen.add(text)
+            log.warning("Kafka properties: %s", text)
+
 
 # What the check builds each kind of client with besides the deployment's properties: what the
 # code sets that a property could conflict with (an idempotent producer takes max.in.flight <= 5).
@@ -165,8 +186,9 @@ class KafkaSettings(BaseSettings):
             scoped.setdefault(role, {})[prop] = value
             where[name] = at
         self._scoped, self._where = scoped, where
+        seen: set[str] = set()
         for role in props.ROLES:
-            _check_with_librdkafka(role, self.client_properties(role), self._source_of, secrets)
+            _check_with_librdkafka(role, self.client_properties(role), self._source_of, secrets, seen)
 
     def _take_bootstrap(self, value: str, at: str) -> None:
         """A properties file may name the cluster (Confluent Cloud's does); KAFKA_BOOTSTRAP_SERVERS must agree."""
@@ -233,10 +255,23 @@ def _fail(problem: str) -> None:
     raise PydanticCustomError("kafka_settings", "{problem}", {"problem": problem})
 
 
+def _refused_alone(kind: Any, role: Role, name: str, value: str) -> bool:
+    """Whether librdkafka refuses `name` even on its own (to find which property an error is about)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        client = kind(_CHECK_WITH[role] | {name: value, "log_level": 0})
+    except (KafkaException, ValueError, TypeError):
+        return True
+    if role == "consumer":
+        client.close()
+    return False
+
+
 _QUOTED = re.compile(r'"([A-Za-z0-9._-]+)"')
 
 
-def _check_with_librdkafka(role: Role, given: dict[str, str], source_of: Any, secrets: list[str]) -> None:
+def _check_with_librdkafka(role: Role, given: dict[str, str], source_of: Any, secrets: list[str], seen: set[str]) -> None:
     """librdkafka judges the properties (unknown names, bad values, files it cannot load, conflicts):
     its error becomes a PropertyError naming the variable or file line the property came from."""
     if not given:
@@ -245,7 +280,10 @@ def _check_with_librdkafka(role: Role, given: dict[str, str], source_of: Any, se
     from confluent_kafka.admin import AdminClient
 
     kind = {"consumer": Consumer, "producer": Producer, "admin": AdminClient}[role]
-    config = _CHECK_WITH[role] | given | {"logger": _quiet}  # no bootstrap.servers: nothing connects
+    librdkafka = logging.getLogger(f"connectors.kafka.settings.check.{role}")
+    librdkafka.propagate = False
+    librdkafka.handlers = [_CheckLog(secrets, seen)]
+    config = _CHECK_WITH[role] | given | {"logger": librdkafka}  # no bootstrap.servers: nothing connects
     try:
         client = kind(config)
     except (KafkaException, ValueError, TypeError) as exc:
@@ -253,8 +291,17 @@ def _check_with_librdkafka(role: Role, given: dict[str, str], source_of: Any, se
         for secret in secrets:
             text = text.replace(secret, "***")
         named = {props.ALIASES.get(n, n) for n in _QUOTED.findall(text)}
-        culprits = [p for p in given if props.ALIASES.get(p, p) in named] or [p for p in given if p in text]
+        dotted = text.lower().replace(" ", ".")  # "Unsupported SASL mechanism" names sasl.mechanism
+        culprits = (
+            [p for p in given if props.ALIASES.get(p, p) in named]
+            or [p for p in given if p in text]
+            or [p for p in given if any(n in dotted for n, c in [(p, p), *props.ALIASES.items()] if c == props.ALIASES.get(p, p))]
+            or [p for p in given if len(given[p]) > 2 and given[p] in text and not props.is_secret(p)]
+            or [p for p in given if _refused_alone(kind, role, p, given[p])]
+        )
         where = sorted({source_of(role, p) or p for p in culprits}) or ["KAFKA_PROPERTY_* / KAFKA_PROPERTIES_FILE"]
         raise PropertyError(f"{', '.join(where)}: librdkafka refuses it for the {role} clients: {text}") from None
     if isinstance(client, Consumer):
         client.close()
+    else:
+        client.poll(0)  # serves the log lines still queued
