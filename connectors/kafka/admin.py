@@ -28,9 +28,11 @@ class _LastError:
         self.text: str | None = None
 
     def __call__(self, err: KafkaError) -> None:
-        self.text = err.str()
+        if err.code() != KafkaError._ALL_BROKERS_DOWN or self.text is None:  # the cause, not its summary
+            self.text = err.str()
 
-    def why(self, exc: BaseException) -> str:
+    def why(self, admin: AdminClient, exc: BaseException) -> str:
+        admin.poll(0)  # error reports wait in the client's queue until served
         return f"{exc}; last client error: {self.text}" if self.text else str(exc)
 
 
@@ -57,7 +59,7 @@ def list_partitions(settings: KafkaSettings, topics: Iterable[str], timeout_s: f
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:  # confluent_kafka raises KafkaException with the transport error
         raise KafkaUnavailable(
-            f"Kafka at {bootstrap} is unreachable ({errors.why(exc)}); start the local broker with `make broker` "
+            f"Kafka at {bootstrap} is unreachable ({errors.why(admin, exc)}); start the local broker with `make broker` "
             "or point KAFKA_BOOTSTRAP_SERVERS at a running one (and KAFKA_PROPERTY_* at its security settings)"
         ) from exc
     found: list[tuple[str, int]] = []
@@ -118,7 +120,7 @@ def ensure_topics(settings: KafkaSettings, timeout_s: float = 10.0) -> dict[str,
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailable(
-            f"Kafka at {bootstrap} does not answer ({errors.why(exc)}); run `make broker`, or check KAFKA_PROPERTY_*"
+            f"Kafka at {bootstrap} does not answer ({errors.why(admin, exc)}); run `make broker`, or check KAFKA_PROPERTY_*"
         ) from exc
     existing = metadata.topics
     wanted = settings.topic_partitions

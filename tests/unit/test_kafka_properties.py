@@ -250,7 +250,7 @@ def test_a_secret_given_twice_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "pw").write_text(SECRET)
     monkeypatch.setenv("KAFKA_PROPERTY_SASL_PASSWORD_FILE", str(tmp_path / "pw"))
     monkeypatch.setenv("KAFKA_PROPERTY_SASL_PASSWORD", "other")
-    with pytest.raises(SettingsError, match="both set sasl.password: keep one") as refused:
+    with pytest.raises(SettingsError, match=r"both set sasl\.password: keep one") as refused:
         load(Settings)
     assert SECRET not in str(refused.value) and "other" not in str(refused.value)
 
