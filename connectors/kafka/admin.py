@@ -41,7 +41,8 @@ def admin_client(settings: KafkaSettings) -> AdminClient:
     return clients.admin(settings)
 
 
-def _reporting_admin(settings: KafkaSettings) -> tuple[AdminClient, _LastError]:
+def reporting_admin(settings: KafkaSettings) -> tuple[AdminClient, _LastError]:
+    """An admin client and its last error report (`errors.why(admin, exc)`: a failure with its cause)."""
     errors = _LastError()
     return clients.admin(settings, {"error_cb": errors}), errors
 
@@ -54,7 +55,7 @@ class KafkaUnavailable(ServiceUnavailable):
 
 def list_partitions(settings: KafkaSettings, topics: Iterable[str], timeout_s: float = 10.0) -> list[tuple[str, int]]:
     bootstrap = settings.kafka_bootstrap_servers
-    admin, errors = _reporting_admin(settings)
+    admin, errors = reporting_admin(settings)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:  # confluent_kafka raises KafkaException with the transport error
@@ -115,7 +116,7 @@ def ensure_topics(settings: KafkaSettings, timeout_s: float = 10.0) -> dict[str,
 
     An existing topic's outcome says `differs from the settings` with each difference."""
     bootstrap = settings.kafka_bootstrap_servers
-    admin, errors = _reporting_admin(settings)
+    admin, errors = reporting_admin(settings)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:

@@ -33,6 +33,7 @@ TopicName = Annotated[
 ]
 
 DAY_MS = 86_400_000
+_PATH_SUFFIXES = (".location", ".file", ".keytab")  # properties that name a file (ssl.ca.location=probe: librdkafka's search)
 _MAX_RETENTION_MS = 100 * 365 * DAY_MS
 
 
@@ -183,6 +184,8 @@ class KafkaSettings(BaseSettings):
             if props.ALIASES.get(prop, prop) == "bootstrap.servers":
                 self._take_bootstrap(value, at)
                 continue
+            if prop.endswith(_PATH_SUFFIXES) and value != "probe" and not Path(value).exists():
+                raise PropertyError(f"{at}: {prop} names {value!r}, which does not exist")  # librdkafka says "BIO lib"
             scoped.setdefault(role, {})[prop] = value
             where[name] = at
         self._scoped, self._where = scoped, where

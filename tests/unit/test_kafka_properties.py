@@ -192,6 +192,12 @@ def test_a_property_that_cannot_be_used_stops_the_start_naming_its_variable(
 def test_a_tls_file_librdkafka_cannot_load_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("KAFKA_PROPERTY_SSL_CA_LOCATION", str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(
+        SettingsError, match=r"KAFKA_PROPERTY_SSL_CA_LOCATION: ssl.ca.location names '.*missing-ca.pem', which does not exist"
+    ):
+        load(Settings)
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    monkeypatch.setenv("KAFKA_PROPERTY_SSL_CA_LOCATION", str(tmp_path / "not-a-ca.pem"))
     with pytest.raises(SettingsError, match=r"KAFKA_PROPERTY_SSL_CA_LOCATION: librdkafka refuses .*ssl.ca.location failed"):
         load(Settings)
 
