@@ -33,9 +33,10 @@ from pathlib import Path
 import msgspec
 import psycopg
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from connectors.feeds.synthetic import generate
+from connectors.kafka import clients
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.producer import make_producer
 from flows.settings import Settings
@@ -67,7 +68,7 @@ def env_for(s: Settings) -> dict[str, str]:
 
 
 def publish_ticks(s: Settings, symbols: int, ticks: int) -> int:
-    producer, delivery = make_producer(s.kafka_bootstrap_servers, idempotent=True)
+    producer, delivery = make_producer(s, idempotent=True)
     n = 0
     for e in generate(seed=42, symbols=symbols, rate=2000.0, count=ticks):
         try:
@@ -88,9 +89,9 @@ def raw_consume(s: Settings, expected: int, keep: list[bytes] | None = None) -> 
     `keep` (after the clock stops counting them: appending is outside what a consumer must do)."""
     consumers = []
     for p in range(s.topic_partitions):
-        c = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "bench-raw", "enable.auto.commit": False,
-                      "enable.partition.eof": True, "fetch.max.bytes": 52_428_800,
-                      "max.partition.fetch.bytes": 10_485_760, "queued.min.messages": 200_000})  # fmt: skip
+        c = clients.consumer(s, {"group.id": "bench-raw", "enable.auto.commit": False,
+                                 "enable.partition.eof": True, "fetch.max.bytes": 52_428_800,
+                                 "max.partition.fetch.bytes": 10_485_760, "queued.min.messages": 200_000})  # fmt: skip
         c.assign([TopicPartition(s.topic_trades, p, OFFSET_BEGINNING)])
         consumers.append(c)
     started = time.perf_counter()

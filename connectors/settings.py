@@ -17,8 +17,9 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY_S = 86_400.0
-CONFIG = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", allow_inf_nan=False)
-"""Variables without prefix, any case; unknown variables ignored; NaN and infinity refused."""
+CONFIG = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", allow_inf_nan=False, hide_input_in_errors=True)
+"""Variables without prefix, any case; unknown variables ignored; NaN and infinity refused; an error's text
+never repeats the input (it may be a password or a whole URL with one)."""
 
 
 def matching(pattern: str, what: str) -> AfterValidator:
@@ -50,8 +51,9 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
     """A pydantic error as `VARIABLE: problem; ...` (the input is cut short: it may be huge or a secret)."""
     problems = []
     for error in exc.errors():
-        where = "__".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "?"
-        problems.append(f"{prefix}{where.upper()}: {error['msg']}")
+        where = "__".join(str(p) for p in error["loc"] if not isinstance(p, int))
+        # A check of several variables (no location) names them in its message.
+        problems.append(f"{prefix}{where.upper()}: {error['msg']}" if where else f"{prefix}{error['msg']}")
     return "; ".join(problems)
 
 

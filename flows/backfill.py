@@ -54,6 +54,7 @@ from connectors.feeds.flat_files.checks import file_day
 from connectors.feeds.replay import replay
 from connectors.kafka.admin import KafkaUnavailable, ensure_topics
 from connectors.kafka.dead_letter import KIND, REASON, SOURCE_OFFSET, SOURCE_TOPIC, dead_letter_sink, letter_key
+from connectors.kafka.settings import KafkaSettings
 from connectors.kafka.sink import Record, TopicSink
 from connectors.kafka.source import KafkaBatchSource
 from connectors.kafka.topics import delete_topics, read_to_end, topics_named
@@ -163,14 +164,14 @@ def _bar_record(bar: Bar) -> Record:
 def bar_flow(s: Settings, detection: DetectionSettings, tally: Tally) -> Dataflow:
     """The live bar flow's partition step between the backfill's trades topic and its sinks."""
     flow = Dataflow("backfill_ohlcv")
-    source = KafkaBatchSource(s.kafka_bootstrap_servers, [s.topic_trades], start="earliest", tail=False,
+    source = KafkaBatchSource(s, [s.topic_trades], start="earliest", tail=False,
                               batch_size=s.kafka_batch_size)  # fmt: skip
     out = partition_bars(op.input("ticks", flow, source), s, detection)
     op.output("final_bars", out.final_bars, backfill_bar_sink(s, tally))
     if detection.bar_detection_on():
-        op.output("bars_topic", out.final_bars, TopicSink(s.kafka_bootstrap_servers, s.topic_bars, _bar_record))
+        op.output("bars_topic", out.final_bars, TopicSink(s, s.topic_bars, _bar_record))
     letters = op.key_on("dead_letters_by_partition", out.dead_letters, letter_key)
-    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter))
     if detection.enabled and detection.highlow.enabled:
         op.output("highs_and_lows", out.highs_and_lows, backfill_event_sink(s))
     return flow  # live bars and health stay in the flow: their lines are logged, nothing is published
@@ -179,13 +180,13 @@ def bar_flow(s: Settings, detection: DetectionSettings, tally: Tally) -> Dataflo
 def detection_flow(s: Settings, detection: DetectionSettings) -> Dataflow:
     """The live detection flow's steps over the backfill's bars topic."""
     flow = Dataflow("backfill_detection")
-    source = KafkaBatchSource(s.kafka_bootstrap_servers, [s.topic_bars], start="earliest", tail=False,
+    source = KafkaBatchSource(s, [s.topic_bars], start="earliest", tail=False,
                               batch_size=s.kafka_batch_size)  # fmt: skip
     gate = gate_bars("gate", op.input("bars", flow, source), s)
     events = detect_on_bars("detect", gate.bars, s, detection)
     op.output("detection", events, backfill_event_sink(s))
     letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
-    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter))
+    op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter))
     return flow
 
 
@@ -242,17 +243,17 @@ class Report:
         return out
 
 
-def leftover_runs(bootstrap: str, day: date) -> dict[str, list[str]]:
+def leftover_runs(kafka: KafkaSettings, day: date) -> dict[str, list[str]]:
     """Topics of earlier runs of `day` that did not finish (their trades topic is still there), by run id."""
     prefix = f"{PREFIX}.{day.isoformat()}."
-    topics = topics_named(bootstrap, prefix)
+    topics = topics_named(kafka, prefix)
     unfinished = {t[len(prefix) :].split(".", 1)[0] for t in topics if t.endswith(".trades")}
     return {run: [t for t in topics if t.startswith(f"{prefix}{run}.")] for run in sorted(unfinished)}
 
 
 def _dead_letters(s: Settings) -> list[DeadLetter]:
     out = []
-    for m in read_to_end(s.kafka_bootstrap_servers, s.topic_dead_letter):
+    for m in read_to_end(s, s.topic_dead_letter):
         headers = cast(list[tuple[str, bytes | None]], m.headers() or [])  # confluent-kafka's are (str, bytes) pairs
         h = {k: (v or b"").decode("utf-8", "replace") for k, v in headers}
         out.append(DeadLetter(h.get(KIND, "?"), h.get(REASON, ""), h.get(SOURCE_TOPIC, ""), h.get(SOURCE_OFFSET, "")))
@@ -295,11 +296,11 @@ def backfill(
     around = tables.surroundings(live.database_url)
     check_day(day, live, around, now())
     s = backfill_settings(live, day, run_id)
-    leftovers = leftover_runs(s.kafka_bootstrap_servers, day)
+    leftovers = leftover_runs(s, day)
     if leftovers:
         names = ", ".join(t for topics in leftovers.values() for t in topics)
         if delete_leftovers:
-            delete_topics(s.kafka_bootstrap_servers, [t for topics in leftovers.values() for t in topics])
+            delete_topics(s, [t for topics in leftovers.values() for t in topics])
             say(f"deleted the topics of unfinished earlier runs of {day.isoformat()}: {names}")
         else:
             say(f"earlier runs of {day.isoformat()} did not finish; their topics are still there ({names}): "
@@ -334,10 +335,10 @@ def backfill(
         keep = [s.topic_dead_letter] if report.dead_letters else []
         report.kept_topic = keep[0] if keep else None
         try:  # as far as their creation got
-            ours = topics_named(s.kafka_bootstrap_servers, f"{PREFIX}.{day.isoformat()}.{run_id}.")
+            ours = topics_named(s, f"{PREFIX}.{day.isoformat()}.{run_id}.")
         except KafkaUnavailable:
             ours = s.topics()
-        deleted = delete_topics(s.kafka_bootstrap_servers, [t for t in ours if t not in keep])
+        deleted = delete_topics(s, [t for t in ours if t not in keep])
         failed = {t: why for t, why in deleted.items() if why}
         if failed:
             say(f"could not delete topics {failed}")

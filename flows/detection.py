@@ -44,7 +44,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     start_monitoring(s, "detection")
     flow = Dataflow("detection")
     source = KafkaBatchSource(
-        s.kafka_bootstrap_servers, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,
+        s, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,
         ready_max_lag=s.ready_max_lag_messages,
     )  # fmt: skip
     parts = len(source.list_parts())  # a sink partition per input partition, spread over the workers
@@ -52,5 +52,5 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     events = detect_on_bars("detect", gate.bars, s, detection)
     op.output("detection", events, event_sink(s, parts=parts))
     letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
-    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter, parts))
+    op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter, parts))
     return flow

@@ -45,7 +45,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     start_monitoring(s, "ohlcv")
     flow = Dataflow("ohlcv")
     source = KafkaBatchSource(
-        s.kafka_bootstrap_servers, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,
+        s, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,
         ready_max_lag=s.ready_max_lag_messages,
     )  # fmt: skip
     # One sink partition per input partition: Bytewax spreads them over the workers, so in a
@@ -54,9 +54,9 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     out = partition_bars(op.input("ticks", flow, source), s, d)
     op.output("final_bars", out.final_bars, final_bar_sink(s, parts))
     op.output("live_bars", out.live_bars, live_bar_sink(s))
-    op.output("bars_topic", out.final_bars, TopicSink(s.kafka_bootstrap_servers, s.topic_bars, _bar_record, parts))
+    op.output("bars_topic", out.final_bars, TopicSink(s, s.topic_bars, _bar_record, parts))
     letters = op.key_on("dead_letters_by_partition", out.dead_letters, letter_key)
-    op.output("dead_letters", letters, dead_letter_sink(s.kafka_bootstrap_servers, s.topic_dead_letter, parts))
+    op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter, parts))
     status = op.merge("health_and_errors", out.health, op.map("errors", out.dead_letters, error_record))
     op.output("status", status, status_sink(s))
     if d.enabled and d.highlow.enabled:

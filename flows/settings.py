@@ -65,11 +65,12 @@ class Settings(OutputSettings, OpsSettings):
 
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables, for starting another process with them."""
+        kafka = {"kafka_properties", "kafka_secret_files", "kafka_properties_file"}  # as their own variables
         return {
             name.upper(): (str(value).lower() if isinstance(value, bool) else str(value))
-            for name, value in self.model_dump().items()
+            for name, value in self.model_dump(exclude=kafka).items()
             if value is not None
-        }
+        } | self.kafka_env()
 
     def max_jump_ms(self) -> int:
         """How far one event may move a partition's watermark at once (see WATERMARK_MAX_JUMP_S)."""

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from pydantic import ValidationError
 
 from connectors.kafka.admin import admin_client
+from connectors.kafka.settings import KafkaSettings
+from connectors.settings import SettingsError, load
 from connectors.unavailable import ServiceUnavailable
 
 RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
@@ -51,12 +52,12 @@ def endpoints(bootstrap: str) -> list[tuple[str, int]]:
     return pairs
 
 
-def kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """True when a broker answers a metadata request (not merely accepts TCP)."""
-    if not any(_port_open(host, port) for host, port in endpoints(bootstrap)):
+def kafka_answers(settings: KafkaSettings, timeout_s: float = 3.0) -> bool:
+    """True when a broker answers a metadata request (not merely accepts TCP), with the settings' properties."""
+    if not any(_port_open(host, port) for host, port in endpoints(settings.kafka_bootstrap_servers)):
         return False  # skip librdkafka's retries when nothing listens
     try:
-        admin_client(bootstrap).list_topics(timeout=timeout_s)
+        admin_client(settings).list_topics(timeout=timeout_s)
     except KafkaException:
         return False
     return True
@@ -93,15 +94,23 @@ def _log_tail(lines: int = 15) -> str:
         return "(no log)"
 
 
-def start(bootstrap: str, timeout_s: float = 20.0) -> bool:
-    """Make `bootstrap` answer. True when this call started Tansu, False when a broker already answered."""
-    if kafka_answers(bootstrap):
+def start(settings: KafkaSettings, timeout_s: float = 20.0) -> bool:
+    """Make the settings' broker answer. True when this call started Tansu, False when a broker already answered.
+
+    Tansu here speaks plaintext only (its TLS and SASL do not work in this build: docs/kafka.md), so
+    a broker that needs KAFKA_PROPERTY_* security settings is never started, only used."""
+    bootstrap = settings.kafka_bootstrap_servers
+    if kafka_answers(settings):
         ours = _our_pid()
         print(f"broker: Kafka at {bootstrap} answers{f' (our Tansu, pid {ours})' if ours else ''}; using it")
         return False
     pairs = endpoints(bootstrap)
     remote = [f"{h}:{p}" for h, p in pairs if h not in LOOPBACK]
-    if remote or len(pairs) != 1:
+    if (
+        remote
+        or len(pairs) != 1
+        or settings.client_properties("admin").get("security.protocol", "plaintext").lower() != "plaintext"
+    ):
         raise BrokerError(
             f"Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer. Start that broker, or unset "
             "KAFKA_BOOTSTRAP_SERVERS (or set one loopback host:port) to run a local Tansu broker."
@@ -127,7 +136,7 @@ def start(bootstrap: str, timeout_s: float = 20.0) -> bool:
         if (process.poll() is not None) if process else (_our_pid() != pid):
             PIDFILE.unlink(missing_ok=True)
             raise BrokerError(f"Tansu exited during start-up; last lines of {LOGFILE}:\n{_log_tail()}")
-        if kafka_answers(bootstrap, timeout_s=1.0):
+        if kafka_answers(settings, timeout_s=1.0):
             print(f"broker: Tansu at {host}:{port} answers")
             return True
         time.sleep(0.25)
@@ -182,12 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            from flows.settings import Settings
-
-            start(Settings().kafka_bootstrap_servers, timeout_s=args.timeout)
+            start(load(KafkaSettings), timeout_s=args.timeout)
         else:
             stop()
-    except (BrokerError, ValidationError) as exc:
+    except (BrokerError, SettingsError) as exc:
         print(f"error: broker: {exc}", file=sys.stderr)
         return 1
     return 0

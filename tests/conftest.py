@@ -17,9 +17,9 @@ from contextlib import ExitStack, contextmanager
 import psycopg
 import pytest
 import redis
-from confluent_kafka.admin import AdminClient
 from hypothesis import settings as hypothesis_settings
 
+from connectors.kafka import clients
 from flows.settings import Settings
 from tests.support.databases import KINDS, Storage, empty_timescale, migrate_timescale, start_timescale
 from tests.support.services import TEST_DATABASE_URL, ChannelRecorder, base_settings, create_topics
@@ -34,7 +34,7 @@ hypothesis_settings.load_profile("tickstock")
 @pytest.fixture(scope="session")
 def services() -> None:
     s = Settings()
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    admin = clients.admin(s)
     try:
         admin.list_topics(timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure here means the same thing

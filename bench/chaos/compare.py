@@ -24,6 +24,7 @@ import orjson
 import psycopg
 
 from bench.chaos.live import Record
+from connectors.kafka.settings import KafkaSettings
 
 VALID_LABELS = frozenset({"trade", "out_of_order", "late", "duplicate"})
 FIELDS = ("open", "high", "low", "close", "volume", "vwap", "trades")
@@ -135,12 +136,14 @@ def detection_ok(report: dict[str, Any]) -> bool:
     return all(t["missing"] == 0 and t["extra"] == 0 and t["different"] == 0 for t in report.values())
 
 
-def _messages(bootstrap: str, topic: str, partitions: int | None, timeout_s: float) -> Iterator[Any]:
+def _messages(kafka: KafkaSettings, topic: str, partitions: int | None, timeout_s: float) -> Iterator[Any]:
     """Every message of `topic` from its start to its end (all partitions, or the first `partitions`)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-read", "enable.partition.eof": True,
-                         "enable.auto.commit": False, "fetch.max.bytes": 52_428_800})  # fmt: skip
+    from connectors.kafka import clients
+
+    consumer = clients.consumer(kafka, {"group.id": "chaos-read", "enable.partition.eof": True,
+                                        "enable.auto.commit": False, "fetch.max.bytes": 52_428_800})  # fmt: skip
     try:
         numbers = (
             range(partitions)
@@ -161,16 +164,16 @@ def _messages(bootstrap: str, topic: str, partitions: int | None, timeout_s: flo
 
 
 def read_dead_letters(
-    bootstrap: str, topic: str, partitions: int, timeout_s: float = 20.0
+    kafka: KafkaSettings, topic: str, partitions: int, timeout_s: float = 20.0
 ) -> list[tuple[dict[str, str], bytes | None]]:
     """Every dead letter on `topic`: its headers (text) and value."""
     return [
         ({k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}, m.value())
-        for m in _messages(bootstrap, topic, partitions, timeout_s)
+        for m in _messages(kafka, topic, partitions, timeout_s)
     ]
 
 
-def settle_deliveries(bootstrap: str, records: list[Record], timeout_s: float = 20.0) -> int:
+def settle_deliveries(kafka: KafkaSettings, records: list[Record], timeout_s: float = 20.0) -> int:
     """Give each record whose delivery report failed or never came the place the broker gave it.
 
     Across an outage a producer may lose the broker's answer to a write that did land (the
@@ -186,7 +189,7 @@ def settle_deliveries(bootstrap: str, records: list[Record], timeout_s: float = 
     known = {(r.topic, r.partition, r.offset) for r in records if r.offset is not None}
     settled = 0
     for topic in sorted({t for t, _, _ in pending}):
-        for m in _messages(bootstrap, topic, None, timeout_s):
+        for m in _messages(kafka, topic, None, timeout_s):
             waiting = pending.get((topic, m.key(), m.value()))
             if waiting and (topic, m.partition(), m.offset()) not in known:
                 record = waiting.pop(0)

@@ -30,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import redis
 
+from connectors.kafka.settings import KafkaSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 BAR_FLOW = "flows.ohlcv:build_flow()"
 DETECTION_FLOW = "flows.detection:build_flow()"
@@ -80,13 +82,13 @@ class Record:
 class Feeder(threading.Thread):
     """Publishes `records` paced to the wall clock (each at its `due_s`), recording where each landed."""
 
-    def __init__(self, bootstrap: str, records: list[Record]) -> None:
+    def __init__(self, kafka: KafkaSettings, records: list[Record]) -> None:
         super().__init__(name="feeder", daemon=True)
-        from confluent_kafka import Producer
+        from connectors.kafka import clients
 
         self.records = records
-        self.producer = Producer({
-            "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+        self.producer = clients.producer(kafka, {
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5,
             "message.timeout.ms": 0,  # retry until the broker is back, however long an outage lasts
             "message.max.bytes": 2_000_000,
             "log_level": 0,  # an outage is the point here: no line per failed connect

@@ -51,6 +51,7 @@ from bench.chaos.live import (
     with_port,
 )
 from bench.chaos.mutate import YEAR_2099_MS, YEAR_10000_MS, Raw, deep, dumps
+from connectors.kafka.settings import KafkaSettings
 from tests.support.proxy import start_tansu
 
 MINUTE_MS = 60_000
@@ -441,7 +442,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
             database_url=database_url, redis_url=redis_url, kafka_tail=True, kafka_start="earliest", **overrides,
         )  # fmt: skip
         ensure_topics(settings)
-        stack.callback(_delete_topics, bootstrap if spec.fault != "broker" else None, settings.topics(), log)
+        stack.callback(_delete_topics, settings if spec.fault != "broker" else None, settings.topics(), log)
         stack.callback(_delete_history, env.redis_url, ns, log)
         truncate(env.database_url)
 
@@ -471,7 +472,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         started = time.monotonic()
         supervisor = Supervisor(flows, started)
         supervisor.start()
-        feeder = Feeder(bootstrap, records)
+        feeder = Feeder(settings, records)
         monitor = RecoveryMonitor(env.database_url, feeder, int(settings.bar_close_delay_s * 1000), True,
                                   profile.drain_timeout_s, since)  # fmt: skip
         monitor.start()
@@ -485,7 +486,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
         feed_end = time.monotonic()
         if feeder.failure or feeder.unflushed:
             out.problems.append(f"feeder: {feeder.failure or ''} {feeder.unflushed} records unflushed".strip())
-        out.settled_deliveries = compare.settle_deliveries(bootstrap, records)
+        out.settled_deliveries = compare.settle_deliveries(settings, records)
         expected = compare.oracle_bars(records)
         out.caught_up_after_feed_s = _drain(env.database_url, expected, recorder, profile, feed_end, since)
         monitor.stop_event.set()
@@ -505,7 +506,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
             setattr(out, name, report[name])
         out.bar_examples = report["bar_examples"]
         out.redis = compare.compare_redis(dict(recorder.newest().items()), written) | {"recorder": asdict(recorder.stats)}
-        letters = compare.read_dead_letters(bootstrap, settings.topic_dead_letter, settings.topic_partitions)
+        letters = compare.read_dead_letters(settings, settings.topic_dead_letter, settings.topic_partitions)
         dlq = compare.check_dead_letters(records, letters)
         out.dead_letters, out.dead_letters_expected = dlq.pop("dead_letters"), dlq.pop("dead_letters_expected")
         out.dead_letter_details = dlq
@@ -664,7 +665,7 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
     try:
         truncate(env.baseline_database_url)
         seed_history(env.baseline_database_url, records, start_ms, history_bars)
-        producer, delivery = make_producer(env.bootstrap, idempotent=True)
+        producer, delivery = make_producer(base, idempotent=True)
         for r in records:
             if r.offset is None:
                 continue  # never reached the live run's broker either
@@ -681,7 +682,7 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
         with psycopg.connect(env.baseline_database_url, autocommit=True) as conn:
             return compare.table_bars(conn, since), compare.detection_rows(conn)
     finally:
-        _delete_topics(env.bootstrap, base.topics(), log)
+        _delete_topics(base, base.topics(), log)
         _delete_history(env.redis_url, ns + "b", log)
 
 
@@ -716,14 +717,14 @@ def _problems(out: Outcome, windows: list[Window]) -> list[str]:
     return problems
 
 
-def _delete_topics(bootstrap: str | None, topics: list[str], log: Callable[[str], None]) -> None:
-    if bootstrap is None:
+def _delete_topics(kafka: KafkaSettings | None, topics: list[str], log: Callable[[str], None]) -> None:
+    if kafka is None:
         return  # a private broker: gone with its process
     from confluent_kafka import KafkaException
 
     from connectors.kafka.admin import admin_client
 
-    admin = admin_client(bootstrap)  # kept alive until every future resolved
+    admin = admin_client(kafka)  # kept alive until every future resolved
     for topic, future in admin.delete_topics(topics, operation_timeout=10).items():
         try:
             future.result(15)

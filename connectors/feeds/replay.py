@@ -69,7 +69,7 @@ def replay(
     s = settings or load(KafkaSettings)
     topics = {"trades": s.topic_trades, "quotes": s.topic_quotes, "minute_aggs": s.topic_minute_aggs}
     files = [(path, k, flat_file(path, k)) for path in paths for k in [kind or kind_of(path)]]
-    producer, delivery = make_producer(s.kafka_bootstrap_servers, idempotent=True)
+    producer, delivery = make_producer(s, idempotent=True)
     dead: Counter[str] = Counter()
 
     def dead_letter(value: bytes, why: str, source: str, row: int | None, key: str | None, dead_kind: str) -> None:

@@ -21,6 +21,7 @@ import time
 
 from bytewax.connectors.kafka import KafkaSinkMessage
 
+from connectors.kafka.settings import KafkaSettings
 from connectors.kafka.sink import Record, TopicSink
 from connectors.kafka.source import RawBatch
 from connectors.monitoring.metrics import DEAD_LETTERS
@@ -94,9 +95,9 @@ def headers(message: KafkaSinkMessage[bytes, bytes]) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in message.headers}
 
 
-def dead_letter_sink(bootstrap: str, topic: str, parts: int = 1) -> TopicSink[KafkaSinkMessage[bytes, bytes]]:
+def dead_letter_sink(kafka: KafkaSettings, topic: str, parts: int = 1) -> TopicSink[KafkaSinkMessage[bytes, bytes]]:
     """Dead letters (keyed by their source partition) onto `topic`, delivered before the epoch commits."""
-    return TopicSink(bootstrap, topic, _record, parts)
+    return TopicSink(kafka, topic, _record, parts)
 
 
 def _record(letter: KafkaSinkMessage[bytes, bytes]) -> Record:

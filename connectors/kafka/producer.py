@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from connectors.kafka import clients
+from connectors.kafka.settings import KafkaSettings
+
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message, Producer
 
 
-def producer_config(bootstrap: str, idempotent: bool) -> dict[str, object]:
-    """Throughput settings: small linger, big lz4 batches; idempotent acks=all unless disabled."""
+def producer_config(idempotent: bool) -> dict[str, object]:
+    """Throughput settings: small linger, big lz4 batches; idempotent acks=all unless disabled (the
+    tuning is overridable by KAFKA_PROPERTY_*, the rest protected: connectors.kafka.properties)."""
     return {
-        "bootstrap.servers": bootstrap,
         "linger.ms": 10,
         "batch.size": 1_000_000,
         "batch.num.messages": 10_000,
@@ -51,14 +54,12 @@ class Delivery:
             self.fatal = str(err)
 
 
-def make_producer(bootstrap: str, idempotent: bool) -> tuple[Producer, Delivery]:
-    """A producer and the callback that counts its delivery failures (KafkaException if the
-    configuration is refused)."""
-    from confluent_kafka import Producer
-
+def make_producer(kafka: KafkaSettings, idempotent: bool) -> tuple[Producer, Delivery]:
+    """A producer with `kafka`'s properties and the callback that counts its delivery failures
+    (KafkaException if the configuration is refused)."""
     delivery = Delivery()
     callbacks = {"on_delivery": delivery, "error_cb": delivery.on_client_error}
-    return Producer(producer_config(bootstrap, idempotent) | callbacks), delivery
+    return clients.producer(kafka, producer_config(idempotent) | callbacks), delivery
 
 
 def produce_when_room(producer: Producer, topic: str, key: bytes, value: bytes) -> None:

@@ -34,6 +34,8 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter
 
+from connectors.kafka import clients
+from connectors.kafka.settings import KafkaSettings
 from connectors.monitoring.metrics import SINK_BATCH_SECONDS, SINK_RECORDS
 from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 
@@ -57,8 +59,8 @@ _MAX_BACKOFF_S = 5.0
 class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
     """One producer onto one topic (the sink partition of `TopicSink`, also usable on its own): `write_batch`, then `snapshot` waits for delivery."""
 
-    def __init__(self, bootstrap: str, topic: str, encode: Callable[[X], Record]) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaSettings, topic: str, encode: Callable[[X], Record]) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._encode = encode
         self._fatal: KafkaError | None = None
@@ -70,16 +72,16 @@ class TopicWriter(StatefulSinkPartition[X, None], Generic[X]):
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
-        return Producer(
+        return clients.producer(
+            self._kafka,
             {
-                "bootstrap.servers": self._bootstrap,
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 5,
+                "linger.ms": 5,  # tuning: KAFKA_PROPERTY_LINGER_MS overrides it; the others are protected
                 "message.timeout.ms": 0,  # no deadline: while Kafka is down, the epoch boundary waits
                 "delivery.report.only.error": True,
                 "error_cb": self._client_error,
-            }
+            },
         )
 
     def _client_error(self, err: KafkaError) -> None:
@@ -183,12 +185,12 @@ class TopicSink(FixedPartitionedSink[X, None]):
     producer) picks the topic partition.
     """
 
-    def __init__(self, bootstrap: str, topic: str, encode: Callable[[X], Record], parts: int = 1) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaSettings, topic: str, encode: Callable[[X], Record], parts: int = 1) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._encode = encode
         self._parts = part_names(topic, parts)
-        self._writers: PerWorker[X] = PerWorker(lambda: TopicWriter(bootstrap, topic, encode))
+        self._writers: PerWorker[X] = PerWorker(lambda: TopicWriter(kafka, topic, encode))
 
     def list_parts(self) -> list[str]:
         return list(self._parts)

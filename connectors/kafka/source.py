@@ -31,10 +31,12 @@ from typing import NamedTuple, cast
 
 import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge
 
+from connectors.kafka import clients
 from connectors.kafka.admin import list_partitions
+from connectors.kafka.settings import KafkaSettings
 from connectors.monitoring.readiness import READINESS
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,8 @@ _stats_decoder = msgspec.json.Decoder(_Stats)
 
 class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
-        self, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool, start: int,
-        ready_max_lag: int = 10_000,
+        self, kafka: KafkaSettings, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool,
+        start: int, ready_max_lag: int = 10_000,
     ) -> None:  # fmt: skip
         self._topic = topic
         self._partition = partition
@@ -133,8 +135,8 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         self._beyond_end = 0
         self._last_caught_up = 0.0
         self._errors_logged: dict[int, float] = {}
-        self._consumer = Consumer(
-            config | {"statistics.interval.ms": _STATS_INTERVAL_MS, "stats_cb": self._on_stats, "error_cb": self._on_error}
+        self._consumer = clients.consumer(
+            kafka, config | {"statistics.interval.ms": _STATS_INTERVAL_MS, "stats_cb": self._on_stats, "error_cb": self._on_error}
         )
         self._consumer.assign([TopicPartition(topic, partition, offset)])
 
@@ -281,13 +283,14 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
     """Every partition of `topics`; each item is one `RawBatch`.
 
+    Every consumer is built from `kafka` (its bootstrap servers and librdkafka properties).
     `start` applies without recovery state, and when a partition's offset is no longer on the
     broker. `tail=False` ends the input at the end of each partition (replays, tests, benchmarks).
     """
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaSettings,
         topics: list[str],
         *,
         start: str = "earliest",
@@ -296,7 +299,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         config: dict | None = None,
         ready_max_lag: int = 10_000,
     ) -> None:
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._topics = topics
         self._start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
         self._tail = tail
@@ -309,7 +312,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self._built = False
 
     def list_parts(self) -> list[str]:
-        parts = [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
+        parts = [f"{topic}#{p}" for topic, p in list_partitions(self._kafka, self._topics)]
         # A process of a cluster may own none of them: then nothing else will say so.
         timer = threading.Timer(_NO_PARTITION_AFTER_S, self._owns_none)
         timer.daemon = True
@@ -324,9 +327,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self._built = True  # the partition's own condition ("not caught up yet") holds readiness from here
         READINESS.set(self._ready_name, True, "reading")
         topic, _, partition = for_part.rpartition("#")
+        # What the deployment's properties may override (KAFKA_PROPERTY_*) and what they may not
+        # (connectors.kafka.properties.PROTECTED: the commit, the offset reset, EOF, statistics).
         config = {
-            "bootstrap.servers": self._bootstrap,
-            "group.id": "tickstock-ignored",  # offsets live in bytewax recovery state
+            "group.id": "tickstock-ignored",  # offsets live in bytewax recovery state; never joined (assign only)
             "enable.auto.commit": False,
             "enable.partition.eof": not self._tail,
             # An offset that is gone is our decision (see _reposition), never librdkafka's silent reset.
@@ -341,5 +345,5 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         }
         offset = self._start if resume_state is None else resume_state
         return _BatchPartition(
-            config, topic, int(partition), offset, self._batch_size, self._tail, self._start, self._ready_max_lag
+            self._kafka, config, topic, int(partition), offset, self._batch_size, self._tail, self._start, self._ready_max_lag
         )

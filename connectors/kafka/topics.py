@@ -10,26 +10,28 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from connectors.kafka import clients
 from connectors.kafka.admin import KafkaUnavailable, admin_client
+from connectors.kafka.settings import KafkaSettings
 
 
-def topics_named(bootstrap: str, prefix: str, timeout_s: float = 10.0) -> list[str]:
+def topics_named(kafka: KafkaSettings, prefix: str, timeout_s: float = 10.0) -> list[str]:
     """The broker's topics whose names start with `prefix`."""
     try:
-        topics = admin_client(bootstrap).list_topics(timeout=timeout_s).topics
+        topics = admin_client(kafka).list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
-        raise KafkaUnavailable(f"Kafka at {bootstrap} does not answer ({exc}); run `make broker`") from exc
+        raise KafkaUnavailable(f"Kafka at {kafka.kafka_bootstrap_servers} does not answer ({exc}); run `make broker`") from exc
     return sorted(t for t in topics if t.startswith(prefix))
 
 
-def delete_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 15.0) -> dict[str, str | None]:
+def delete_topics(kafka: KafkaSettings, topics: Iterable[str], timeout_s: float = 15.0) -> dict[str, str | None]:
     """Delete `topics`; per topic None when deleted, else what the broker said."""
     names = list(topics)
     if not names:
         return {}
-    admin = admin_client(bootstrap)  # kept alive until every future resolved
+    admin = admin_client(kafka)  # kept alive until every future resolved
     outcome: dict[str, str | None] = {}
     for topic, future in admin.delete_topics(names, operation_timeout=timeout_s).items():
         try:
@@ -40,15 +42,14 @@ def delete_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 15.0
     return outcome
 
 
-def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[Message]:
+def read_to_end(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> Iterator[Message]:
     """Every message `topic` holds now, partition by partition; KafkaUnavailable if the broker
     does not deliver them within `timeout_s`."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}", "enable.auto.commit": False,
-                         "enable.partition.eof": True})  # fmt: skip
+    consumer = clients.consumer(kafka, {"group.id": f"read-{topic}", "enable.auto.commit": False, "enable.partition.eof": True})
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:
-            raise KafkaUnavailable(f"Kafka topic {topic!r} does not exist on {bootstrap}")
+            raise KafkaUnavailable(f"Kafka topic {topic!r} does not exist on {kafka.kafka_bootstrap_servers}")
         starts, ends = {}, {}
         for p in sorted(meta.partitions):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)

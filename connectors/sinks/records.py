@@ -146,7 +146,7 @@ class Refusals:
         letters, self._letters = self._letters, []
         if self._writer is None:
             s = self._settings
-            self._writer = TopicWriter(s.kafka_bootstrap_servers, s.topic_dead_letter, _letter_record)
+            self._writer = TopicWriter(s, s.topic_dead_letter, _letter_record)
         self._writer.write_batch(letters)
         self._writer.snapshot()
         if publisher is None:

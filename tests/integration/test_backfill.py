@@ -29,6 +29,7 @@ from polars.testing import assert_frame_equal
 
 from connectors.feeds.synthetic import generate
 from connectors.feeds.synthetic.config import DEFAULT_START_MS, FeedEvent
+from connectors.kafka.settings import KafkaSettings
 from connectors.kafka.topics import delete_topics, read_to_end, topics_named
 from flows.backfill import Report, backfill, main
 from flows.detect.settings import DetectionSettings
@@ -96,8 +97,8 @@ def latest(conn: psycopg.Connection) -> dict[str, datetime]:
     return dict(conn.execute("SELECT symbol, timestamp FROM latest_bars").fetchall())  # type: ignore[arg-type]
 
 
-def no_topics_left(bootstrap: str) -> None:
-    assert topics_named(bootstrap, f"backfill.{DAY.isoformat()}.") == []
+def no_topics_left(kafka: KafkaSettings) -> None:
+    assert topics_named(kafka, f"backfill.{DAY.isoformat()}.") == []
 
 
 def sentinels(events: list[FeedEvent], after_ms: int) -> list[FeedEvent]:
@@ -172,14 +173,14 @@ def test_a_day_backfilled_while_the_live_flow_runs(settings: Settings, db: psyco
     detected = {t: db.execute(f"SELECT count(*) FROM {t} WHERE timestamp < %s", (LIVE_DAY,))
                 .fetchone()[0] for t in ("events", "indicator_values")}  # type: ignore[index]  # fmt: skip
     assert all(n > 0 for n in detected.values()), detected
-    no_topics_left(settings.kafka_bootstrap_servers)
+    no_topics_left(settings)
 
     tables = ("ohlcv_1min", "events", "indicator_values", "alerts", "latest_bars")
     versions = xmins(db, tables)
     again = run_backfill(settings, root, detection=DetectionSettings())
     assert (again.tally.inserted, again.tally.corrected, again.tally.unchanged) == (0, 0, report.tally.bars)
     assert xmins(db, tables) == versions, "a second run rewrote rows"
-    no_topics_left(settings.kafka_bootstrap_servers)
+    no_topics_left(settings)
 
 
 def test_over_bars_the_live_flow_wrote_equal_ones_stay_and_different_ones_are_corrected(
@@ -229,7 +230,7 @@ def test_over_bars_the_live_flow_wrote_equal_ones_stay_and_different_ones_are_co
     assert (again.tally.inserted, again.tally.corrected, again.tally.unchanged) == (0, 0, bars)
     assert xmins(storage.conn, ("ohlcv_1min", "latest_bars")) == versions, "a second run rewrote rows"
     storage.release()
-    no_topics_left(live.kafka_bootstrap_servers)
+    no_topics_left(live)
 
 
 def test_continuous_aggregates_are_refreshed_over_the_day(services: None, fresh_timescale: str, tmp_path: Path) -> None:
@@ -253,15 +254,15 @@ def test_continuous_aggregates_are_refreshed_over_the_day(services: None, fresh_
 
 
 @pytest.fixture
-def command_env(services: None, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The command's environment: the test database, no Redis; returns the broker."""
+def command_env(services: None, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> KafkaSettings:
+    """The command's environment: the test database, no Redis; returns its Kafka settings."""
     monkeypatch.setenv("DATABASE_URL", TEST_DATABASE_URL)
     monkeypatch.setenv("REDIS_URL", NO_REDIS)
-    return Settings().kafka_bootstrap_servers
+    return Settings()
 
 
 def test_bad_rows_go_to_the_backfills_dead_letters_with_file_row_and_reason(
-    command_env: str, db: psycopg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command_env: KafkaSettings, db: psycopg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     values = day_trades(seconds=120)
     header, *rows = gzip.decompress(write_trades_flat_file(tmp_path / "good.csv.gz", values).read_bytes()).decode().splitlines()
@@ -294,7 +295,7 @@ def test_bad_rows_go_to_the_backfills_dead_letters_with_file_row_and_reason(
 
 
 def test_a_day_or_symbols_the_files_do_not_hold_are_precise_errors(
-    command_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command_env: KafkaSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = flat_files(tmp_path / "flat", day_trades(seconds=60))
     flat_files(root, day_trades(seconds=60), day=date(2026, 11, 4))
@@ -329,7 +330,7 @@ def test_a_day_or_symbols_the_files_do_not_hold_are_precise_errors(
 
 
 def test_a_stopped_backfill_deletes_its_topics_and_a_killed_ones_are_named_then_deleted(
-    command_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command_env: KafkaSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SIGTERM mid-run: exit 130, no topic left. Topics of a run killed with -9 (made here by hand):
     the next run names them, --delete-leftovers deletes them. ~15 s (a process start)."""

@@ -18,10 +18,10 @@ import pytest
 import redis
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
-from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from connectors.feeds.synthetic import DEFAULT_START_MS
+from connectors.kafka import clients
 from connectors.kafka.dead_letter import MAX_VALUE_BYTES
 from connectors.kafka.source import KafkaBatchSource
 from connectors.redis.history import History, HistoryLimits
@@ -46,7 +46,7 @@ def trade(sym: str, t: int, p: float = 10.0, s: int = 100, **extra: object) -> d
 
 
 def produce(settings, records: list[tuple[bytes, bytes | None]], topic: str | None = None) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "message.max.bytes": 4_000_000})
+    producer = clients.producer(settings, {"message.max.bytes": 4_000_000})
     for key, value in records:
         producer.produce(topic or settings.topic_trades, value, key)
     assert producer.flush(30) == 0
@@ -286,7 +286,7 @@ def test_redis_refusals_are_waited_out_and_every_message_published_once(fault, t
 def test_an_offset_no_longer_on_the_broker_resumes_where_kafka_start_says_and_is_counted(settings):
     produce(settings, [(b"k", b"x%d" % i) for i in range(10)])
     partition = next(m.partition() for m in read_topic(settings, settings.topic_trades))
-    source = KafkaBatchSource(settings.kafka_bootstrap_servers, [settings.topic_trades], start="earliest", tail=True)
+    source = KafkaBatchSource(settings, [settings.topic_trades], start="earliest", tail=True)
     part = source.build_part("ticks", f"{settings.topic_trades}#{partition}", 500)  # as if resumed from a store
     labels = {"topic": settings.topic_trades, "partition": str(partition), "start": "earliest"}
     got: list[bytes | None] = []

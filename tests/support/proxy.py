@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -22,10 +23,15 @@ from concurrent.futures import Future
 
 
 class KafkaProxy:
-    """Forwards 127.0.0.1:`port` to 127.0.0.1:`target_port` from its own thread and event loop."""
+    """Forwards 127.0.0.1:`port` to 127.0.0.1:`target_port` from its own thread and event loop.
 
-    def __init__(self, port: int, target_port: int) -> None:
+    With `tls`, clients speak TLS to the proxy, which terminates it (as a TLS load balancer in front
+    of a broker would): how the tests reach a plaintext-only test broker over TLS.
+    """
+
+    def __init__(self, port: int, target_port: int, tls: ssl.SSLContext | None = None) -> None:
         self.port = port
+        self.tls = tls
         self.target_port = target_port
         self.connections = 0  # accepted so far, across cuts
         self._loop = asyncio.new_event_loop()
@@ -64,7 +70,7 @@ class KafkaProxy:
 
     async def _listen(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True, ssl=self.tls)
 
     async def _cut(self) -> None:
         if self._server is not None:

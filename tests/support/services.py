@@ -18,9 +18,10 @@ from collections.abc import Iterable
 import polars as pl
 import psycopg
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from connectors.feeds.synthetic import FeedEvent
+from connectors.kafka import clients
 from connectors.kafka.producer import make_producer
 from flows.settings import Settings
 
@@ -78,7 +79,7 @@ def create_topics(s: Settings) -> None:
 
 def publish(s: Settings, events: Iterable[FeedEvent]) -> int:
     topics = {"trades": s.topic_trades, "quotes": s.topic_quotes, "second_aggs": s.topic_second_aggs}
-    producer, delivery = make_producer(s.kafka_bootstrap_servers, idempotent=True)
+    producer, delivery = make_producer(s, idempotent=True)
     n = 0
     for e in events:
         producer.produce(topics[e.topic_kind], e.value, e.key)
@@ -92,7 +93,7 @@ def publish(s: Settings, events: Iterable[FeedEvent]) -> int:
 
 def read_topic(s: Settings, topic: str, timeout_s: float = 5.0) -> list:
     """Every message of `topic`, by assignment (no consumer-group round trips)."""
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": "tests", "enable.partition.eof": True})
+    consumer = clients.consumer(s, {"group.id": "tests", "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(s.topic_partitions)])
     out, ended = [], set()
     deadline = time.monotonic() + timeout_s

@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 from pydantic import ValidationError
 
 from connectors.backoff import with_backoff
+from connectors.kafka.settings import KafkaSettings
 from connectors.monitoring.logs import configure_logging, reset_logging
 from connectors.monitoring.readiness import READINESS, Readiness
 from connectors.monitoring.server import CannotServe, OpsServer
@@ -145,8 +146,9 @@ def test_a_retrying_dependency_is_not_ready_until_it_succeeds() -> None:
 def test_a_source_partition_is_ready_only_once_its_lag_is_known_and_small() -> None:
     from connectors.kafka.source import _BatchPartition
 
-    config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "unit", "enable.auto.commit": False}
-    part = _BatchPartition(config, "unit.trades", 0, OFFSET_BEGINNING, 100, True, OFFSET_BEGINNING, ready_max_lag=10)
+    kafka = KafkaSettings(kafka_bootstrap_servers="127.0.0.1:1")
+    config = {"group.id": "unit", "enable.auto.commit": False}
+    part = _BatchPartition(kafka, config, "unit.trades", 0, OFFSET_BEGINNING, 100, True, OFFSET_BEGINNING, ready_max_lag=10)
     name = "kafka unit.trades[0]"
 
     def stats(hi: int, position: int, state: str = "UP") -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from connectors.kafka.settings import KafkaSettings
 from connectors.kafka.sink import TopicSink
 from connectors.sinks.parts import MAX_PARTS, part_names
 from connectors.sinks.records import final_bar_sink
@@ -32,6 +33,6 @@ def test_a_count_out_of_bounds_is_refused_with_the_sink_named(count):
 
 
 def test_the_sinks_list_their_partitions():
-    assert TopicSink("127.0.0.1:9092", "stocks.bars", lambda b: (None, b, None), parts=3).list_parts() == [
+    assert TopicSink(KafkaSettings(), "stocks.bars", lambda b: (None, b, None), parts=3).list_parts() == [
         "stocks.bars", "stocks.bars#1", "stocks.bars#2"]  # fmt: skip
     assert final_bar_sink(OutputSettings(), parts=2).list_parts() == ["ohlcv_1min", "ohlcv_1min#1"]

@@ -28,7 +28,7 @@ from connectors.feeds.bridge.relay import Bridge
 from connectors.feeds.bridge.session import BridgeFatal
 from connectors.feeds.bridge.settings import load_settings
 from connectors.feeds.bridge.spool import Spool, SpoolError
-from connectors.kafka.admin import KafkaUnavailable, admin_client
+from connectors.kafka.admin import KafkaUnavailable, reporting_admin
 from connectors.kafka.settings import KafkaSettings
 from connectors.monitoring.logs import configure_logging
 from connectors.monitoring.server import CannotServe
@@ -89,7 +89,7 @@ async def serve(bridge: Bridge, spool: Spool) -> int:
 
 def wait_for_kafka(settings: KafkaSettings, topics: list[str]) -> None:
     """Wait (backing off, forever) until Kafka answers; KafkaUnavailable if topics are missing."""
-    admin = admin_client(settings.kafka_bootstrap_servers)
+    admin, errors = reporting_admin(settings)
     attempt = 0
     while True:
         try:
@@ -99,7 +99,7 @@ def wait_for_kafka(settings: KafkaSettings, topics: list[str]) -> None:
             delay = backoff_s(attempt, 0.5, 30.0)
             attempt += 1
             log.warning("Kafka unreachable at KAFKA_BOOTSTRAP_SERVERS=%r (%s); retrying in %.1f s",
-                        settings.kafka_bootstrap_servers, exc.args[0], delay)  # fmt: skip
+                        settings.kafka_bootstrap_servers, errors.why(admin, exc), delay)  # fmt: skip
             time.sleep(delay)
     missing = [t for t in topics if t not in existing]
     if missing:

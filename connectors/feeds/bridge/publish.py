@@ -33,6 +33,7 @@ from connectors.feeds.bridge.backoff import QUIET_S
 from connectors.feeds.bridge.health import Stats, power_of_two
 from connectors.feeds.bridge.settings import BridgeSettings
 from connectors.feeds.bridge.spool import Record, Spool
+from connectors.kafka import clients
 from connectors.kafka.dead_letter import SHA256, TRUNCATED, letter
 from connectors.kafka.errors import DEAD_LETTER, RENEW, STOP, TAKEN_BACK, judge
 from connectors.kafka.settings import KafkaSettings
@@ -55,6 +56,7 @@ class Publisher:
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self.dead_letter_topic = kafka.topic_dead_letter
+        self.kafka = kafka
         self.bootstrap = kafka.kafka_bootstrap_servers
         # Records out of the producer, to produce again (all of them left the window, so the
         # window bounds them): transient failures, after a backoff; dead letters, at once.
@@ -74,9 +76,9 @@ class Publisher:
         self.spool_files: list[Path] = []  # spool files produced at start, until acknowledged
 
     def _make_producer(self) -> Producer:
-        return Producer(
+        return clients.producer(
+            self.kafka,
             {
-                "bootstrap.servers": self.bootstrap,
                 "enable.idempotence": self.cfg.bridge_idempotence,
                 "acks": "all",
                 "message.timeout.ms": 0,  # no deadline: retry until Kafka is back
@@ -87,7 +89,7 @@ class Publisher:
                 "delivery.report.only.error": True,  # successes cost no Python call; failures come back
                 "on_delivery": self._failed,
                 "error_cb": self._client_error,
-            }
+            },
         )
 
     def _client_error(self, err: KafkaError) -> None:

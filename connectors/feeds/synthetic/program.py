@@ -27,7 +27,7 @@ from connectors.feeds.synthetic.config import (
     FeedEvent,
 )
 from connectors.feeds.synthetic.generator import SyntheticFeed
-from connectors.kafka.admin import KafkaUnavailable, admin_client
+from connectors.kafka.admin import KafkaUnavailable, admin_client, new_topics
 from connectors.kafka.producer import Delivery, make_producer, produce_when_room
 from connectors.kafka.settings import KafkaSettings
 from connectors.settings import SettingsError, load
@@ -87,14 +87,16 @@ def config_from_args(args: argparse.Namespace, start_ms: int) -> FeedConfig:
     )
 
 
-def check_kafka(bootstrap: str, topics: list[str], create: bool, partitions: int) -> None:
-    """Fail fast (KafkaUnavailable with a clear message) if the broker or topics are missing."""
+def check_kafka(settings: KafkaSettings, topics: list[str], create: bool) -> None:
+    """Fail fast (KafkaUnavailable with a clear message) if the broker or topics are missing; with
+    `create`, create the missing ones as the settings lay them out (`connectors.kafka.admin.new_topics`)."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import NewTopic
 
-    admin = admin_client(bootstrap)  # quiet: one clear message, no retry spam
+    bootstrap = settings.kafka_bootstrap_servers
+    admin = admin_client(settings)  # quiet: one clear message, no retry spam
     try:
-        existing = set(admin.list_topics(timeout=5).topics)
+        metadata = admin.list_topics(timeout=5)
+        existing = set(metadata.topics)
     except KafkaException as e:
         raise KafkaUnavailable(f"Kafka unreachable at KAFKA_BOOTSTRAP_SERVERS={bootstrap!r}: {e}") from None
     missing = [t for t in topics if t not in existing]
@@ -102,13 +104,13 @@ def check_kafka(bootstrap: str, topics: list[str], create: bool, partitions: int
         return
     if not create:
         raise KafkaUnavailable(f"missing Kafka topics {missing} at {bootstrap}; create them or pass --create-topics")
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+    futures = admin.create_topics(new_topics(settings, dict.fromkeys(missing), len(metadata.brokers)))
     for topic, future in futures.items():
         try:
             future.result(timeout=10)
         except KafkaException as e:
             raise KafkaUnavailable(f"could not create topic {topic!r}: {e}") from None
-    print(f"created topics {missing} ({partitions} partitions)", file=sys.stderr)
+    print(f"created topics {missing} ({settings.topic_partitions} partitions)", file=sys.stderr)
 
 
 def publish(
@@ -195,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bad options: {e}") from None
     needed = [topics[TRADES]] + [topics[QUOTES]] * (config.quote_ratio > 0) + [topics[SECOND_AGGS]] * config.second_aggs
     try:
-        check_kafka(settings.kafka_bootstrap_servers, needed, args.create_topics, settings.topic_partitions)
+        check_kafka(settings, needed, args.create_topics)
     except KafkaUnavailable as e:
         raise SystemExit(str(e)) from None
     try:
-        producer, delivery = make_producer(settings.kafka_bootstrap_servers, not args.no_idempotence)
+        producer, delivery = make_producer(settings, not args.no_idempotence)
     except KafkaException as e:
         raise SystemExit(f"cannot create Kafka producer: {e}") from None
     feed = iter(SyntheticFeed(config, _wall_ms if args.realtime else None))
