@@ -455,6 +455,7 @@ def test_a_flow_statefulset_is_one_bytewax_cluster_with_a_partition_per_pod(name
     spec = statefulset["spec"]
     replicas = spec["replicas"]
     assert spec["podManagementPolicy"] == "Parallel", "every process of a Bytewax cluster must start"
+    assert spec["updateStrategy"]["type"] == "OnDelete", "a cluster is replaced as a whole, not pod by pod"
     service = by_kind("Service")[spec["serviceName"]]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     (container,) = pod_spec(statefulset)["containers"]
