@@ -20,7 +20,6 @@ BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
 .PHONY: help venv check services broker topics migrate demo test bench bench-queries bench-sink bench-bridge stop \
-	bench-memory bench-migration-locks \
 	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages chaos
 
 help:
@@ -87,6 +86,7 @@ bench-bridge: venv services broker topics migrate
 	$(PY) -m bench.bridge $(BENCH_ARGS)
 
 # Numbers for docs/operations.md (sizing, upgrade locks).
+.PHONY: bench-memory bench-migration-locks
 bench-memory: venv services broker topics migrate
 	$(PY) -m bench.memory $(BENCH_ARGS)
 
