@@ -47,5 +47,5 @@ ENV HOME=/var/lib/tickstock \
     OPS_HOST=0.0.0.0
 VOLUME ["/var/lib/tickstock/recovery/bars", "/var/lib/tickstock/recovery/detection", "/var/lib/tickstock/bridge-spool"]
 # gateway (WebSocket, REST, /healthz, /readyz, /metrics); ops servers of the bridge, the bar flow, the detection flow
-EXPOSE 8765 9400 9500 9600
+EXPOSE 8765 9401 9500 9600
 CMD ["tickstock-gateway"]
