@@ -522,3 +522,13 @@ def test_a_missing_program_or_module_is_caught() -> None:
     with pytest.raises(AssertionError, match="no module"):
         program(["python", "-m", "infra.nonexistent"])
     assert program(["python", "-m", "infra.recovery", "/x"]) == "python -m infra.recovery"
+
+
+def test_the_image_exposes_the_ports_its_services_serve_on() -> None:
+    exposed = {int(port) for i, a in dockerfile() if i == "EXPOSE" for port in a.split()}
+    served = {
+        served_port(program(s["command"]), compose_env(s))
+        for s in compose()["services"].values()
+        if ours(s) and s["command"][0] in PORT_VARIABLE
+    }
+    assert exposed == served
