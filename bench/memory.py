@@ -34,7 +34,7 @@ import redis
 
 from bench.ohlcv import ROOT, bench_settings, cpu_model, env_for, load_average
 from connectors.feeds.synthetic import generate
-from connectors.kafka.admin import ensure_topics
+from connectors.kafka.admin import admin_client, ensure_topics
 from connectors.kafka.producer import make_producer
 from flows.settings import Settings
 from infra.databases import ensure_database
@@ -127,6 +127,8 @@ def one_count(database_url: str, symbols: int, rate: float, minutes: float) -> d
     history = redis_history(s)
     for kind, entry in history.items():
         print(f"  redis {kind}: {entry}", flush=True)
+    for future in admin_client(s.kafka_bootstrap_servers).delete_topics(s.topics(), operation_timeout=30).values():
+        future.result()  # the run's own topics: an in-memory broker would keep their messages otherwise
     return {
         "symbols": symbols,
         "trades": ticks,
