@@ -127,7 +127,8 @@ def one_count(database_url: str, symbols: int, rate: float, minutes: float) -> d
     history = redis_history(s)
     for kind, entry in history.items():
         print(f"  redis {kind}: {entry}", flush=True)
-    for future in admin_client(s.kafka_bootstrap_servers).delete_topics(s.topics(), operation_timeout=30).values():
+    admin = admin_client(s.kafka_bootstrap_servers)  # held until the futures resolve: a dropped client cancels them
+    for future in admin.delete_topics(s.topics(), operation_timeout=30).values():
         future.result()  # the run's own topics: an in-memory broker would keep their messages otherwise
     return {
         "symbols": symbols,
