@@ -31,6 +31,8 @@ help:
 	@echo "make bench-queries  analyst query latencies, warm and cold, on PostgreSQL (30 days x 4,000 symbols, own cluster) and TimescaleDB (embedded, smaller)"
 	@echo "make bench-sink     the sink's upsert per minute-boundary batch on those databases -> bench/sink.json"
 	@echo "make bench-bridge   bridge + flat-file replay throughput -> bench/bridge.json"
+	@echo "make bench-memory   peak RSS of each flow at 1,000 and 4,000 symbols, Redis history per channel -> bench/memory.json"
+	@echo "make bench-migration-locks  what each migration locks and for how long on a day of bars -> bench/migration_locks.json"
 	@echo "make gateway        run the WebSocket/REST gateway and dashboard (dev mode unless GATEWAY_DEV_MODE=false)"
 	@echo "make bench-gateway  1,000 WebSocket clients x 20 of 4,000 symbols -> bench/gateway.json"
 	@echo "make timescale      install and start the embedded TimescaleDB (PGlite) on 127.0.0.1:5433; prints its URL"
@@ -93,6 +95,14 @@ bench-sink: venv services timescale-packages
 
 bench-bridge: venv services broker topics migrate
 	$(PY) -m bench.bridge $(BENCH_ARGS)
+
+# Numbers for docs/operations.md (sizing, upgrade locks).
+.PHONY: bench-memory bench-migration-locks
+bench-memory: venv services broker topics migrate
+	$(PY) -m bench.memory $(BENCH_ARGS)
+
+bench-migration-locks: venv services
+	$(PY) -m bench.migration_locks $(BENCH_ARGS)
 
 # Hostile input and failing dependencies (bench/chaos): ~30 minutes; CHAOS_ARGS="--profile short" for ~4.
 CHAOS_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/tickstock_chaos
