@@ -71,7 +71,7 @@ class MinuteBar:
         self.trades = 0
         self.revision = 0
         self.final = False
-        self.seen: set = set()
+        self.seen: set | frozenset = set()  # exact ids; flows.trade_ids.NO_IDS once final and compacted
 
     def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> bool:
         """Apply one trade with the fields its conditions allow (`mask`).

@@ -33,13 +33,15 @@ import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
 from flows.event_time import NEVER, Horizon
+from flows.trade_ids import NO_IDS, MinuteIds
 from schemas.bars import Bar
-from schemas.conditions import ALL, ConditionRules, UnknownCondition
+from schemas.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME, ConditionRules, UnknownCondition
 from schemas.polygon import DECODE_ERRORS, MinuteAgg, Quote, SecondAgg, Trade
 from schemas.symbols import RULE as SYMBOL_RULE
 from schemas.symbols import is_symbol
 
-SNAPSHOT_VERSION = 3  # 3: the horizon's held events; 2 restores with none held
+SNAPSHOT_VERSION = 4  # 4: final minutes' trade ids apart from their bars (flows.trade_ids); 3: the horizon's held events
+RESTORES = (2, 3, SNAPSHOT_VERSION)  # 2 restores with none held; 2 and 3: final bars' ids are compacted on restore
 
 # Decoding into a union makes msgspec insist on the `ev` tag (a bare struct would not);
 # the second member is there for that alone and is rejected below.
@@ -111,6 +113,7 @@ class BarBook:
         self._bars: dict[tuple[str, int], MinuteBar] = {}
         self._open: dict[int, list[MinuteBar]] = {}  # minute start -> bars not yet final
         self._final: dict[int, list[MinuteBar]] = {}  # minute start -> final bars still revisable
+        self._ids: dict[int, MinuteIds] = {}  # minute start -> the ids its trades had when it first became final
         self._next_close = NEVER  # watermark at which the oldest open minute closes
         self._next_expire = NEVER  # watermark at which the oldest final minute stops being revisable
         self._current: dict[str, MinuteBar] = {}  # each symbol's newest bar, the usual target
@@ -252,13 +255,43 @@ class BarBook:
                         bar = self._new_bar(symbol, start)
                         next_tick = min(self._next_close, self._next_expire)
                 trade_key = (trade.exchange, trade.trade_id, trade.trf_id)
-                seen = bar.seen
-                if trade_key in seen:
+                if trade_key in bar.seen or (bar.final and self._counted_when_final(bar, trade_key)):
                     counts.duplicates += 1
                 else:
-                    seen.add(trade_key)
-                    if bar.add_trade(trade.price, trade.size, t, trade.sequence, mask) and on_trade is not None:
-                        on_trade(symbol, trade.price, t)
+                    bar.seen.add(trade_key)  # type: ignore[union-attr]  # a set: NO_IDS was replaced just above
+                    # MinuteBar.add_trade, inlined (a call per trade cost more than its arithmetic);
+                    # tests/unit/test_trade_ids.py checks the two agree on every field.
+                    price = trade.price
+                    extreme = False
+                    if mask & HIGH_LOW:
+                        high = bar.high
+                        if high is None:
+                            bar.high = bar.low = price
+                            extreme = True
+                        elif price > high:
+                            bar.high = price
+                            extreme = True
+                        elif price < bar.low:  # type: ignore[operator]  # set together with high: not None here
+                            bar.low = price
+                            extreme = True
+                    if mask & OPEN_CLOSE:
+                        q = trade.sequence
+                        if bar.open is None:
+                            bar.open = bar.close = price
+                            bar.open_t = bar.close_t = t
+                            bar.open_q = bar.close_q = q
+                        else:
+                            if t < bar.open_t or (t == bar.open_t and q < bar.open_q):
+                                bar.open, bar.open_t, bar.open_q = price, t, q
+                            if t > bar.close_t or (t == bar.close_t and q >= bar.close_q):
+                                bar.close, bar.close_t, bar.close_q = price, t, q
+                    if mask & VOLUME:
+                        size = trade.size
+                        bar.volume += size
+                        bar.notional += price * size
+                        bar.trades += 1
+                    if extreme and on_trade is not None:
+                        on_trade(symbol, price, t)
                     if bar.final:
                         bar.revision += 1
                         counts.revisions += 1
@@ -276,6 +309,16 @@ class BarBook:
         self.watermark = watermark
         self._count(rejects)
         return finals, rejects + released if released else rejects
+
+    def _counted_when_final(self, bar: MinuteBar, key: tuple) -> bool:
+        """Whether a final bar counted `key` before it became final (a late trade; rare). If not, the
+        bar gets an exact set for the trades it takes from now on, in place of the shared empty one."""
+        ids = self._ids.get(bar.start)
+        if ids is not None and ids.counted(bar.symbol, key):
+            return True
+        if bar.seen is NO_IDS:
+            bar.seen = set()
+        return False
 
     def _refuse_new_bar(self, symbol: str) -> tuple[str, str] | None:
         """Why a bar for `symbol` may not be opened (checked once per new bar, not per trade)."""
@@ -340,7 +383,7 @@ class BarBook:
             if agg.start in bar.seen:
                 self.counts.duplicates += 1
             else:
-                bar.seen.add(agg.start)
+                bar.seen.add(agg.start)  # type: ignore[union-attr]  # per-second bars are never compacted
                 bar.add_second(agg)
                 if self.on_trade is not None:  # per-second aggregates stand in for trades
                     self.on_trade(agg.symbol, agg.high, agg.start)
@@ -400,6 +443,8 @@ class BarBook:
                 self._live.pop(bar, None)
                 finals.append(bar.record("final"))
             self._final.setdefault(start, []).extend(closing)
+            if self.source == "trades":
+                self._compact(start, closing)
             self._next_expire = min(self._next_expire, start + MINUTE_MS + self.lateness_ms + 1)
         self.counts.bars_final += len(finals)
         self._next_close = min(self._open, default=NEVER - MINUTE_MS - self.close_delay_ms)
@@ -409,12 +454,22 @@ class BarBook:
     def _expire(self) -> None:
         cutoff = self.watermark - MINUTE_MS - self.lateness_ms
         for start in [s for s in self._final if s < cutoff]:
+            self._ids.pop(start, None)
             for bar in self._final.pop(start):
                 del self._bars[(bar.symbol, start)]
                 if self._current.get(bar.symbol) is bar:
                     del self._current[bar.symbol]
         oldest = min(self._final, default=None)
         self._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + self.lateness_ms + 1
+
+    def _compact(self, start: int, closing: list[MinuteBar]) -> None:
+        """The exact ids of a minute's bars go into its array of 64-bit hashes when it first becomes final.
+        Bars opened for it later (late trades of symbols it had none of) are few: they keep exact sets."""
+        if start in self._ids:
+            return
+        self._ids[start] = MinuteIds.of([(bar.symbol, bar.seen) for bar in closing])
+        for bar in closing:
+            bar.seen = NO_IDS
 
     # ---- output ------------------------------------------------------------------------
 
@@ -442,7 +497,8 @@ class BarBook:
         counts = [getattr(self.counts, f) for f in self.counts.__struct_fields__]
         bars = [bar.to_row() for bar in self._bars.values()]
         live = [(bar.symbol, bar.start) for bar in self._live]
-        return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, live, self.horizon.snapshot()))
+        ids = [(start, minute.exact) for start, minute in self._ids.items()]
+        return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, live, self.horizon.snapshot(), ids))
 
     @classmethod
     def restore(
@@ -458,12 +514,20 @@ class BarBook:
         max_symbols: int = 100_000,
     ) -> BarBook:
         version, watermark, counts, rows, live, *rest = msgspec.msgpack.decode(snapshot)
-        if version not in (2, SNAPSHOT_VERSION):
-            raise ValueError(f"bar book snapshot version {version}, expected {SNAPSHOT_VERSION}")
+        if version not in RESTORES:
+            raise ValueError(
+                f"bar book snapshot version {version!r}; this version of the flow restores versions "
+                f"{', '.join(map(str, RESTORES))} (a newer flow wrote it? run that version, or start from an empty recovery store)"
+            )
         book = cls(rules, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, source=source, on_trade=on_trade,
                    horizon=horizon, max_symbols=max_symbols)  # fmt: skip
         if rest:
             book.horizon.restore(rest[0])
+        if len(rest) > 1:
+            try:
+                book._ids = {start: MinuteIds.restore(exact) for start, exact in rest[1]}
+            except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError) as exc:
+                raise ValueError(f"bar book snapshot version {version}: unreadable trade ids of a final minute: {exc}") from exc
         book.watermark = watermark
         book.counts = Counts(*counts)
         for row in rows:
@@ -473,6 +537,14 @@ class BarBook:
             latest = book._current.get(bar.symbol)
             if latest is None or latest.start < bar.start:
                 book._current[bar.symbol] = bar
+        if source == "trades":
+            for start, final in book._final.items():
+                if version < 4:  # an older store: its final bars' exact ids are hashed now, as closing would have
+                    book._compact(start, final)
+                else:
+                    for bar in final:
+                        if not bar.seen:
+                            bar.seen = NO_IDS
         book._live = {book._bars[(s, t)]: None for s, t in live if (s, t) in book._bars}
         book._next_close = min(book._open, default=NEVER - MINUTE_MS - close_delay_ms) + MINUTE_MS + close_delay_ms
         oldest = min(book._final, default=None)
