@@ -16,6 +16,9 @@ STAMP := $(VENV)/.tickstock-installed
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/tickstock_test
 SYNTHETIC_ARGS ?= --symbols 4000 --rate 2000 --realtime
 PYTEST_ARGS ?=
+# Test files run on this many pytest-xdist workers (each with its own test database): most of a test's
+# time is waiting on brokers, databases and subprocesses, so two workers fit two cores. 0 = one process.
+PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
@@ -79,7 +82,7 @@ check: venv
 
 test: venv check services broker topics migrate dashboard-assets chromium timescale-packages
 	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
-	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 bench: venv services broker topics migrate
 	$(PY) -m bench.ohlcv $(BENCH_ARGS)

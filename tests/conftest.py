@@ -31,6 +31,17 @@ hypothesis_settings.register_profile("tickstock", deadline=None)
 hypothesis_settings.load_profile("tickstock")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """An xdist worker's own test database (tests/support/services.py names it) exists and is
+    migrated before any test runs, as `make test` does for the single-process one."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from infra.databases import ensure_database
+        from infra.migrate import up
+
+        ensure_database(TEST_DATABASE_URL)
+        up(TEST_DATABASE_URL, log=lambda *_: None)
+
+
 @pytest.fixture(scope="session")
 def services() -> None:
     s = Settings()

@@ -709,7 +709,7 @@ class ReplayTarget(Target):
     """
 
     name = "replay.flat_file_events"
-    batch = (1, 16)
+    batch = (1, 64)  # rows per file: each file costs a polars read (~50 ms), so 20,000 rows in ~600 files, not ~2,400
 
     def __init__(self) -> None:
         super().__init__()

@@ -26,6 +26,16 @@ from connectors.kafka.producer import make_producer
 from flows.settings import Settings
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_test")
+# Under `pytest -n N` (pytest-xdist, what `make test` runs) each worker gets a database of its own,
+# created and migrated by the `services` fixture: the storage tests empty their tables, so two
+# workers on one database would see each other's rows. Everything else a test touches (topics,
+# Redis namespaces, ports, the embedded TimescaleDB) is already its own. The environment is set
+# so the flows, gateways and commands the tests start as subprocesses use the same database.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    _head, _, _name = TEST_DATABASE_URL.rpartition("/")
+    TEST_DATABASE_URL = f"{_head}/{_name.split('?')[0]}_{_WORKER}" + ("?" + _name.split("?", 1)[1] if "?" in _name else "")
+    os.environ["TEST_DATABASE_URL"] = os.environ["DATABASE_URL"] = TEST_DATABASE_URL
 
 
 def base_settings(**overrides: object) -> Settings:
