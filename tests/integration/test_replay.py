@@ -256,6 +256,9 @@ def test_times_outside_the_files_day_are_refused(tmp_path: Path) -> None:
         (gzip.compress(b""), "it is empty"),
         (gzip.compress(b"just,a,header\n"), "no column ticker"),
     ],
+    # ids by position: gzip stamps the time into its bytes, and pytest-xdist's workers must
+    # collect the same test names
+    ids=["missing", "empty", "gzip-truncated", "gzip-cut-at-40", "gzip-garbage", "binary", "gzip-empty", "header-only"],
 )
 def test_a_file_that_cannot_be_read_is_a_precise_error_naming_it(tmp_path: Path, content: bytes | None, says: str) -> None:
     path = tmp_path / "trades_v1.csv.gz"
