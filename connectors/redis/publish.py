@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Sequence
 
 import redis
 
-from connectors.backoff import with_backoff
+from connectors.backoff import backoff_s, with_backoff
 from connectors.monitoring.metrics import RECONNECTS
 from connectors.redis.history import History, HistoryLimits
 from connectors.unavailable import ServiceUnavailable
@@ -30,13 +31,25 @@ class RedisUnavailable(ServiceUnavailable):
     service = "Redis"
 
 
-def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
+def connect(url: str, timeout_s: float = 5.0, wait_s: float = 0.0) -> redis.Redis:
+    """A client whose server answered. A server that does not answer is waited for, with backoff
+    and a warning per try, for `wait_s` (a flow that starts during a Redis restart rides it out),
+    then refused with where and how to fix it (a wrong REDIS_URL does not hang a start forever)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise RedisUnavailable(f"Redis at {url} is unreachable ({exc}); start it with `make services` or set REDIS_URL") from exc
-    return client
+    deadline, attempt = time.monotonic() + wait_s, 0
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.RedisError as exc:
+            pause = backoff_s(attempt, 0.1, 5.0)
+            if time.monotonic() + pause > deadline:
+                raise RedisUnavailable(
+                    f"Redis at {url} is unreachable ({exc}); start it with `make services` or set REDIS_URL"
+                ) from exc
+            log.warning("Redis at %s does not answer (%s); trying again in %.1f s", url, exc, pause)
+            time.sleep(pause)
+            attempt += 1
 
 
 def _reconnecting() -> None:
@@ -52,8 +65,10 @@ class Publisher:
     for that reason.
     """
 
-    def __init__(self, url: str, *, history: HistoryLimits | None = None, max_backoff_s: float = 30.0) -> None:
-        self._client = connect(url)
+    def __init__(
+        self, url: str, *, history: HistoryLimits | None = None, max_backoff_s: float = 30.0, start_wait_s: float = 60.0
+    ) -> None:
+        self._client = connect(url, wait_s=start_wait_s)
         self._history = History(self._client, history)
         self._max_backoff_s = max_backoff_s
 

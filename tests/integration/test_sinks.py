@@ -8,6 +8,7 @@ embedded server serves one at a time), so that one is PostgreSQL's only.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 
@@ -74,7 +75,24 @@ def test_unmigrated_timescaledb_fails_fast_with_the_fix(fresh_timescale: str) ->
 
 def test_unreachable_redis_fails_fast_with_the_fix():
     with pytest.raises(RedisUnavailable, match="REDIS_URL"):
-        BarPublisher("redis://127.0.0.1:1/0", Channels())
+        BarPublisher("redis://127.0.0.1:1/0", Channels(), start_wait_s=0)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary (Debian redis-server)")
+def test_a_publisher_started_while_redis_is_down_waits_for_it():
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server: list[subprocess.Popen] = []
+    starter = threading.Timer(1.0, lambda: server.append(private_redis(port)))
+    starter.start()
+    try:
+        publisher = BarPublisher(url, Channels("t"), start_wait_s=30)  # Redis comes up a second later
+        assert publisher._client.ping()
+    finally:
+        starter.join()
+        for s in server:
+            s.terminate()
+            s.wait(10)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary (Debian redis-server)")
