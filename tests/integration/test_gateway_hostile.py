@@ -318,8 +318,10 @@ def rest_gateway(services):
             with httpx.Client(base_url=gw.http, timeout=WAIT_S) as client:
                 yield client, doc
     finally:
-        with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
-            conn.execute("DELETE FROM symbols WHERE symbol = 'AAPL'")
+        with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:  # only if no other test's bars use it
+            conn.execute(
+                "DELETE FROM symbols WHERE symbol = 'AAPL' AND NOT EXISTS (SELECT FROM ohlcv_1min WHERE symbol = 'AAPL')"
+            )
 
 
 NAMES = ["symbol", "since", "start", "end", "limit", "kind", "timeframe", "token", "x", "Symbol", "symbol[]", ""]
