@@ -32,10 +32,9 @@ from pathlib import Path
 import psycopg
 import redis
 
-from bench.ohlcv import ROOT, bench_settings, cpu_model, env_for, load_average
+from bench.ohlcv import ROOT, bench_settings, cpu_model, env_for, load_average, publish_events
 from connectors.feeds.synthetic import generate
 from connectors.kafka.admin import admin_client, ensure_topics
-from connectors.kafka.producer import make_producer
 from flows.settings import Settings
 from infra.databases import ensure_database
 from infra.migrate import up
@@ -45,20 +44,7 @@ OUT = Path(__file__).with_name("memory.json")
 
 def publish(s: Settings, symbols: int, rate: float, minutes: float) -> int:
     """`minutes` of event time of the synthetic feed at `rate` trades/s onto the trades topic."""
-    producer, delivery = make_producer(s.kafka_bootstrap_servers, idempotent=True)
-    n = 0
-    for e in generate(seed=7, symbols=symbols, rate=rate, seconds=minutes * 60):
-        try:
-            producer.produce(s.topic_trades, e.value, e.key)
-        except BufferError:
-            producer.flush(5)
-            producer.produce(s.topic_trades, e.value, e.key)
-        n += 1
-        if not n & 0x3FF:
-            producer.poll(0)
-    if producer.flush(60) or delivery.failed:
-        raise SystemExit(f"publishing failed: {delivery.first_error}")
-    return n
+    return publish_events(s, generate(seed=7, symbols=symbols, rate=rate, seconds=minutes * 60))
 
 
 def run_to_end(command: list[str], env: dict[str, str]) -> dict[str, float]:
@@ -127,7 +113,7 @@ def one_count(database_url: str, symbols: int, rate: float, minutes: float) -> d
     history = redis_history(s)
     for kind, entry in history.items():
         print(f"  redis {kind}: {entry}", flush=True)
-    admin = admin_client(s.kafka_bootstrap_servers)  # held until the futures resolve: a dropped client cancels them
+    admin = admin_client(s)  # held until the futures resolve: a dropped client cancels them
     for future in admin.delete_topics(s.topics(), operation_timeout=30).values():
         future.result()  # the run's own topics: an in-memory broker would keep their messages otherwise
     return {

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -35,7 +36,7 @@ import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from connectors.feeds.synthetic import generate
+from connectors.feeds.synthetic import FeedEvent, generate
 from connectors.kafka import clients
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.producer import make_producer
@@ -67,10 +68,11 @@ def env_for(s: Settings) -> dict[str, str]:
     return os.environ | s.as_env()
 
 
-def publish_ticks(s: Settings, symbols: int, ticks: int) -> int:
+def publish_events(s: Settings, events: Iterable[FeedEvent]) -> int:
+    """Every event's value onto the trades topic (idempotent producer, waiting while its queue is full)."""
     producer, delivery = make_producer(s, idempotent=True)
     n = 0
-    for e in generate(seed=42, symbols=symbols, rate=2000.0, count=ticks):
+    for e in events:
         try:
             producer.produce(s.topic_trades, e.value, e.key)
         except BufferError:
@@ -82,6 +84,10 @@ def publish_ticks(s: Settings, symbols: int, ticks: int) -> int:
     if producer.flush(60) or delivery.failed:
         raise SystemExit(f"publishing failed: {delivery.first_error}")
     return n
+
+
+def publish_ticks(s: Settings, symbols: int, ticks: int) -> int:
+    return publish_events(s, generate(seed=42, symbols=symbols, rate=2000.0, count=ticks))
 
 
 def raw_consume(s: Settings, expected: int, keep: list[bytes] | None = None) -> float:
