@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.polygon import MAX_EPOCH_MS, MIN_EPOCH_MS, Price
+from schemas.timeframes import TimeframeName
 
 BAR_SCHEMA_VERSION = 1
 
@@ -30,7 +31,7 @@ class Bar(msgspec.Struct, gc=False, kw_only=True):
 
     version: int = BAR_SCHEMA_VERSION
     symbol: str
-    timeframe: Literal["1m"] = "1m"
+    timeframe: TimeframeName = "1m"  # 1m from trades; the coarser ones rolled up from final 1m bars
     timestamp: BarTime  # bucket start, epoch milliseconds UTC
     open: Price | None  # None when no trade in the bucket may set open/close
     high: Price | None
