@@ -1,9 +1,12 @@
-"""Detection records into PostgreSQL/TimescaleDB: `events`, `indicator_values`, `alerts` (migration 0003).
+"""Detection records into PostgreSQL/TimescaleDB: `events`, `indicator_values`, `alerts` (migrations 0003, 0007).
 
 One transaction per batch, one upsert per table fed by a JSON array of the records.
 Idempotent like the bar store: records are keyed by their stable id (indicator values by
 symbol, timeframe and bar), so a replay or a recovery re-emission rewrites nothing, and a
-recomputed value (after a bar revision) replaces the old one.
+recomputed value (after a bar revision) replaces the old one. An event or alert decided
+again (`status` amended or retracted, a higher `revision`) replaces its row; one of a lower
+revision than the row never does, so a replay that repeats an event's history from its
+first decision leaves the row at its latest word, unwritten.
 """
 
 from __future__ import annotations
@@ -21,20 +24,22 @@ from schemas.events import Alert, Event, IndicatorValues
 # matters because it shares the GIL with the flow. Within a batch the last record for a key wins
 # (ordinality n); an unchanged row is not rewritten.
 _UPSERT_EVENTS = """
-INSERT INTO events (symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision, params, detail)
+INSERT INTO events (symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision, params, detail,
+                    status)
 SELECT DISTINCT ON (e->>'symbol', (e->>'timestamp')::bigint, e->>'id')
   e->>'symbol', to_timestamp((e->>'timestamp')::bigint / 1000.0), e->>'id', e->>'kind', e->>'type', e->>'timeframe',
   e->>'direction', (e->>'confidence')::float8, (e->>(CASE e->>'kind' WHEN 'highlow' THEN 'price' ELSE 'close' END))::float8,
   coalesce((e->>'revision')::integer, 0), e->'params',
   e - ARRAY['kind', 'version', 'id', 'type', 'symbol', 'timestamp', 'confidence', 'direction', 'params', 'timeframe',
-            'revision', CASE e->>'kind' WHEN 'highlow' THEN 'price' WHEN 'pattern' THEN '' ELSE 'close' END]
+            'revision', 'status', CASE e->>'kind' WHEN 'highlow' THEN 'price' WHEN 'pattern' THEN '' ELSE 'close' END],
+  coalesce(e->>'status', 'detected')
 FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n)
 ORDER BY e->>'symbol', (e->>'timestamp')::bigint, e->>'id', n DESC
 ON CONFLICT (symbol, timestamp, id) DO UPDATE SET
   kind = excluded.kind, type = excluded.type, timeframe = excluded.timeframe, direction = excluded.direction,
   confidence = excluded.confidence, price = excluded.price, revision = excluded.revision,
-  params = excluded.params, detail = excluded.detail
-WHERE ROW(events.*) IS DISTINCT FROM ROW(excluded.*)
+  params = excluded.params, detail = excluded.detail, status = excluded.status
+WHERE excluded.revision >= events.revision AND ROW(events.*) IS DISTINCT FROM ROW(excluded.*)
 """
 _UPSERT_INDICATORS = """
 INSERT INTO indicator_values (symbol, timeframe, timestamp, sma, ema, rsi, macd, macd_signal, macd_hist,
@@ -55,19 +60,19 @@ WHERE ROW(indicator_values.*) IS DISTINCT FROM ROW(excluded.*)
 """
 _UPSERT_ALERTS = """
 INSERT INTO alerts (symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator, value,
-                    threshold, message, revision, params)
+                    threshold, message, revision, params, status)
 SELECT DISTINCT ON (e->>'symbol', (e->>'timestamp')::bigint, e->>'id')
   e->>'symbol', to_timestamp((e->>'timestamp')::bigint / 1000.0), e->>'id', e->>'type', e->>'severity',
   e->>'timeframe', e->>'direction', (e->>'confidence')::float8, e->>'indicator', (e->>'value')::float8,
-  (e->>'threshold')::float8, e->>'message', (e->>'revision')::integer, e->'params'
+  (e->>'threshold')::float8, e->>'message', (e->>'revision')::integer, e->'params', coalesce(e->>'status', 'detected')
 FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n)
 ORDER BY e->>'symbol', (e->>'timestamp')::bigint, e->>'id', n DESC
 ON CONFLICT (symbol, timestamp, id) DO UPDATE SET
   rule = excluded.rule, severity = excluded.severity, timeframe = excluded.timeframe,
   direction = excluded.direction, confidence = excluded.confidence, indicator = excluded.indicator,
   value = excluded.value, threshold = excluded.threshold, message = excluded.message,
-  revision = excluded.revision, params = excluded.params
-WHERE ROW(alerts.*) IS DISTINCT FROM ROW(excluded.*)
+  revision = excluded.revision, params = excluded.params, status = excluded.status
+WHERE excluded.revision >= alerts.revision AND ROW(alerts.*) IS DISTINCT FROM ROW(excluded.*)
 """
 
 _encode = msgspec.json.Encoder().encode
