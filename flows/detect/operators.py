@@ -57,6 +57,16 @@ _bar_decoder = msgspec.json.Decoder(Bar)
 _BAR_MS = {name: t.ms for name, t in TIMEFRAMES.items()}
 
 
+def idle_s_of(symbol_idle_s: float, timeframe: str) -> float:
+    """How long a detector of `timeframe` may go without a bar before its state is dropped: SYMBOL_IDLE_S,
+    or two of its bars if longer (a daily detector keeps its state from one trading day to the next).
+
+    >>> idle_s_of(86_400, "1m"), idle_s_of(86_400, "1d"), idle_s_of(3_600, "1h")
+    (86400, 172800.0, 7200.0)
+    """
+    return max(symbol_idle_s, 2 * _BAR_MS[timeframe] / 1000)
+
+
 def detector_key(symbol: str, timeframe: str) -> str:
     """The state key of a symbol's detector of one timeframe: `AAPL` (1m), `AAPL/5m` (a symbol has no `/`)."""
     return symbol if timeframe == "1m" else f"{symbol}/{timeframe}"
@@ -175,7 +185,7 @@ class WarmStart:
     first bar: bars after that may come from this flow's own input (late trades can still open
     an earlier minute, and so revise the coarser bar holding it), and a replay or restart must
     see the history the first run saw, or it would decide different events. Keys not seen for
-    `idle_s` are forgotten here (their detectors drop their state after the same time, see
+    `idle_s_of` their timeframe are forgotten here (their detectors drop their state after the same time, see
     DetectLogic), so the set stays bounded; a detector that still has its state just ignores
     the history.
     """
@@ -187,7 +197,8 @@ class WarmStart:
         self._gap_ms = history_gap_ms(settings)
         self._idle_s = settings.symbol_idle_s
         self._history: BarHistory | None = None
-        self._seen: dict[str, float] = {}  # detector key -> wall-clock time of its last bar here
+        self._idle_of = {tf: idle_s_of(self._idle_s, tf) for tf in TIMEFRAMES}
+        self._seen: dict[str, float] = {}  # detector key -> when it is idle (monotonic clock) unless a bar comes
         self._next_prune = time.monotonic() + self._idle_s
 
     def _db(self) -> BarHistory:
@@ -204,7 +215,7 @@ class WarmStart:
         now = time.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + self._idle_s / 10
-            self._seen = {k: t for k, t in self._seen.items() if now - t < self._idle_s}
+            self._seen = {k: until for k, until in self._seen.items() if now < until}
         first: dict[str, dict[str, int]] = {}  # timeframe -> symbol -> history before (ms)
         seen = self._seen
         timeframes = self._timeframes
@@ -219,8 +230,9 @@ class WarmStart:
                 first.setdefault(tf, {}).setdefault(symbol, bar.timestamp - self._gap_ms)
         found = {tf: self._db().recent_bars(before, self._limit, tf) for tf, before in first.items()}
         out: list[tuple[str, Warmed]] = []
+        idle_of = self._idle_of
         for key, bar in keyed:
-            seen[key] = now
+            seen[key] = now + idle_of[bar.timeframe]
             waiting = first.get(bar.timeframe) if first else None
             if waiting and bar.symbol in waiting:
                 out.append((key, (bar, found[bar.timeframe].get(bar.symbol, []))))
@@ -238,7 +250,7 @@ def history_gap_ms(settings: Settings) -> int:
 class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
     """One (symbol, timeframe)'s detector; its snapshot is the detector's compact state.
 
-    A symbol that gets no bar for `idle_s` (wall clock) loses its state (memory stays bounded
+    A detector that gets no bar for `idle_s_of` its timeframe (wall clock) loses its state (memory stays bounded
     however many symbols ever appear); when it has a bar again, it starts from its history in
     the database, like a symbol seen for the first time.
     """
@@ -265,6 +277,7 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
                     detector = BarDetector(bar.symbol, self._params, tf)
                     detector.warm(history if history is not None else self._warm.history(bar.symbol, tf, bar.timestamp))
                 self._detector, self._resume = detector, None
+                self._idle = timedelta(seconds=idle_s_of(self._idle.total_seconds(), tf))
             out.extend(detector.on_bar(bar))
         for event in out:
             EVENTS_OUT.labels(event.kind).inc()
