@@ -61,7 +61,9 @@ def test_events_land_in_their_tables_and_on_their_catalog_channels(settings, db,
 
     kinds = dict(db.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
     assert {"highlow", "pattern", "trend", "surge"} <= set(kinds), kinds
-    indicator_rows = db.execute("SELECT count(*), count(rsi), count(macd) FROM indicator_values").fetchone()
+    indicator_rows = db.execute(
+        "SELECT count(*), count(rsi), count(macd) FROM indicator_values WHERE timeframe = '1m'"
+    ).fetchone()
     priced_bars = db.execute("SELECT count(*) FROM ohlcv_1min WHERE close IS NOT NULL").fetchone()[0]
     assert indicator_rows[0] == priced_bars and indicator_rows[1] > 0 and indicator_rows[2] > 0
     assert db.execute("SELECT count(*) FROM alerts").fetchone()[0] > 0
@@ -143,8 +145,8 @@ def test_indicators_are_valid_from_the_first_bar_when_history_is_in_the_database
     for symbol in symbols:
         bars = db.execute("SELECT close::float8, high::float8, low::float8, timestamp FROM ohlcv_1min "
                           "WHERE symbol = %s AND close IS NOT NULL ORDER BY timestamp", (symbol,)).fetchall()  # fmt: skip
-        values = db.execute("SELECT timestamp, rsi, macd, atr FROM indicator_values WHERE symbol = %s ORDER BY timestamp",
-                            (symbol,)).fetchall()  # fmt: skip
+        values = db.execute("SELECT timestamp, rsi, macd, atr FROM indicator_values WHERE symbol = %s AND timeframe = '1m' "
+                            "ORDER BY timestamp", (symbol,)).fetchall()  # fmt: skip
         first_new = next(i for i, b in enumerate(bars) if b[3].timestamp() * 1000 >= DEFAULT_START_MS)
         close = np.array([b[0] for b in bars])
         high, low = np.array([b[1] for b in bars]), np.array([b[2] for b in bars])
