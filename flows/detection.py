@@ -1,7 +1,8 @@
-"""The detection flow: final bars from Kafka -> per-symbol indicators, alerts, patterns, trends and surges.
+"""The detection flow: final bars from Kafka -> per-symbol and timeframe indicators, alerts, patterns, trends and surges.
 
 Run it beside the bar flow (`flows.ohlcv`), which publishes every final bar and revision on
-`TOPIC_BARS`::
+`TOPIC_BARS` (1m bars, and the coarser timeframes it rolls up; `DETECT_TIMEFRAMES` says which
+are detected)::
 
     python -m bytewax.run "flows.detection:build_flow()"
     python -m bytewax.run "flows.detection:build_flow()" -r RECOVERY_DIR -s 5 -b 0   # restartable
@@ -40,7 +41,9 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     if detection is None:
         detection = detect_settings.load_or_exit("detection flow")
     if not detection.bar_detection_on():
-        raise SystemExit("detection flow: every detector on bars is off (DETECT_*), so it has nothing to do")
+        raise SystemExit(
+            "detection flow: every detector on bars is off (DETECT_*) or DETECT_TIMEFRAMES is empty, so it has nothing to do"
+        )
     start_monitoring(s, "detection")
     flow = Dataflow("detection")
     source = KafkaBatchSource(

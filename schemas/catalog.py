@@ -272,6 +272,15 @@ its `subscribe`) and gets every message it missed, or an explicit "incomplete: r
 are gone. Delivery is at least once: a publish retried after a lost reply repeats under a new
 offset; bars carry `revision` and events a stable `id` for that reason.
 
+**Events follow corrections.** The detection channels carry the records of every detected
+timeframe (`timeframe`: 1m, 5m, 15m, 1h, 1d; `DETECT_TIMEFRAMES`). When a revision changes a bar
+that a trend, surge, pattern or alert was decided on (or a later bar's decision read), the
+decision is made again and the record goes out again on the same channels under the same `id`:
+`status` `amended` (it still holds, with the fields as they are now) or `retracted` (it no longer
+holds; the fields are what was retracted), with a higher `revision`; a newly qualifying one is
+`detected`. Keep, per `id`, the record of the highest `revision`. High/low events and indicator
+values are always `detected` (indicator values are simply sent again for the revised bars).
+
 | channel | payload | publisher | what |
 |---|---|---|---|
 """

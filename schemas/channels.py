@@ -79,7 +79,7 @@ CATALOG: tuple[ChannelSpec, ...] = (
     ChannelSpec("surge", SurgeEvent, "flows.detection (detection sink)", "volume and price surges on bars"),
     ChannelSpec("volume", SurgeEvent, "flows.detection (detection sink)", "volume surges only (the old system's volume channel)"),
     ChannelSpec("patterns_streaming", PatternEvent, "flows.detection (detection sink)", "every candlestick pattern TA-Lib recognises"),
-    ChannelSpec("patterns_detected", PatternEvent, "flows.detection (detection sink)", f"patterns with confidence >= {DETECTED_MIN_CONFIDENCE}"),
+    ChannelSpec("patterns_detected", PatternEvent, "flows.detection (detection sink)", f"patterns with confidence >= {DETECTED_MIN_CONFIDENCE}, and every amendment or retraction of a pattern"),
     ChannelSpec("indicators", IndicatorValues, "flows.detection (detection sink)", "indicator values, one message per final bar or revision"),
     ChannelSpec("alerts", Alert, "flows.detection (detection sink)", "every indicator alert (RSI levels, MACD crosses, Bollinger breaks)"),
     ChannelSpec("alerts_critical", Alert, "flows.detection (detection sink)", "alerts whose rule the deployment marks critical (DETECT_ALERTS__CRITICAL)"),
@@ -110,7 +110,8 @@ def route(event: object, channels: Channels) -> list[str]:
         out = [channels.surge, channels.volume] if event.type == "volume_surge" else [channels.surge]  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
     elif kind == "pattern":
         out = [channels.patterns_streaming]
-        if event.confidence >= DETECTED_MIN_CONFIDENCE:  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
+        # an amendment or retraction also reaches those told of the pattern when its confidence was higher
+        if event.confidence >= DETECTED_MIN_CONFIDENCE or event.status != "detected":  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above
             out.append(channels.patterns_detected)
     elif kind == "alert":
         out = [channels.alerts, channels.alerts_critical] if event.severity == "critical" else [channels.alerts]  # type: ignore[attr-defined]  # every detection record has this field; the union is narrowed by `kind` above

@@ -6,6 +6,13 @@ start, epoch ms UTC), a `confidence` in [0, 1], a `direction`, the `params` that
 it, and an `id` that is a pure function of what was detected, so a replay or a restart
 yields the same ids (sinks upsert on it).
 
+A decision on a bar is made again when a revision changes the bars it read (see
+flows/detect/bar_detector.py): the record goes out again under the same id with a `status` of
+`amended` (it holds, differently) or `retracted` (it no longer holds; the fields are what was
+retracted), and a higher `revision`. A consumer keeps, per id, the record of the highest
+revision. High/low events (decided on trades) and indicator values (recomputed in place) are
+always `detected`.
+
 >>> e = PatternEvent(id=stable_id("pattern", "AAPL", "1m", 60_000, "doji"), type="doji", symbol="AAPL",
 ...                  timestamp=60_000, confidence=0.9, direction="neutral", params={}, signal=100)
 >>> decode_event(encode_event(e)) == e
@@ -26,6 +33,8 @@ EVENT_SCHEMA_VERSION = 1
 
 Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
 Direction = Literal["up", "down", "neutral"]
+EventStatus = Literal["detected", "amended", "retracted"]
+EVENT_STATUSES: tuple[str, ...] = EventStatus.__args__  # type: ignore[attr-defined]  # typing's runtime attributes are not in its stubs
 ParamValue = int | float | str | bool
 
 PatternName = Literal[
@@ -71,6 +80,9 @@ class _Record(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=Fals
     confidence: Confidence
     direction: Direction
     params: dict[str, ParamValue]  # the settings that produced it
+    # detected: first decision; amended: decided again on revised bars, still holds (fields as now);
+    # retracted: decided again, no longer holds (fields as they were)
+    status: EventStatus = "detected"
 
     @property
     def kind(self) -> str:
@@ -93,6 +105,8 @@ class HighLowEvent(_Record, tag="highlow", kw_only=True):
 class TrendEvent(_Record, tag="trend", kw_only=True):
     """The bar trend changed: it started (from none) or reversed (from the opposite direction).
 
+    `revision` (as in surges, patterns and alerts): the revision of the bar it is on when decided;
+    an amendment or retraction carries at least one more than the record it replaces.
     `strength` is the correlation of close with time over `params.bars` bars, in [-1, 1].
     """
 

@@ -1,9 +1,13 @@
-"""Detection records into PostgreSQL/TimescaleDB: `events`, `indicator_values`, `alerts` (migration 0003).
+"""Detection records into PostgreSQL/TimescaleDB: `events`, `indicator_values`, `alerts` (migrations 0003, 0007).
 
 One transaction per batch, one upsert per table fed by a JSON array of the records.
 Idempotent like the bar store: records are keyed by their stable id (indicator values by
 symbol, timeframe and bar), so a replay or a recovery re-emission rewrites nothing, and a
-recomputed value (after a bar revision) replaces the old one.
+recomputed value (after a bar revision) replaces the old one. An event or alert decided
+again (`status` amended or retracted, a higher `revision`) replaces its row; one of a lower
+revision than the row never does, so a replay that repeats an event's history from its
+first decision leaves the row at its latest word, unwritten. (The backfill, which re-decides a
+closed day from its files, replaces rows whatever their revision: `any_revision`.)
 """
 
 from __future__ import annotations
@@ -21,21 +25,24 @@ from schemas.events import Alert, Event, IndicatorValues
 # matters because it shares the GIL with the flow. Within a batch the last record for a key wins
 # (ordinality n); an unchanged row is not rewritten.
 _UPSERT_EVENTS = """
-INSERT INTO events (symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision, params, detail)
+INSERT INTO events (symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision, params, detail,
+                    status)
 SELECT DISTINCT ON (e->>'symbol', (e->>'timestamp')::bigint, e->>'id')
   e->>'symbol', to_timestamp((e->>'timestamp')::bigint / 1000.0), e->>'id', e->>'kind', e->>'type', e->>'timeframe',
   e->>'direction', (e->>'confidence')::float8, (e->>(CASE e->>'kind' WHEN 'highlow' THEN 'price' ELSE 'close' END))::float8,
   coalesce((e->>'revision')::integer, 0), e->'params',
   e - ARRAY['kind', 'version', 'id', 'type', 'symbol', 'timestamp', 'confidence', 'direction', 'params', 'timeframe',
-            'revision', CASE e->>'kind' WHEN 'highlow' THEN 'price' WHEN 'pattern' THEN '' ELSE 'close' END]
+            'revision', 'status', CASE e->>'kind' WHEN 'highlow' THEN 'price' WHEN 'pattern' THEN '' ELSE 'close' END],
+  coalesce(e->>'status', 'detected')
 FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n)
 ORDER BY e->>'symbol', (e->>'timestamp')::bigint, e->>'id', n DESC
 ON CONFLICT (symbol, timestamp, id) DO UPDATE SET
   kind = excluded.kind, type = excluded.type, timeframe = excluded.timeframe, direction = excluded.direction,
   confidence = excluded.confidence, price = excluded.price, revision = excluded.revision,
-  params = excluded.params, detail = excluded.detail
-WHERE ROW(events.*) IS DISTINCT FROM ROW(excluded.*)
+  params = excluded.params, detail = excluded.detail, status = excluded.status
+WHERE excluded.revision >= events.revision AND ROW(events.*) IS DISTINCT FROM ROW(excluded.*)
 """
+_LATEST_WORD = ("excluded.revision >= events.revision AND ", "excluded.revision >= alerts.revision AND ")
 _UPSERT_INDICATORS = """
 INSERT INTO indicator_values (symbol, timeframe, timestamp, sma, ema, rsi, macd, macd_signal, macd_hist,
                               bb_upper, bb_middle, bb_lower, atr, vwap, revision)
@@ -55,19 +62,19 @@ WHERE ROW(indicator_values.*) IS DISTINCT FROM ROW(excluded.*)
 """
 _UPSERT_ALERTS = """
 INSERT INTO alerts (symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator, value,
-                    threshold, message, revision, params)
+                    threshold, message, revision, params, status)
 SELECT DISTINCT ON (e->>'symbol', (e->>'timestamp')::bigint, e->>'id')
   e->>'symbol', to_timestamp((e->>'timestamp')::bigint / 1000.0), e->>'id', e->>'type', e->>'severity',
   e->>'timeframe', e->>'direction', (e->>'confidence')::float8, e->>'indicator', (e->>'value')::float8,
-  (e->>'threshold')::float8, e->>'message', (e->>'revision')::integer, e->'params'
+  (e->>'threshold')::float8, e->>'message', (e->>'revision')::integer, e->'params', coalesce(e->>'status', 'detected')
 FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n)
 ORDER BY e->>'symbol', (e->>'timestamp')::bigint, e->>'id', n DESC
 ON CONFLICT (symbol, timestamp, id) DO UPDATE SET
   rule = excluded.rule, severity = excluded.severity, timeframe = excluded.timeframe,
   direction = excluded.direction, confidence = excluded.confidence, indicator = excluded.indicator,
   value = excluded.value, threshold = excluded.threshold, message = excluded.message,
-  revision = excluded.revision, params = excluded.params
-WHERE ROW(alerts.*) IS DISTINCT FROM ROW(excluded.*)
+  revision = excluded.revision, params = excluded.params, status = excluded.status
+WHERE excluded.revision >= alerts.revision AND ROW(alerts.*) IS DISTINCT FROM ROW(excluded.*)
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -76,26 +83,40 @@ _encode = msgspec.json.Encoder().encode
 class EventStore:
     """Writes detection records; blocks and retries while the server is down."""
 
-    def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, max_backoff_s: float = 30.0, any_revision: bool = False) -> None:
         self._db = Database(url, tables=("events", "indicator_values", "alerts"), max_backoff_s=max_backoff_s)
+        self._upserts = _UPSERTS_ANY_REVISION if any_revision else _UPSERTS
 
     def upsert(self, records: Sequence[Event], rejected: Callable[[Event, str], None] | None = None) -> list[Event]:
         """Write `records`; returns those written (the database may refuse some for their values: see BarStore)."""
         if not records:
             return []
         what = f"writing {len(records)} detection records to PostgreSQL"
-        return self._db.run_each(records, _upsert, what, rejected or raise_refused)
+        upserts = self._upserts
+
+        def upsert(cur: psycopg.Cursor, batch: Sequence[Event]) -> None:
+            _upsert(cur, batch, upserts)
+
+        return self._db.run_each(records, upsert, what, rejected or raise_refused)
 
     def close(self) -> None:
         self._db.close()
 
 
-def _upsert(cur: psycopg.Cursor, records: Sequence[Event]) -> None:
+_UPSERTS = (_UPSERT_EVENTS, _UPSERT_INDICATORS, _UPSERT_ALERTS)
+_UPSERTS_ANY_REVISION = (
+    _UPSERT_EVENTS.replace(_LATEST_WORD[0], ""),
+    _UPSERT_INDICATORS,
+    _UPSERT_ALERTS.replace(_LATEST_WORD[1], ""),
+)
+
+
+def _upsert(cur: psycopg.Cursor, records: Sequence[Event], upserts: tuple[str, str, str] = _UPSERTS) -> None:
     events: list[Event] = []
     values: list[Event] = []
     alerts: list[Event] = []
     for r in records:
         (values if r.__class__ is IndicatorValues else alerts if r.__class__ is Alert else events).append(r)
-    for batch, upsert in ((events, _UPSERT_EVENTS), (values, _UPSERT_INDICATORS), (alerts, _UPSERT_ALERTS)):
+    for batch, upsert in zip((events, values, alerts), upserts, strict=True):
         if batch:
             cur.execute(upsert, (_encode(batch).decode(),))

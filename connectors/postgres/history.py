@@ -1,13 +1,14 @@
 """What the database already holds about a symbol, for detectors that start cold.
 
-- `recent_bars`: the last bars before a symbol's first bar in this flow, so its indicators
-  are valid from that first bar (warm start from `ohlcv_1min`).
+- `recent_bars`: the last bars of a timeframe before a symbol's first bar of it in this flow,
+  so its indicators are valid from that first bar (warm start from `ohlcv_1min`, or the
+  timeframe's view, `ohlcv_5min` etc., which the flow's own coarser bars equal).
 - `session_references`: the session's extremes so far and the previous sessions' highs and
   lows, for the trade-level high/low detector.
 
-Both read `ohlcv_1min` with one query per call for many symbols (the primary key's
-(symbol, timestamp) order makes each symbol one index range scan), and retry while the
-server is down, like the sinks.
+Both read with one query per call for many symbols (the primary key's (symbol, timestamp)
+order makes each symbol one index range scan; the views read their rollup the same way),
+and retry while the server is down, like the sinks.
 """
 
 from __future__ import annotations
@@ -15,25 +16,28 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import psycopg
+from psycopg import sql
 
 from connectors.postgres.database import Database
 from schemas.sessions import Reference, session_of
+from schemas.timeframes import TIMEFRAMES
 
 BarRow = tuple[int, float, float, float, float, float, float]  # start ms, open, high, low, close, volume, vwap
 
-_RECENT = """
+_RECENT_OF = """
 SELECT w.symbol, (extract(epoch FROM b.timestamp) * 1000)::bigint,
        b.open::float8, b.high::float8, b.low::float8, b.close::float8, b.volume::float8, b.vwap::float8
 FROM unnest(%(symbols)s::text[], %(before)s::bigint[]) AS w(symbol, before_ms)
 CROSS JOIN LATERAL (
     SELECT o.timestamp, o.open, o.high, o.low, o.close, o.volume, o.vwap
-    FROM ohlcv_1min o
+    FROM {table} o
     WHERE o.symbol = w.symbol AND o.timestamp < to_timestamp(w.before_ms / 1000.0) AND o.close IS NOT NULL
     ORDER BY o.timestamp DESC
     LIMIT %(limit)s
 ) b
 ORDER BY w.symbol, b.timestamp
 """
+_RECENT = {name: sql.SQL(_RECENT_OF).format(table=sql.Identifier(t.table)) for name, t in TIMEFRAMES.items()}
 
 _TODAY = """
 SELECT w.symbol, max(o.high)::float8, min(o.low)::float8
@@ -66,16 +70,16 @@ def _utc(ms: int) -> datetime:
 
 
 class BarHistory:
-    """Reads of `ohlcv_1min` for warm starts; connects at once so a missing database fails the start-up."""
+    """Reads of the bar tables for warm starts; connects at once so a missing database fails the start-up."""
 
     def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
         self._db = Database(url, max_backoff_s=max_backoff_s)
 
-    def recent_bars(self, before: dict[str, int], limit: int) -> dict[str, list[BarRow]]:
-        """Each symbol's last `limit` bars with prices that start before `before[symbol]` (ms), oldest first."""
+    def recent_bars(self, before: dict[str, int], limit: int, timeframe: str = "1m") -> dict[str, list[BarRow]]:
+        """Each symbol's last `limit` bars of `timeframe` with prices that start before `before[symbol]` (ms), oldest first."""
         if not before:
             return {}
-        rows = self._query(_RECENT, {"symbols": list(before), "before": list(before.values()), "limit": limit})
+        rows = self._query(_RECENT[timeframe], {"symbols": list(before), "before": list(before.values()), "limit": limit})
         out: dict[str, list[BarRow]] = {}
         for symbol, *bar in rows:
             out.setdefault(symbol, []).append(tuple(bar))
@@ -111,9 +115,9 @@ class BarHistory:
                 prior.setdefault(symbol, []).append((day, high, low))
         return {symbol: Reference(*today.get(symbol, (None, None)), prior.get(symbol, [])) for symbol in symbols}
 
-    def _query(self, sql: str, params: dict) -> list[tuple]:
+    def _query(self, query: str | sql.Composed, params: dict) -> list[tuple]:
         def fetch(cur: psycopg.Cursor) -> list[tuple]:
-            cur.execute(sql, params)
+            cur.execute(query, params)
             return cur.fetchall()
 
         return self._db.run(fetch, "reading bar history from PostgreSQL")

@@ -38,10 +38,11 @@ def backfill_bar_sink(settings: OutputSettings, tally: Tally) -> _StoreThenPubli
 
 
 def backfill_event_sink(settings: OutputSettings) -> _StoreThenPublish[Event]:
-    """Detection records into their tables (the same idempotent upserts as the live flow's)."""
+    """Detection records into their tables (the live flow's idempotent upserts, except that a row of a
+    higher revision, amended or retracted by the live flow, is replaced too: the files are the day's truth)."""
 
     def open_writer() -> Writer:
-        store = EventStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
+        store = EventStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s, any_revision=True)
         refused = Refusals(settings, "detection records", "backfill")
 
         def write(events: list[Event]) -> None:

@@ -1,12 +1,22 @@
-"""Everything detected on one symbol's final bars: indicator values, alerts, patterns, trends, surges.
+"""Everything detected on one symbol's final bars of one timeframe: indicator values, alerts, patterns, trends, surges.
 
-A new bar is judged once, when it closes: it gets its indicator values, and the alert rules,
+A new bar is judged when it closes: it gets its indicator values, and the alert rules,
 candlestick patterns, trend and surge checks run on the series ending at it. A revision (or
-a minute that closes late, between bars already held) corrects the series and re-emits the
-indicator values of that bar and of every later one, since TA-Lib's values depend on the
-past; events already decided stay as they were (their record names the revision they saw).
+a bar that closes late, between bars already held) corrects the series, re-emits the
+indicator values of that bar and of every later one (TA-Lib's values depend on the past),
+and makes the decisions on those bars again, since their windows include the changed bar:
+an event that no longer holds goes out again `retracted`, one that holds differently
+`amended` (same id, a higher revision), one that now qualifies `detected`; one that holds as
+it was is not repeated. Why again rather than never: a subscriber that acted on an alert must
+learn that the market's correction took it back.
 
-Bars without prices (only volume-only trades in the minute) are skipped.
+The bound: decisions are remembered, and so re-made, for the last `replay_bars` + 1 bars (the
+bars whose indicator state is kept, 33 by default; the bar flow revises within
+ALLOWED_LATENESS_S, 15 one-minute bars by default). A revision of an older bar corrects the
+indicator values but re-makes only the remembered decisions; the trend before them is taken
+as it was decided. The memory is in the snapshot, so a restart re-makes the same decisions.
+
+Bars without prices (only volume-only trades in the bucket) are skipped.
 
 >>> from flows.detect.settings import DetectionSettings
 >>> d = BarDetector("AAPL", DetectionParams(DetectionSettings()))
@@ -19,11 +29,13 @@ Bars without prices (only volume-only trades in the minute) are skipped.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from hashlib import blake2b as _blake2b
 from typing import Any
 
 import msgspec
 import numpy as np
+from msgspec.structs import replace as _replace
 
 from flows.detect import indicators, patterns, surge, trend
 from flows.detect.series import BarSeries
@@ -32,11 +44,21 @@ from flows.detect.streaming import EMPTY, Indicators, State, Values
 from schemas.bars import Bar
 from schemas.events import Alert, Event, IndicatorValues, ParamValue, PatternEvent, SurgeEvent, TrendEvent, stable_id
 from schemas.sessions import session_of
+from schemas.timeframes import TimeframeName as Timeframe
 
-SNAPSHOT_VERSION = 2  # 2: with the streaming indicator state; 1 (without) is still restored
-TIMEFRAME = "1m"
+# 3: with the decisions of the recent bars and their indicator states (a revision after a restart
+# replays as without one); 2 (with the streaming indicator state) and 1 still restore
+SNAPSHOT_VERSION = 3
 _CONFIDENCE = tuple(round(warm / 11, 4) for warm in range(12))  # share of the 11 values that are warm
 _UNWARM: Values = (None,) * 10
+_NONE: tuple[BarEvent, ...] = ()
+
+# What was decided on one recent bar: its start, the trend direction and the last non-flat one
+# before it (the trend detector's state going in), and the records that went out for it (as
+# last sent: a retracted one is kept, so it can come back amended).
+BarEvent = TrendEvent | SurgeEvent | PatternEvent | Alert  # what is decided on bars (indicator values are not)
+Decided = tuple[int, str, str, Sequence[BarEvent]]
+_decided_decoder = msgspec.msgpack.Decoder(list[tuple[int, str, str, list[BarEvent]]])
 
 
 class DetectionParams:
@@ -73,8 +95,9 @@ class DetectionParams:
 class BarDetector:
     """One symbol's series and the little state its detectors keep between bars."""
 
-    def __init__(self, symbol: str, params: DetectionParams) -> None:
+    def __init__(self, symbol: str, params: DetectionParams, timeframe: Timeframe = "1m") -> None:
         self.symbol = symbol
+        self.timeframe = timeframe
         self.p = params
         self.series = BarSeries(params.cfg.indicators.window)
         self.revisions: dict[int, int] = {}  # bar start -> revision, for bars held with revision > 0
@@ -88,10 +111,12 @@ class BarDetector:
         self.state: State = EMPTY
         self.values: Values = _UNWARM
         self.recent: deque[tuple[int, State, Values]] = deque(maxlen=params.replay_bars + 1)
-        self._id_prefix = f"indicator|{symbol}|{TIMEFRAME}|"
+        # the decisions on as many recent bars, oldest first, to make them again after a revision
+        self.decided: deque[Decided] = deque(maxlen=params.replay_bars + 1)
+        self._id_prefix = f"indicator|{symbol}|{timeframe}|"
         self._tail: list[list[float]] | None = None  # o, h, l, c, v of the last `params.tail` bars, as lists
         self._last = -1  # the newest bar's start (-1: none yet)
-        self._pattern_id = f"pattern|{symbol}|{TIMEFRAME}|"
+        self._pattern_id = f"pattern|{symbol}|{timeframe}|"
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -123,7 +148,7 @@ class BarDetector:
         p = self.p
         if not is_new:
             self._tail = None  # the recent bars changed: read them again from the series
-            return self._replay(at) if p.indicators_on else []
+            return self._revise(at)
         tail = self._tail
         if tail is None:
             s = self.series
@@ -135,7 +160,7 @@ class BarDetector:
                 for column in tail:
                     del column[0]
         o, h, low, c, v = tail
-        before = self.values
+        before = values = self.values
         if p.compute_indicators:
             self.state, values = p.indicators.step(self.state, h[-1], low[-1], c)
             self.values = values
@@ -145,36 +170,97 @@ class BarDetector:
             total_v = self.total_v
             vwap_now = self.total_pv / total_v if total_v > 0 and t >= self.session_start else None
             out.append(self._indicator_record(t, values, vwap_now))
+        trend_before, last_before = self.trend, self.last_trend
+        found = self._decide(t, bar.revision, o, h, low, c, v, before, values, self.series._end)
+        self.decided.append((t, trend_before, last_before, found or _NONE))
+        if found:
+            out.extend(found)
+        return out
+
+    def _decide(
+        self, t: int, revision: int, o: list[float], h: list[float], low: list[float], c: list[float], v: list[float],
+        before: Values, values: Values, end: int,
+    ) -> list[BarEvent]:  # fmt: skip
+        """The events of the bar at `t`: the last candles as lists (o..v, ending at it), the indicator
+        values of the bar before and of this one, and its column end in the series' buffer. Moves the
+        trend state on by one bar."""
+        p = self.p
+        found: list[BarEvent] = []
         if p.alerts_on and len(c) > 1:
             fired = indicators.alerts_at(p.cfg.alerts, before, values, c[-2], c[-1])
             if fired:
-                out.extend(self._alerts(fired, bar))
+                found.extend(self._alerts(fired, t, revision))
         if p.patterns_on:
-            out.extend(self._patterns(bar, o, h, low, c, v))
+            found.extend(self._patterns(t, revision, o, h, low, c, v, end))
         if p.trend_on:
-            out.extend(self._trend(bar))
+            found.extend(self._trend(t, revision, c[-1], end))
         if p.surge_on:
-            out.extend(self._surges(bar, c, v))
+            found.extend(self._surges(t, revision, o[-1], c, v))
+        return found
+
+    def _revise(self, at: int) -> list[Event]:
+        """A revised or inserted bar at index `at`: its indicator values and every later bar's again,
+        then the decisions on those bars again (see the module's docstring)."""
+        values = self._values_from(at)
+        out: list[Event] = []
+        if self.p.indicators_on:
+            times = self.series.timestamp
+            vwaps = self._session_vwaps(at)
+            for offset, j in enumerate(range(at, len(times))):
+                out.append(self._indicator_record(int(times[j]), values[offset + 1], vwaps[offset]))
+        out.extend(self._redecide(at, values))
         return out
 
-    def _replay(self, at: int) -> list[Event]:
-        """A revised or inserted bar at index `at`: step it and every later bar again from the state of
-        the bar before it (kept for the last `replay_bars` bars; else from the window's first bar, as
-        if the series began there), and re-emit their values."""
+    def _values_from(self, at: int) -> list[Values]:
+        """Step bar `at` and every later bar again from the state of the bar before it (kept for the
+        last `replay_bars` bars; else from the window's first bar, as if the series began there).
+        Returns the values of bars at-1 (all None when at is 0) to the newest."""
         times = self.series.timestamp
         before = int(times[at - 1]) if at > 0 else None
         start = None
-        for t, state, _ in reversed(self.recent):
+        prior = _UNWARM
+        for t, state, vals in reversed(self.recent):
             if t == before:
-                start = state
+                start, prior = state, vals
                 break
         if start is None and at == 0 and self.state[0] < len(self.series):
             start = EMPTY  # every bar stepped so far is still held: nothing was before it
-        stepped = self._restep(0, EMPTY)[at:] if start is None else self._restep(at, start)
-        vwaps = self._session_vwaps(at)
+        if start is None:
+            stepped = self._restep(0, EMPTY)
+            return [stepped[at - 1] if at > 0 else _UNWARM, *stepped[at:]]
+        return [prior, *self._restep(at, start)]
+
+    def _redecide(self, at: int, values: list[Values]) -> list[Event]:
+        """Make the remembered decisions from bar `at` on again (`values`: of bars at-1 .. newest) and
+        return what changed: retracted, amended and newly detected records."""
+        decided = self.decided
+        s = self.series
+        times = s.timestamp
+        t_at = int(times[at])
+        old: dict[int, Sequence[BarEvent]] = {}
+        going_in: tuple[str, str] | None = None
+        while decided and decided[-1][0] >= t_at:
+            t, trend_before, last_before, records = decided.pop()
+            old[t] = records
+            going_in = (trend_before, last_before)
+        if going_in is None:
+            return []  # nothing decided from there on (only warm-start bars)
+        first = at
+        if not decided and t_at not in old:  # older than what is remembered: from the oldest remembered bar
+            first = int(np.searchsorted(times, min(old)))
+        self.trend, self.last_trend = going_in
+        p = self.p
+        data, start, n = s._data, s._start, len(times)
         out: list[Event] = []
-        for offset, j in enumerate(range(at, len(times))):
-            out.append(self._indicator_record(int(times[j]), stepped[offset], vwaps[offset]))
+        for j in range(first, n):
+            t = int(times[j])
+            end = start + j + 1
+            o, h, low, c, v = data[1:6, max(start, end - p.tail) : end].tolist()
+            trend_before, last_before = self.trend, self.last_trend
+            revision = self.revisions.get(t, 0)
+            found = self._decide(t, revision, o, h, low, c, v, values[j - at], values[j - at + 1], end)
+            kept = _reconcile(old.get(t, _NONE), found, revision, out)
+            decided.append((t, trend_before, last_before, kept or _NONE))
         return out
 
     def _restep(self, at: int, state: State) -> list[Values]:
@@ -284,20 +370,21 @@ class BarDetector:
             direction="neutral",
             params=self.p.indicator_params,
             sma=sma, ema=ema, rsi=rsi, macd=macd, macd_signal=signal, macd_hist=hist,
-            bb_upper=upper, bb_middle=middle, bb_lower=lower, atr=atr, vwap=vwap,
+            bb_upper=upper, bb_middle=middle, bb_lower=lower, atr=atr, vwap=vwap, timeframe=self.timeframe,
             revision=self.revisions.get(t, 0) if self.revisions else 0,
         )  # fmt: skip
 
-    def _alerts(self, fired: list[indicators.Firing], bar: Bar) -> list[Alert]:
+    def _alerts(self, fired: list[indicators.Firing], t: int, revision: int) -> list[Alert]:
         p = self.p
         out = []
         for f in fired:
             out.append(
                 Alert(
-                    id=stable_id("alert", self.symbol, TIMEFRAME, bar.timestamp, f.rule),
+                    id=stable_id("alert", self.symbol, self.timeframe, t, f.rule),
                     type=f.rule,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                     symbol=self.symbol,
-                    timestamp=bar.timestamp,
+                    timestamp=t,
+                    timeframe=self.timeframe,
                     confidence=1.0,
                     direction=f.direction,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                     params=p.alert_params[f.indicator],
@@ -306,42 +393,44 @@ class BarDetector:
                     value=float(f.value),
                     threshold=float(f.threshold),
                     message=f.message,
-                    revision=bar.revision,
+                    revision=revision,
                 )
             )
         return out
 
     def _patterns(
-        self, bar: Bar, o: list[float], h: list[float], low: list[float], c: list[float], v: list[float]
-    ) -> list[PatternEvent]:
+        self, t: int, revision: int, o: list[float], h: list[float], low: list[float], c: list[float], v: list[float],
+        end: int,
+    ) -> list[PatternEvent]:  # fmt: skip
         n = patterns.BARS
         s = self.series
         hits = patterns.recognise_last(
             self.p.pattern_entries, o, h, low, c, v,
-            lambda: tuple(s._data[1:5, max(s._start, s._end - n) : s._end]),  # four rows
+            lambda: tuple(s._data[1:5, max(s._start, end - n) : end]),  # four rows
         )  # fmt: skip
         if not hits:
             return []
-        prefix = f"{self._pattern_id}{bar.timestamp}|"
+        prefix = f"{self._pattern_id}{t}|"
         return [
             PatternEvent(
                 id=_blake2b((prefix + name).encode(), digest_size=8).hexdigest(),  # = stable_id("pattern", ...)
                 type=name,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
-                timestamp=bar.timestamp,
+                timestamp=t,
                 confidence=confidence,
                 direction=patterns.direction(name, signal),  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self.p.pattern_params[name],
+                timeframe=self.timeframe,
                 signal=signal,
-                revision=bar.revision,
+                revision=revision,
             )
             for name, signal, confidence in hits
         ]
 
-    def _trend(self, bar: Bar) -> list[TrendEvent]:
+    def _trend(self, t: int, revision: int, close: float, end: int) -> list[TrendEvent]:
         cfg = self.p.cfg.trend
         s = self.series
-        strength, slope = trend.measure(s._data[4, max(s._start, s._end - cfg.bars) : s._end], cfg.bars)
+        strength, slope = trend.measure(s._data[4, max(s._start, end - cfg.bars) : end], cfg.bars)
         now = trend.direction_of(strength, cfg.min_strength)
         change = trend.change(now, self.trend, self.last_trend)  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
         self.trend = now
@@ -351,48 +440,51 @@ class BarDetector:
             return []
         return [
             TrendEvent(
-                id=stable_id("trend", self.symbol, TIMEFRAME, bar.timestamp, change),
+                id=stable_id("trend", self.symbol, self.timeframe, t, change),
                 type=change,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 symbol=self.symbol,
-                timestamp=bar.timestamp,
+                timestamp=t,
+                timeframe=self.timeframe,
                 confidence=round(abs(strength), 4),
                 direction=now,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
                 params=self.p.trend_params,
                 strength=round(strength, 6),
                 slope=slope,
-                close=bar.close,  # type: ignore[arg-type]  # final bars that reach detection carry prices (volume-only bars are skipped above)
-                revision=bar.revision,
+                close=close,
+                revision=revision,
             )
         ]
 
-    def _surges(self, bar: Bar, close: list[float], volume: list[float]) -> list[SurgeEvent]:
+    def _surges(self, t: int, revision: int, open_: float, close: list[float], volume: list[float]) -> list[SurgeEvent]:
         cfg = self.p.cfg.surge
         out = []
         ratio = surge.volume_ratio(volume, cfg.volume_bars)
         if ratio is not None and ratio >= cfg.volume_multiple:
-            way = "up" if bar.close >= bar.open else "down"  # type: ignore[operator]  # final bars that reach detection carry prices (volume-only bars are skipped above)
-            out.append(
-                self._surge("volume_surge", bar, ratio, way, surge.grade(ratio, cfg.volume_multiple), self.p.volume_params)
-            )
+            way = "up" if close[-1] >= open_ else "down"
+            out.append(self._surge("volume_surge", t, revision, close, volume, ratio, way,
+                                   surge.grade(ratio, cfg.volume_multiple), self.p.volume_params))  # fmt: skip
         move = surge.price_surge(close, cfg.price_bars, cfg.price_pct)
         if move is not None:
             way = "up" if move > 0 else "down"
-            out.append(self._surge("price_surge", bar, move, way, surge.grade(move, cfg.price_pct), self.p.price_params))
+            out.append(self._surge("price_surge", t, revision, close, volume, move, way,
+                                   surge.grade(move, cfg.price_pct), self.p.price_params))  # fmt: skip
         return out
 
-    def _surge(self, kind: str, bar: Bar, ratio: float, way: str, confidence: float, params: dict) -> SurgeEvent:
+    def _surge(self, kind: str, t: int, revision: int, close: list[float], volume: list[float], ratio: float, way: str,
+               confidence: float, params: dict) -> SurgeEvent:  # fmt: skip
         return SurgeEvent(
-            id=stable_id("surge", self.symbol, TIMEFRAME, bar.timestamp, kind),
+            id=stable_id("surge", self.symbol, self.timeframe, t, kind),
             type=kind,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
             symbol=self.symbol,
-            timestamp=bar.timestamp,
+            timestamp=t,
             confidence=round(confidence, 4),
             direction=way,  # type: ignore[arg-type]  # a str drawn from the Literal's own values; mypy cannot follow the table
             params=params,
+            timeframe=self.timeframe,
             ratio=round(ratio, 6),
-            close=bar.close,  # type: ignore[arg-type]  # final bars that reach detection carry prices (volume-only bars are skipped above)
-            volume=bar.volume,
-            revision=bar.revision,
+            close=close[-1],
+            volume=int(volume[-1]),  # the series' float64 volume: exact below 2**53
+            revision=revision,
         )
 
     # ---- recovery ------------------------------------------------------------------------
@@ -405,17 +497,19 @@ class BarDetector:
         return msgspec.msgpack.encode((
             SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
             self.session_start, self.session_end, self.evicted_pv, self.evicted_v, self.total_pv, self.total_v,
-            self.state, self.values,
+            self.state, self.values, msgspec.msgpack.encode(list(self.decided)), list(self.recent),
         ))  # fmt: skip
 
     @classmethod
-    def restore(cls, symbol: str, raw: bytes, params: DetectionParams) -> BarDetector:
+    def restore(cls, symbol: str, raw: bytes, params: DetectionParams, timeframe: Timeframe = "1m") -> BarDetector:
+        """A detector from its snapshot. Versions 1 and 2 (from before the decisions were kept) restore
+        with none remembered: the events decided before them are not made again."""
         fields = msgspec.msgpack.decode(raw)
         version = fields[0] if isinstance(fields, list) and fields else None
-        if version not in (1, SNAPSHOT_VERSION) or len(fields) != (11 if version == 1 else 13):
+        if not isinstance(version, int) or len(fields) != _SNAPSHOT_FIELDS.get(version):
             raise ValueError(f"bar detector snapshot version {version}, expected {SNAPSHOT_VERSION}")
         _, series, revisions, trend_now, last_trend, start, end, pv, v, total_pv, total_v = fields[:11]
-        d = cls(symbol, params)
+        d = cls(symbol, params, timeframe)
         d.series = BarSeries.restore(series, params.cfg.indicators.window)
         d._last = d.series.last_timestamp if len(d.series) else -1  # type: ignore[assignment]  # not None when bars are held
         d.revisions = {int(t): r for t, r in revisions.items()}
@@ -425,6 +519,41 @@ class BarDetector:
         if version == 1:  # from before the streaming state: TA-Lib over the window, as then
             d._restep(0, EMPTY)
         else:
-            state, values = fields[11:]
+            state, values = fields[11:13]
             d.state, d.values = tuple(state), tuple(values)  # msgpack gives lists of the same fields
+        if version == 3:
+            d.decided.extend((t, a, b, records or _NONE) for t, a, b, records in _decided_decoder.decode(fields[13]))
+            d.recent.extend((t, tuple(state), tuple(values)) for t, state, values in fields[14])
         return d
+
+
+_SNAPSHOT_FIELDS = {1: 11, 2: 13, 3: 15}
+
+
+def _reconcile(old: Sequence[BarEvent], found: list[BarEvent], revision: int, out: list[Event]) -> list[BarEvent]:
+    """A bar's decision made again: appends to `out` what a subscriber must be told, returns what is
+    remembered for the bar. `old`: the records that went out for it, `found`: the decision now (each
+    with the bar's `revision`). An amendment or retraction carries a revision above the one it
+    replaces, so the highest revision of an id is its latest word."""
+    if not old:
+        out.extend(found)
+        return found
+    before = {e.id: e for e in old}
+    kept: list[BarEvent] = []
+    for e in found:
+        prev = before.pop(e.id, None)
+        if prev is None:
+            out.append(e)
+            kept.append(e)
+        elif prev.status == "retracted" or _replace(e, revision=prev.revision, status=prev.status) != prev:
+            e = _replace(e, status="amended", revision=max(revision, prev.revision + 1))
+            out.append(e)
+            kept.append(e)
+        else:
+            kept.append(prev)  # holds as it was: nothing to say
+    for prev in before.values():
+        if prev.status != "retracted":
+            prev = _replace(prev, status="retracted", revision=max(revision, prev.revision + 1))
+            out.append(prev)
+        kept.append(prev)
+    return kept

@@ -1,10 +1,11 @@
-"""Detection as Bytewax steps: warm start from the database, then one stateful detector per symbol.
+"""Detection as Bytewax steps: warm start from the database, then one stateful detector per symbol and timeframe.
 
 `detect_on_bars` turns the keyed stream of final bars into a keyed stream of detection records.
-Each symbol's `BarDetector` is Bytewax state, snapshotted at every epoch, so a restart resumes
-exactly where the last epoch ended and emits the same records with the same ids. A symbol the
-flow has no state for starts from its last bars in `ohlcv_1min`, fetched for a whole batch of
-such symbols at once.
+Each (symbol, timeframe)'s `BarDetector` is Bytewax state under `detector_key` (the symbol
+itself for 1m, as before there were other timeframes, so older recovery stores resume),
+snapshotted at every epoch, so a restart resumes exactly where the last epoch ended and emits
+the same records with the same ids. A detector the flow has no state for starts from its last
+bars in `ohlcv_1min` or the timeframe's view, fetched for a whole batch at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import bytewax.operators as op
 import msgspec
@@ -33,6 +35,8 @@ from flows.settings import Settings
 from schemas.bars import Bar
 from schemas.events import Event
 from schemas.polygon import DECODE_ERRORS
+from schemas.symbols import RULE, is_symbol
+from schemas.timeframes import TIMEFRAMES, TimeframeName
 
 DETECTORS = Gauge("tickstock_detection_state_symbols", "Symbols with detector state in this process")
 BARS_IN = Counter(
@@ -50,12 +54,30 @@ Gated = tuple[str, Bar] | KafkaSinkMessage  # a bar for its symbol's detector, o
 GateState = tuple[str, int, tuple[list, int]]
 
 _bar_decoder = msgspec.json.Decoder(Bar)
+_BAR_MS = {name: t.ms for name, t in TIMEFRAMES.items()}
+
+
+def idle_s_of(symbol_idle_s: float, timeframe: str) -> float:
+    """How long a detector of `timeframe` may go without a bar before its state is dropped: SYMBOL_IDLE_S,
+    or two of its bars if longer (a daily detector keeps its state from one trading day to the next).
+
+    >>> idle_s_of(86_400, "1m"), idle_s_of(86_400, "1d"), idle_s_of(3_600, "1h")
+    (86400, 172800.0, 7200.0)
+    """
+    return max(symbol_idle_s, 2 * _BAR_MS[timeframe] / 1000)
+
+
+def detector_key(symbol: str, timeframe: str) -> str:
+    """The state key of a symbol's detector of one timeframe: `AAPL` (1m), `AAPL/5m` (a symbol has no `/`)."""
+    return symbol if timeframe == "1m" else f"{symbol}/{timeframe}"
 
 
 class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
     """One partition of the bars topic: decodes its records and keeps their event time honest.
 
-    Anyone can write to the bars topic. An undecodable or null record becomes a dead letter;
+    Anyone can write to the bars topic. An undecodable or null record, a bar whose symbol is
+    not one (it names the detector's state) or whose start is not on its timeframe's grid
+    (UTC-epoch aligned) becomes a `malformed` dead letter;
     a bar further ahead of the wall clock than allowed, or beyond the partition's jump limit
     without confirmation (`flows.event_time`), is dead-lettered as `future`: one bar stamped
     in 2099 would otherwise make every later bar of its symbol look old, and silence its
@@ -129,6 +151,11 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
                 out.append(self._letter(topic, partition, offset, raw, "malformed", f"invalid bar: {exc}"))
                 continue
             t = bar.timestamp
+            if t % _BAR_MS[bar.timeframe] or not is_symbol(bar.symbol):
+                why = (f"invalid bar: symbol {bar.symbol[:40]!r} is not {RULE}" if not is_symbol(bar.symbol) else
+                       f"invalid bar: a {bar.timeframe} bar starts on a multiple of {_BAR_MS[bar.timeframe]} ms, not at {t}")  # fmt: skip
+                out.append(self._letter(topic, partition, offset, raw, "malformed", why))
+                continue
             if t > (wall_limit if jump else horizon.limit(self.watermark, wall_limit)):
                 if t > wall_limit:
                     out.append(self._letter(topic, partition, offset, raw, "future", horizon.ahead_of_clock(t, wall_limit)))
@@ -150,24 +177,28 @@ class BarGate(StatefulBatchLogic[RawBatch, Gated, GateState]):
 
 
 class WarmStart:
-    """Attaches database history to the first bar of every symbol this process has not seen lately.
+    """Keys each bar by its detector (`detector_key`), drops the timeframes not detected, and
+    attaches database history to the first bar of every detector this process has not seen lately.
 
-    History is fetched for the symbols that have no detector state here; after a restart the
+    History is fetched for the detectors that have no state here; after a restart the
     detectors that resumed from a snapshot ignore it. It stops `history_gap_ms` before the
-    symbol's first bar: bars after that may come from this flow's own input (late trades can
-    still open an earlier minute), and a replay or restart must see the history the first
-    run saw, or it would decide different events. Symbols not seen for `idle_s` are forgotten
-    here (their detectors drop their state after the same time, see DetectLogic), so the set
-    stays bounded; a detector that still has its state just ignores the history.
+    first bar: bars after that may come from this flow's own input (late trades can still open
+    an earlier minute, and so revise the coarser bar holding it), and a replay or restart must
+    see the history the first run saw, or it would decide different events. Keys not seen for
+    `idle_s_of` their timeframe are forgotten here (their detectors drop their state after the same time, see
+    DetectLogic), so the set stays bounded; a detector that still has its state just ignores
+    the history.
     """
 
-    def __init__(self, settings: Settings, limit: int) -> None:
+    def __init__(self, settings: Settings, limit: int, timeframes: tuple[TimeframeName, ...] = get_args(TimeframeName)) -> None:
         self._settings = settings
         self._limit = limit
+        self._timeframes = frozenset(timeframes)
         self._gap_ms = history_gap_ms(settings)
         self._idle_s = settings.symbol_idle_s
         self._history: BarHistory | None = None
-        self._seen: dict[str, float] = {}  # symbol -> wall-clock time of its last bar here
+        self._idle_of = {tf: idle_s_of(self._idle_s, tf) for tf in TIMEFRAMES}
+        self._seen: dict[str, float] = {}  # detector key -> when it is idle (monotonic clock) unless a bar comes
         self._next_prune = time.monotonic() + self._idle_s
 
     def _db(self) -> BarHistory:
@@ -176,29 +207,38 @@ class WarmStart:
             self._history = BarHistory(s.database_url, max_backoff_s=s.sink_max_backoff_s)
         return self._history
 
-    def history(self, symbol: str, first_ms: int) -> list[BarRow]:
-        """One symbol's history before its bar at `first_ms` (a detector that lost its state)."""
-        return self._db().recent_bars({symbol: first_ms - self._gap_ms}, self._limit).get(symbol, [])
+    def history(self, symbol: str, timeframe: TimeframeName, first_ms: int) -> list[BarRow]:
+        """One symbol's history of `timeframe` before its bar at `first_ms` (a detector that lost its state)."""
+        return self._db().recent_bars({symbol: first_ms - self._gap_ms}, self._limit, timeframe).get(symbol, [])
 
     def __call__(self, items: list[tuple[str, Bar]]) -> list[tuple[str, Warmed]]:
         now = time.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + self._idle_s / 10
-            self._seen = {k: t for k, t in self._seen.items() if now - t < self._idle_s}
-        first: dict[str, int] = {}
+            self._seen = {k: until for k, until in self._seen.items() if now < until}
+        first: dict[str, dict[str, int]] = {}  # timeframe -> symbol -> history before (ms)
         seen = self._seen
+        timeframes = self._timeframes
+        keyed: list[tuple[str, Bar]] = []
         for symbol, bar in items:
-            if symbol not in seen and symbol not in first:
-                first[symbol] = bar.timestamp - self._gap_ms
-        found = self._db().recent_bars(first, self._limit) if first else {}
+            tf = bar.timeframe
+            if tf not in timeframes:
+                continue  # not detected here (DETECT_TIMEFRAMES)
+            key = symbol if tf == "1m" else f"{symbol}/{tf}"  # = detector_key(symbol, tf)
+            keyed.append((key, bar))
+            if key not in seen:
+                first.setdefault(tf, {}).setdefault(symbol, bar.timestamp - self._gap_ms)
+        found = {tf: self._db().recent_bars(before, self._limit, tf) for tf, before in first.items()}
         out: list[tuple[str, Warmed]] = []
-        for symbol, bar in items:
-            seen[symbol] = now
-            if symbol in first:
-                out.append((symbol, (bar, found.get(symbol, []))))
-                del first[symbol]
+        idle_of = self._idle_of
+        for key, bar in keyed:
+            seen[key] = now + idle_of[bar.timeframe]
+            waiting = first.get(bar.timeframe) if first else None
+            if waiting and bar.symbol in waiting:
+                out.append((key, (bar, found[bar.timeframe].get(bar.symbol, []))))
+                del waiting[bar.symbol]
             else:
-                out.append((symbol, (bar, None)))
+                out.append((key, (bar, None)))
         return out
 
 
@@ -208,9 +248,9 @@ def history_gap_ms(settings: Settings) -> int:
 
 
 class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
-    """One symbol's detector; its snapshot is the detector's compact state.
+    """One (symbol, timeframe)'s detector; its snapshot is the detector's compact state.
 
-    A symbol that gets no bar for `idle_s` (wall clock) loses its state (memory stays bounded
+    A detector that gets no bar for `idle_s_of` its timeframe (wall clock) loses its state (memory stays bounded
     however many symbols ever appear); when it has a bar again, it starts from its history in
     the database, like a symbol seen for the first time.
     """
@@ -230,12 +270,14 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
         for bar, history in items:
             detector = self._detector
             if detector is None:
+                tf = bar.timeframe
                 if self._resume is not None:
-                    detector = BarDetector.restore(bar.symbol, self._resume, self._params)
+                    detector = BarDetector.restore(bar.symbol, self._resume, self._params, tf)
                 else:
-                    detector = BarDetector(bar.symbol, self._params)
-                    detector.warm(history if history is not None else self._warm.history(bar.symbol, bar.timestamp))
+                    detector = BarDetector(bar.symbol, self._params, tf)
+                    detector.warm(history if history is not None else self._warm.history(bar.symbol, tf, bar.timestamp))
                 self._detector, self._resume = detector, None
+                self._idle = timedelta(seconds=idle_s_of(self._idle.total_seconds(), tf))
             out.extend(detector.on_bar(bar))
         for event in out:
             EVENTS_OUT.labels(event.kind).inc()
@@ -277,9 +319,10 @@ def _is_bar(item: Gated) -> bool:
 
 
 def detect_on_bars(step_id: str, bars: KeyedStream[Bar], settings: Settings, detection: DetectionSettings) -> KeyedStream[Event]:
-    """Final bars keyed by symbol -> detection records keyed by symbol."""
+    """Final bars keyed by symbol -> detection records keyed by detector (`detector_key`), for the
+    timeframes `detection.timeframes` names."""
     params = DetectionParams(detection)
-    warm = WarmStart(settings, detection.indicators.window)
+    warm = WarmStart(settings, detection.indicators.window, detection.timeframes)
     warmed: Stream = op.flat_map_batch(f"{step_id}_warm_start", bars, warm)
     idle_s = settings.symbol_idle_s
     records = op.stateful_batch(f"{step_id}_per_symbol", warmed, lambda resume: DetectLogic(params, warm, idle_s, resume))

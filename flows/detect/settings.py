@@ -17,9 +17,9 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from schemas.events import ALERT_RULES, PATTERNS, AlertRule, PatternName
+from schemas.timeframes import TimeframeName
 
 CONFIG_FILE_VARIABLE = "DETECTION_CONFIG"
 
@@ -158,6 +159,9 @@ class DetectionSettings(BaseSettings):
     )
 
     enabled: bool = True
+    # Bar timeframes the bar detectors run on (bars of others on the bars topic are skipped):
+    # `DETECT_TIMEFRAMES=1m,5m`. Each (symbol, timeframe) has a detector of its own.
+    timeframes: Annotated[tuple[TimeframeName, ...], NoDecode, BeforeValidator(_comma_list)] = get_args(TimeframeName)
     highlow: HighLowSettings = HighLowSettings()
     trend: TrendSettings = TrendSettings()
     surge: SurgeSettings = SurgeSettings()
@@ -180,10 +184,17 @@ class DetectionSettings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
         return tuple(sources)
 
+    @field_validator("timeframes")
+    @classmethod
+    def _distinct_timeframes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{','.join(value)} names a timeframe more than once")
+        return value
+
     def bar_detection_on(self) -> bool:
         """Whether any detector that works on bars runs (else the flow skips the whole step)."""
         sections = (self.trend, self.surge, self.patterns, self.indicators, self.alerts)
-        return self.enabled and any(s.enabled for s in sections)
+        return self.enabled and bool(self.timeframes) and any(s.enabled for s in sections)
 
 
 class DetectionConfigError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,7 +61,9 @@ def test_events_land_in_their_tables_and_on_their_catalog_channels(settings, db,
 
     kinds = dict(db.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
     assert {"highlow", "pattern", "trend", "surge"} <= set(kinds), kinds
-    indicator_rows = db.execute("SELECT count(*), count(rsi), count(macd) FROM indicator_values").fetchone()
+    indicator_rows = db.execute(
+        "SELECT count(*), count(rsi), count(macd) FROM indicator_values WHERE timeframe = '1m'"
+    ).fetchone()
     priced_bars = db.execute("SELECT count(*) FROM ohlcv_1min WHERE close IS NOT NULL").fetchone()[0]
     assert indicator_rows[0] == priced_bars and indicator_rows[1] > 0 and indicator_rows[2] > 0
     assert db.execute("SELECT count(*) FROM alerts").fetchone()[0] > 0
@@ -78,7 +81,9 @@ def test_events_land_in_their_tables_and_on_their_catalog_channels(settings, db,
             jsonschema.validate({k: v for k, v in p.items() if k not in ("offset", "epoch")}, SCHEMAS[p["kind"]])
         assert [p["offset"] for p in payloads] == list(range(payloads[0]["offset"], payloads[0]["offset"] + len(payloads)))
 
-    assert all(p["confidence"] >= DETECTED_MIN_CONFIDENCE for p in by_channel[channels.patterns_detected])
+    # (and every amendment or retraction of a pattern, whatever its confidence)
+    assert all(p["confidence"] >= DETECTED_MIN_CONFIDENCE or p["status"] != "detected"
+               for p in by_channel[channels.patterns_detected])  # fmt: skip
     assert len(by_channel[channels.patterns_detected]) < len(by_channel[channels.patterns_streaming])
     assert all(p["type"] == "volume_surge" for p in by_channel[channels.volume])
     critical = by_channel[channels.alerts_critical]
@@ -140,8 +145,8 @@ def test_indicators_are_valid_from_the_first_bar_when_history_is_in_the_database
     for symbol in symbols:
         bars = db.execute("SELECT close::float8, high::float8, low::float8, timestamp FROM ohlcv_1min "
                           "WHERE symbol = %s AND close IS NOT NULL ORDER BY timestamp", (symbol,)).fetchall()  # fmt: skip
-        values = db.execute("SELECT timestamp, rsi, macd, atr FROM indicator_values WHERE symbol = %s ORDER BY timestamp",
-                            (symbol,)).fetchall()  # fmt: skip
+        values = db.execute("SELECT timestamp, rsi, macd, atr FROM indicator_values WHERE symbol = %s AND timeframe = '1m' "
+                            "ORDER BY timestamp", (symbol,)).fetchall()  # fmt: skip
         first_new = next(i for i, b in enumerate(bars) if b[3].timestamp() * 1000 >= DEFAULT_START_MS)
         close = np.array([b[0] for b in bars])
         high, low = np.array([b[1] for b in bars]), np.array([b[2] for b in bars])
@@ -190,3 +195,98 @@ def test_a_bad_detection_setting_stops_the_flow_at_start_with_the_variable_named
                                 timeout=60)  # fmt: skip
         assert result.returncode != 0
         assert b"DETECT_SURGE__VOLUME_MULTIPLE" in result.stderr and b"greater than 1" in result.stderr
+
+
+# ---- timeframes and decisions made again -------------------------------------------------------
+
+FIVE = 300_000
+
+
+def five_minute(symbol: str, i: int, close: float, volume: int = 1000, revision: int = 0) -> Bar:
+    return Bar(symbol=symbol, timeframe="5m", timestamp=DEFAULT_START_MS + i * FIVE, open=close - 0.01,
+               high=close + 0.05, low=close - 0.06, close=close, volume=volume, vwap=close, trades=5,
+               revision=revision, status="final")  # fmt: skip
+
+
+def produce_bars(s, bars: list[Bar]) -> None:
+    from connectors.kafka import clients
+    from schemas.bars import encode_bar
+
+    producer = clients.producer(s)
+    for b in bars:
+        producer.produce(s.topic_bars, encode_bar(b), b.symbol.encode())
+    assert producer.flush(30) == 0
+
+
+def surge_rows(db) -> list[tuple]:
+    return db.execute("SELECT type, (extract(epoch FROM timestamp) * 1000)::bigint, status, revision, timeframe, id "
+                      "FROM events WHERE kind = 'surge' ORDER BY 2, 1").fetchall()  # fmt: skip
+
+
+def test_five_minute_bars_give_five_minute_rows_warm_from_the_view_and_revisions_amend_them(settings, db, recorder,
+                                                                                          tmp_path):  # fmt: skip
+    """5m bars on the bars topic (and 1m ones, not detected here): 5m indicator rows valid from the first
+    bar, warm-started from `ohlcv_5min`; a revision retracts one surge and amends another, in the table
+    and on Redis; the same rows when the flow restarts from its recovery store between the bars and
+    the revisions."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    symbol = "FIVE"
+    # 1,000 minutes of history ending well before the flow's first bar (its reach: the lateness and a minute)
+    history_end = DEFAULT_START_MS - 30 * MINUTE
+    store = BarStore(TEST_DATABASE_URL)
+    store.upsert([b.__replace__(volume=200) for b in history_bars(symbol, history_end, 1000, base=100.0)])
+    store.close()
+    calm = [five_minute(symbol, i, 100 + 0.01 * math.sin(i)) for i in range(60)]
+    calm[40] = calm[40].__replace__(volume=10_000)  # a volume surge ...
+    calm[45] = five_minute(symbol, 45, 102.0)  # ... and a price surge
+    minutes = [Bar(symbol=symbol, timestamp=DEFAULT_START_MS + i * MINUTE, open=1.0, high=1.0, low=1.0, close=1.0,
+                   volume=1, vwap=1.0, trades=1, revision=0, status="final") for i in range(30)]  # fmt: skip
+    revisions = [calm[40].__replace__(volume=1_200, revision=1), calm[45].__replace__(close=101.5, low=101.44, revision=1)]
+    only_5m = DetectionSettings(timeframes=("5m",))
+    produce_bars(settings, minutes + calm + revisions)
+    heard = recorder(settings.redis_url, f"{settings.redis_namespace}.events.surge")
+    run_main(detection_flow.build_flow(settings, only_5m))
+    time.sleep(0.3)
+
+    assert db.execute("SELECT DISTINCT timeframe FROM indicator_values").fetchall() == [("5m",)]
+    assert db.execute("SELECT count(*) FROM indicator_values").fetchone() == (60,)
+    assert db.execute("SELECT DISTINCT timeframe FROM events").fetchall() == [("5m",)]
+    view = db.execute("SELECT close::float8, high::float8, low::float8 FROM ohlcv_5min WHERE symbol = %s ORDER BY timestamp",
+                      (symbol,)).fetchall()  # fmt: skip
+    close = np.array([r[0] for r in view] + [b.close for b in calm[:1]])
+    high, low = np.array([r[1] for r in view] + [calm[0].high]), np.array([r[2] for r in view] + [calm[0].low])
+    first = db.execute("SELECT rsi, atr FROM indicator_values ORDER BY timestamp LIMIT 1").fetchone()
+    assert first[0] == pytest.approx(talib.RSI(close, 14)[-1], abs=1e-9), "warm from the 5-minute view"
+    assert first[1] == pytest.approx(talib.ATR(high, low, close, 14)[-1], abs=1e-9)
+
+    surges = {(kind, t): (status, revision, tf, i) for kind, t, status, revision, tf, i in surge_rows(db)}
+    volume = surges[("volume_surge", calm[40].timestamp)]
+    price = surges[("price_surge", calm[45].timestamp)]
+    assert volume[:3] == ("retracted", 1, "5m") and price[:3] == ("amended", 1, "5m")
+    said: dict[str, list] = {}
+    for _, data in heard.stop():
+        p = json.loads(data)
+        said.setdefault(p["id"], []).append((p["status"], p["revision"]))
+    assert said[volume[3]] == [("detected", 0), ("retracted", 1)] and said[price[3]] == [("detected", 0), ("amended", 1)]
+    uninterrupted = {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in ("events", "indicator_values")}
+
+    db.execute("TRUNCATE events, indicator_values, alerts")
+    again = settings.model_copy(update={"topic_bars": settings.topic_bars + ".again"})
+    from tests.support.services import create_topics
+
+    create_topics(again)
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+    produce_bars(again, minutes + calm)
+    run_main(detection_flow.build_flow(again, only_5m), recovery_config=RecoveryConfig(str(recovery)))
+    produce_bars(again, revisions)
+    heard = recorder(settings.redis_url, f"{settings.redis_namespace}.events.surge")
+    run_main(detection_flow.build_flow(again, only_5m), recovery_config=RecoveryConfig(str(recovery)))
+    time.sleep(0.3)
+    after = {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in uninterrupted}
+    assert after == uninterrupted, "the decisions on the bars before the restart were made again after it"
+    resumed = [(p["id"], p["status"], p["revision"]) for p in (json.loads(data) for _, data in heard.stop())]
+    assert (volume[3], "retracted", 1) in resumed and (price[3], "amended", 1) in resumed
+    assert all(status != "detected" or revision > 0 for _, status, revision in resumed), "resumed, not replayed"

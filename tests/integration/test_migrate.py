@@ -289,3 +289,70 @@ def test_covering_keys_up_down_up_with_data_in_place(empty_database: Storage) ->
             ]
         assert "Index Only Scan using ohlcv_1min_pkey" in plans[0]
         assert "Index Only Scan using bars_5min_pkey" in plans[1]
+
+
+_EVENT_ROW = (
+    "INSERT INTO events (symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision, params, detail)"
+    " VALUES ('AAPL', to_timestamp(%s / 1000.0), %s, 'surge', 'volume_surge', '5m', 'up', 0.9, 190.0, 0, '{}', '{}')"
+)
+_ALERT_ROW = (
+    "INSERT INTO alerts (symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator, value,"
+    " threshold, message, revision, params)"
+    " VALUES ('AAPL', to_timestamp(%s / 1000.0), %s, 'rsi_overbought', 'warning', '5m', 'up', 1, 'rsi', 71, 70, 'm', 0, '{}')"
+)
+
+
+def test_event_status_up_down_up_with_rows_in_place(empty_database: Storage) -> None:
+    """0007: events and alerts gain `status` (rows from before: detected), also with compressed chunks on
+    TimescaleDB; an amendment replaces its row, a lower revision never does; down and up keep the rows."""
+    from connectors.postgres.events import EventStore
+    from schemas.events import Alert, SurgeEvent, stable_id
+
+    url = empty_database.url
+    migrate.up(url, to=6, log=quiet)
+    t = 1_793_629_800_000
+    surge = SurgeEvent(id=stable_id("surge", "AAPL", "5m", t, "volume_surge"), type="volume_surge", symbol="AAPL",
+                       timestamp=t, confidence=0.9, direction="up", params={}, timeframe="5m", ratio=4.0, close=190.0,
+                       volume=100)  # fmt: skip
+    alert = Alert(id=stable_id("alert", "AAPL", "5m", t, "rsi_overbought"), type="rsi_overbought", symbol="AAPL",
+                  timestamp=t, confidence=1.0, direction="up", params={}, timeframe="5m", severity="warning",
+                  indicator="rsi", value=71.0, threshold=70.0, message="m")  # fmt: skip
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(_EVENT_ROW, (t, surge.id))
+        conn.execute(_ALERT_ROW, (t, alert.id))
+    if empty_database.timescaledb:  # (the embedded server takes one connection at a time)
+        from infra.policies import PolicySettings, apply
+
+        apply(url, PolicySettings(), log=quiet)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT compress_chunk(c) FROM show_chunks('events') c UNION ALL "
+                         "SELECT compress_chunk(c) FROM show_chunks('alerts') c")  # fmt: skip
+
+    def rows() -> list[tuple]:
+        with psycopg.connect(url) as conn:
+            return [conn.execute(f"SELECT id, revision, status FROM {table}").fetchone() for table in ("events", "alerts")]
+
+    def upsert(records: list, **options: bool) -> None:
+        store = EventStore(url, **options)
+        store.upsert(records)
+        store.close()
+
+    for step in range(3):
+        if step == 1:
+            assert migrate.down(url, to=6, log=quiet)[0].label == "0007_event_status"
+            with psycopg.connect(url) as conn:
+                columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'status'"
+                                       " AND table_name IN ('events', 'alerts')").fetchone()  # fmt: skip
+            assert columns == (0,)
+        migrate.up(url, log=quiet)
+        assert rows() == [(surge.id, 0, "detected"), (alert.id, 0, "detected")]
+        upsert([surge.__replace__(status="amended", revision=1, ratio=3.5), alert.__replace__(status="retracted", revision=1)])
+        assert rows() == [(surge.id, 1, "amended"), (alert.id, 1, "retracted")]
+        upsert([surge, alert])  # the first word again (a replay): the later one stays
+        assert rows() == [(surge.id, 1, "amended"), (alert.id, 1, "retracted")]
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT detail->>'ratio' FROM events").fetchone() == ("3.5",)
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("UPDATE events SET status = 'maybe'")
+        upsert([surge, alert], any_revision=True)  # the backfill's decision from the day's files replaces it
+        assert rows() == [(surge.id, 0, "detected"), (alert.id, 0, "detected")]

@@ -37,6 +37,14 @@ def test_environment_overrides_the_file(monkeypatch, tmp_path):
     assert s.patterns.names == ("doji", "engulfing")
 
 
+def test_timeframes_default_to_all_and_an_empty_list_turns_bar_detection_off(monkeypatch):
+    assert DetectionSettings().timeframes == ("1m", "5m", "15m", "1h", "1d")
+    monkeypatch.setenv("DETECT_TIMEFRAMES", " 5m, 1d ")
+    assert load().timeframes == ("5m", "1d") and load().bar_detection_on()
+    monkeypatch.setenv("DETECT_TIMEFRAMES", "")
+    assert load().timeframes == () and not load().bar_detection_on()
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -47,6 +55,8 @@ def test_environment_overrides_the_file(monkeypatch, tmp_path):
         ("DETECT_ALERTS__RSI_LOWER", "80", "rsi_lower (80.0) must be below rsi_upper"),
         ("DETECT_INDICATORS__MACD_FAST", "30", "macd_fast (30) must be below macd_slow"),
         ("DETECT_INDICATORS__WINDOW", "60", "window (60) must be at least twice"),
+        ("DETECT_TIMEFRAMES", "1m,2m", "DETECT_TIMEFRAMES"),
+        ("DETECT_TIMEFRAMES", "5m,1h,5m", "5m,1h,5m names a timeframe more than once"),
     ],
 )
 def test_a_bad_variable_is_named_in_the_error(monkeypatch, variable, value, message):

@@ -1,8 +1,8 @@
-"""The detectors' indicator values and pattern hits equal TA-Lib's over the whole series.
+"""The detectors' indicator values and pattern hits equal TA-Lib's over the whole series, on 1-minute and 5-minute bars.
 
-The flow keeps a window of recent bars per symbol and calls TA-Lib on it bar by bar; these
-tests run a long series through `BarDetector` exactly as the flow does and compare every
-value and every hit with TA-Lib called once on the complete series.
+The flow keeps a window of recent bars per symbol and timeframe and steps the indicators bar by
+bar; these tests run a long series through `BarDetector` exactly as the flow does and compare
+every value and every hit with TA-Lib called once on the complete series.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from flows.detect.bar_detector import BarDetector, DetectionParams
 from flows.detect.patterns import TABLE
 from flows.detect.settings import DetectionSettings
 from schemas.bars import Bar
-from schemas.events import decode_event, encode_event
+from schemas.events import decode_event, encode_event, stable_id
+from schemas.timeframes import TIMEFRAMES
 
 MINUTE = 60_000
 T0 = 1_764_253_800_000  # 2025-11-27 09:30 EST
 
 
-def random_bars(n: int, seed: int) -> list[Bar]:
+def random_bars(n: int, seed: int, timeframe: str = "1m") -> list[Bar]:
     """A random walk with candles of every shape: long bodies, tiny bodies, long shadows, gaps."""
+    step = TIMEFRAMES[timeframe].ms
     rng = np.random.default_rng(seed)
     close = 100 + np.cumsum(rng.normal(0, 0.4, n))
     open_ = close + rng.normal(0, 0.3, n) * rng.choice([0.02, 1.0, 2.5], n)
@@ -32,23 +34,30 @@ def random_bars(n: int, seed: int) -> list[Bar]:
     bottom = np.minimum(open_, close) - rng.exponential(0.15, n) * rng.choice([0.0, 1.0, 4.0], n)
     volume = rng.integers(100, 5_000, n) * rng.choice([1, 1, 1, 6], n)
     return [
-        Bar(symbol="TST", timestamp=T0 + i * MINUTE, open=float(open_[i]), high=float(top[i]), low=float(bottom[i]),
-            close=float(close[i]), volume=int(volume[i]), vwap=float(close[i]), trades=10, revision=0, status="final")
+        Bar(symbol="TST", timeframe=timeframe, timestamp=T0 + i * step, open=float(open_[i]), high=float(top[i]),
+            low=float(bottom[i]), close=float(close[i]), volume=int(volume[i]), vwap=float(close[i]), trades=10,
+            revision=0, status="final")
         for i in range(n)
     ]  # fmt: skip
 
 
 def run(bars: list[Bar]) -> list:
-    detector = BarDetector("TST", DetectionParams(DetectionSettings()))
+    timeframe = bars[0].timeframe
+    detector = BarDetector("TST", DetectionParams(DetectionSettings()), timeframe)
     events = [event for bar in bars for event in detector.on_bar(bar)]
-    for event in events:  # every record encodes (no numpy scalars) and decodes to itself
+    for event in events:  # every record encodes (no numpy scalars) and decodes to itself, of its timeframe
         assert decode_event(encode_event(event)) == event
+        assert event.timeframe == timeframe and event.status == "detected"
+        assert event.id == stable_id(
+            event.kind, "TST", timeframe, event.timestamp, *(() if event.kind == "indicator" else (event.type,))
+        )
     return events
 
 
-@pytest.fixture(scope="module")
-def series() -> tuple[list[Bar], list]:
-    bars = random_bars(3000, seed=7)
+@pytest.fixture(scope="module", params=["1m", "5m"])
+def series(request) -> tuple[list[Bar], list]:
+    """3,000 bars of 1 minute, or of 5 minutes (bar starts 5 minutes apart, `timeframe` 5m)."""
+    bars = random_bars(3000, seed=7, timeframe=request.param)
     return bars, run(bars)
 
 

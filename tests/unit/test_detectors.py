@@ -304,18 +304,23 @@ def test_a_gap_in_minutes_is_just_the_next_bar_and_bars_without_prices_are_skipp
     assert after_gap[0].sma == pytest.approx(talib.SMA(closes, 20)[-1])
 
 
-def test_a_revision_recomputes_that_bar_and_every_later_one_but_decides_no_new_events():
+def test_a_revision_recomputes_that_bar_and_every_later_one_and_decides_them_again():
     d = BarDetector("AAA", DetectionParams(DetectionSettings()))
     closes = [10 + 0.02 * math.sin(i / 3) for i in range(40)]
     for i, c in enumerate(closes):
         d.on_bar(bar(i, c))
     revised = d.on_bar(bar(35, 12.0, revision=2))
-    assert {e.kind for e in revised} == {"indicator"}
-    assert [r.timestamp for r in revised] == [T0 + i * MINUTE for i in range(35, 40)]
-    assert revised[0].revision == 2 and revised[1].revision == 0
+    records = indicator_records(revised)
+    assert [r.timestamp for r in records] == [T0 + i * MINUTE for i in range(35, 40)]
+    assert records[0].revision == 2 and records[1].revision == 0
     closes[35] = 12.0
     expected = talib.EMA(np.array(closes), 20)[35:]
-    assert [r.ema for r in revised] == pytest.approx(list(expected), abs=1e-9)
+    assert [r.ema for r in records] == pytest.approx(list(expected), abs=1e-9)
+    # a 20 % jump: a price surge and a Bollinger break now hold on bar 35, decided on its revision 2
+    events = [e for e in revised if e.kind != "indicator"]
+    new = {(e.type, e.timestamp, e.status, e.revision) for e in events}
+    assert ("price_surge", T0 + 35 * MINUTE, "detected", 2) in new
+    assert ("bollinger_above", T0 + 35 * MINUTE, "detected", 2) in new
 
 
 def test_a_late_minute_is_inserted_in_time_order():

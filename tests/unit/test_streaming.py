@@ -108,8 +108,8 @@ def test_a_revision_several_bars_back_gives_talibs_values_on_the_corrected_serie
         d.on_bar(b)
     at = len(bars) - 1 - back
     bars[at] = revised(bars[at], bars[at].close + 1.5)
-    out = d.on_bar(bars[at])
-    assert [e.timestamp for e in out] == [b.timestamp for b in bars[at:]] and {e.kind for e in out} == {"indicator"}
+    out = [e for e in d.on_bar(bars[at]) if e.kind == "indicator"]  # (and the decisions made again: test_amended_events)
+    assert [e.timestamp for e in out] == [b.timestamp for b in bars[at:]]
     _, h, low, c, _ = arrays(bars)
     want = talib_values(DetectionSettings().indicators, h, low, c)[:, at:]
     got = indicator_matrix(out)
@@ -129,6 +129,8 @@ def test_an_old_snapshot_without_the_streaming_state_still_restores():
     """Version 1 (before the streaming state): restored by stepping the window, as TA-Lib over it was."""
     import msgspec
 
+    from flows.detect.bar_detector import SNAPSHOT_VERSION
+
     bars = random_bars(600, seed=2)
     params = DetectionParams(DetectionSettings())
     d = BarDetector("TST", params)
@@ -142,7 +144,7 @@ def test_an_old_snapshot_without_the_streaming_state_still_restores():
     want = talib_values(DetectionSettings().indicators, h, low, c)[:, 500:]
     assert float(np.nanmax(np.abs(indicator_matrix(records) - want))) <= 1e-9
     with pytest.raises(ValueError, match="snapshot version"):
-        BarDetector.restore("TST", msgspec.msgpack.encode([3, *fields[1:]]), params)
+        BarDetector.restore("TST", msgspec.msgpack.encode([SNAPSHOT_VERSION + 1, *fields[1:]]), params)
 
 
 @pytest.mark.parametrize("decimals", [None, 1])
