@@ -17,7 +17,9 @@
 -- whole number of hours from UTC) by a range on the rollup's key: `WHERE symbol = .. AND timestamp >= ..
 -- AND timestamp < ..` on a view becomes a range on eastern_days' open index, then one primary-key range of
 -- rollups.bars_5min per day (~78 rows for a regular day, 192 for an extended one): an index range
--- whatever the history length, nothing on the write path. Without the rollup (TimescaleDB before 2.18,
+-- whatever the history length, nothing on the write path. The redundant bound `open > timestamp - 1 day`
+-- (a session is shorter than a day) keeps the other join order cheap too: a symbol's whole history,
+-- read bar by bar, finds each bar's day by a one-row range instead of scanning every earlier day. Without the rollup (TimescaleDB before 2.18,
 -- see 0004) the views read ohlcv_1min's primary key the same way, a minute per row. A change of the
 -- time zone rules after this migration needs eastern_days refilled (the INSERT below, after a DELETE).
 
@@ -65,6 +67,7 @@ BEGIN
                        d.day
                 FROM eastern_days d
                 JOIN rollups.bars_5min b ON b.timestamp >= d.%2$I AND b.timestamp < d.%3$I
+                                        AND d.%2$I > b.timestamp - INTERVAL '1 day'
                 GROUP BY b.symbol, d.%2$I, d.day
             $sql$, session.view_name, session.name || '_open', session.name || '_close');
         ELSE
@@ -83,6 +86,7 @@ BEGIN
                        d.day
                 FROM eastern_days d
                 JOIN ohlcv_1min m ON m.timestamp >= d.%2$I AND m.timestamp < d.%3$I
+                                 AND d.%2$I > m.timestamp - INTERVAL '1 day'
                 GROUP BY m.symbol, d.%2$I, d.day
             $sql$, session.view_name, session.name || '_open', session.name || '_close');
         END IF;
