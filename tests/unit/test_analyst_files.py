@@ -201,3 +201,15 @@ def test_cli_says_when_postgresql_cannot_be_used(tmp_path: Path, capsys) -> None
               "--database-url", NOWHERE])  # fmt: skip
     assert exited.value.code == 1 and "PostgreSQL cannot be used" in capsys.readouterr().err
     assert DEFAULT_MAX_ROWS >= 1_000_000
+
+
+def test_the_pure_parts_know_nothing_of_sql() -> None:
+    """export.py and chart.py take DataFrames; only cli.py (composition) reaches the database."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "connectors" / "analyst"
+    for name in ("export.py", "chart.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in imported if m.split(".")[0] in ("psycopg", "psycopg_pool", "connectors", "flows")}, name
