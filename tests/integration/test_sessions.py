@@ -7,7 +7,9 @@ analyst API."""
 from __future__ import annotations
 
 import random
+import shutil
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -16,6 +18,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from connectors.postgres.analyst import SESSION_SCHEMA, bars
+from connectors.postgres.bars import BarStore
 from infra import migrate
 from schemas.bars import Bar
 from schemas.sessions import SESSIONS
@@ -187,3 +190,22 @@ def test_a_symbol_range_is_an_index_range(storage: Storage) -> None:
         assert f"using eastern_days_{s.name}_open_key" in plan and f"({s.name}_open >= '2024-02-01" in plan, plan
         assert "on bars_5min" in plan and f'("timestamp" >= d.{s.name}_open)' in plan, plan
         assert db.execute(f"SELECT count(*) FROM {s.table} WHERE symbol = 'AAPL'").fetchone() == (12,)
+
+
+def test_without_the_rollup_the_views_read_the_minutes(database_url: str, tmp_path: Path) -> None:
+    """0006 on a schema without 0004's rollup (what TimescaleDB before 2.18 keeps): the same views over
+    ohlcv_1min, equal to the same reference (plain PostgreSQL, 0001-0003 then 0006)."""
+    for path in migrate.MIGRATIONS_DIR.glob("000[1236]_*.sql"):
+        shutil.copy(path, tmp_path)
+    migrate.up(database_url, directory=tmp_path, log=quiet)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('rollups.bars_5min')").fetchone() == (None,)
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN SELECT * FROM ohlcv_1day_regular WHERE symbol = 'AAPL'"))
+        assert "ohlcv_1min" in plan
+    store = BarStore(database_url)
+    try:
+        store.upsert(minute_bars())
+    finally:
+        store.close()
+    assert_sessions_match(database_url)
+    migrate.down(database_url, to=0, directory=tmp_path, log=quiet)
