@@ -17,6 +17,8 @@ from fastapi.security import APIKeyQuery, HTTPBearer
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
+from schemas.sessions import SessionName
+
 
 class Error(BaseModel):
     detail: str
@@ -51,6 +53,7 @@ class BarOut(Tick):
 class Bars(BaseModel):
     symbol: str
     timeframe: str
+    session: SessionName | None = None  # daily bars by US/Eastern trading day
     start: datetime
     end: datetime
     count: int

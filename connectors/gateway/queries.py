@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from connectors.postgres.queries import BARS_IN_RANGE
+from connectors.postgres.queries import BARS_IN_RANGE, SESSION_BARS_IN_RANGE
 from schemas.timeframes import Timeframe
 
 BUSIEST_SCAN = 5000  # rows read when a grant's symbols must be filtered after the query
@@ -54,9 +54,13 @@ async def recent_ticks(conn: psycopg.AsyncConnection, symbol: str, since: dateti
     )
 
 
-async def bars(conn: psycopg.AsyncConnection, timeframe: Timeframe, symbol: str, start: datetime, end: datetime) -> list[dict]:
-    """Bars of `symbol` in `timeframe` whose bucket starts in [start, end), oldest first (the shared bar SQL)."""
-    return await rows(conn, BARS_IN_RANGE[timeframe.name], {"symbols": [symbol], "start": start, "end": end})
+async def bars(
+    conn: psycopg.AsyncConnection, timeframe: Timeframe, symbol: str, start: datetime, end: datetime, session: str | None = None
+) -> list[dict]:
+    """Bars of `symbol` in `timeframe` whose bucket starts in [start, end), oldest first (the shared bar SQL);
+    with a `session` (timeframe 1d), that session's daily bars by US/Eastern day, starting at its open."""
+    query = BARS_IN_RANGE[timeframe.name] if session is None else SESSION_BARS_IN_RANGE[session]
+    return await rows(conn, query, {"symbols": [symbol], "start": start, "end": end})
 
 
 async def detection_events(

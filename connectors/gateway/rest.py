@@ -57,6 +57,7 @@ from connectors.gateway.openapi import (
 from connectors.gateway.protocol import ALL, safe_text
 from connectors.gateway.rfc3339 import FIRST, parse_time
 from schemas.events import EVENT_TABLE_KINDS
+from schemas.sessions import SessionName
 from schemas.symbols import MAX_SYMBOL_LENGTH, SYMBOL_PATTERN, InvalidSymbol, normalise
 from schemas.timeframes import TIMEFRAMES, TimeframeName
 
@@ -243,16 +244,22 @@ def build_rest(
     )
     async def bars(
         grant: Admitted,
-        _: Annotated[None, only("symbol", "start", "end", "timeframe")],
+        _: Annotated[None, only("symbol", "start", "end", "timeframe", "session")],
         symbol: SymbolQuery,
         start: Annotated[str, _time_query("RFC 3339, inclusive")],
         end: Annotated[str, _time_query("RFC 3339, exclusive; after start")],
         timeframe: TimeframeName = "1m",
+        session: Annotated[
+            SessionName | None,
+            Query(description="with timeframe 1d: US/Eastern trading days, 09:30-16:00 or 04:00-20:00 New York"),
+        ] = None,
     ) -> dict:
         symbol = symbol_for(grant, symbol, BAR_KIND)
         start_utc, end_utc = parse_time("start", start), parse_time("end", end)
         if start_utc >= end_utc:
             raise HTTPException(400, f"start {start_utc.isoformat()} must be before end {end_utc.isoformat()}")
+        if session is not None and timeframe != "1d":
+            raise HTTPException(400, f"session {session} has daily bars: use timeframe 1d, not {timeframe}")
         frame = TIMEFRAMES[timeframe]
         buckets = (end_utc - start_utc) / timedelta(milliseconds=frame.ms)
         if buckets > max_bars:
@@ -261,8 +268,9 @@ def build_rest(
             )
         async with database() as conn:
             await known(conn, symbol)
-            found = await queries.bars(conn, frame, symbol, start_utc, end_utc)
-        return {"symbol": symbol, "timeframe": timeframe, "start": start_utc, "end": end_utc, "count": len(found), "bars": found}
+            found = await queries.bars(conn, frame, symbol, start_utc, end_utc, session)
+        return {"symbol": symbol, "timeframe": timeframe, "session": session, "start": start_utc, "end": end_utc,
+                "count": len(found), "bars": found}  # fmt: skip
 
     @app.get(
         "/api/events",

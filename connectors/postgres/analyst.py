@@ -3,13 +3,14 @@
     from connectors.postgres.analyst import bars, events, indicators, alerts
     day = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
     hourly = bars(["AAPL", "MSFT"], *day, "1h")
+    trading_days = bars(["AAPL"], *day, "1d", session="regular")  # 09:30-16:00 New York; or "extended"
     doji = events(["AAPL"], *day, kinds="pattern", min_confidence=0.8)
     rsi = indicators(["AAPL"], *day)  # 1-minute indicators, the ones the detection flow computes.select("timestamp", "rsi")
     critical = alerts(["AAPL", "MSFT"], *day, severity="critical")
 
 Every query is parameterised; table names come from fixed mappings, never from the caller's text, so
 no input can reach the SQL text. Bad input fails before the query with a `ValueError` subclass that
-names the problem (unknown timeframe, kind, severity, rule or symbols; empty range). Each function has
+names the problem (unknown timeframe, session, kind, severity, rule or symbols; empty range). Each function has
 an `..._on(conn, ...)` twin that uses an open connection (many calls, benchmarks, transactions).
 JSONB columns (`params`, `detail`) arrive as JSON text: `pl.col("detail").str.json_decode()`.
 """
@@ -24,8 +25,9 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from connectors.postgres.queries import BARS_IN_RANGE, IN_RANGE
+from connectors.postgres.queries import BARS_IN_RANGE, IN_RANGE, SESSION_BARS_IN_RANGE
 from schemas.events import ALERT_RULES, EVENT_TABLE_KINDS
+from schemas.sessions import SESSIONS
 from schemas.timeframes import TIMEFRAMES as _TIMEFRAMES
 
 TIMEFRAMES: Final[dict[str, str]] = {t.name: t.table for t in _TIMEFRAMES.values()}  # name -> table or view
@@ -44,6 +46,8 @@ SCHEMA: Final[dict[str, pl.DataType]] = {
     "vwap": pl.Float64(),
     "trades": pl.Int64(),
 }
+SESSION_SCHEMA: Final[dict[str, pl.DataType]] = {**SCHEMA, "day": pl.Date()}
+"""Daily bars of a session: the bar columns (`timestamp` = the session's open) and the US/Eastern `day`."""
 EVENT_SCHEMA: Final[dict[str, pl.DataType]] = {
     "symbol": pl.String(),
     "timestamp": _TIME,
@@ -120,6 +124,10 @@ class UnknownTimeframe(QueryError):
     """The timeframe is not one of `TIMEFRAMES`."""
 
 
+class UnknownSession(QueryError):
+    """The session is not one of `schemas.sessions.SESSIONS`."""
+
+
 class UnknownKind(QueryError):
     """An event kind, alert severity or alert rule that the tables cannot hold."""
 
@@ -138,16 +146,20 @@ def bars(
     end: datetime,
     timeframe: str = "1m",
     *,
+    session: str | None = None,
     database_url: str | None = None,
 ) -> pl.DataFrame:
     """Bars of `symbols` whose bucket starts in [start, end), by symbol then time.
 
+    `session` ("regular": 09:30-16:00 New York, "extended": 04:00-20:00; with timeframe "1d") gives
+    daily bars by US/Eastern trading day instead of UTC day: `timestamp` is the session's open and a
+    column `day` the US/Eastern date (`SESSION_SCHEMA`).
     Naive datetimes are taken as UTC. `database_url` defaults to DATABASE_URL from the settings.
     One short-lived connection per call: analysts' calls are few and far apart; use `bars_on` with
     your own connection for many calls.
     """
     with _connect(database_url) as conn:
-        return bars_on(conn, symbols, start, end, timeframe)
+        return bars_on(conn, symbols, start, end, timeframe, session=session)
 
 
 def bars_on(
@@ -156,14 +168,28 @@ def bars_on(
     start: datetime,
     end: datetime,
     timeframe: str = "1m",
+    *,
+    session: str | None = None,
 ) -> pl.DataFrame:
     """`bars()` on an open connection (what the query benchmark times)."""
+    query, schema = bar_query(timeframe, session)
+    params = _range(symbols, start, end)
+    _check_symbols(conn, params["symbols"], sql.SQL(_UNKNOWN))
+    return _frame(conn, query, params, schema)
+
+
+def bar_query(timeframe: str, session: str | None = None) -> tuple[sql.Composed, dict[str, pl.DataType]]:
+    """The query and frame schema of a timeframe, or of a session's daily bars; refuses other names."""
     query = BARS_IN_RANGE.get(timeframe)
     if query is None:
         raise UnknownTimeframe(f"unknown timeframe {timeframe!r}; expected one of {', '.join(TIMEFRAMES)}")
-    params = _range(symbols, start, end)
-    _check_symbols(conn, params["symbols"], sql.SQL(_UNKNOWN))
-    return _frame(conn, query, params, SCHEMA)
+    if session is None:
+        return query, SCHEMA
+    if session not in SESSIONS:
+        raise UnknownSession(f"unknown session {session!r}; expected one of {', '.join(SESSIONS)}")
+    if timeframe != "1d":
+        raise UnknownTimeframe(f"session {session!r} has daily bars: use timeframe '1d', not {timeframe!r}")
+    return SESSION_BARS_IN_RANGE[session], SESSION_SCHEMA
 
 
 def events(

@@ -11,6 +11,7 @@ from typing import Final
 
 from psycopg import sql
 
+from schemas.sessions import SESSIONS
 from schemas.timeframes import TIMEFRAMES
 
 BAR_COLUMNS: Final = (
@@ -27,3 +28,12 @@ BARS_IN_RANGE: Final[dict[str, sql.Composed]] = {
     for name, t in TIMEFRAMES.items()
 }
 """Per timeframe name: the bars of `symbols` starting in [`start`, `end`), oldest first per symbol."""
+
+SESSION_BARS_IN_RANGE: Final[dict[str, sql.Composed]] = {
+    name: sql.SQL("SELECT " + BAR_COLUMNS + ", day FROM {table}" + IN_RANGE + " ORDER BY symbol, timestamp").format(
+        table=sql.Identifier(s.table)
+    )
+    for name, s in SESSIONS.items()
+}
+"""Per session name (`schemas.sessions.SESSIONS`): daily bars of that session whose open is in [`start`,
+`end`), with their US/Eastern `day`, oldest first per symbol (migration 0006's views)."""

@@ -81,6 +81,21 @@ def test_bars_range_and_timeframes(rest):
     assert [(b["open"], b["close"], b["volume"]) for b in five["bars"]] == [(100.0, 104.5, 5010), (105.0, 109.5, 5035)]
 
 
+def test_daily_bars_by_trading_session(rest):
+    """`session` gives 1d bars by US/Eastern trading day (14:30 UTC is 09:30 New York on 2026-11-02, after DST)."""
+    day = {"symbol": "AAPL", "start": "2026-11-02T00:00:00Z", "end": "2026-11-03T00:00:00Z", "timeframe": "1d"}
+    body = rest.get("/api/bars", params=day | {"session": "regular"}).json()
+    assert body["session"] == "regular" and body["count"] == 1
+    assert [(b["timestamp"], b["open"], b["close"], b["volume"]) for b in body["bars"]] == [
+        (iso(T0), 100.0, 109.5, sum(1000 + i for i in range(10)))
+    ]
+    assert rest.get("/api/bars", params=day).json()["session"] is None  # the UTC day, as before
+    wrong = rest.get("/api/bars", params=day | {"timeframe": "5m", "session": "extended"})
+    assert wrong.status_code == 400 and "use timeframe 1d" in wrong.json()["detail"]
+    unknown = rest.get("/api/bars", params=day | {"session": "overnight"})
+    assert unknown.status_code == 422 and "session" in unknown.text
+
+
 def test_events_and_alerts_newest_first_in_record_shape(rest):
     since = iso(T0 - timedelta(hours=1))
     body = rest.get("/api/events", params={"symbol": "AAPL", "since": since}).json()

@@ -72,6 +72,7 @@ PROGRAMS = {
     "tickstock-migrate": "infra.migrate:main",
     "tickstock-policies": "infra.policies:main",
     "tickstock-backfill": "flows.backfill:main",
+    "tickstock-analyst": "connectors.analyst.cli:main",
 }
 
 # Tracked files inside the packages that the wheel leaves out, and why. A new data file must be

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import polars as pl
 import psycopg
@@ -61,20 +61,47 @@ def table(conn: psycopg.Connection, name: str) -> pl.DataFrame:
 
 def reference(minute_bars: pl.DataFrame, every: str) -> pl.DataFrame:
     """The issue's definition, computed by polars: UTC buckets, first/last non-null prices by time."""
-    priced = (pl.col("vwap").is_not_null()) & (pl.col("volume") > 0)
     return (
         minute_bars.sort("symbol", "timestamp")
         .group_by("symbol", pl.col("timestamp").dt.truncate(every), maintain_order=True)
-        .agg(
-            pl.col("open").drop_nulls().first(),
-            pl.col("high").max(),
-            pl.col("low").min(),
-            pl.col("close").drop_nulls().last(),
-            pl.col("volume").sum(),
-            ((pl.col("vwap") * pl.col("volume")).filter(priced).sum() / pl.col("volume").filter(priced).sum()).alias("vwap"),
-            pl.col("trades").sum(),
-        )
+        .agg(*bar_fields())
         .with_columns(pl.when(pl.col("vwap").is_finite()).then("vwap").alias("vwap"))  # 0/0 -> null, as in SQL
+        .sort("symbol", "timestamp")
+    )
+
+
+def bar_fields() -> list[pl.Expr]:
+    """The field rules over a group of minutes sorted by time: first/last non-null prices, sums, VWAP."""
+    priced = (pl.col("vwap").is_not_null()) & (pl.col("volume") > 0)
+    return [
+        pl.col("open").drop_nulls().first(),
+        pl.col("high").max(),
+        pl.col("low").min(),
+        pl.col("close").drop_nulls().last(),
+        pl.col("volume").sum(),
+        ((pl.col("vwap") * pl.col("volume")).filter(priced).sum() / pl.col("volume").filter(priced).sum()).alias("vwap"),
+        pl.col("trades").sum(),
+    ]
+
+
+def session_reference(minute_bars: pl.DataFrame, opens: time, closes: time) -> pl.DataFrame:
+    """Daily bars of the minutes in [opens, closes) New York wall-clock time, by New York date, computed
+    by polars' own time zone rules; `timestamp` = that day's open in UTC (migration 0006's columns)."""
+    local = pl.col("timestamp").dt.convert_time_zone("America/New_York")
+    return (
+        minute_bars.sort("symbol", "timestamp")
+        .filter(local.dt.time().is_between(opens, closes, closed="left"))
+        .group_by("symbol", local.dt.date().alias("day"), maintain_order=True)
+        .agg(*bar_fields())
+        .with_columns(
+            pl.when(pl.col("vwap").is_finite()).then("vwap").alias("vwap"),
+            pl.col("day")
+            .dt.combine(opens)
+            .dt.replace_time_zone("America/New_York")
+            .dt.convert_time_zone("UTC")
+            .alias("timestamp"),
+        )
+        .select(*COLUMNS, "day")
         .sort("symbol", "timestamp")
     )
 
