@@ -318,3 +318,13 @@ def test_a_change_missed_while_redis_was_down_is_caught_up(services, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_odd_but_harmless_requests(rest, users, gateways):
+    h = auth(users[0])
+    plain = rest.put("/api/watchlists/x", headers={**h, "Content-Type": "text/plain"}, content=b'{"symbols": []}')
+    assert plain.status_code == 422, plain.text  # a body must be JSON
+    assert rest.request("GET", "/api/watchlists", headers=h, content=b"ignored").status_code == 200  # a GET's body is unused
+    assert rest.put("/api/watchlists/x", headers=h, params={"owner": "bob"}, json={"symbols": []}).status_code == 400
+    assert rest.post("/api/watchlists/x", headers=h, json={"symbols": []}).headers["allow"] == "DELETE, GET, PUT"
+    assert httpx.get(f"{gateways[0].http}/healthz", timeout=WAIT_S).json()["counters"]["internal_errors"] == 0
