@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.streams import StreamReader
 
 from connectors.gateway import protocol
@@ -163,3 +165,17 @@ def test_a_subscribe_that_read_a_list_while_a_newer_one_was_announced_reads_it_a
     listed = asyncio.run(clients.current_list("alice", "tech"))
     assert (listed.revision, listed.symbols, len(reads)) == (6, ("MSFT",), 2)
     assert asyncio.run(clients.current_list("alice", "tech")).revision == 6 and len(reads) == 3  # no newer notice: one read
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.permutations(range(1, 9)), st.lists(st.sampled_from(["AAPL", "MSFT", "NVDA", "IBM"]), max_size=4))
+def test_notices_in_any_order_leave_the_newest(order, direct):
+    """Notices reach gateways in any order (several REST processes, a resync): the newest revision wins."""
+    lists = {r: [["AAPL"], ["MSFT", "IBM"], [], ["NVDA"]][r % 4] for r in range(1, 9)}
+    f = Following(direct=set(direct))
+    f.follow("tech")
+    for revision in order:
+        f.apply("tech", revision, lists[revision])
+    wanted, left_out = f.wanted(EVERYTHING, cap=100)
+    assert f.lists["tech"].revision == 8 and left_out == []
+    assert wanted == sorted(set(direct)) + [s for s in lists[8] if s not in direct]
