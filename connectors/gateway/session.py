@@ -402,7 +402,12 @@ class Clients:
             self.router.dirty.add(session)
 
     async def resync_watchlists(self) -> None:
-        """After notices may have been missed (the Redis subscription was lost): re-read every followed list."""
+        """After notices may have been missed (the Redis subscription was lost): re-read every followed list.
+
+        A list PostgreSQL cannot give now stays as it is (logged); the next lost subscription, or
+        the client's next subscribe with that watchlist, reads it again.
+        """
+        unread = 0
         for session in list(self.connected):
             for name, held in list(session.following.lists.items()):
                 try:
@@ -411,4 +416,13 @@ class Clients:
                     # deleted meanwhile: any revision above the held one is older than a re-creation's
                     self.apply_change(session, name, held.revision + 1, (), True)
                     continue
+                except Unavailable:
+                    unread += 1
+                    continue
+                except Exception:  # a detached task: log it here, nobody else will
+                    self.stats.internal_errors += 1
+                    log.exception("re-reading a watchlist of %s failed", session.grant.user)
+                    continue
                 self.apply_change(session, name, found.revision, found.symbols, False)
+        if unread:
+            log.warning("could not re-read %d followed watchlist(s) after the Redis outage (PostgreSQL unavailable)", unread)
