@@ -263,6 +263,18 @@ def test_postgres_down_answers_503_then_recovers(db):
                     assert client.get(path).status_code == 503, path
                 report = wait_for(lambda: (h := health(gw))["database"] == "unreachable" and h, "health says so")
                 assert report["status"] == "degraded" and "PostgreSQL" in report["reason"]
+                # a write and a watchlist subscribe too (after the health check: meanwhile a probe
+                # waiting for the pool would read as a silent Redis)
+                assert client.put("/api/watchlists/x", json={"symbols": ["AAPL"]}).status_code == 503
+
+                async def follow() -> dict:
+                    ws = await Client.open(gw.url)
+                    reply = await ws.request({"type": "subscribe", "watchlist": "x"})
+                    await ws.close()
+                    return reply
+
+                reply = asyncio.run(follow())
+                assert reply["code"] == "unavailable" and "PostgreSQL is unavailable" in reply["message"], reply
                 proxy.restore()
                 wait_for(
                     lambda: client.get("/api/ticks/recent", params={"symbol": "AAPL"}).status_code == 200,
