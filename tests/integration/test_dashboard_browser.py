@@ -164,6 +164,9 @@ def test_dashboard_timeframes_volume_overlays_markers_watchlist_and_connection_s
         with gateway as gw:
             c = gw.channels
             token = Policy(SECRET, (), False).issue("viewer", ["AAPL", "MSFT"], ["*"], ttl_s=600, now=time.time())
+            msft = {"version": 1, "symbol": "MSFT", "price": 412.0, "size": 10, "timestamp": ms(now), "session": now.date().isoformat(),
+                    "open": 415.0, "change": -3.0, "change_pct": -0.72}  # fmt: skip
+            gw.publish([(c.prices_for("MSFT"), json.dumps(msft).encode())])  # before the page: it asks the history for it
             page.goto(f"{gw.http}/dashboard/?symbol=AAPL&watch=AAPL,MSFT&token={token}")
             page.wait_for_selector("#connection[data-state=live]", timeout=WAIT_MS)
             page.wait_for_function(f"document.getElementById('chart').dataset.candles === '{MINUTES}'", timeout=WAIT_MS)
@@ -199,11 +202,13 @@ def test_dashboard_timeframes_volume_overlays_markers_watchlist_and_connection_s
             page.wait_for_function(f"document.querySelector(\"{row} .last\").textContent === '{close:.2f}'", timeout=WAIT_MS)
             assert page.inner_text(f"{row} .change") == "+2.20" and page.inner_text(f"{row} .pct") == "+2.31%"
             assert "up" in (page.get_attribute(row, "class") or "")
-            assert page.inner_text("#watchlist tr[data-symbol='MSFT'] .last") == "-"  # no price for it yet
-            msft = {**price, "symbol": "MSFT", "price": 411.35, "open": 415.0, "change": -3.65, "change_pct": -0.88}
+            assert page.inner_text("#watchlist tr[data-symbol='MSFT'] .last") == "412.00"  # the last one before the page opened
+            msft = {**msft, "price": 411.35, "change": -3.65, "change_pct": -0.88}
             gw.publish([(c.prices_for("MSFT"), json.dumps(msft).encode())])
-            page.wait_for_selector("#watchlist tr[data-symbol='MSFT'].down", timeout=WAIT_MS)
-            assert page.inner_text("#watchlist tr[data-symbol='MSFT'] .pct") == "-0.88%"
+            page.wait_for_function(
+                "document.querySelector(\"#watchlist tr[data-symbol='MSFT'] .pct\").textContent === '-0.88%'", timeout=WAIT_MS
+            )
+            assert "down" in (page.get_attribute("#watchlist tr[data-symbol='MSFT']", "class") or "")
 
             amended = {"kind": "pattern", "version": 1, "id": pattern_id, "type": "engulfing", "symbol": "AAPL",
                        "timestamp": ms(start + PATTERN_BAR * FIVE_MIN), "confidence": 0.7, "direction": "up", "params": {},

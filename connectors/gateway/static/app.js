@@ -38,6 +38,7 @@ const state = {
   overlays: { sma: true, ema: true, bb: true },
   watch: [], // watched symbols, in order
   prices: new Map(), // symbol -> last Price message
+  primed: new Set(), // symbols whose last price was asked from the history once
   connection: "connecting",
 };
 window.dashboard = state; // for tests and curious people
@@ -267,8 +268,8 @@ async function loadEvents() {
 // One WebSocket with reconnects (backoff) and resume: it keeps each channel's last position and
 // sends those of its symbols back when it subscribes again.
 class Feed {
-  constructor(name, { onOpen, onData, onReset }) {
-    Object.assign(this, { name, onOpen, onData, onReset, ws: null, positions: {}, retry: 500, failures: 0, open: false, opened: false, granted: [], subscribed: null });
+  constructor(name, { onOpen, onData, onReset, onSubscribed = () => {} }) {
+    Object.assign(this, { name, onOpen, onData, onReset, onSubscribed, ws: null, positions: {}, retry: 500, failures: 0, open: false, opened: false, granted: [], subscribed: null });
   }
 
   connect() {
@@ -321,6 +322,7 @@ class Feed {
         if (!known || known.epoch !== pos.epoch) this.positions[channel] = pos;
       }
       this.subscribed = { symbols: m.symbols, kinds: m.kinds, timeframes: m.timeframes };
+      this.onSubscribed(m.positions);
       status(`${this.name}: subscribed to ${m.symbols.join(", ") || "nothing"} (${m.timeframes.join(", ")})`);
     } else if (m.type === "reset") {
       this.positions[m.channel] = { epoch: m.epoch, offset: m.offset };
@@ -377,7 +379,20 @@ const watchFeed = new Feed("watchlist", {
     if (state.watch.length) feed.send({ type: "subscribe", symbols: state.watch, kinds: ["price"], positions: feed.resumeFrom(state.watch) });
   },
   onData: (channel, data) => { if (typeof data.price === "number") showPrice(data); },
-  onReset: () => {},
+  onReset: () => {}, // prices need no reload: the next one replaces the row
+  // A symbol just added has no price until its next trade: ask once for the channel's last
+  // message from its history (resume from one before the current offset), if it is still kept.
+  onSubscribed: (positions) => {
+    const last = {};
+    for (const [channel, pos] of Object.entries(positions)) {
+      if (!channel.includes(".market.prices.")) continue;
+      const symbol = channel.slice(channel.lastIndexOf(".prices.") + 8);
+      if (pos.offset > 0 && !state.primed.has(symbol) && !state.prices.has(symbol)) last[channel] = { epoch: pos.epoch, offset: pos.offset - 1 };
+      state.primed.add(symbol);
+    }
+    const symbols = Object.keys(last).map((c) => c.slice(c.lastIndexOf(".prices.") + 8));
+    if (symbols.length) watchFeed.send({ type: "subscribe", symbols, kinds: ["price"], positions: last });
+  },
 });
 state.feeds = { chart: chartFeed, watchlist: watchFeed };
 
