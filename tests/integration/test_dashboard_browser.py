@@ -5,7 +5,8 @@ opens the page, switches to 5m and checks what is drawn in the screenshot's own 
 colours in the price pane, volume colours in the volume pane, the overlays' and markers'
 colours); then publishes to Redis as the flows do (a forming 5m bar, a price, an amended
 pattern and a retracted alert, per the issue-15 contract) and sees the chart, the watchlist and
-the markers follow; then stops the gateway and sees the connection state turn `reconnecting`.
+the markers follow, and that a bar without numbers is skipped and an event's markup is shown as
+text; then stops the gateway and sees the connection state turn `reconnecting`.
 Skips only when Chromium is not installed (`make test` installs it as root on Debian:
 infra/chromium.sh). `DASHBOARD_SCREENSHOT=docs/dashboard.png` also saves the screenshot there.
 """
@@ -237,6 +238,16 @@ def test_dashboard_timeframes_volume_overlays_markers_watchlist_and_connection_s
             assert volume_pane[UP] + volume_pane[DOWN] < 20 and price_pane[VOLUME_UP] + price_pane[VOLUME_DOWN] < 20, counts
             assert price_pane[SMA] > 20 and price_pane[BB] > 20, counts  # the overlays' lines
             assert price_pane[AMENDED] > 5 and price_pane[RETRACTED] > 5, counts  # the two markers
+            # hostile input on the wire: a bar without numbers, an event whose text is markup
+            bad_bar = {**forming, "open": "x", "timestamp": forming["timestamp"] + 300_000}
+            markup = {**amended, "id": "x1", "type": "<img src=x onerror=window.pwned=1>", "status": "detected"}
+            gw.publish(
+                [(c.live_at_for("5m", "AAPL"), json.dumps(bad_bar).encode()), (c.events_for("AAPL"), json.dumps(markup).encode())]
+            )
+            page.wait_for_selector("#feed li[data-id='x1']", timeout=WAIT_MS)
+            assert page.query_selector("#feed img") is None and page.evaluate("window.pwned") is None
+            assert "<img src=x" in page.inner_text("#feed li[data-id='x1']")
+            assert page.get_attribute("#chart", "data-candles") == str(MINUTES // 5 + 1)  # the bad bar was skipped
             assert page.inner_text("#connection") == "live"
         # the gateway is gone: both sockets close and retry
         page.wait_for_selector("#connection[data-state=reconnecting]", timeout=WAIT_MS)

@@ -100,6 +100,7 @@ function redrawCandles() {
 
 function drawBar(bar) {
   if (!ofChart(bar) || bar.open === null) return; // volume-only minutes have no prices
+  if (![bar.timestamp, bar.open, bar.high, bar.low, bar.close].every(Number.isFinite)) throw new Error("a bar without numeric prices");
   const time = Math.floor(bar.timestamp / 1000);
   const known = state.candles.get(time);
   if (known && known.final && bar.status === "live") return; // a late live copy never undoes a final bar
@@ -138,7 +139,8 @@ async function loadBars() {
 }
 
 // ---- indicator overlays
-function point(row, field) { return row[field] === null || row[field] === undefined ? { time: row.time } : { time: row.time, value: row[field] }; }
+// a gap (whitespace) where an indicator is not warm yet (null) or not a number
+function point(row, field) { return Number.isFinite(row[field]) ? { time: row.time, value: row[field] } : { time: row.time }; }
 
 function redrawOverlays() {
   const rows = [...state.indicators.values()].sort((a, b) => a.time - b.time);
@@ -314,7 +316,11 @@ class Feed {
     } else if (m.type === "batch") {
       for (const { channel, data } of m.messages) {
         this.positions[channel] = { epoch: data.epoch, offset: data.offset };
-        this.onData(channel, data);
+        try {
+          this.onData(channel, data);
+        } catch (err) { // one unreadable message must not cost the rest of the batch
+          status(`${this.name}: skipped a message on ${channel}: ${err.message}`);
+        }
       }
     } else if (m.type === "subscribed") {
       for (const [channel, pos] of Object.entries(m.positions)) {
