@@ -29,6 +29,7 @@ from schemas.events import (
     stable_id,
 )
 from schemas.status import FlowError, FlowHealth
+from schemas.watchlists import WatchlistChange
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "channels.md"
 EPOCH = "1793629800123456"
@@ -170,6 +171,7 @@ EXAMPLES: dict[type, Any] = {
         source_partition=0,
         source_offset=1_204_118,
     ),
+    WatchlistChange: WatchlistChange(user="alice", name="tech", symbols=["AAPL", "MSFT", "NVDA"], revision=42),
 }
 
 

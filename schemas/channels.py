@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
 from schemas.status import FlowError, FlowHealth
+from schemas.watchlists import WatchlistChange
 
 DETECTED_MIN_CONFIDENCE = 0.8  # tickstock:patterns:detected carries patterns at or above this
 
@@ -44,6 +45,7 @@ class Channels:
         self.alerts_critical = f"{n}:alerts:critical"
         self.health = f"{n}.health.status"  # the flow's health, per partition
         self.errors = f"{n}:errors"  # every input the flow refused
+        self.watchlist = f"{n}.dashboard.watchlist"  # a user's watchlist changed (the gateway's REST)
 
     def ohlcv_for(self, symbol: str) -> str:
         return f"{self.ohlcv}.{symbol}"
@@ -105,6 +107,8 @@ CATALOG: tuple[ChannelSpec, ...] = (
                 "every event and alert of one symbol (not indicator values)", per_symbol=True),
     ChannelSpec("health", FlowHealth, "flows.ohlcv (status sink)", "each partition's counters and healthy/degraded, every 10 s"),
     ChannelSpec("errors", FlowError, "flows.ohlcv (status sink)", "every refused input: why, and where it is in Kafka"),
+    ChannelSpec("watchlist", WatchlistChange, "connectors.gateway.rest (PUT/DELETE /api/watchlists/{name})",
+                "a user's watchlist changed (the whole list after the change); every gateway moves the subscriptions following it"),
 )  # fmt: skip
 
 

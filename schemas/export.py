@@ -15,6 +15,7 @@ import msgspec
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
 from schemas.status import FlowError, FlowHealth
+from schemas.watchlists import WatchlistChange
 
 OUT = Path(__file__).with_name("json")
 
@@ -28,6 +29,7 @@ EMITTED: dict[str, type] = {
     "alert": Alert,
     "health": FlowHealth,
     "error": FlowError,
+    "watchlist": WatchlistChange,
 }
 
 

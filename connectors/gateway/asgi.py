@@ -4,8 +4,9 @@ The gateway serves WebSockets with the `websockets` library (see README: it cost
 half the CPU per frame of Starlette on uvicorn here) and everything else with FastAPI. Both
 share one port: `websockets` parses every request and hands non-WebSocket ones to
 `process_request`, which runs the ASGI app for that one request and returns its response.
-websockets parses any method but no request body (it answers 400 to one), so the app sees the
-real method: GET and HEAD are served, anything else gets the app's 405 with `Allow`. The
+websockets parses any method; the gateway's connections also read a bounded request body
+(bodies.py), passed to the app. The app sees the real method: a method a path does not serve gets
+the app's 405 with `Allow`. The
 connection closes after each response. Whatever the app raises, the client gets an HTTP answer
 (the app's own 500 if it sent one, else a bare 500) and never the exception's text.
 """
@@ -58,7 +59,7 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
         nonlocal sent_request
         if not sent_request:
             sent_request = True
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": getattr(request, "body", b""), "more_body": False}
         # Streaming responses watch `receive` for a disconnect while they send: there is none
         # to report (the response is buffered), so wait until they are done and cancel this.
         await asyncio.Event().wait()
@@ -101,6 +102,7 @@ async def respond_from(app, connection: ServerConnection, request: Request) -> R
 
 _REASONS = {
     200: "OK",
+    201: "Created",
     204: "No Content",
     301: "Moved Permanently",
     302: "Found",
@@ -111,6 +113,8 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
     413: "Content Too Large",
     422: "Unprocessable Content",
     500: "Internal Server Error",

@@ -74,6 +74,8 @@ class Stats:
     redis_errors: int = 0  # Redis commands that failed on a client's behalf (retried, then refused)
     database_errors: int = 0  # REST requests answered 503 because PostgreSQL failed
     channels_forgotten: int = 0  # channel positions dropped from the bounded recovery map
+    watchlist_changes: int = 0  # watchlist changes applied to a session following the list
+    watchlist_unannounced: int = 0  # watchlist changes stored whose notice could not be published
     tasks: dict[str, TaskState] = field(default_factory=dict)
     dev_mode: bool = False
 
@@ -97,6 +99,8 @@ class Stats:
             "redis_errors": self.redis_errors,
             "database_errors": self.database_errors,
             "channels_forgotten": self.channels_forgotten,
+            "watchlist_changes": self.watchlist_changes,
+            "watchlist_unannounced": self.watchlist_unannounced,
             "task_restarts": sum(t.restarts for t in self.tasks.values()),
         }
 
@@ -203,6 +207,12 @@ class _Collector:
             ("tickstock_gateway_internal_errors", "client messages the gateway failed on", s.internal_errors),
             ("tickstock_gateway_redis_errors", "Redis commands failed on a client's behalf", s.redis_errors),
             ("tickstock_gateway_database_errors", "REST requests answered 503 (PostgreSQL failed)", s.database_errors),
+            ("tickstock_gateway_watchlist_changes", "watchlist changes applied to following sessions", s.watchlist_changes),
+            (
+                "tickstock_gateway_watchlist_unannounced",
+                "watchlist changes stored but not announced (Redis failed)",
+                s.watchlist_unannounced,
+            ),
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)

@@ -9,13 +9,15 @@ In development mode every operation also admits no token (an empty security requ
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import APIKeyQuery, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
+
+from schemas.watchlists import MAX_UNIVERSE_SYMBOLS, MAX_WATCHLIST_SYMBOLS
 
 
 class Error(BaseModel):
@@ -63,6 +65,52 @@ class Events(BaseModel):
     events: list[dict[str, Any]]
 
 
+class SymbolList(BaseModel):
+    """A PUT body: the whole list (replaces what was stored). Symbols as schemas/symbols.py spells them."""
+
+    model_config = ConfigDict(extra="forbid")
+    symbols: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(max_length=MAX_UNIVERSE_SYMBOLS)
+
+
+class WatchlistBody(SymbolList):
+    symbols: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(max_length=MAX_WATCHLIST_SYMBOLS)
+
+
+class WatchlistOut(BaseModel):
+    name: str
+    symbols: list[str]
+    revision: int
+    withheld: int = Field(description="symbols of the list your token does not grant (not shown)")
+
+
+class WatchlistWritten(WatchlistOut):
+    created: bool
+    announced: bool = Field(description="false: stored, but the change notice could not be published (Redis down)")
+
+
+class WatchlistDeleted(BaseModel):
+    name: str
+    revision: int
+    deleted: Literal[True]
+    announced: bool
+
+
+class Watchlists(BaseModel):
+    user: str
+    count: int
+    max_watchlists: int
+    max_symbols: int
+    watchlists: list[WatchlistOut]
+
+
+class UniverseOut(BaseModel):
+    user: str
+    symbols: list[str]
+    revision: int = Field(description="0: never set")
+    withheld: int
+    max_symbols: int
+
+
 class TaskReport(BaseModel):
     running: bool
     restarts: int
@@ -95,14 +143,17 @@ class Ready(BaseModel):
     failing: dict[str, list[str]]
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int, meanings: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "malformed symbol, unknown or repeated parameter, or a rule between parameters broken (the detail says which)",
         401: "missing, invalid or expired token",
         403: "the token does not grant this symbol or kind, or the browser Origin is not allowed",
         404: "a symbol the pipeline has never seen",
+        409: "the most watchlists a user may have: delete one first",
+        413: "the request body is larger than the gateway accepts",
         503: "PostgreSQL unreachable or too slow: retry after the Retry-After seconds",
     }
+    meaning.update(meanings or {})
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         entry: dict[str, Any] = {"model": Error, "description": meaning[status]}

@@ -4,7 +4,7 @@ Client messages are validated in one msgspec call; a bad one gets an `error` rep
 problem, never a silent drop.
 
 >>> decode_client(b'{"type":"subscribe","symbols":["aapl"],"kinds":["live"]}')
-Subscribe(symbols=['AAPL'], kinds=['live'], timeframes=None, min_confidence=None, positions={})
+Subscribe(symbols=['AAPL'], kinds=['live'], timeframes=None, min_confidence=None, positions={}, watchlist=None)
 >>> decode_client(b'{"type":"subscribe","symbols":"AAPL"}')
 Traceback (most recent call last):
 ...
@@ -25,6 +25,7 @@ from msgspec import Meta
 from schemas.events import KINDS as EVENT_KINDS
 from schemas.symbols import InvalidSymbol, normalise
 from schemas.timeframes import TIMEFRAMES
+from schemas.watchlists import MAX_NAME_LENGTH, NAME_PATTERN
 
 PROTOCOL_VERSION = 1
 
@@ -62,6 +63,7 @@ Offset = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 Symbols = Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=MAX_SYMBOLS_PER_MESSAGE)]
 Kinds = Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=len(KINDS) * 2)]
 Timeframes = Annotated[list[Annotated[str, Meta(max_length=8)]], Meta(max_length=len(TIMEFRAME_NAMES) * 2)]
+WatchlistName = Annotated[str, Meta(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)]  # schemas/watchlists.py
 
 
 class Position(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,6 +88,8 @@ class Subscribe(msgspec.Struct, tag="subscribe", forbid_unknown_fields=True):
     `positions`: channel -> last position the client saw (from an earlier connection); the
     gateway sends what was missed, or a `reset` for a channel whose history is gone.
     `timeframes` (optional) replaces the timeframes whose `live` and `bar` messages are sent.
+    `watchlist`: also follow the symbols of the user's server-side watchlist of that name, live:
+    when the list changes (on any device), the subscription changes and a `watchlist` message says so.
     """
 
     symbols: Symbols = []
@@ -93,13 +97,15 @@ class Subscribe(msgspec.Struct, tag="subscribe", forbid_unknown_fields=True):
     timeframes: Timeframes | None = None
     min_confidence: Confidence | None = None
     positions: Positions = {}
+    watchlist: WatchlistName | None = None
 
 
 class Unsubscribe(msgspec.Struct, tag="unsubscribe", forbid_unknown_fields=True):
-    """Remove symbols and/or kinds."""
+    """Remove symbols and/or kinds, and/or stop following a watchlist (its symbols go unless followed otherwise)."""
 
     symbols: Symbols = []
     kinds: Kinds = []
+    watchlist: WatchlistName | None = None
 
 
 class Ping(msgspec.Struct, tag="ping", forbid_unknown_fields=True):

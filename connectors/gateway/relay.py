@@ -8,6 +8,9 @@
 - Reconnect: any Redis failure (down, LOADING, OOM, READONLY, MISCONF) is retried with capped,
   jittered backoff. Once subscribed again it routes what was published meanwhile from the
   channels' history, or sends a `reset` to the clients of a channel whose history is gone.
+- Watchlists: the subscription also carries `tickstock.dashboard.watchlist`; each valid change
+  notice goes to `watchlist_changed` (session.py moves the sessions following that list). After
+  a lost subscription `watchlists_lost` re-reads every followed list, since notices may be missed.
 - Catch-up: a client's resume (`positions` in a subscribe) is served from the history, counted
   against its queue (GATEWAY_MAX_QUEUE): a channel whose missed messages do not fit gets a reset.
 """
@@ -17,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import msgspec
 import redis.asyncio as aioredis
 from websockets.asyncio.server import broadcast
 
@@ -31,6 +35,7 @@ from connectors.gateway.protocol import ALL
 from connectors.gateway.settings import GatewaySettings
 from connectors.gateway.supervision import Backoff
 from connectors.redis.history import History
+from schemas.watchlists import WatchlistChange, decode_change
 
 if TYPE_CHECKING:  # session.py reads through the relay; the relay only resets sessions' channels
     from connectors.gateway.session import Session
@@ -66,6 +71,9 @@ class Relay:
         self.last: dict[str, tuple[str, int]] = {}  # channel -> newest (epoch, offset) relayed
         self.subscribed = asyncio.Event()  # set once the first subscription is up
         self._subscribed_once = False
+        self.watchlist_channel = channels.channels.watchlist
+        self.watchlist_changed: Callable[[WatchlistChange], None] = lambda change: None
+        self.watchlists_lost: Callable[[], Awaitable[None]] | None = None
 
     # ---------------------------------------------------------------- Redis -> buffers
     async def subscribe_forever(self) -> None:
@@ -78,12 +86,14 @@ class Relay:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(*self.channels.patterns())
-                await pubsub.subscribe(*self.channels.exact(), self.probe_channel)
+                await pubsub.subscribe(*self.channels.exact(), self.probe_channel, self.watchlist_channel)
                 self.stats.redis_connected = True
                 if self._subscribed_once:
                     self.stats.redis_reconnects += 1
                     log.warning("redis subscription restored; catching up the channels clients follow")
                     await self.recover_after_outage()
+                    if self.watchlists_lost is not None:
+                        await self.watchlists_lost()
                 self._subscribed_once = True
                 backoff.reset()
                 self.subscribed.set()
@@ -130,6 +140,9 @@ class Relay:
                 stats.last_probe_at = time.time()
                 continue
             stats.received += 1
+            if channel == self.watchlist_channel:
+                self.watchlist_notice(data)
+                continue
             try:
                 symbol = channel_symbol(channel)
                 if symbol is not None and not wants(symbol):  # "" (an all-symbol channel) is never wanted
@@ -148,6 +161,22 @@ class Relay:
             except Exception:  # one message must never stop the relay (and it is not redelivered)
                 ignored["internal error"] += 1
                 log.exception("relaying a message on %r failed; skipped", channel[:200])
+
+    def watchlist_notice(self, data: object) -> None:
+        """One message on the watchlist channel: a valid notice is applied, anything else counted and dropped."""
+        if type(data) is not bytes or len(data) > self.channels.max_bytes:
+            self.channels.ignored["bad watchlist notice"] += 1
+            return
+        try:
+            change = decode_change(data)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError):
+            self.channels.ignored["bad watchlist notice"] += 1
+            return
+        try:
+            self.watchlist_changed(change)
+        except Exception:  # one notice must never stop the relay
+            self.channels.ignored["internal error"] += 1
+            log.exception("applying a watchlist notice failed; skipped")
 
     async def recover_after_outage(self) -> None:
         """After the subscription was lost: route what was published meanwhile, or reset clients."""

@@ -29,18 +29,22 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import psycopg
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.staticfiles import StaticFiles
 
 from connectors.gateway import queries
+from connectors.gateway import watchlists as lists
 from connectors.gateway.auth import Grant, Policy, Refused
 from connectors.gateway.openapi import (
     Bars,
@@ -51,14 +55,32 @@ from connectors.gateway.openapi import (
     QueryScheme,
     Ready,
     RecentTicks,
+    SymbolList,
     Symbols,
+    UniverseOut,
+    WatchlistBody,
+    WatchlistDeleted,
+    WatchlistOut,
+    Watchlists,
+    WatchlistWritten,
     error_responses,
 )
 from connectors.gateway.protocol import ALL, safe_text
 from connectors.gateway.rfc3339 import FIRST, parse_time
+from connectors.postgres import watchlists as stored
 from schemas.events import EVENT_TABLE_KINDS
 from schemas.symbols import MAX_SYMBOL_LENGTH, SYMBOL_PATTERN, InvalidSymbol, normalise
 from schemas.timeframes import TIMEFRAMES, TimeframeName
+from schemas.watchlists import (
+    MAX_NAME_LENGTH,
+    MAX_UNIVERSE_SYMBOLS,
+    MAX_WATCHLIST_SYMBOLS,
+    MAX_WATCHLISTS,
+    NAME_PATTERN,
+    InvalidName,
+    WatchlistChange,
+    check_name,
+)
 
 log = logging.getLogger("tickstock.gateway.rest")
 
@@ -89,6 +111,19 @@ FUTURE_SLACK = timedelta(minutes=5)
 RETRY_AFTER_S = 5
 
 
+WatchlistName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        examples=["tech"],
+        description="the list's name: a letter or digit, then letters, digits, '_', '.' or '-' (at most 64)",
+        json_schema_extra={"pattern": NAME_PATTERN},
+    ),
+]
+NO_SUCH_LIST = {404: "you have no watchlist of that name"}
+
+
 def _time_query(description: str) -> Any:
     return Query(
         min_length=20,
@@ -111,6 +146,8 @@ def build_rest(
     vendor_dir: str | None = None,
     db_timeout_s: float = 5.0,
     on_database_error: Callable[[], None] | None = None,
+    announce: Callable[[WatchlistChange], Awaitable[bool]] | None = None,
+    max_watchlists: int = MAX_WATCHLISTS,
 ) -> FastAPI:
     app = DocumentedAPI(
         dev_mode=policy.dev_mode,
@@ -120,7 +157,9 @@ def build_rest(
             "Live delivery (WebSocket `/ws`, see README) and REST over the pipeline's tables. Every /api operation "
             "needs a token (HS256 JWT from `python -m connectors.gateway token`) as `Authorization: Bearer` or "
             "`?token=`, granting the symbol and the kind it reads; unknown or repeated parameters are refused (400). "
-            "Only GET is served: any other method answers 405 with an `Allow` header."
+            "The user's watchlists and universe (`/api/watchlists`, `/api/users/universe`) are the token user's own, "
+            "within the symbols the token grants; a PUT replaces the whole list. A method a path does not serve "
+            "answers 405 with an `Allow` header."
         ),
         docs_url=None,  # Swagger UI loads its assets from a CDN; /openapi.json is the document
         redoc_url=None,
@@ -316,6 +355,137 @@ def build_rest(
         out = out[:limit]
         return {"symbol": symbol, "count": len(out), "events": out}
 
+    async def checked_symbols(conn: psycopg.AsyncConnection, raw: list[str], grant: Grant) -> list[str]:
+        """A body's symbols normalised, granted and known to the pipeline (400 / 403 naming the first offenders)."""
+        try:
+            symbols = lists.granted_symbols(raw, grant)
+        except lists.ListRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        unknown = await stored.unknown_symbols(conn, symbols)
+        if unknown:
+            shown = ", ".join(unknown[:20]) + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else "")
+            raise HTTPException(400, f"unknown symbol(s) {shown} (never seen by the pipeline)")
+        return symbols
+
+    def list_name(name: str) -> str:
+        try:
+            return check_name(name)
+        except InvalidName as exc:
+            raise HTTPException(400, safe_text(str(exc))) from None
+
+    async def announced(change: WatchlistChange) -> bool:
+        return False if announce is None else await announce(change)
+
+    def shown(grant: Grant, found: stored.Watchlist) -> dict:
+        symbols, withheld = lists.visible(found.symbols, grant)
+        return {"name": found.name, "symbols": symbols, "revision": found.revision, "withheld": withheld}
+
+    @app.get(
+        "/api/watchlists",
+        response_model=Watchlists,
+        responses=error_responses(400, 401, 403, 503),
+        summary="Your watchlists, by name (the symbols your token grants)",
+    )
+    async def watchlists(grant: Admitted, _: Annotated[None, only()]) -> dict:
+        async with database() as conn:
+            found = await stored.watchlists(conn, grant.user)
+        return {
+            "user": grant.user,
+            "count": len(found),
+            "max_watchlists": max_watchlists,
+            "max_symbols": MAX_WATCHLIST_SYMBOLS,
+            "watchlists": [shown(grant, w) for w in found],
+        }
+
+    @app.get(
+        "/api/watchlists/{name}",
+        response_model=WatchlistOut,
+        responses=error_responses(400, 401, 403, 404, 503, meanings=NO_SUCH_LIST),
+        summary="One of your watchlists (the symbols your token grants)",
+    )
+    async def watchlist(grant: Admitted, _: Annotated[None, only()], name: WatchlistName) -> dict:
+        name = list_name(name)
+        async with database() as conn:
+            found = await stored.watchlist(conn, grant.user, name)
+        if found is None:
+            raise HTTPException(404, f"you have no watchlist {name!r}")
+        return shown(grant, found)
+
+    @app.put(
+        "/api/watchlists/{name}",
+        response_model=WatchlistWritten,
+        status_code=200,
+        responses={
+            201: {"model": WatchlistWritten, "description": "created"},
+            **error_responses(400, 401, 403, 409, 413, 503),
+        },
+        summary=f"Create or replace one of your watchlists: at most {MAX_WATCHLIST_SYMBOLS} symbols your token grants",
+    )
+    async def put_watchlist(
+        grant: Admitted, _: Annotated[None, only()], name: WatchlistName, body: WatchlistBody
+    ) -> JSONResponse:
+        name = list_name(name)
+        async with database() as conn:
+            symbols = await checked_symbols(conn, body.symbols, grant)
+            try:
+                written, created = await stored.put_watchlist(conn, grant.user, name, symbols, max_lists=max_watchlists)
+            except stored.TooManyWatchlists as exc:
+                raise HTTPException(409, str(exc)) from None
+        ok = await announced(WatchlistChange(user=grant.user, name=name, symbols=written.symbols, revision=written.revision))
+        out = {**shown(grant, written), "created": created, "announced": ok}
+        return JSONResponse(WatchlistWritten(**out).model_dump(), status_code=201 if created else 200)
+
+    @app.delete(
+        "/api/watchlists/{name}",
+        response_model=WatchlistDeleted,
+        responses=error_responses(400, 401, 403, 404, 503, meanings=NO_SUCH_LIST),
+        summary="Delete one of your watchlists",
+    )
+    async def delete_watchlist(grant: Admitted, _: Annotated[None, only()], name: WatchlistName) -> dict:
+        name = list_name(name)
+        async with database() as conn:
+            revision = await stored.delete_watchlist(conn, grant.user, name)
+        if revision is None:
+            raise HTTPException(404, f"you have no watchlist {name!r}")
+        ok = await announced(WatchlistChange(user=grant.user, name=name, symbols=[], revision=revision, deleted=True))
+        return {"name": name, "revision": revision, "deleted": True, "announced": ok}
+
+    @app.get(
+        "/api/users/universe",
+        response_model=UniverseOut,
+        responses=error_responses(400, 401, 403, 503),
+        summary="Your symbol universe (the symbols your token grants; empty until set)",
+    )
+    async def universe(grant: Admitted, _: Annotated[None, only()]) -> dict:
+        async with database() as conn:
+            found = await stored.universe(conn, grant.user)
+        symbols, withheld = lists.visible(found.symbols, grant)
+        return {
+            "user": grant.user,
+            "symbols": symbols,
+            "revision": found.revision,
+            "withheld": withheld,
+            "max_symbols": MAX_UNIVERSE_SYMBOLS,
+        }
+
+    @app.put(
+        "/api/users/universe",
+        response_model=UniverseOut,
+        responses=error_responses(400, 401, 403, 413, 503),
+        summary=f"Replace your symbol universe: at most {MAX_UNIVERSE_SYMBOLS} symbols your token grants",
+    )
+    async def put_universe(grant: Admitted, _: Annotated[None, only()], body: SymbolList) -> dict:
+        async with database() as conn:
+            symbols = await checked_symbols(conn, body.symbols, grant)
+            written = await stored.put_universe(conn, grant.user, symbols)
+        return {
+            "user": grant.user,
+            "symbols": written.symbols,
+            "revision": written.revision,
+            "withheld": 0,
+            "max_symbols": MAX_UNIVERSE_SYMBOLS,
+        }
+
     @app.get(
         "/healthz",
         summary="healthy / degraded / error, the reason and counters (no token needed)",
@@ -352,6 +522,18 @@ def build_rest(
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/dashboard/")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's answer, except that a 405's `Allow` lists every method of the path (Starlette names one route's)."""
+        if exc.status_code == 405:
+            allowed = sorted(
+                {m for route in app.routes if isinstance(route, BaseRoute) and route.matches(request.scope)[0] is not Match.NONE
+                 for m in getattr(route, "methods", None) or ()}
+            )  # fmt: skip
+            if allowed:
+                return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

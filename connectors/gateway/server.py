@@ -29,10 +29,11 @@ from collections.abc import Awaitable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import psycopg
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -41,7 +42,7 @@ from websockets.http11 import Request, Response
 from connectors.gateway import protocol
 from connectors.gateway.asgi import respond_from
 from connectors.gateway.auth import Policy, Refused
-from connectors.gateway.errors import REDIS_ERRORS, CannotListen, GatewayUnavailable, brief
+from connectors.gateway.errors import REDIS_ERRORS, CannotListen, GatewayUnavailable, Unavailable, brief
 from connectors.gateway.fanout import ChannelMap, Router
 from connectors.gateway.flush import Flusher
 from connectors.gateway.metrics import Stats, exposition, health, readiness
@@ -51,8 +52,11 @@ from connectors.gateway.rest import build_rest
 from connectors.gateway.session import Clients, GatewayConnection, Session
 from connectors.gateway.settings import GatewaySettings, redact_url
 from connectors.gateway.supervision import Supervisor, detach
+from connectors.postgres import watchlists as stored_watchlists
+from connectors.postgres.watchlists import Watchlist
 from connectors.redis.history import History
 from schemas.channels import Channels
+from schemas.watchlists import WatchlistChange, encode_change
 
 log = logging.getLogger("tickstock.gateway")
 
@@ -73,6 +77,7 @@ class Gateway:
     flusher: Flusher
     probe: Probe
     rest: FastAPI
+    _history: History
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -138,7 +143,12 @@ class Gateway:
             probe_channel=self.probe_channel,
             closing=lambda: self.supervisor.closing,
         )
-        self.clients = Clients(s, self.channels, self.router, self.relay, self.stats, self.sessions)
+        self._history = history
+        self.clients = Clients(
+            s, self.channels, self.router, self.relay, self.stats, self.sessions, read_watchlist=self.read_watchlist
+        )
+        self.relay.watchlist_changed = self.clients.on_watchlist
+        self.relay.watchlists_lost = self.clients.resync_watchlists
         self.flusher = Flusher(s, self.router, self.stats, self.sessions)
         self.probe = Probe(self._redis, self._pool, self.stats, channel=self.probe_channel, interval_s=s.probe_interval_s)
         self.supervisor.start("redis-reader", self.relay.subscribe_forever)
@@ -180,6 +190,7 @@ class Gateway:
             vendor_dir=str(VENDOR_DIR),
             db_timeout_s=s.db_timeout_s,
             on_database_error=self.probe.database_failed,
+            announce=self.announce,
         )
         if not (VENDOR_DIR / "lightweight-charts.standalone.production.js").exists():
             log.warning(
@@ -195,6 +206,29 @@ class Gateway:
             self.port,
             " DEV MODE: no authentication" if s.dev_mode else "",
         )
+
+    # ---------------------------------------------------------------- watchlists
+    async def read_watchlist(self, user: str, name: str) -> Watchlist | None:
+        """A user's stored list for a session's subscribe; PostgreSQL down is Unavailable (the client is told)."""
+        assert self._pool is not None
+        try:
+            async with self._pool.connection(timeout=self.settings.db_timeout_s) as conn:
+                return await stored_watchlists.watchlist(conn, user, name)
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.probe.database_failed()
+            log.warning("PostgreSQL failed reading a watchlist: %s", brief(exc))
+            raise Unavailable("PostgreSQL is unavailable: could not read the watchlist; send the same subscribe again") from None
+
+    async def announce(self, change: WatchlistChange) -> bool:
+        """Publish a stored change on the watchlist channel (with its history); False if Redis refused."""
+        try:
+            await asyncio.to_thread(self._history.publish, [(self.channels.channels.watchlist, encode_change(change))])
+        except REDIS_ERRORS as exc:
+            self.stats.redis_errors += 1
+            self.stats.watchlist_unannounced += 1
+            log.warning("could not announce a watchlist change of %s: %s", change.user[:60], brief(exc))
+            return False
+        return True
 
     def make_policy(self, origins: list[str] | tuple[str, ...] = ()) -> Policy:
         s = self.settings

@@ -18,15 +18,16 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from connectors.gateway import protocol
+from connectors.gateway import bodies, protocol
 from connectors.gateway.auth import Grant, Refused
 from connectors.gateway.errors import REDIS_ERRORS, Unavailable, brief
 from connectors.gateway.fanout import ChannelMap, Router, Subscriber
@@ -35,22 +36,31 @@ from connectors.gateway.protocol import ALL, BadMessage, Ping, Subscribe, Unsubs
 from connectors.gateway.relay import Relay
 from connectors.gateway.settings import GatewaySettings
 from connectors.gateway.supervision import Backoff, detach
+from connectors.gateway.watchlists import Following, Listed, NoSuchWatchlist, visible
+from connectors.postgres.watchlists import Watchlist
+from schemas.watchlists import WatchlistChange
 
 log = logging.getLogger("tickstock.gateway")
 
 T = TypeVar("T")
+ReadWatchlist = Callable[[str, str], Awaitable[Watchlist | None]]  # (user, name) -> the stored list
+MAX_REMEMBERED_CHANGES = 10_000
 
 
 class GatewayConnection(ServerConnection):
-    """A WebSocket connection that remembers the grant its handshake was admitted with."""
+    """A connection that reads request bodies (bodies.py: REST's PUT) and remembers its handshake's grant."""
 
     grant: Grant | None = None
+
+    def __init__(self, protocol: ServerProtocol, server: Server, **options: Any) -> None:
+        super().__init__(protocol, server, **options)
+        bodies.install(protocol)
 
 
 class Session(Subscriber):
     """One connected client: its filters and buffer (Subscriber) plus its socket and grant."""
 
-    __slots__ = ("ws", "grant", "errors", "full_since", "expiry", "busy", "tokens", "refilled")
+    __slots__ = ("ws", "grant", "errors", "full_since", "expiry", "busy", "tokens", "refilled", "following")
 
     def __init__(self, ws: ServerConnection, grant: Grant, max_errors: int = 10, burst: int = 50) -> None:
         super().__init__(kinds=grant.kinds)
@@ -62,6 +72,7 @@ class Session(Subscriber):
         self.busy = False  # a subscribe is reading Redis: hold its frames so replies and replay go first
         self.tokens = float(burst)  # rate limit: a token bucket
         self.refilled = time.monotonic()
+        self.following = Following()  # symbols subscribed by name, and the watchlists followed
 
     def take_token(self, rate_per_s: float, burst: int, now: float) -> bool:
         self.tokens = min(float(burst), self.tokens + (now - self.refilled) * rate_per_s)
@@ -79,6 +90,7 @@ class Session(Subscriber):
             "kinds": sorted(self.kinds),
             "timeframes": sorted(self.timeframes, key=protocol.TIMEFRAME_NAMES.index),
             "min_confidence": self.min_confidence,
+            "watchlists": sorted(self.following.lists),
             **extra,
         }
 
@@ -94,6 +106,7 @@ class Clients:
         relay: Relay,
         stats: Stats,
         connected: set[Session],
+        read_watchlist: ReadWatchlist | None = None,
     ) -> None:
         self.settings = settings
         self.channels = channels
@@ -101,6 +114,10 @@ class Clients:
         self.relay = relay
         self.stats = stats
         self.connected = connected
+        self.read_watchlist = read_watchlist
+        # the newest change notice seen per (user, list): a subscribe that read an older list from
+        # PostgreSQL while a notice went by takes the notice (bounded, oldest forgotten first)
+        self.latest: OrderedDict[tuple[str, str], WatchlistChange] = OrderedDict()
 
     async def serve(self, ws: ServerConnection) -> None:
         """One client, from the welcome until its socket closes (admitted by the handshake: it has a grant)."""
@@ -183,6 +200,8 @@ class Clients:
             await self.misbehaved(session, "bad_message", str(exc))
         except Refused as exc:
             await session.ws.send(protocol.error("forbidden", exc.reason), text=True)
+        except NoSuchWatchlist as exc:
+            await session.ws.send(protocol.error("not_found", str(exc)), text=True)
         except Unavailable as exc:
             await session.ws.send(protocol.error("unavailable", str(exc)), text=True)
         except ConnectionClosed:
@@ -224,13 +243,22 @@ class Clients:
             refused = sorted(set(message.kinds) - grant.kinds)
             if refused:
                 raise Refused(f"kind(s) {', '.join(refused)} not allowed by your token")
-        new_symbols = [s for s in message.symbols if s not in session.symbols]
-        if len(session.symbols) + len(new_symbols) > self.settings.max_symbols:
+        direct_new = [s for s in message.symbols if s not in session.symbols]
+        if len(session.symbols) + len(direct_new) > self.settings.max_symbols:
             raise BadMessage(f"at most {self.settings.max_symbols} symbols per connection (GATEWAY_MAX_SYMBOLS)")
-        following = session.symbols | set(message.symbols)
+        listed = await self.current_list(grant.user, message.watchlist) if message.watchlist is not None else None
+        before_following = (set(session.following.direct), dict(session.following.lists))
+        session.following.direct |= set(message.symbols)
+        if listed is not None:
+            session.following.follow(listed.name)
+            session.following.apply(listed.name, listed.revision, listed.symbols)
+        wanted, left_out = session.following.wanted(grant, self.settings.max_symbols)
+        new_symbols = [s for s in wanted if s not in session.symbols]
+        following = session.symbols | set(new_symbols)
         for channel in message.positions:
             owner = self.channels.channel_symbol(channel)
             if channel != self.channels.indicators and (owner is None or (owner not in following and ALL not in following)):
+                session.following.direct, session.following.lists = before_following
                 raise BadMessage(
                     f"position for {protocol.safe_text(repr(channel))}, which is not a channel of the symbols subscribed"
                 )
@@ -247,11 +275,9 @@ class Clients:
         try:
             # Positions of the new channels, so a client that gets no message before a disconnect
             # still has somewhere to resume from.
+            fresh = dict.fromkeys([*message.symbols, *new_symbols])
             new_channels = sorted(
-                c
-                for s in message.symbols
-                if s != ALL
-                for c in self.channels.symbol_channels(s, session.kinds, session.timeframes)
+                c for s in fresh if s != ALL for c in self.channels.symbol_channels(s, session.kinds, session.timeframes)
             )
             positions = await self.retrying(lambda: self.relay.positions(new_channels), "read channel positions")
             catch_ups = await self.retrying(lambda: self.relay.read_missed(session, message.positions), "read channel history")
@@ -260,10 +286,14 @@ class Clients:
             gone = set(new_symbols)
             session.pending = {k: m for k, m in session.pending.items() if m.symbol not in gone}
             session.kinds, session.min_confidence, session.timeframes = before
+            session.following.direct, session.following.lists = before_following
             session.busy = False
             raise
+        extra: dict[str, object] = {"positions": positions}
+        if listed is not None:
+            extra["watchlist"] = self.list_state(session, listed.name, left_out)
         try:
-            await session.ws.send(protocol.encode(session.state("subscribed", positions=positions)), text=True)
+            await session.ws.send(protocol.encode(session.state("subscribed", **extra)), text=True)
             for reply in catch_ups:
                 await session.ws.send(protocol.encode(reply), text=True)
         finally:
@@ -284,13 +314,108 @@ class Clients:
         raise Unavailable(f"Redis is unavailable: could not {what}; nothing was changed, send the same subscribe again")
 
     def unsubscribe(self, session: Session, message: Unsubscribe) -> None:
-        self.router.unsubscribe(session, message.symbols)
+        """Remove symbols (those a followed watchlist still has stay), kinds, and a watchlist followed."""
+        session.following.direct -= set(message.symbols)
+        if message.watchlist is not None:
+            session.following.lists.pop(message.watchlist, None)
         if message.kinds:
             session.kinds = session.kinds - set(message.kinds)
             session.pending = {k: m for k, m in session.pending.items() if m.kind in session.kinds}
-        if message.symbols:
-            gone = set(message.symbols)
+        self.refollow(session)
+
+    def refollow(self, session: Session) -> tuple[list[str], list[str]]:
+        """Subscribe the session to what it follows now (direct + watchlists, granted, capped); (added, left out)."""
+        wanted, left_out = session.following.wanted(session.grant, self.settings.max_symbols)
+        keep = set(wanted)
+        added = [s for s in wanted if s not in session.symbols]
+        gone = session.symbols - keep
+        self.router.subscribe(session, added)
+        if gone:
+            self.router.unsubscribe(session, gone)
             session.pending = {k: m for k, m in session.pending.items() if m.symbol not in gone}
             session.replay = [m for m in session.replay if m.symbol not in gone]
             symbol_of = self.channels.channel_symbol
             session.floor = {c: o for c, o in session.floor.items() if symbol_of(c) not in gone}
+        return added, left_out
+
+    # ---------------------------------------------------------------- server-side watchlists
+    async def current_list(self, user: str, name: str) -> Listed:
+        """The list as stored, or as the newest notice this gateway saw if that is newer; NoSuchWatchlist."""
+        if self.read_watchlist is None:
+            raise Unavailable("this gateway has no watchlist store")
+        found = await self.read_watchlist(user, name)
+        seen = self.latest.get((user, name))
+        if seen is not None and (found is None or seen.revision > found.revision):
+            if seen.deleted:
+                raise NoSuchWatchlist(f"you have no watchlist {name!r}")
+            return Listed(name, seen.revision, tuple(seen.symbols))
+        if found is None:
+            raise NoSuchWatchlist(f"you have no watchlist {name!r} (create it with PUT /api/watchlists/{name})")
+        return Listed(name, found.revision, tuple(found.symbols))
+
+    def list_state(self, session: Session, name: str, left_out: list[str]) -> dict:
+        """A followed list as the session sees it: its granted symbols, how many withheld, those left out."""
+        held = session.following.lists[name]
+        shown, withheld = visible(held.symbols, session.grant)
+        return {"name": name, "revision": held.revision, "symbols": shown, "withheld": withheld, "left_out": left_out}
+
+    def on_watchlist(self, change: WatchlistChange) -> None:
+        """A change notice from Redis (any gateway's REST): move every session of that user following the list."""
+        key = (change.user, change.name)
+        seen = self.latest.get(key)
+        if seen is None or change.revision > seen.revision:
+            self.latest.pop(key, None)
+            self.latest[key] = change
+            while len(self.latest) > MAX_REMEMBERED_CHANGES:
+                self.latest.popitem(last=False)
+        for session in list(self.connected):
+            if session.grant.user == change.user:
+                self.apply_change(session, change.name, change.revision, change.symbols, change.deleted)
+
+    def apply_change(self, session: Session, name: str, revision: int, symbols: Sequence[str], deleted: bool) -> None:
+        if not session.following.apply(name, revision, symbols):
+            return  # not followed, or not newer than what the session holds
+        added, left_out = self.refollow(session)
+        self.stats.watchlist_changes += 1
+        session.busy = True  # its frames wait until the `watchlist` message is out
+        detach(self.tell_change(session, name, deleted, added, left_out))
+
+    async def tell_change(self, session: Session, name: str, deleted: bool, added: list[str], left_out: list[str]) -> None:
+        try:
+            channels = sorted(
+                c for s in added if s != ALL for c in self.channels.symbol_channels(s, session.kinds, session.timeframes)
+            )
+            try:
+                positions = await self.retrying(lambda: self.relay.positions(channels), "read channel positions")
+            except Unavailable:
+                positions = {}  # the client still follows; it only has no position to resume these from yet
+            if name not in session.following.lists:
+                return  # unfollowed meanwhile
+            message = {
+                "type": "watchlist",
+                **self.list_state(session, name, left_out),
+                "deleted": deleted,
+                "subscribed": sorted(session.symbols),
+                "positions": positions,
+            }
+            await session.ws.send(protocol.encode(message), text=True)
+        except ConnectionClosed:
+            pass
+        except Exception:  # a detached task: log it here, nobody else will
+            self.stats.internal_errors += 1
+            log.exception("telling %s about a watchlist change failed", session.grant.user)
+        finally:
+            session.busy = False
+            self.router.dirty.add(session)
+
+    async def resync_watchlists(self) -> None:
+        """After notices may have been missed (the Redis subscription was lost): re-read every followed list."""
+        for session in list(self.connected):
+            for name, held in list(session.following.lists.items()):
+                try:
+                    found = await self.current_list(session.grant.user, name)
+                except NoSuchWatchlist:
+                    # deleted meanwhile: any revision above the held one is older than a re-creation's
+                    self.apply_change(session, name, held.revision + 1, (), True)
+                    continue
+                self.apply_change(session, name, found.revision, found.symbols, False)

@@ -289,3 +289,40 @@ def test_covering_keys_up_down_up_with_data_in_place(empty_database: Storage) ->
             ]
         assert "Index Only Scan using ohlcv_1min_pkey" in plans[0]
         assert "Index Only Scan using bars_5min_pkey" in plans[1]
+
+
+def test_watchlists_up_down_up_and_their_bounds(empty_database: Storage) -> None:
+    """0008: users' watchlists and universes; the database refuses what the gateway would (names,
+    sizes, nulls), and the down migration removes exactly its tables and sequence."""
+    url = empty_database.url
+    migrate.up(url, log=quiet)
+    below = max(v for v in SHIPPED if v < 8)
+    add = "INSERT INTO watchlists (user_id, name, symbols, revision) VALUES (%s, %s, %s, nextval('watchlist_revisions'))"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(add, ("alice", "tech", ["AAPL", "MSFT"]))
+        conn.execute(add, ("bob", "tech", []))
+        for user, name, symbols in (
+            ("alice", "a b", []),  # a name the gateway refuses
+            ("alice", "x" * 65, []),
+            ("alice", "ok\n", []),
+            ("", "ok", []),
+            ("alice", "nulls", ["AAPL", None]),
+            ("alice", "huge", ["AAPL"] * 501),
+        ):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(add, (user, name, symbols))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO user_universes (user_id, symbols, revision) VALUES ('alice', %s, 1)", (["A"] * 5001,))
+        revisions = [r[0] for r in conn.execute("SELECT revision FROM watchlists ORDER BY revision")]
+        assert len(revisions) == 2 and revisions[0] < revisions[1]
+
+    assert [m.version for m in migrate.down(url, to=below, log=quiet)] == [8]
+    assert not {"watchlists", "user_universes"} & tables(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('watchlist_revisions')").fetchone() == (None,)
+
+    assert [m.version for m in migrate.up(url, log=quiet)] == [8]
+    assert {"watchlists", "user_universes"} <= tables(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(add, ("alice", "tech", ["AAPL"]))
+        assert conn.execute("SELECT name, symbols FROM watchlists").fetchall() == [("tech", ["AAPL"])]

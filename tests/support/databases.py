@@ -64,6 +64,12 @@ BEGIN
         EXECUTE format('DROP %s IF EXISTS %s CASCADE',
                        CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, r.name);
     END LOOP;
+    -- sequences of their own (0008's revisions); a column's went with its table above
+    FOR r IN SELECT c.oid::regclass AS name FROM pg_class c
+             WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S'
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') LOOP
+        EXECUTE format('DROP SEQUENCE IF EXISTS %s CASCADE', r.name);
+    END LOOP;
     FOR r IN SELECT p.oid::regprocedure AS name FROM pg_proc p
              WHERE p.pronamespace = 'public'::regnamespace
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') LOOP
