@@ -1,12 +1,13 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`) against a running gateway.
 
-Seeds an hour of 1-minute bars, 5-minute indicator rows, a pattern and an alert in PostgreSQL;
-opens the page, switches to 5m and checks what is drawn in the screenshot's own pixels (candle
-colours in the price pane, volume colours in the volume pane, the overlays' and markers'
-colours); then publishes to Redis as the flows do (a forming 5m bar, a price, an amended
-pattern and a retracted alert, per the issue-15 contract) and sees the chart, the watchlist and
-the markers follow, and that a bar without numbers is skipped and an event's markup is shown as
-text; then stops the gateway and sees the connection state turn `reconnecting`.
+Seeds three hours of 1-minute bars, 5-minute indicator rows, a pattern and an alert in
+PostgreSQL and a server-side watchlist; opens the page, switches to 5m and checks what is drawn
+in the screenshot's own pixels (candle colours in the price pane, volume colours in the volume
+pane, the overlays' and markers' colours). Then publishes to Redis as the flows do (a forming 5m
+bar, prices, an amended pattern and a retracted alert, per the issue-15 contract) and sees the
+chart, the watchlist rows and the markers follow; changes the watchlist over REST as a second
+device would and sees the page follow; sends a bar without numbers (skipped) and an event
+carrying markup (shown as text); then stops the gateway and sees the state turn `reconnecting`.
 Skips only when Chromium is not installed (`make test` installs it as root on Debian:
 infra/chromium.sh). `DASHBOARD_SCREENSHOT=docs/dashboard.png` also saves the screenshot there.
 """
@@ -22,6 +23,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from connectors.gateway.auth import Policy
@@ -168,7 +170,12 @@ def test_dashboard_timeframes_volume_overlays_markers_watchlist_and_connection_s
             msft = {"version": 1, "symbol": "MSFT", "price": 412.0, "size": 10, "timestamp": ms(now), "session": now.date().isoformat(),
                     "open": 415.0, "change": -3.0, "change_pct": -0.72}  # fmt: skip
             gw.publish([(c.prices_for("MSFT"), json.dumps(msft).encode())])  # before the page: it asks the history for it
-            page.goto(f"{gw.http}/dashboard/?symbol=AAPL&watch=AAPL,MSFT&token={token}")
+            other_device = httpx.Client(base_url=gw.http, headers={"Authorization": f"Bearer {token}"}, timeout=WAIT_MS / 1000)
+            assert other_device.put("/api/watchlists/main", json={"symbols": ["AAPL"]}).status_code in (
+                200,
+                201,
+            )  # kept from a last run
+            page.goto(f"{gw.http}/dashboard/?symbol=AAPL&watchlist=main&token={token}")
             page.wait_for_selector("#connection[data-state=live]", timeout=WAIT_MS)
             page.wait_for_function(f"document.getElementById('chart').dataset.candles === '{MINUTES}'", timeout=WAIT_MS)
 
@@ -203,7 +210,13 @@ def test_dashboard_timeframes_volume_overlays_markers_watchlist_and_connection_s
             page.wait_for_function(f"document.querySelector(\"{row} .last\").textContent === '{close:.2f}'", timeout=WAIT_MS)
             assert page.inner_text(f"{row} .change") == "+2.20" and page.inner_text(f"{row} .pct") == "+2.31%"
             assert "up" in (page.get_attribute(row, "class") or "")
-            assert page.inner_text("#watchlist tr[data-symbol='MSFT'] .last") == "412.00"  # the last one before the page opened
+            assert page.inner_text("#watch-source") == "(main, on the server)"
+            assert page.eval_on_selector_all("#watchlist tbody tr", "rows => rows.map(r => r.dataset.symbol)") == ["AAPL"]
+            # the same user changes the list on another device: this page follows it
+            assert other_device.put("/api/watchlists/main", json={"symbols": ["AAPL", "MSFT"]}).status_code == 200
+            page.wait_for_function(  # with the last price from before the page opened, from the history
+                "document.querySelector(\"#watchlist tr[data-symbol='MSFT'] .last\")?.textContent === '412.00'", timeout=WAIT_MS
+            )
             msft = {**msft, "price": 411.35, "change": -3.65, "change_pct": -0.88}
             gw.publish([(c.prices_for("MSFT"), json.dumps(msft).encode())])
             page.wait_for_function(
@@ -249,6 +262,7 @@ def test_dashboard_timeframes_volume_overlays_markers_watchlist_and_connection_s
             assert "<img src=x" in page.inner_text("#feed li[data-id='x1']")
             assert page.get_attribute("#chart", "data-candles") == str(MINUTES // 5 + 1)  # the bad bar was skipped
             assert page.inner_text("#connection") == "live"
+            other_device.close()
         # the gateway is gone: both sockets close and retry
         page.wait_for_selector("#connection[data-state=reconnecting]", timeout=WAIT_MS)
         assert errors == []

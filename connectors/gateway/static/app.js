@@ -70,9 +70,10 @@ const ofChart = (record) => record.symbol === state.symbol && (record.timeframe 
 
 function status(text) { $("status").textContent = text; }
 
-async function api(path) {
+async function api(path, { method = "GET", body } = {}) {
   const headers = token ? { Authorization: "Bearer " + token } : {};
-  const response = await fetch(path, { headers });
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(`${path}: ${response.status} ${JSON.stringify(body.detail || body)}`);
@@ -270,8 +271,8 @@ async function loadEvents() {
 // One WebSocket with reconnects (backoff) and resume: it keeps each channel's last position and
 // sends those of its symbols back when it subscribes again.
 class Feed {
-  constructor(name, { onOpen, onData, onReset, onSubscribed = () => {} }) {
-    Object.assign(this, { name, onOpen, onData, onReset, onSubscribed, ws: null, positions: {}, retry: 500, failures: 0, open: false, opened: false, granted: [], subscribed: null });
+  constructor(name, { onOpen, onData, onReset, onSubscribed = () => {}, onWatchlist = () => {} }) {
+    Object.assign(this, { name, onOpen, onData, onReset, onSubscribed, onWatchlist, ws: null, positions: {}, retry: 500, failures: 0, open: false, opened: false, granted: [], subscribed: null });
   }
 
   connect() {
@@ -328,12 +329,15 @@ class Feed {
         if (!known || known.epoch !== pos.epoch) this.positions[channel] = pos;
       }
       this.subscribed = { symbols: m.symbols, kinds: m.kinds, timeframes: m.timeframes };
-      this.onSubscribed(m.positions);
-      status(`${this.name}: subscribed to ${m.symbols.join(", ") || "nothing"} (${m.timeframes.join(", ")})`);
+      this.onSubscribed(m);
+      const bars = m.kinds.includes("live") || m.kinds.includes("bar") ? ` (${m.timeframes.join(", ")})` : "";
+      status(`${this.name}: subscribed to ${m.symbols.join(", ") || "nothing"}${bars}`);
     } else if (m.type === "reset") {
       this.positions[m.channel] = { epoch: m.epoch, offset: m.offset };
       status(`${this.name}: missed too much on ${m.channel}: reloading`);
       this.onReset(m.channel);
+    } else if (m.type === "watchlist") {
+      this.onWatchlist(m);
     } else if (m.type === "error") {
       status(`${this.name}: gateway: ${m.code}: ${m.message}`);
     }
@@ -379,28 +383,60 @@ const chartFeed = new Feed("chart", {
 });
 
 // ---------------------------------------------------------------- watchlist
+// Kept on the server (`/api/watchlists/{name}`, followed with `subscribe` `watchlist`: a change
+// on another device comes back as a `watchlist` message) when the gateway serves watchlists;
+// otherwise kept in this browser (localStorage) and subscribed by symbol.
+const LIST_NAME = /^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$/;
+const watchlist = { server: false, name: params.get("watchlist") || "default" };
+
+function priceChannelSymbol(channel) {
+  const at = channel.lastIndexOf(".market.prices.");
+  return at < 0 ? null : channel.slice(at + ".market.prices.".length);
+}
+
 const watchFeed = new Feed("watchlist", {
   onOpen: (feed) => {
     if (!feed.granted.includes("price")) { $("watch-source").textContent = "(your token does not grant prices)"; return; }
-    if (state.watch.length) feed.send({ type: "subscribe", symbols: state.watch, kinds: ["price"], positions: feed.resumeFrom(state.watch) });
+    const positions = feed.resumeFrom(state.watch);
+    if (watchlist.server) feed.send({ type: "subscribe", watchlist: watchlist.name, kinds: ["price"], positions });
+    else if (state.watch.length) feed.send({ type: "subscribe", symbols: state.watch, kinds: ["price"], positions });
   },
   onData: (channel, data) => { if (typeof data.price === "number") showPrice(data); },
   onReset: () => {}, // prices need no reload: the next one replaces the row
-  // A symbol just added has no price until its next trade: ask once for the channel's last
-  // message from its history (resume from one before the current offset), if it is still kept.
-  onSubscribed: (positions) => {
-    const last = {};
-    for (const [channel, pos] of Object.entries(positions)) {
-      if (!channel.includes(".market.prices.")) continue;
-      const symbol = channel.slice(channel.lastIndexOf(".prices.") + 8);
-      if (pos.offset > 0 && !state.primed.has(symbol) && !state.prices.has(symbol)) last[channel] = { epoch: pos.epoch, offset: pos.offset - 1 };
-      state.primed.add(symbol);
-    }
-    const symbols = Object.keys(last).map((c) => c.slice(c.lastIndexOf(".prices.") + 8));
-    if (symbols.length) watchFeed.send({ type: "subscribe", symbols, kinds: ["price"], positions: last });
+  onSubscribed: (m) => {
+    if (m.watchlist) listChanged(m.watchlist);
+    primePrices(m.positions);
+  },
+  onWatchlist: (m) => { // the followed list changed (here or on another device)
+    if (m.name !== watchlist.name) return;
+    listChanged(m);
+    primePrices(m.positions);
   },
 });
 state.feeds = { chart: chartFeed, watchlist: watchFeed };
+
+function listChanged(list) {
+  state.watch = list.symbols.filter((s) => typeof s === "string" && SYMBOL.test(s));
+  for (const s of [...state.prices.keys()]) if (!state.watch.includes(s)) state.prices.delete(s);
+  renderWatchlist();
+  $("watch-source").textContent = `(${watchlist.name}, on the server${list.withheld ? `; ${list.withheld} not granted` : ""})`;
+}
+
+// A symbol just added has no price until its next trade: ask once for the channel's last
+// message from its history (resume from one before the current offset), if it is still kept.
+function primePrices(positions) {
+  const last = {};
+  for (const [channel, pos] of Object.entries(positions || {})) {
+    const symbol = priceChannelSymbol(channel);
+    if (symbol === null || state.primed.has(symbol)) continue;
+    state.primed.add(symbol);
+    if (pos.offset > 0 && !state.prices.has(symbol)) last[channel] = { epoch: pos.epoch, offset: pos.offset - 1 };
+  }
+  if (!Object.keys(last).length) return;
+  // by the list when following one: a symbol subscribed by name would stay after leaving the list
+  const target = watchlist.server ? { watchlist: watchlist.name } : { symbols: Object.keys(last).map(priceChannelSymbol) };
+  watchFeed.send({ type: "subscribe", ...target, kinds: ["price"], positions: last });
+}
 
 function formatPrice(v) { return typeof v === "number" ? v.toFixed(Math.abs(v) < 1 ? 4 : 2) : "-"; }
 function signed(v, digits) { return typeof v === "number" ? (v > 0 ? "+" : "") + v.toFixed(digits) : "-"; }
@@ -440,31 +476,58 @@ function showPrice(p) {
   tr.dataset.updated = String(p.timestamp);
 }
 
-function saveWatchlist() { try { localStorage.setItem(WATCH_KEY, JSON.stringify(state.watch)); } catch { /* private mode: keep it in memory */ } }
+// the server's list replaced by `symbols`; its notice (the `watchlist` message) redraws the panel
+async function storeList(symbols) {
+  try {
+    listChanged(await api(`/api/watchlists/${encodeURIComponent(watchlist.name)}`, { method: "PUT", body: { symbols } }));
+  } catch (err) {
+    status(String(err.message));
+  }
+}
+
+function saveLocally() { try { localStorage.setItem(WATCH_KEY, JSON.stringify(state.watch)); } catch { /* private mode: keep it in memory */ } }
 
 function watch(symbol) {
-  if (!SYMBOL.test(symbol) || state.watch.includes(symbol) || state.watch.length >= 50) return;
+  if (!SYMBOL.test(symbol) || state.watch.includes(symbol) || state.watch.length >= 500) return;
+  if (watchlist.server) { storeList([...state.watch, symbol]); return; }
   state.watch.push(symbol);
-  saveWatchlist();
+  saveLocally();
   renderWatchlist();
   watchFeed.send({ type: "subscribe", symbols: [symbol], kinds: ["price"] });
 }
 
 function unwatch(symbol) {
+  if (watchlist.server) { storeList(state.watch.filter((s) => s !== symbol)); return; }
   state.watch = state.watch.filter((s) => s !== symbol);
   state.prices.delete(symbol);
-  saveWatchlist();
+  saveLocally();
   renderWatchlist();
   watchFeed.send({ type: "unsubscribe", symbols: [symbol] });
 }
 
-function initialWatchlist(busiest) {
+// The server's list of that name (created from the busiest symbols on a first visit), or, when
+// the gateway keeps no watchlists for this token, this browser's.
+async function initialWatchlist(busiest) {
   const fromUrl = (params.get("watch") || "").split(",").map(normalise).filter((s) => SYMBOL.test(s));
+  if (LIST_NAME.test(watchlist.name)) {
+    try {
+      const mine = await api("/api/watchlists");
+      const found = mine.watchlists.find((l) => l.name === watchlist.name);
+      watchlist.server = true;
+      if (found) listChanged(found);
+      else await storeList((fromUrl.length ? fromUrl : [state.symbol, ...busiest.slice(0, 7)]).filter((s, i, all) => all.indexOf(s) === i));
+      return;
+    } catch (err) {
+      watchlist.server = false;
+      status(`watchlists on the server: ${err.message}; keeping it in this browser`);
+    }
+  }
   let saved = [];
   try { saved = JSON.parse(localStorage.getItem(WATCH_KEY) || "[]"); } catch { saved = []; }
   const list = fromUrl.length ? fromUrl : Array.isArray(saved) && saved.length ? saved : busiest.slice(0, 8);
   state.watch = [...new Set([...list.filter((s) => typeof s === "string" && SYMBOL.test(s)), state.symbol])].slice(0, 50);
   $("watch-source").textContent = "(this browser)";
+  renderWatchlist();
 }
 
 // ---------------------------------------------------------------- controls
@@ -511,8 +574,7 @@ async function start() {
   if (!state.symbol) state.symbol = busiest[0] || "AAPL";
   $("symbol").value = state.symbol;
   titles();
-  initialWatchlist(busiest);
-  renderWatchlist();
+  await initialWatchlist(busiest);
   await Promise.all([loadBars(), loadIndicators(), loadEvents()]);
 }
 
