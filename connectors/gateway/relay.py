@@ -33,7 +33,7 @@ from connectors.gateway.fanout import ChannelMap, Router, Subscriber
 from connectors.gateway.metrics import Stats
 from connectors.gateway.protocol import ALL
 from connectors.gateway.settings import GatewaySettings
-from connectors.gateway.supervision import Backoff
+from connectors.gateway.supervision import Backoff, detach
 from connectors.redis.history import History
 from schemas.watchlists import WatchlistChange, decode_change
 
@@ -93,7 +93,7 @@ class Relay:
                     log.warning("redis subscription restored; catching up the channels clients follow")
                     await self.recover_after_outage()
                     if self.watchlists_lost is not None:
-                        await self.watchlists_lost()
+                        detach(self.watchlists_lost())  # reads PostgreSQL: never holds up (or fails) the reader
                 self._subscribed_once = True
                 backoff.reset()
                 self.subscribed.set()

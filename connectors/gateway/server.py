@@ -4,7 +4,7 @@ Wiring and the front door; each decision lives in its own module:
 
 - server.py (here): start (fail fast, naming the fix) and stop, the HTTP/WebSocket handshake
   and routing: `/ws` upgrades to a WebSocket after the connection limit, token and Origin
-  checks; every other GET (REST, /healthz, /metrics, /openapi.json, the dashboard) is answered
+  checks; every other request (REST, /healthz, /metrics, /openapi.json, the dashboard) is answered
   from `process_request` by the FastAPI app (rest.py) through asgi.py.
 - session.py: one client's session and the protocol with it (protocol.py for the messages).
 - relay.py: the Redis subscription, reconnects, recovery and clients' catch-up from history;

@@ -115,9 +115,9 @@ class Clients:
         self.stats = stats
         self.connected = connected
         self.read_watchlist = read_watchlist
-        # the newest change notice seen per (user, list): a subscribe that read an older list from
-        # PostgreSQL while a notice went by takes the notice (bounded, oldest forgotten first)
-        self.latest: OrderedDict[tuple[str, str], WatchlistChange] = OrderedDict()
+        # the newest revision announced per (user, list): a subscribe that read an older list from
+        # PostgreSQL while a notice went by reads it again (bounded, least recently changed forgotten first)
+        self.latest: OrderedDict[tuple[str, str], tuple[int, bool]] = OrderedDict()  # -> (revision, deleted)
 
     async def serve(self, ws: ServerConnection) -> None:
         """One client, from the welcome until its socket closes (admitted by the handshake: it has a grant)."""
@@ -340,15 +340,18 @@ class Clients:
 
     # ---------------------------------------------------------------- server-side watchlists
     async def current_list(self, user: str, name: str) -> Listed:
-        """The list as stored, or as the newest notice this gateway saw if that is newer; NoSuchWatchlist."""
+        """The list as stored, read again while a newer revision was announced meanwhile; NoSuchWatchlist.
+
+        A notice is published after its change commits, so a second read sees what it announced.
+        """
         if self.read_watchlist is None:
             raise Unavailable("this gateway has no watchlist store")
         found = await self.read_watchlist(user, name)
-        seen = self.latest.get((user, name))
-        if seen is not None and (found is None or seen.revision > found.revision):
-            if seen.deleted:
-                raise NoSuchWatchlist(f"you have no watchlist {name!r}")
-            return Listed(name, seen.revision, tuple(seen.symbols))
+        for _ in range(3):
+            announced, deleted = self.latest.get((user, name), (0, False))
+            if announced <= (found.revision if found is not None else 0) or (found is None and deleted):
+                break
+            found = await self.read_watchlist(user, name)
         if found is None:
             raise NoSuchWatchlist(f"you have no watchlist {name!r} (create it with PUT /api/watchlists/{name})")
         return Listed(name, found.revision, tuple(found.symbols))
@@ -362,12 +365,10 @@ class Clients:
     def on_watchlist(self, change: WatchlistChange) -> None:
         """A change notice from Redis (any gateway's REST): move every session of that user following the list."""
         key = (change.user, change.name)
-        seen = self.latest.get(key)
-        if seen is None or change.revision > seen.revision:
-            self.latest.pop(key, None)
-            self.latest[key] = change
-            while len(self.latest) > MAX_REMEMBERED_CHANGES:
-                self.latest.popitem(last=False)
+        held = self.latest.pop(key, (0, False))
+        self.latest[key] = max(held, (change.revision, change.deleted))
+        while len(self.latest) > MAX_REMEMBERED_CHANGES:
+            self.latest.popitem(last=False)
         for session in list(self.connected):
             if session.grant.user == change.user:
                 self.apply_change(session, change.name, change.revision, change.symbols, change.deleted)
@@ -409,7 +410,12 @@ class Clients:
             self.router.dirty.add(session)
 
     async def resync_watchlists(self) -> None:
-        """After notices may have been missed (the Redis subscription was lost): re-read every followed list."""
+        """After notices may have been missed (the Redis subscription was lost): re-read every followed list.
+
+        A list PostgreSQL cannot give now stays as it is (logged); the next lost subscription, or
+        the client's next subscribe with that watchlist, reads it again.
+        """
+        unread = 0
         for session in list(self.connected):
             for name, held in list(session.following.lists.items()):
                 try:
@@ -418,4 +424,13 @@ class Clients:
                     # deleted meanwhile: any revision above the held one is older than a re-creation's
                     self.apply_change(session, name, held.revision + 1, (), True)
                     continue
+                except Unavailable:
+                    unread += 1
+                    continue
+                except Exception:  # a detached task: log it here, nobody else will
+                    self.stats.internal_errors += 1
+                    log.exception("re-reading a watchlist of %s failed", session.grant.user)
+                    continue
                 self.apply_change(session, name, found.revision, found.symbols, False)
+        if unread:
+            log.warning("could not re-read %d followed watchlist(s) after the Redis outage (PostgreSQL unavailable)", unread)

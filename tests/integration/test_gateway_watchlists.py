@@ -22,7 +22,7 @@ from connectors.gateway.bodies import MAX_REQUEST_BODY
 from flows.settings import Settings
 from schemas.watchlists import MAX_WATCHLIST_SYMBOLS
 from tests.support.gateway import SECRET, WAIT_S, Client, live_bar, running_gateway
-from tests.support.services import TEST_DATABASE_URL
+from tests.support.services import TEST_DATABASE_URL, free_port, private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +284,47 @@ def test_hostile_notices_on_redis_are_dropped(gateways, users, rest):
         assert time.monotonic() < deadline, dict(gw.gateway.stats.ignored)
         time.sleep(0.05)
     assert rest.get("/healthz").json()["counters"]["internal_errors"] == 0
+
+
+def test_a_change_missed_while_redis_was_down_is_caught_up(services, tmp_path):
+    """Stored while Redis is down (`announced: false`, no notice anywhere): once the gateway's
+    subscription is back it re-reads the lists its connections follow, and they move."""
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as db:
+        db.execute("INSERT INTO symbols (symbol) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING", (list(KNOWN),))
+    port = free_port()
+    server = private_redis(port, str(tmp_path))
+    name = f"outage-{uuid.uuid4().hex[:8]}"  # development mode: every test is user `dev`
+    try:
+        with running_gateway(TEST_DATABASE_URL, f"redis://127.0.0.1:{port}/0", probe_interval_s=0.2) as gw:
+
+            async def scenario() -> None:
+                nonlocal server
+                async with httpx.AsyncClient(base_url=gw.http, timeout=WAIT_S) as rest:
+                    (await rest.put(f"/api/watchlists/{name}", json={"symbols": ["AAPL"]})).raise_for_status()
+                    client = await Client.open(gw.url)
+                    reply = await client.request({"type": "subscribe", "watchlist": name, "kinds": ["live"]})
+                    assert reply["symbols"] == ["AAPL"], reply
+                    server.terminate()
+                    server.wait(10)
+                    stored = await rest.put(f"/api/watchlists/{name}", json={"symbols": ["IBM", "MSFT"]})
+                    assert stored.status_code == 200 and stored.json()["announced"] is False, stored.text
+                    server = private_redis(port, str(tmp_path))
+                    change = await client.control_reply()
+                    assert change["type"] == "watchlist" and change["subscribed"] == ["IBM", "MSFT"], change
+                    await client.close()
+
+            asyncio.run(scenario())
+            assert gw.gateway.stats.watchlist_unannounced == 1 and gw.gateway.stats.internal_errors == 0
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_odd_but_harmless_requests(rest, users, gateways):
+    h = auth(users[0])
+    plain = rest.put("/api/watchlists/x", headers={**h, "Content-Type": "text/plain"}, content=b'{"symbols": []}')
+    assert plain.status_code == 422, plain.text  # a body must be JSON
+    assert rest.request("GET", "/api/watchlists", headers=h, content=b"ignored").status_code == 200  # a GET's body is unused
+    assert rest.put("/api/watchlists/x", headers=h, params={"owner": "bob"}, json={"symbols": []}).status_code == 400
+    assert rest.post("/api/watchlists/x", headers=h, json={"symbols": []}).headers["allow"] == "DELETE, GET, PUT"
+    assert httpx.get(f"{gateways[0].http}/healthz", timeout=WAIT_S).json()["counters"]["internal_errors"] == 0

@@ -254,7 +254,7 @@ def test_covering_keys_up_down_up_with_data_in_place(empty_database: Storage) ->
                                      lambda: migrate.up(url, log=quiet)), 1):  # fmt: skip
         step()
         keys = _keys(url)
-        covering = versions(url)[-1] == 5
+        covering = 5 in versions(url)  # later migrations may follow it
         assert ("INCLUDE (open, open_at, high" in keys["rollups.bars_5min"]) is covering
         assert ("INCLUDE (open, high, low, close, volume, vwap, trades)" in keys["ohlcv_1min"]) is (
             covering and not empty_database.timescaledb

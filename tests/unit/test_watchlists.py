@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.streams import StreamReader
 
 from connectors.gateway import protocol
@@ -135,3 +137,45 @@ def test_bodies_the_gateway_will_not_read(head, status):
 def test_a_short_body_is_an_unreadable_request():
     with pytest.raises(EOFError):
         _read(b"PUT /api/x HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc")
+
+
+def test_a_subscribe_that_read_a_list_while_a_newer_one_was_announced_reads_it_again():
+    import asyncio
+
+    from connectors.gateway.fanout import ChannelMap, Router
+    from connectors.gateway.metrics import Stats
+    from connectors.gateway.session import Clients
+    from connectors.gateway.settings import GatewaySettings
+    from connectors.postgres.watchlists import Watchlist
+    from schemas.channels import Channels
+    from schemas.watchlists import WatchlistChange
+
+    stored = [Watchlist("tech", ["AAPL"], 5), Watchlist("tech", ["MSFT"], 6)]
+    reads = []
+    clients: Clients
+
+    async def read(user: str, name: str) -> Watchlist | None:
+        reads.append((user, name))
+        if len(reads) == 1:  # the notice of revision 6 goes by while the first read is under way
+            clients.on_watchlist(WatchlistChange(user="alice", name="tech", symbols=["MSFT"], revision=6))
+        return stored[min(len(reads), 2) - 1]
+
+    settings = GatewaySettings(dev_mode=True, database_url="postgresql://x@127.0.0.1/x", redis_url="redis://127.0.0.1:1/0")
+    clients = Clients(settings, ChannelMap(Channels("t")), Router(), None, Stats(), set(), read_watchlist=read)  # type: ignore[arg-type]
+    listed = asyncio.run(clients.current_list("alice", "tech"))
+    assert (listed.revision, listed.symbols, len(reads)) == (6, ("MSFT",), 2)
+    assert asyncio.run(clients.current_list("alice", "tech")).revision == 6 and len(reads) == 3  # no newer notice: one read
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.permutations(range(1, 9)), st.lists(st.sampled_from(["AAPL", "MSFT", "NVDA", "IBM"]), max_size=4))
+def test_notices_in_any_order_leave_the_newest(order, direct):
+    """Notices reach gateways in any order (several REST processes, a resync): the newest revision wins."""
+    lists = {r: [["AAPL"], ["MSFT", "IBM"], [], ["NVDA"]][r % 4] for r in range(1, 9)}
+    f = Following(direct=set(direct))
+    f.follow("tech")
+    for revision in order:
+        f.apply("tech", revision, lists[revision])
+    wanted, left_out = f.wanted(EVERYTHING, cap=100)
+    assert f.lists["tech"].revision == 8 and left_out == []
+    assert wanted == sorted(set(direct)) + [s for s in lists[8] if s not in direct]
