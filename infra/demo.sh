@@ -118,7 +118,7 @@ say "               redis-cli -u '$redis_url' psubscribe '$events_pattern'    (o
 say "indicators:    psql '$db_url' -c 'SELECT * FROM indicator_values ORDER BY timestamp DESC LIMIT 20'"
 say "bars appear once a minute has closed (plus the close delay); the first within about 1.5 minutes;"
 say "session highs/lows at once, patterns and surges with the first bars, RSI-based alerts after 15 minutes"
-say "dashboard:     http://${GATEWAY_HOST:-127.0.0.1}:${GATEWAY_PORT:-8765}/   (gateway log: $GATEWAY_LOG; development mode, no login)"
+say "dashboard:     http://${GATEWAY_HOST:-127.0.0.1}:${GATEWAY_PORT:-8765}/dashboard/?timeframe=5m   (1m 5m 15m 1h 1d buttons; gateway log: $GATEWAY_LOG; development mode, no login)"
 say "Ctrl-C stops the feed, the flows, the gateway and whatever our set-up started"
 
 # Wait for either child; if one ends on its own, the demo is over.

@@ -32,6 +32,7 @@ class Channels:
         n = self.namespace = namespace
         self.ohlcv = f"{n}.market.ohlcv"  # final bars and revisions
         self.live = f"{n}.market.bars.live"  # forming bars
+        self.prices = f"{n}.market.prices"  # last trade price per symbol
         self.volume = f"{n}.market.volume"  # volume surges (the old system's volume channel)
         self.highlow = f"{n}.events.highlow"
         self.trend = f"{n}.events.trend"
@@ -54,6 +55,23 @@ class Channels:
 
     def events_for(self, symbol: str) -> str:
         return f"{self.events}.{symbol}"
+
+    def ohlcv_at(self, timeframe: str) -> str:
+        """Final bars and revisions of one timeframe: 1m keeps the old name, others add `.{TF}`."""
+        return self.ohlcv if timeframe == "1m" else f"{self.ohlcv}.{timeframe}"
+
+    def ohlcv_at_for(self, timeframe: str, symbol: str) -> str:
+        return f"{self.ohlcv_at(timeframe)}.{symbol}"
+
+    def live_at(self, timeframe: str) -> str:
+        """Forming bars of one timeframe: 1m keeps the old name, others add `.{TF}`."""
+        return self.live if timeframe == "1m" else f"{self.live}.{timeframe}"
+
+    def live_at_for(self, timeframe: str, symbol: str) -> str:
+        return f"{self.live_at(timeframe)}.{symbol}"
+
+    def prices_for(self, symbol: str) -> str:
+        return f"{self.prices}.{symbol}"
 
 
 @dataclass(frozen=True)

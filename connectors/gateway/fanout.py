@@ -7,9 +7,10 @@ messages (`Subscriber.take`) and writes them as one frame (`frame`).
 Batching and replacement: a subscriber's unsent messages are a dict keyed by what a newer
 message supersedes, so a newer message with the same key replaces the older unsent one:
 
-- `live` (forming bar): one per symbol; the newest forming bar is all a chart needs.
-- `bar` (final bar or revision) and `indicator`: one per symbol and bar start; a revision
-  replaces the unsent original.
+- `live` (forming bar): one per symbol and timeframe; the newest forming bar is all a chart needs.
+- `bar` (final bar or revision): one per symbol, timeframe and bar start; `indicator`: one per
+  symbol and bar start; a revision replaces the unsent original.
+- `price`: one per symbol (the last price is all a watchlist needs).
 - events and alerts: one per event `id` (ids are stable, so a revised event replaces its
   unsent original); distinct events are never merged.
 
@@ -44,11 +45,13 @@ from typing import Annotated, Generic, TypeVar
 import msgspec
 from msgspec import Meta
 
-from connectors.gateway.protocol import ALL, BAR_KINDS, INT64_MAX, KINDS, MAX_EPOCH_LENGTH
+from connectors.gateway.protocol import ALL, BAR_KINDS, DEFAULT_TIMEFRAMES, INT64_MAX, KINDS, MAX_EPOCH_LENGTH, TIMEFRAME_NAMES
 from schemas.channels import Channels
 from schemas.symbols import is_symbol
 
-EVENT_CHANNEL_KINDS = frozenset(KINDS) - BAR_KINDS - {"indicator"}
+EVENT_CHANNEL_KINDS = frozenset(KINDS) - BAR_KINDS - {"indicator", "price"}
+# `{TF}.` heads of the coarser timeframes' bar channels (`...ohlcv.5m.AAPL`); 1m has none
+_COARSE = frozenset(t for t in TIMEFRAME_NAMES if t != "1m")
 DEFAULT_MAX_BYTES = 256 * 1024
 
 
@@ -69,10 +72,22 @@ _envelope = msgspec.json.Decoder(_Envelope)
 class Message:
     """One Redis message, ready for every subscriber: routing fields and its encoded frame element."""
 
-    __slots__ = ("channel", "symbol", "kind", "key", "confidence", "epoch", "offset", "part")
+    __slots__ = ("channel", "symbol", "kind", "key", "confidence", "epoch", "offset", "part", "timeframe")
 
-    def __init__(self, channel: str, symbol: str, kind: str, key: tuple, confidence: float, epoch: str, offset: int, part: bytes):
+    def __init__(
+        self,
+        channel: str,
+        symbol: str,
+        kind: str,
+        key: tuple,
+        confidence: float,
+        epoch: str,
+        offset: int,
+        part: bytes,
+        timeframe: str = "",
+    ) -> None:
         self.channel = channel
+        self.timeframe = timeframe  # a bar's timeframe; "" for messages every timeframe filter takes
         self.epoch = epoch
         self.symbol = symbol
         self.kind = kind
@@ -88,9 +103,13 @@ class Message:
 class ChannelMap:
     """Which Redis channels the gateway listens to, and what a message on each one is.
 
-    The gateway pattern-subscribes to the per-symbol channels (`...bars.live.{SYMBOL}`,
-    `...ohlcv.{SYMBOL}`, `...events.by_symbol.{SYMBOL}`) and to the indicator channel, so every message
-    it relays carries the position of a channel a client can resume from.
+    The gateway pattern-subscribes to the per-symbol channels (`...bars.live[.{TF}].{SYMBOL}`,
+    `...ohlcv[.{TF}].{SYMBOL}`, `...events.by_symbol.{SYMBOL}`, `...prices.{SYMBOL}`) and to the
+    indicator channel, so every message it relays carries the position of a channel a client can
+    resume from. A bar channel's rest after the prefix is `{TF}.{SYMBOL}` when it starts with a
+    coarser timeframe's name and a dot (`5m.AAPL`), else `{SYMBOL}` (1m): a symbol itself of that
+    shape (`5m.X`) would be read as a timeframe channel. The patterns also match the coarser
+    timeframes' all-symbol channels (`...ohlcv.5m`): their symbol is "", and they are not relayed.
     """
 
     def __init__(self, channels: Channels, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -99,33 +118,47 @@ class ChannelMap:
         self._live = channels.live_for("")
         self._final = channels.ohlcv_for("")
         self._events = channels.events_for("")
+        self._prices = channels.prices_for("")
         self.indicators = channels.indicators
         self.ignored: Counter[str] = Counter()  # messages not relayed, by reason
 
     def patterns(self) -> list[str]:
-        return [self._live + "*", self._final + "*", self._events + "*"]
+        return [self._live + "*", self._final + "*", self._events + "*", self._prices + "*"]
 
     def exact(self) -> list[str]:
         return [self.indicators]
 
-    def symbol_channels(self, symbol: str, kinds: Iterable[str]) -> list[str]:
-        """The channels carrying `kinds` of `symbol` (what a client resumes from)."""
+    def symbol_channels(self, symbol: str, kinds: Iterable[str], timeframes: Iterable[str] = DEFAULT_TIMEFRAMES) -> list[str]:
+        """The channels carrying `kinds` of `symbol`, bars in `timeframes` (what a client resumes from)."""
         kinds = set(kinds)
         out = []
-        if "live" in kinds:
-            out.append(self._live + symbol)
-        if "bar" in kinds:
-            out.append(self._final + symbol)
-        if kinds - BAR_KINDS - {"indicator"}:
+        for timeframe in timeframes:
+            if "live" in kinds:
+                out.append(self.channels.live_at_for(timeframe, symbol))
+            if "bar" in kinds:
+                out.append(self.channels.ohlcv_at_for(timeframe, symbol))
+        if kinds & EVENT_CHANNEL_KINDS:
             out.append(self._events + symbol)
+        if "price" in kinds:
+            out.append(self._prices + symbol)
         return out
 
     def channel_symbol(self, channel: str) -> str | None:
         """The symbol a per-symbol channel belongs to; None for the indicator channel."""
-        for prefix in (self._live, self._final, self._events):
+        for prefix in (self._live, self._final):
+            if channel.startswith(prefix):
+                return _split(channel[len(prefix) :])[1]
+        for prefix in (self._events, self._prices):
             if channel.startswith(prefix):
                 return channel[len(prefix) :]
         return None
+
+    def channel_timeframe(self, channel: str) -> str:
+        """A bar channel's timeframe; "" for the other channels."""
+        for prefix in (self._live, self._final):
+            if channel.startswith(prefix):
+                return _split(channel[len(prefix) :])[0]
+        return ""
 
     def channel_kinds(self, channel: str) -> frozenset[str]:
         """The kinds a channel carries (what a client must follow to care about it)."""
@@ -135,6 +168,8 @@ class ChannelMap:
             return frozenset({"bar"})
         if channel.startswith(self._events):
             return EVENT_CHANNEL_KINDS
+        if channel.startswith(self._prices):
+            return frozenset({"price"})
         if channel == self.indicators:
             return frozenset({"indicator"})
         return frozenset()
@@ -164,12 +199,18 @@ class ChannelMap:
             except UnicodeDecodeError:
                 self._ignore("invalid UTF-8")
                 return None
+        timeframe = ""
         if channel.startswith(self._live):
-            symbol, kind = channel[len(self._live) :], "live"
-            key: tuple = (symbol, "live")
+            timeframe, symbol = _split(channel[len(self._live) :])
+            kind = "live"
+            key: tuple = (symbol, "live", timeframe)
         elif channel.startswith(self._final):
-            symbol, kind = channel[len(self._final) :], "bar"
-            key = (symbol, "bar", head.timestamp)
+            timeframe, symbol = _split(channel[len(self._final) :])
+            kind = "bar"
+            key = (symbol, "bar", timeframe, head.timestamp)
+        elif channel.startswith(self._prices):
+            symbol, kind = channel[len(self._prices) :], "price"
+            key = (symbol, "price")
         elif channel.startswith(self._events):
             symbol, kind = channel[len(self._events) :], head.kind
             if kind not in EVENT_CHANNEL_KINDS:
@@ -185,11 +226,28 @@ class ChannelMap:
         else:
             self._ignore("not a client channel")
             return None
+        if not symbol:
+            self._ignore("not a client channel")
+            return None
         if not is_symbol(symbol):
             self._ignore("invalid symbol in channel")
             return None
         part = b'{"channel":"' + channel.encode() + b'","data":' + data + b"}"
-        return Message(channel, symbol, kind, key, head.confidence, head.epoch, head.offset, part)
+        return Message(channel, symbol, kind, key, head.confidence, head.epoch, head.offset, part, timeframe)
+
+
+def _split(rest: str) -> tuple[str, str]:
+    """A bar channel's rest after its prefix as (timeframe, symbol); symbol "" for an all-symbol channel.
+
+    >>> _split("5m.AAPL"), _split("AAPL"), _split("BRK.B"), _split("1h")
+    (('5m', 'AAPL'), ('1m', 'AAPL'), ('1m', 'BRK.B'), ('1h', ''))
+    """
+    head, dot, tail = rest.partition(".")
+    if dot and head in _COARSE:
+        return head, tail
+    if rest in _COARSE:
+        return rest, ""
+    return "1m", rest
 
 
 class _Symbol(msgspec.Struct):
@@ -207,16 +265,20 @@ def _symbol_of(data: bytes) -> str | None:
 
 
 class Subscriber:
-    """One client's filters (watchlist, kinds, minimum confidence) and its unsent messages.
+    """One client's filters (watchlist, kinds, timeframes, minimum confidence) and its unsent messages.
 
-    `min_confidence` applies to detection records; bars have confidence 1.
+    `min_confidence` applies to detection records; bars have confidence 1. `timeframes` applies
+    to bars (`live`, `bar`).
     """
 
-    __slots__ = ("symbols", "kinds", "min_confidence", "pending", "replay", "floor", "__weakref__")
+    __slots__ = ("symbols", "kinds", "timeframes", "min_confidence", "pending", "replay", "floor", "__weakref__")
 
-    def __init__(self, kinds: Iterable[str] = KINDS, min_confidence: float = 0.0) -> None:
+    def __init__(
+        self, kinds: Iterable[str] = KINDS, min_confidence: float = 0.0, timeframes: Iterable[str] = DEFAULT_TIMEFRAMES
+    ) -> None:
         self.symbols: set[str] = set()
         self.kinds: frozenset[str] = frozenset(kinds)
+        self.timeframes: frozenset[str] = frozenset(timeframes)
         self.min_confidence = min_confidence
         self.pending: dict[tuple, Message] = {}
         self.replay: list[Message] = []  # missed messages from the history, sent before `pending`
@@ -304,18 +366,24 @@ class Router(Generic[S]):
         sub.floor.clear()
 
     def wants(self, symbol: str) -> bool:
-        return bool(self.everything) or symbol in self.by_symbol
+        """Whether anyone follows `symbol`; "" (a coarser timeframe's all-symbol channel) never."""
+        return symbol in self.by_symbol or (bool(self.everything) and symbol != "")
+
+    @staticmethod
+    def takes(sub: Subscriber, m: Message) -> bool:
+        """Whether `sub`'s filters (not its watchlist) take `m`: what `route` checks, for catch-ups."""
+        return m.kind in sub.kinds and m.confidence >= sub.min_confidence and (not m.timeframe or m.timeframe in sub.timeframes)
 
     def route(self, m: Message) -> int:
         """Buffer `m` for every subscriber whose filters take it; returns how many."""
         subs = self.by_symbol.get(m.symbol)
         if subs is None and not self.everything:
             return 0
-        kind, conf, key, dirty = m.kind, m.confidence, m.key, self.dirty
+        kind, conf, key, dirty, tf = m.kind, m.confidence, m.key, self.dirty, m.timeframe
         n = 0
         for group in (subs or (), self.everything):
             for sub in group:
-                if kind in sub.kinds and conf >= sub.min_confidence:
+                if kind in sub.kinds and conf >= sub.min_confidence and (not tf or tf in sub.timeframes):
                     pending = sub.pending
                     if key in pending:
                         self.replaced += 1

@@ -4,7 +4,7 @@ Client messages are validated in one msgspec call; a bad one gets an `error` rep
 problem, never a silent drop.
 
 >>> decode_client(b'{"type":"subscribe","symbols":["aapl"],"kinds":["live"]}')
-Subscribe(symbols=['AAPL'], kinds=['live'], min_confidence=None, positions={}, watchlist=None)
+Subscribe(symbols=['AAPL'], kinds=['live'], timeframes=None, min_confidence=None, positions={}, watchlist=None)
 >>> decode_client(b'{"type":"subscribe","symbols":"AAPL"}')
 Traceback (most recent call last):
 ...
@@ -24,14 +24,19 @@ from msgspec import Meta
 
 from schemas.events import KINDS as EVENT_KINDS
 from schemas.symbols import InvalidSymbol, normalise
+from schemas.timeframes import TIMEFRAMES
 from schemas.watchlists import MAX_NAME_LENGTH, NAME_PATTERN
 
 PROTOCOL_VERSION = 1
 
 # What a client can subscribe to, per symbol. `live`: forming bars; `bar`: final bars and their
-# revisions; the rest are the detection records of schemas/events.py by their `kind` tag.
-KINDS: tuple[str, ...] = ("live", "bar", *EVENT_KINDS)
+# revisions (both of the timeframes subscribed); `price`: the last trade price (schemas/prices.py);
+# the rest are the detection records of schemas/events.py by their `kind` tag.
+KINDS: tuple[str, ...] = ("live", "bar", "price", *EVENT_KINDS)
 BAR_KINDS = frozenset({"live", "bar"})
+# The timeframes a client may follow `live` and `bar` of (1m unless it asks for others).
+TIMEFRAME_NAMES: tuple[str, ...] = tuple(TIMEFRAMES)
+DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1m",)
 
 # Symbols are schemas/symbols.py's (one definition); `*` = every symbol the token allows.
 ALL = "*"
@@ -57,6 +62,7 @@ Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
 Offset = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 Symbols = Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=MAX_SYMBOLS_PER_MESSAGE)]
 Kinds = Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=len(KINDS) * 2)]
+Timeframes = Annotated[list[Annotated[str, Meta(max_length=8)]], Meta(max_length=len(TIMEFRAME_NAMES) * 2)]
 WatchlistName = Annotated[str, Meta(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)]  # schemas/watchlists.py
 
 
@@ -67,9 +73,12 @@ class Position(msgspec.Struct, forbid_unknown_fields=True):
     offset: Offset
 
 
-# a resume names at most the three channels of each symbol of the message, plus the indicators
+# a resume names at most the channels of each symbol of the message (live and final bars of every
+# timeframe, events, prices), plus the indicators
+CHANNELS_PER_SYMBOL = 2 * len(TIMEFRAME_NAMES) + 2
 Positions = Annotated[
-    dict[Annotated[str, Meta(max_length=MAX_CHANNEL_LENGTH)], Position], Meta(max_length=3 * MAX_SYMBOLS_PER_MESSAGE + 1)
+    dict[Annotated[str, Meta(max_length=MAX_CHANNEL_LENGTH)], Position],
+    Meta(max_length=CHANNELS_PER_SYMBOL * MAX_SYMBOLS_PER_MESSAGE + 1),
 ]
 
 
@@ -78,12 +87,14 @@ class Subscribe(msgspec.Struct, tag="subscribe", forbid_unknown_fields=True):
 
     `positions`: channel -> last position the client saw (from an earlier connection); the
     gateway sends what was missed, or a `reset` for a channel whose history is gone.
+    `timeframes` (optional) replaces the timeframes whose `live` and `bar` messages are sent.
     `watchlist`: also follow the symbols of the user's server-side watchlist of that name, live:
     when the list changes (on any device), the subscription changes and a `watchlist` message says so.
     """
 
     symbols: Symbols = []
     kinds: Kinds | None = None
+    timeframes: Timeframes | None = None
     min_confidence: Confidence | None = None
     positions: Positions = {}
     watchlist: WatchlistName | None = None
@@ -143,9 +154,27 @@ def decode_client(raw: bytes | str) -> ClientMessage:
         )
     if message.kinds is not None:
         message.kinds = list(dict.fromkeys(message.kinds))
+    if isinstance(message, Subscribe) and message.timeframes is not None:
+        message.timeframes = check_timeframes(message.timeframes)
     if isinstance(message, Unsubscribe):
         message.kinds = list(dict.fromkeys(message.kinds))
     return message
+
+
+def check_timeframes(timeframes: list[str]) -> list[str]:
+    """Known timeframe names, deduplicated, at least one; BadMessage naming the unknown ones.
+
+    >>> check_timeframes(["5m", "1m", "5m"])
+    ['5m', '1m']
+    """
+    unknown = [t for t in timeframes if t not in TIMEFRAMES]
+    if unknown:
+        raise BadMessage(
+            f"unknown timeframe(s) {', '.join(safe_text(t, 8) for t in unknown[:5])}; expected some of {', '.join(TIMEFRAME_NAMES)}"
+        )
+    if not timeframes:
+        raise BadMessage(f"timeframes is empty; give at least one of {', '.join(TIMEFRAME_NAMES)} (or leave it out)")
+    return list(dict.fromkeys(timeframes))
 
 
 def check_symbol(symbol: str) -> str:

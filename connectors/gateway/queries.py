@@ -63,28 +63,54 @@ async def bars(
     return await rows(conn, query, {"symbols": [symbol], "start": start, "end": end})
 
 
+# A record's `status` (detected / amended / retracted) is a column from migration 0007 on; read through
+# to_jsonb, the same query answers "detected" on a database migrated only to 0006.
+_STATUS = "coalesce(to_jsonb({0}) ->> 'status', 'detected') AS status"
+# `timeframe` filter: rows of that timeframe, and rows without one (highlow events come from trades)
+_TIMEFRAME = "(%(timeframe)s::text IS NULL OR timeframe IS NULL OR timeframe = %(timeframe)s)"
+
+
 async def detection_events(
-    conn: psycopg.AsyncConnection, symbol: str, since: datetime, kinds: list[str], limit: int
+    conn: psycopg.AsyncConnection, symbol: str, since: datetime, kinds: list[str], limit: int, timeframe: str | None = None
 ) -> list[dict]:
     """Rows of the `events` table of `kinds`, newest first, as their records."""
     found = await rows(
         conn,
-        "SELECT kind, id, type, symbol, timestamp, timeframe, direction, confidence, price, revision,"
-        " params, detail FROM events WHERE symbol = %s AND timestamp >= %s AND kind = ANY(%s)"
-        " ORDER BY timestamp DESC LIMIT %s",
-        (symbol, since, kinds, limit),
+        "SELECT kind, id, type, symbol, timestamp, timeframe, direction, confidence, price, revision, "
+        + _STATUS.format("events")
+        + ", params, detail FROM events WHERE symbol = %(symbol)s AND timestamp >= %(since)s AND kind = ANY(%(kinds)s)"
+        f" AND {_TIMEFRAME} ORDER BY timestamp DESC LIMIT %(limit)s",
+        {"symbol": symbol, "since": since, "kinds": kinds, "limit": limit, "timeframe": timeframe},
     )
     return [_event(r) for r in found]
 
 
-async def alerts(conn: psycopg.AsyncConnection, symbol: str, since: datetime, limit: int) -> list[dict]:
+async def alerts(
+    conn: psycopg.AsyncConnection, symbol: str, since: datetime, limit: int, timeframe: str | None = None
+) -> list[dict]:
     """Rows of the `alerts` table, newest first, as their records."""
     found = await rows(
         conn,
         "SELECT 'alert' AS kind, id, rule AS type, symbol, timestamp, timeframe, direction, confidence,"
-        " severity, indicator, value, threshold, message, revision, params FROM alerts"
-        " WHERE symbol = %s AND timestamp >= %s ORDER BY timestamp DESC LIMIT %s",
-        (symbol, since, limit),
+        " severity, indicator, value, threshold, message, revision, "
+        + _STATUS.format("alerts")
+        + ", params FROM alerts WHERE symbol = %(symbol)s AND timestamp >= %(since)s"
+        f" AND {_TIMEFRAME} ORDER BY timestamp DESC LIMIT %(limit)s",
+        {"symbol": symbol, "since": since, "limit": limit, "timeframe": timeframe},
+    )
+    return [{**r, "timestamp": _ms(r["timestamp"])} for r in found]
+
+
+async def indicators(
+    conn: psycopg.AsyncConnection, symbol: str, since: datetime, limit: int, timeframe: str | None = None
+) -> list[dict]:
+    """Rows of `indicator_values`, newest first, in IndicatorValues' shape (the table keeps no id or confidence)."""
+    found = await rows(
+        conn,
+        "SELECT 'indicator' AS kind, 'values' AS type, symbol, timestamp, timeframe, sma, ema, rsi, macd, macd_signal,"
+        " macd_hist, bb_upper, bb_middle, bb_lower, atr, vwap, revision FROM indicator_values"
+        f" WHERE symbol = %(symbol)s AND timestamp >= %(since)s AND {_TIMEFRAME} ORDER BY timestamp DESC LIMIT %(limit)s",
+        {"symbol": symbol, "since": since, "limit": limit, "timeframe": timeframe},
     )
     return [{**r, "timestamp": _ms(r["timestamp"])} for r in found]
 

@@ -145,7 +145,7 @@ class Relay:
                 continue
             try:
                 symbol = channel_symbol(channel)
-                if symbol is not None and not wants(symbol):
+                if symbol is not None and not wants(symbol):  # "" (an all-symbol channel) is never wanted
                     continue
                 m = parse(channel, data)
                 if m is None:
@@ -202,8 +202,13 @@ class Relay:
                 }
             )
             kinds = self.channels.channel_kinds(channel)
+            timeframe = self.channels.channel_timeframe(channel)
             for session in list(self.sessions):
-                if (symbol is None or ALL in session.symbols or symbol in session.symbols) and session.kinds & kinds:
+                if (
+                    (symbol is None or ALL in session.symbols or symbol in session.symbols)
+                    and session.kinds & kinds
+                    and (not timeframe or timeframe in session.timeframes)
+                ):
                     session.floor[channel] = missed.offset
                     broadcast([session.ws], reset, text=True)
             self.last[channel] = (missed.epoch, missed.offset)
@@ -254,13 +259,7 @@ class Relay:
         everything = ALL in session.symbols
         for channel, offset, messages in queued:
             self.stats.resumes += 1
-            wanted_messages = [
-                m
-                for m in messages
-                if m.kind in session.kinds
-                and m.confidence >= session.min_confidence
-                and (everything or m.symbol in session.symbols)
-            ]
+            wanted_messages = [m for m in messages if Router.takes(session, m) and (everything or m.symbol in session.symbols)]
             session.catch_up(channel, offset, wanted_messages)
         replies = []
         for channel, epoch, offset, reason in resets:

@@ -100,11 +100,13 @@ SymbolQuery = Annotated[
 ]
 
 ALERT_KIND = "alert"  # alerts have a table of their own (`alerts`)
-EVENT_KINDS: tuple[str, ...] = (*EVENT_TABLE_KINDS, ALERT_KIND)  # what /api/events serves
+INDICATOR_KIND = "indicator"  # so have indicator values (`indicator_values`): served when asked for
+EVENT_KINDS: tuple[str, ...] = (*EVENT_TABLE_KINDS, ALERT_KIND)  # what /api/events serves by default
+QUERY_KINDS: tuple[str, ...] = (*EVENT_KINDS, INDICATOR_KIND)  # what `kind` may name
 if TYPE_CHECKING:
     EventKind = str
 else:  # FastAPI validates and documents the kinds from the Literal, built from schemas' names
-    EventKind = Literal[EVENT_KINDS]
+    EventKind = Literal[QUERY_KINDS]
 BAR_KIND = "bar"
 FUTURE_SLACK = timedelta(minutes=5)
 RETRY_AFTER_S = 5
@@ -315,18 +317,24 @@ def build_rest(
         "/api/events",
         response_model=Events,
         responses=error_responses(400, 401, 403, 503),
-        summary="Detection events and alerts of a symbol, newest first (the kinds the token grants)",
+        summary="Detection events, alerts (and indicator values when asked) of a symbol, newest first (the kinds the token grants)",
     )
     async def events(
         grant: Admitted,
-        _: Annotated[None, only("symbol", "since", "limit", repeatable=("kind",))],
+        _: Annotated[None, only("symbol", "since", "limit", "timeframe", repeatable=("kind",))],
         symbol: SymbolQuery,
         kind: Annotated[
             list[EventKind] | None,
-            Query(description="repeat for several; default every kind the token grants", max_length=len(EVENT_KINDS) * 2),
+            Query(
+                description="repeat for several; default every kind the token grants but indicator",
+                max_length=len(QUERY_KINDS) * 2,
+            ),
         ] = None,
         since: Annotated[str | None, _time_query("RFC 3339; default 24 hours ago")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        timeframe: Annotated[
+            TimeframeName | None, Query(description="only rows of this timeframe (and those without one: highlow)")
+        ] = None,
     ) -> dict:
         symbol = symbol_for(grant, symbol)
         if kind:
@@ -346,9 +354,11 @@ def build_rest(
         out: list[dict[str, Any]] = []
         async with database() as conn:
             if detection:
-                out += await queries.detection_events(conn, symbol, since_utc, detection, limit)
+                out += await queries.detection_events(conn, symbol, since_utc, detection, limit, timeframe)
             if ALERT_KIND in kinds:
-                out += await queries.alerts(conn, symbol, since_utc, limit)
+                out += await queries.alerts(conn, symbol, since_utc, limit, timeframe)
+            if INDICATOR_KIND in kinds:
+                out += await queries.indicators(conn, symbol, since_utc, limit, timeframe)
         out.sort(key=lambda e: e["timestamp"], reverse=True)
         out = out[:limit]
         return {"symbol": symbol, "count": len(out), "events": out}

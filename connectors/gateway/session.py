@@ -88,6 +88,7 @@ class Session(Subscriber):
             "type": kind,
             "symbols": sorted(self.symbols),
             "kinds": sorted(self.kinds),
+            "timeframes": sorted(self.timeframes, key=protocol.TIMEFRAME_NAMES.index),
             "min_confidence": self.min_confidence,
             "watchlists": sorted(self.following.lists),
             **extra,
@@ -261,9 +262,12 @@ class Clients:
                 raise BadMessage(
                     f"position for {protocol.safe_text(repr(channel))}, which is not a channel of the symbols subscribed"
                 )
-        before = (session.kinds, session.min_confidence)
+        before = (session.kinds, session.min_confidence, session.timeframes)
         if message.kinds is not None:
             session.kinds = frozenset(message.kinds)
+        if message.timeframes is not None:
+            session.timeframes = frozenset(message.timeframes)
+            session.pending = {k: m for k, m in session.pending.items() if not m.timeframe or m.timeframe in session.timeframes}
         if message.min_confidence is not None:
             session.min_confidence = message.min_confidence
         session.busy = True  # nothing of this session is written until the reply and replay are queued
@@ -272,14 +276,16 @@ class Clients:
             # Positions of the new channels, so a client that gets no message before a disconnect
             # still has somewhere to resume from.
             fresh = dict.fromkeys([*message.symbols, *new_symbols])
-            new_channels = sorted(c for s in fresh if s != ALL for c in self.channels.symbol_channels(s, session.kinds))
+            new_channels = sorted(
+                c for s in fresh if s != ALL for c in self.channels.symbol_channels(s, session.kinds, session.timeframes)
+            )
             positions = await self.retrying(lambda: self.relay.positions(new_channels), "read channel positions")
             catch_ups = await self.retrying(lambda: self.relay.read_missed(session, message.positions), "read channel history")
         except Unavailable:
             self.router.unsubscribe(session, new_symbols)
             gone = set(new_symbols)
             session.pending = {k: m for k, m in session.pending.items() if m.symbol not in gone}
-            session.kinds, session.min_confidence = before
+            session.kinds, session.min_confidence, session.timeframes = before
             session.following.direct, session.following.lists = before_following
             session.busy = False
             raise
@@ -377,7 +383,9 @@ class Clients:
 
     async def tell_change(self, session: Session, name: str, deleted: bool, added: list[str], left_out: list[str]) -> None:
         try:
-            channels = sorted(c for s in added if s != ALL for c in self.channels.symbol_channels(s, session.kinds))
+            channels = sorted(
+                c for s in added if s != ALL for c in self.channels.symbol_channels(s, session.kinds, session.timeframes)
+            )
             try:
                 positions = await self.retrying(lambda: self.relay.positions(channels), "read channel positions")
             except Unavailable:

@@ -13,6 +13,7 @@ import socket
 import time
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -22,7 +23,8 @@ from connectors.gateway.auth import Policy
 from connectors.redis.history import HistoryLimits
 from flows.settings import Settings
 from schemas import symbols
-from tests.support.gateway import SECRET, WAIT_S, Client, alert, live_bar, pattern, running_gateway
+from schemas.bars import encode_bar
+from tests.support.gateway import SECRET, WAIT_S, BarStatus, Client, alert, live_bar, pattern, running_gateway
 from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.services import TEST_DATABASE_URL, free_port, private_redis
 
@@ -252,6 +254,57 @@ def test_resume_after_a_disconnect_gets_exactly_the_missed_messages(gw):
         assert [m["timestamp"] for m in got] == [1_800_000_000_000 + i * 60_000 for i in range(5, 13)]
         assert [m["offset"] for m in got] == list(range(last["offset"] + 1, last["offset"] + 9))
         assert gw.gateway.stats.resumes == 1
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_timeframes_and_prices_live_and_resumed(gw):
+    """`timeframes` picks the bar channels (per the issue-15 contract); `price` follows the prices channel."""
+    c = gw.channels
+
+    def five(close: float, minute: int, status: BarStatus) -> bytes:
+        bar = msgspec.structs.replace(live_bar("AAPL", close, minute=minute, status=status), timeframe="5m")
+        return encode_bar(bar)
+
+    def price(value: float) -> bytes:
+        return json.dumps({"version": 1, "symbol": "AAPL", "price": value, "size": 100, "timestamp": 1_800_000_000_000,
+                           "session": "2027-01-15", "open": 10.0, "change": value - 10.0, "change_pct": (value - 10.0) * 10})\
+            .encode()  # fmt: skip
+
+    async def scenario() -> None:
+        client = await Client.open(gw.url)
+        reply = await client.request(
+            {"type": "subscribe", "symbols": ["AAPL"], "kinds": ["live", "bar", "price"], "timeframes": ["5m", "1h"]}
+        )
+        assert reply["timeframes"] == ["5m", "1h"]
+        assert set(reply["positions"]) == {
+            c.live_at_for("5m", "AAPL"), c.ohlcv_at_for("5m", "AAPL"), c.live_at_for("1h", "AAPL"),
+            c.ohlcv_at_for("1h", "AAPL"), c.prices_for("AAPL"),
+        }  # fmt: skip
+        gw.publish([(c.ohlcv_for("AAPL"), encode_bar(live_bar("AAPL", 1.0, status="final")))])  # 1m: not followed
+        gw.publish([(c.live_at_for("5m", "AAPL"), five(2.0, 0, "live")), (c.prices_for("AAPL"), price(10.5))])
+        gw.publish([(c.ohlcv_at_for("5m", "AAPL"), five(3.0, 0, "final"))])
+        got = await client.until(lambda d: any(m.get("status") == "final" for m in d))
+        by_channel = {m["channel"]: m["data"] for m in client.messages}
+        assert set(by_channel) == {c.live_at_for("5m", "AAPL"), c.prices_for("AAPL"), c.ohlcv_at_for("5m", "AAPL")}
+        assert by_channel[c.prices_for("AAPL")]["change"] == 0.5 and all(m.get("close") != 1.0 for m in got)
+        last = {m["channel"]: (m["data"]["epoch"], m["data"]["offset"]) for m in client.messages}
+        await client.close()
+
+        gw.publish([(c.ohlcv_at_for("5m", "AAPL"), five(3.5, 0, "final")), (c.prices_for("AAPL"), price(9.0))])  # missed
+        client = await Client.open(gw.url)
+        positions = {ch: {"epoch": e, "offset": o} for ch, (e, o) in last.items() if ch != c.live_at_for("5m", "AAPL")}
+        await client.request(
+            {"type": "subscribe", "symbols": ["AAPL"], "kinds": ["bar", "price"], "timeframes": ["5m"], "positions": positions}
+        )
+        got = await client.until(lambda d: len(d) >= 2)
+        assert sorted((m["channel"], m["data"].get("close", m["data"].get("price"))) for m in client.messages) == [
+            (c.ohlcv_at_for("5m", "AAPL"), 3.5),
+            (c.prices_for("AAPL"), 9.0),
+        ]
+        reply = await client.request({"type": "subscribe", "symbols": ["AAPL"], "timeframes": ["2m"]})
+        assert reply["type"] == "error" and "unknown timeframe(s) 2m" in reply["message"]
         await client.close()
 
     asyncio.run(scenario())

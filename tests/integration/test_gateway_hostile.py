@@ -234,9 +234,9 @@ def test_symbols_per_message_and_per_connection_are_bounded(services):
 
         async def scenario() -> None:
             client = await Client.open(gw.url)
-            first = [f"S{i}" for i in range(1000)]
+            first = [f"S{i}" for i in range(1000)]  # 4 channels each: live, bar, events, price
             reply = await client.request({"type": "subscribe", "symbols": first})
-            assert reply["type"] == "subscribed" and len(reply["symbols"]) == 1000 and len(reply["positions"]) == 3000
+            assert reply["type"] == "subscribed" and len(reply["symbols"]) == 1000 and len(reply["positions"]) == 4000
             reply = await client.request({"type": "subscribe", "symbols": [f"T{i}" for i in range(1000)]})
             assert reply["code"] == "bad_message" and "at most 1500 symbols per connection" in reply["message"]
             reply = await client.request({"type": "unsubscribe", "symbols": []})

@@ -108,6 +108,27 @@ def test_events_and_alerts_newest_first_in_record_shape(rest):
     assert [e["id"] for e in only.json()["events"]] == ["a1", "e1"]
 
 
+def test_events_serve_indicator_rows_on_request_and_filter_by_timeframe(rest, db):
+    db.execute(
+        "INSERT INTO indicator_values (symbol, timeframe, timestamp, sma, bb_upper, revision) VALUES"
+        " ('AAPL', '5m', %s, 101.5, 103.0, 1), ('AAPL', '1m', %s, 100.5, NULL, 0)",
+        (T0 + timedelta(minutes=5), T0 + timedelta(minutes=9)),
+    )
+    since = iso(T0 - timedelta(hours=1))
+    default = rest.get("/api/events", params={"symbol": "AAPL", "since": since}).json()
+    assert {e["kind"] for e in default["events"]} == {"alert", "highlow", "pattern"}  # indicators only when asked
+    assert {e["status"] for e in default["events"]} == {"detected"}
+    rows = rest.get("/api/events", params={"symbol": "AAPL", "since": since, "kind": "indicator", "timeframe": "5m"}).json()
+    assert rows["events"] == [
+        {"kind": "indicator", "type": "values", "symbol": "AAPL", "timestamp": int((T0 + timedelta(minutes=5)).timestamp() * 1000),
+         "timeframe": "5m", "sma": 101.5, "ema": None, "rsi": None, "macd": None, "macd_signal": None, "macd_hist": None,
+         "bb_upper": 103.0, "bb_middle": None, "bb_lower": None, "atr": None, "vwap": None, "revision": 1}
+    ]  # fmt: skip
+    five = rest.get("/api/events", params={"symbol": "AAPL", "since": since, "timeframe": "5m"}).json()
+    assert [e["id"] for e in five["events"]] == ["e2"]  # the highlow event has no timeframe; the 1m ones go
+    assert rest.get("/api/events", params={"symbol": "AAPL", "timeframe": "2m"}).status_code == 422
+
+
 def test_symbols_trading_now_busiest_minute_first(rest):
     assert rest.get("/api/symbols").json() == {"count": 2, "symbols": ["AAPL", "MSFT"]}  # AAPL's bar is newer
     assert rest.get("/api/symbols", params={"limit": 1}).json()["symbols"] == ["AAPL"]

@@ -140,6 +140,7 @@ def publish_every_kind(gw, symbols: tuple[str, ...]) -> int:
     messages = []
     for s in symbols:
         messages.append((gw.channels.indicators, json.dumps({"kind": "indicator", "symbol": s, "timestamp": 1}).encode()))
+        messages.append((gw.channels.prices_for(s), json.dumps({"symbol": s, "price": 1.0, "timestamp": 1}).encode()))
         for kind in EVENT_KINDS:
             messages.append(
                 (
@@ -155,6 +156,8 @@ def publish_every_kind(gw, symbols: tuple[str, ...]) -> int:
 def kind_of(message: dict) -> str:
     if "kind" in message:
         return message["kind"]
+    if "price" in message:
+        return "price"
     return "live" if message["status"] == "live" else "bar"
 
 

@@ -66,6 +66,14 @@ class Running:
         finally:
             client.close()
 
+    def publish(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """(channel, JSON payload) pairs published as the sinks do (history, offset, epoch), one attempt."""
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            History(client, self.history).publish(list(items))
+        finally:
+            client.close()
+
 
 @contextlib.contextmanager
 def running_gateway(

@@ -52,6 +52,7 @@ def protocol_shaped() -> st.SearchStrategy[dict]:
             "symbols": st.lists(hostile_text, max_size=20) | field,
             "kinds": st.lists(st.sampled_from([*KINDS, "candles", "*", ""]), max_size=10) | field,
             "min_confidence": st.floats() | field,
+            "timeframes": st.lists(st.sampled_from([*protocol.TIMEFRAME_NAMES, "2m", "5M", "", "*"]), max_size=12) | field,
             "positions": st.dictionaries(
                 hostile_text, st.fixed_dictionaries({"epoch": hostile_text, "offset": hostile_ints}) | field, max_size=5
             )
@@ -81,6 +82,8 @@ def _check_decoded(raw: str | bytes) -> None:
     if isinstance(message, Subscribe):
         assert message.min_confidence is None or 0.0 <= message.min_confidence <= 1.0
         assert all(0 <= p.offset <= protocol.INT64_MAX for p in message.positions.values())
+        assert message.timeframes is None or 0 < len(message.timeframes) == len(set(message.timeframes)) <= 5
+        assert set(message.timeframes or []) <= set(protocol.TIMEFRAME_NAMES)
 
 
 @FAST
@@ -126,7 +129,8 @@ def test_decode_client_extremes():
 
 # ---------------------------------------------------------------- Redis messages
 CM = ChannelMap(Channels("ns"), max_bytes=4096)
-PREFIXES = ["ns.market.bars.live.", "ns.market.ohlcv.", "ns.events.by_symbol.", "ns:indicators:streaming", "ns.other.", ""]
+PREFIXES = ["ns.market.bars.live.", "ns.market.ohlcv.", "ns.market.ohlcv.5m.", "ns.market.bars.live.1d.", "ns.market.ohlcv.1h",
+            "ns.market.prices.", "ns.events.by_symbol.", "ns:indicators:streaming", "ns.other.", ""]  # fmt: skip
 channel_names = st.builds(lambda p, s: p + s, st.sampled_from(PREFIXES), hostile_text)
 
 
@@ -141,6 +145,7 @@ def _check_parsed(channel: str, data: bytes) -> None:
     frame([m]).decode("utf-8")
     assert 0 <= m.offset <= protocol.INT64_MAX and 0.0 <= m.confidence <= 1.0
     assert m.kind in KINDS
+    assert m.timeframe in protocol.TIMEFRAME_NAMES if m.kind in protocol.BAR_KINDS else m.timeframe == ""
 
 
 @FAST

@@ -154,6 +154,62 @@ def test_channel_map_ignores_what_is_not_for_clients():
     assert channels.symbol_channels("AAPL", ["live", "alert"]) == ["ns.market.bars.live.AAPL", "ns.events.by_symbol.AAPL"]
 
 
+def test_timeframes_pick_the_bar_channels_and_filter_bars_only():
+    c = channels.channels
+    five = channels.parse(c.ohlcv_at_for("5m", "AAPL"), b'{"offset":1,"epoch":"e","timeframe":"5m","timestamp":9}')
+    forming = channels.parse(c.live_at_for("1h", "BRK.B"), b'{"offset":2,"epoch":"e","timeframe":"1h","timestamp":9}')
+    one = channels.parse(c.ohlcv_for("5M.X"), b'{"offset":3,"epoch":"e","timestamp":9}')  # upper-case: a symbol
+    price = channels.parse(c.prices_for("AAPL"), b'{"offset":4,"epoch":"e","symbol":"AAPL","price":1.5,"timestamp":9}')
+    assert (five.symbol, five.kind, five.timeframe, five.key) == ("AAPL", "bar", "5m", ("AAPL", "bar", "5m", 9))
+    assert (forming.symbol, forming.kind, forming.timeframe) == ("BRK.B", "live", "1h")
+    assert (one.symbol, one.timeframe) == ("5M.X", "1m")
+    assert (price.symbol, price.kind, price.timeframe, price.key) == ("AAPL", "price", "", ("AAPL", "price"))
+    assert (
+        channels.channel_symbol("ns.market.ohlcv.15m.AAPL") == "AAPL"
+        and channels.channel_timeframe("ns.market.ohlcv.15m.AAPL") == "15m"
+    )
+    assert channels.channel_kinds("ns.market.prices.AAPL") == {"price"}
+    assert channels.symbol_channels("AAPL", ["live", "bar", "price", "alert"], ["1m", "5m"]) == [
+        "ns.market.bars.live.AAPL",
+        "ns.market.ohlcv.AAPL",
+        "ns.market.bars.live.5m.AAPL",
+        "ns.market.ohlcv.5m.AAPL",
+        "ns.events.by_symbol.AAPL",
+        "ns.market.prices.AAPL",
+    ]
+    assert "ns.market.prices.*" in channels.patterns()
+    assert channels.parse("ns.market.ohlcv.5m", b'{"offset":1}') is None  # the all-symbol 5m channel: not relayed
+    star = Router()
+    star.subscribe(Subscriber(), ["*"])
+    assert channels.channel_symbol("ns.market.bars.live.1d") == "" and not star.wants("") and star.wants("AAPL")
+
+    router = Router()
+    five_only = Subscriber(timeframes={"5m"})
+    default = Subscriber()
+    router.subscribe(five_only, ["AAPL"])
+    router.subscribe(default, ["AAPL"])
+    for m in (five, bar_message("AAPL", 1.0, 5, status="final"), event_message("AAPL", 0.9, 6), price):
+        router.route(m)
+    assert [(m.kind, m.timeframe) for m in five_only.take()] == [("bar", "5m"), ("pattern", ""), ("price", "")]
+    assert [(m.kind, m.timeframe) for m in default.take()] == [("bar", "1m"), ("pattern", ""), ("price", "")]
+
+
+def test_protocol_timeframes_are_known_names():
+    assert decode_client('{"type":"subscribe","symbols":["A"],"timeframes":["5m","1d","5m"]}').timeframes == ["5m", "1d"]
+    assert decode_client('{"type":"subscribe","symbols":["A"],"kinds":["price"]}').kinds == ["price"]
+    for raw, says in (
+        ('{"type":"subscribe","timeframes":["2m"]}', "unknown timeframe(s) 2m; expected some of 1m, 5m, 15m, 1h, 1d"),
+        ('{"type":"subscribe","timeframes":[]}', "timeframes is empty"),
+        ('{"type":"subscribe","timeframes":"5m"}', "Expected `array | null`, got `str`"),
+        ('{"type":"subscribe","timeframes":[null]}', "Expected `str`, got `null`"),
+        (json.dumps({"type": "subscribe", "timeframes": ["m" * 9]}), "Expected `str` of length <= 8"),
+        (json.dumps({"type": "subscribe", "timeframes": ["1m"] * 11}), "Expected `array` of length <= 10"),
+    ):
+        with pytest.raises(BadMessage) as caught:
+            decode_client(raw)
+        assert says in str(caught.value), caught.value
+
+
 # ---------------------------------------------------------------- tokens
 def test_tokens_carry_user_symbols_kinds_and_expire():
     policy = Policy(SECRET, ["https://dash.example"])
