@@ -339,7 +339,7 @@ def test_event_status_up_down_up_with_rows_in_place(empty_database: Storage) -> 
 
     for step in range(3):
         if step == 1:
-            assert migrate.down(url, to=6, log=quiet)[0].label == "0007_event_status"
+            assert "0007_event_status" in [m.label for m in migrate.down(url, to=6, log=quiet)]  # later ones first
             with psycopg.connect(url) as conn:
                 columns = conn.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'status'"
                                        " AND table_name IN ('events', 'alerts')").fetchone()  # fmt: skip
