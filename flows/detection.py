@@ -30,8 +30,13 @@ from flows.detect.operators import detect_on_bars, gate_bars
 from flows.detect.settings import DetectionSettings
 from flows.monitoring import start_monitoring
 from flows.settings import Settings
+from schemas.bars import Bar
 
 log = logging.getLogger("tickstock.detection")
+
+
+def _is_one_minute(bar: Bar) -> bool:
+    return bar.timeframe == "1m"
 
 
 def build_flow(settings: Settings | None = None, detection: DetectionSettings | None = None) -> Dataflow:
@@ -49,7 +54,9 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     )  # fmt: skip
     parts = len(source.list_parts())  # a sink partition per input partition, spread over the workers
     gate = gate_bars("gate", op.input("bars", flow, source), s)
-    events = detect_on_bars("detect", gate.bars, s, detection)
+    # The bars topic carries every timeframe (`timeframe`); detection runs on the 1-minute bars.
+    minutes = op.filter_value("one_minute_bars", gate.bars, _is_one_minute)
+    events = detect_on_bars("detect", minutes, s, detection)
     op.output("detection", events, event_sink(s, parts=parts))
     letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
     op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter, parts))

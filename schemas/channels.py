@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
+from schemas.prices import Price
 from schemas.status import FlowError, FlowHealth
 
 DETECTED_MIN_CONFIDENCE = 0.8  # tickstock:patterns:detected carries patterns at or above this
@@ -31,6 +32,7 @@ class Channels:
         n = self.namespace = namespace
         self.ohlcv = f"{n}.market.ohlcv"  # final bars and revisions
         self.live = f"{n}.market.bars.live"  # forming bars
+        self.prices = f"{n}.market.prices"  # last trade price per symbol
         self.volume = f"{n}.market.volume"  # volume surges (the old system's volume channel)
         self.highlow = f"{n}.events.highlow"
         self.trend = f"{n}.events.trend"
@@ -53,6 +55,23 @@ class Channels:
     def events_for(self, symbol: str) -> str:
         return f"{self.events}.{symbol}"
 
+    def ohlcv_at(self, timeframe: str) -> str:
+        """Final bars and revisions of one timeframe: 1m keeps the old name, others add `.{TF}`."""
+        return self.ohlcv if timeframe == "1m" else f"{self.ohlcv}.{timeframe}"
+
+    def ohlcv_at_for(self, timeframe: str, symbol: str) -> str:
+        return f"{self.ohlcv_at(timeframe)}.{symbol}"
+
+    def live_at(self, timeframe: str) -> str:
+        """Forming bars of one timeframe: 1m keeps the old name, others add `.{TF}`."""
+        return self.live if timeframe == "1m" else f"{self.live}.{timeframe}"
+
+    def live_at_for(self, timeframe: str, symbol: str) -> str:
+        return f"{self.live_at(timeframe)}.{symbol}"
+
+    def prices_for(self, symbol: str) -> str:
+        return f"{self.prices}.{symbol}"
+
 
 @dataclass(frozen=True)
 class ChannelSpec:
@@ -63,9 +82,12 @@ class ChannelSpec:
     publisher: str
     what: str
     per_symbol: bool = False
+    per_timeframe: bool = False  # the name takes a coarser timeframe (`{TF}`: 5m, 15m, 1h, 1d)
 
-    def name(self, channels: Channels, symbol: str = "{SYMBOL}") -> str:
+    def name(self, channels: Channels, symbol: str = "{SYMBOL}", timeframe: str = "{TF}") -> str:
         value = getattr(channels, self.attribute)
+        if self.per_timeframe:
+            return value(timeframe, symbol) if self.per_symbol else value(timeframe)
         return value(symbol) if callable(value) else value
 
 
@@ -74,6 +96,17 @@ CATALOG: tuple[ChannelSpec, ...] = (
     ChannelSpec("ohlcv_for", Bar, "flows.ohlcv (final bar sink)", "the same, one symbol", per_symbol=True),
     ChannelSpec("live", Bar, "flows.ohlcv (live bar sink)", "forming bars, every symbol, at most once per symbol per LIVE_UPDATE_INTERVAL_S"),
     ChannelSpec("live_for", Bar, "flows.ohlcv (live bar sink)", "the same, one symbol", per_symbol=True),
+    ChannelSpec("ohlcv_at", Bar, "flows.ohlcv (final bar sink)", "final bars and revisions of one coarser timeframe `{TF}` "
+                "(BAR_TIMEFRAMES: 5m, 15m, 1h, 1d; `timeframe` says which), rolled up from the final 1-minute bars, "
+                "every symbol, after their minutes are in PostgreSQL", per_timeframe=True),
+    ChannelSpec("ohlcv_at_for", Bar, "flows.ohlcv (final bar sink)", "the same, one symbol", per_symbol=True, per_timeframe=True),
+    ChannelSpec("live_at", Bar, "flows.ohlcv (live bar sink)", "forming bars of one coarser timeframe `{TF}`, every symbol, "
+                "at most once per bucket per LIVE_UPDATE_INTERVAL_S", per_timeframe=True),
+    ChannelSpec("live_at_for", Bar, "flows.ohlcv (live bar sink)", "the same, one symbol", per_symbol=True, per_timeframe=True),
+    ChannelSpec("prices", Price, "flows.ohlcv (price sink)", "each symbol's last trade price (in event time, one that may "
+                "set a close) and its change since the US/Eastern session's first, at most once per symbol per "
+                "LIVE_UPDATE_INTERVAL_S"),
+    ChannelSpec("prices_for", Price, "flows.ohlcv (price sink)", "the same, one symbol", per_symbol=True),
     ChannelSpec("highlow", HighLowEvent, "flows.ohlcv (highs and lows sink)", "new session and N-day highs and lows, detected on trades"),
     ChannelSpec("trend", TrendEvent, "flows.detection (detection sink)", "trend starts and reversals on bars"),
     ChannelSpec("surge", SurgeEvent, "flows.detection (detection sink)", "volume and price surges on bars"),

@@ -14,6 +14,7 @@ import msgspec
 
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
+from schemas.prices import Price
 from schemas.status import FlowError, FlowHealth
 
 OUT = Path(__file__).with_name("json")
@@ -28,6 +29,7 @@ EMITTED: dict[str, type] = {
     "alert": Alert,
     "health": FlowHealth,
     "error": FlowError,
+    "price": Price,
 }
 
 
