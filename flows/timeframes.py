@@ -102,6 +102,7 @@ class _Bucket(msgspec.Struct, gc=False):
     symbol: str
     start: int
     settled: _Agg  # its minutes that can no longer be revised
+    finals: _Agg  # all its final minutes (settled and revisable), kept as they come
     closed: bool = False
     revision: int = 0
     emitted: Bar | None = None  # the last final record published (None: not yet final)
@@ -169,13 +170,21 @@ class Rollup:
             # Cannot happen with the book's lateness rule (its watermark is ahead of ours); a minute
             # this old would make a bucket from part of its minutes, so it changes nothing.
             return []
-        self._recent.setdefault(minute, {})[symbol] = bar
+        minutes = self._recent.setdefault(minute, {})
+        previous = minutes.get(symbol)
+        minutes[symbol] = bar
         out: list[Bar] = []
         for tf in self.timeframes:
             start = minute - minute % tf.ms
-            bucket = self._bucket(tf, symbol, start)
+            bucket = self._buckets[tf.name].get((symbol, start))
             if bucket is None:
-                continue
+                bucket = self._new_bucket(tf, symbol, start)  # its finals include this minute
+                if bucket is None:
+                    continue
+            elif previous is None:
+                bucket.finals.fold(bar)  # a new minute: merged in
+            else:
+                bucket.finals = self._aggregate(bucket, tf)  # a revised one: from the others again
             if bucket.closed:
                 revised = self._final(bucket)
                 if revised is not None:
@@ -209,25 +218,48 @@ class Rollup:
             minute = bar.timestamp
             if minute + MINUTE_MS + self.close_delay_ms <= self.watermark:
                 continue  # its minute is closed: its final bar is (or will be) the truth
-            self._live.setdefault(minute, {})[bar.symbol] = bar
+            symbol = bar.symbol
+            self._live.setdefault(minute, {})[symbol] = bar
             for tf in self.timeframes:
                 start = minute - minute % tf.ms
-                if self._bucket(tf, bar.symbol, start) is not None:
-                    self._dirty[(tf.name, bar.symbol, start)] = None
+                if (symbol, start) in self._buckets[tf.name] or self._new_bucket(tf, symbol, start) is not None:
+                    self._dirty[(tf.name, symbol, start)] = None
+        # The hot part when many symbols trade: one record per changed bucket, merged inline (a copy
+        # of the finals and a fold per forming minute cost twice as much).
         out: list[Bar] = []
+        live = list(self._live.items())
+        buckets, widths = self._buckets, {t.name: t.ms for t in self.timeframes}
         for name, symbol, start in self._dirty:
-            bucket = self._buckets[name].get((symbol, start))
+            bucket = buckets[name].get((symbol, start))
             if bucket is None or bucket.closed:
                 continue
-            tf = TIMEFRAMES[name]
-            agg = self._aggregate(bucket, tf)
-            for minute in self._live:
-                if start <= minute < start + tf.ms:
-                    held = self._live[minute].get(symbol)
-                    if held is not None:
-                        agg.fold(held)
-            if agg.minutes:
-                out.append(agg.record(symbol, name, start, 0, "live"))
+            end = start + widths[name]
+            f = bucket.finals
+            minutes, o, oa, h, lo, c, ca = f.minutes, f.open, f.open_at, f.high, f.low, f.close, f.close_at
+            v, pv, pw, n = f.volume, f.priced_value, f.priced_volume, f.trades
+            for minute, held_minutes in live:
+                if start <= minute < end:
+                    b = held_minutes.get(symbol)
+                    if b is None:
+                        continue
+                    minutes += 1
+                    if b.open is not None and (o is None or minute < oa):
+                        o, oa = b.open, minute
+                    if b.close is not None and (c is None or minute > ca):
+                        c, ca = b.close, minute
+                    if b.high is not None and (h is None or b.high > h):
+                        h = b.high
+                    if b.low is not None and (lo is None or b.low < lo):
+                        lo = b.low
+                    v += b.volume
+                    if b.vwap is not None and b.volume > 0:
+                        pv += b.vwap * b.volume
+                        pw += b.volume
+                    n += b.trades
+            if minutes:
+                out.append(Bar(symbol=symbol, timeframe=name, timestamp=start, open=o, high=h, low=lo, close=c,
+                               volume=min(v, MAX_VOLUME), vwap=pv / pw if pw else None, trades=min(n, MAX_TRADES),
+                               revision=0, status="live"))  # fmt: skip
         self._dirty.clear()
         return out
 
@@ -287,12 +319,10 @@ class Rollup:
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _bucket(self, tf: Timeframe, symbol: str, start: int) -> _Bucket | None:
-        """The bucket, made if needed; None when it must not be published (incomplete) or cannot be held."""
+    def _new_bucket(self, tf: Timeframe, symbol: str, start: int) -> _Bucket | None:
+        """A new bucket, with the final minutes held for it; None when it must not be published
+        (incomplete) or cannot be held."""
         buckets = self._buckets[tf.name]
-        bucket = buckets.get((symbol, start))
-        if bucket is not None:
-            return bucket
         if start < self.complete_from[tf.name]:
             return None
         if len(buckets) >= self.max_buckets:
@@ -302,7 +332,8 @@ class Rollup:
         closed = end + self.close_delay_ms <= self.watermark
         if closed and end + self.lateness_ms < self.watermark:
             return None  # none of its minutes can be revised any more: nothing can reach it
-        bucket = buckets[(symbol, start)] = _Bucket(tf.name, symbol, start, _Agg(), closed=closed)
+        bucket = buckets[(symbol, start)] = _Bucket(tf.name, symbol, start, _Agg(), _Agg(), closed=closed)
+        bucket.finals = self._aggregate(bucket, tf)
         if not closed:
             self._next_close = min(self._next_close, end + self.close_delay_ms)
         return bucket
@@ -320,7 +351,7 @@ class Rollup:
 
     def _final(self, bucket: _Bucket) -> Bar | None:
         """The bucket's final record if its fields changed since the last one (revision + 1), else None."""
-        agg = self._aggregate(bucket, TIMEFRAMES[bucket.timeframe])
+        agg = bucket.finals
         if not agg.minutes:
             return None
         previous = bucket.emitted
