@@ -337,3 +337,27 @@ def test_a_bucket_closes_in_the_batch_whose_trade_closes_its_last_minute_and_lat
     (revised,) = feed(("AAA", T0 + 2 * M, 30.0))  # a late trade inside it (a new minute): the 15m bucket is still open
     assert (revised.timeframe, revised.revision, revised.high, revised.volume) == ("5m", 1, 30, 30)
     assert feed(("CCC", T0 + 6 * M + DELAY, 1.0)) == []  # BBB's minute 5 closes; its bucket [5, 10) stays open
+
+
+def test_a_silent_partition_closes_a_bucket_whose_last_minutes_had_no_trade(monkeypatch):
+    """No bar in the bucket's last minutes, so no minute closes to mark its end: the watermark of a
+    silent, caught-up partition (following the wall clock) closes it."""
+    from flows import partition
+
+    clock = [1000.0]
+    monkeypatch.setattr(partition.time, "monotonic", lambda: clock[0])
+    logic = PartitionLogic(flow_settings().model_copy(update={"idle_advance_s": 1.0}), DetectionSettings(enabled=False), None)
+
+    def batch(*events: dict) -> list[Bar]:
+        values = [orjson.dumps({"ev": "T", "x": 4, "z": 3, "s": 10, "q": 0, **e}) for e in events]
+        out, _ = logic.on_batch([RawBatch("t", 0, range(len(values)), values, caught_up=not values)])
+        return [b for b in out if isinstance(b, Bar) and b.timeframe == "5m" and b.status == "final"]
+
+    assert batch({"sym": "AAA", "i": "1", "p": 10.0, "t": T0 + 3 * M}) == []
+    assert batch({"sym": "BBB", "i": "2", "p": 5.0, "t": T0 + 4 * M + 30_000, "c": [15]}) == []  # moves event time only
+    assert batch() == []  # caught up
+    for _ in range(20):
+        clock[0] += 2
+        assert batch() == []
+    out, _ = logic.on_notify()  # 40 s idle: the watermark follows, past the bucket's end + delay
+    assert [(b.symbol, b.timeframe, b.revision) for b in out if isinstance(b, Bar) and b.status == "final"] == [("AAA", "5m", 0)]
