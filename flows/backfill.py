@@ -153,6 +153,7 @@ def backfill_settings(live: Settings, day: date, run_id: str) -> Settings:
             "kafka_tail": False,
             "kafka_start": "earliest",
             "watermark_max_jump_s": 3 * DAY_S,
+            "bar_timeframes": (),  # the database rolls the day's minutes up itself; nothing is streamed
         }
     )
 

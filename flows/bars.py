@@ -55,7 +55,7 @@ class MinuteBar:
     __slots__ = (
         "symbol", "start", "open", "high", "low", "close",
         "open_t", "open_q", "close_t", "close_q",
-        "volume", "notional", "trades", "revision", "final", "seen",
+        "volume", "notional", "trades", "revision", "final", "close_size", "seen",
     )  # fmt: skip
 
     def __init__(self, symbol: str, start: int) -> None:
@@ -71,6 +71,7 @@ class MinuteBar:
         self.trades = 0
         self.revision = 0
         self.final = False
+        self.close_size = 0  # size of the trade that set `close` (the last price, schemas.prices)
         self.seen: set | frozenset = set()  # exact ids; flows.trade_ids.NO_IDS once final and compacted
 
     def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> bool:
@@ -96,11 +97,12 @@ class MinuteBar:
                 self.open = self.close = price
                 self.open_t = self.close_t = t
                 self.open_q = self.close_q = q
+                self.close_size = size
             else:
                 if t < self.open_t or (t == self.open_t and q < self.open_q):
                     self.open, self.open_t, self.open_q = price, t, q
                 if t > self.close_t or (t == self.close_t and q >= self.close_q):
-                    self.close, self.close_t, self.close_q = price, t, q
+                    self.close, self.close_t, self.close_q, self.close_size = price, t, q, size
         if mask & VOLUME:
             self.volume += size
             self.notional += price * size
@@ -120,7 +122,7 @@ class MinuteBar:
         if self.open is None or s < self.open_t:
             self.open, self.open_t = agg.open, s
         if self.close is None or s >= self.close_t:
-            self.close, self.close_t = agg.close, s
+            self.close, self.close_t, self.close_size = agg.close, s, agg.volume  # the second's volume stands in
         self.volume += agg.volume
         self.notional += (agg.vwap if agg.vwap is not None else agg.close) * agg.volume
         self.trades += estimated_trades(agg)
@@ -150,12 +152,14 @@ class MinuteBar:
         return (
             self.symbol, self.start, self.open, self.high, self.low, self.close,
             self.open_t, self.open_q, self.close_t, self.close_q,
-            self.volume, self.notional, self.trades, self.revision, self.final, self.seen,
+            self.volume, self.notional, self.trades, self.revision, self.final, self.close_size, self.seen,
         )  # fmt: skip
 
     @classmethod
     def from_row(cls, row: list) -> MinuteBar:
         bar = cls.__new__(cls)
+        if len(row) == len(cls.__slots__) - 1:  # written before `close_size`: unknown, 0
+            row = [*row[:-1], 0, row[-1]]
         for name, value in zip(cls.__slots__, row, strict=True):
             setattr(bar, name, value)
         bar.seen = {tuple(key) if isinstance(key, list) else key for key in row[-1]}

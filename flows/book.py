@@ -280,11 +280,12 @@ class BarBook:
                             bar.open = bar.close = price
                             bar.open_t = bar.close_t = t
                             bar.open_q = bar.close_q = q
+                            bar.close_size = trade.size
                         else:
                             if t < bar.open_t or (t == bar.open_t and q < bar.open_q):
                                 bar.open, bar.open_t, bar.open_q = price, t, q
                             if t > bar.close_t or (t == bar.close_t and q >= bar.close_q):
-                                bar.close, bar.close_t, bar.close_q = price, t, q
+                                bar.close, bar.close_t, bar.close_q, bar.close_size = price, t, q, trade.size
                     if mask & VOLUME:
                         size = trade.size
                         bar.volume += size

@@ -52,6 +52,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     )  # fmt: skip
     parts = len(source.list_parts())  # a sink partition per input partition, spread over the workers
     gate = gate_bars("gate", op.input("bars", flow, source), s)
+    # The bars topic carries every timeframe (`timeframe`); each (symbol, timeframe) has its detector.
     events = detect_on_bars("detect", gate.bars, s, detection)
     op.output("detection", events, event_sink(s, parts=parts))
     letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)

@@ -1,4 +1,4 @@
-"""The bar flow: Kafka ticks -> 1-minute bars -> PostgreSQL, Redis and the bars topic; bad input -> dead letters.
+"""The bar flow: Kafka ticks -> bars of every timeframe -> PostgreSQL, Redis and the bars topic; bad input -> dead letters.
 
 Run it with::
 
@@ -8,7 +8,10 @@ Run it with::
 Composition only: the partition's step is `flows.partition`, the bar logic `flows.book`, the
 I/O `connectors`. Session highs and lows are detected on trades inside the partition's step (the
 trades are decoded there once); final bars and revisions also go to Kafka (`TOPIC_BARS`), where
-the detection flow (`flows.detection`) reads them.
+the detection flow (`flows.detection`) reads them. The coarser timeframes (BAR_TIMEFRAMES) are
+rolled up from the final minutes in the same step (`flows.timeframes`) and go out on the same
+streams (their `timeframe` field tells them apart); only the minutes are stored (the database
+rolls up its own). Last prices (`flows.prices`) go to Redis.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from bytewax.dataflow import Dataflow
 from connectors.kafka.dead_letter import dead_letter_sink, error_record, letter_key
 from connectors.kafka.sink import Record, TopicSink
 from connectors.kafka.source import KafkaBatchSource
-from connectors.sinks.records import event_sink, final_bar_sink, live_bar_sink, status_sink
+from connectors.sinks.records import event_sink, final_bar_sink, live_bar_sink, price_sink, status_sink
 from flows import settings as flow_settings
 from flows.detect import settings as detect_settings
 from flows.detect.settings import DetectionSettings
@@ -54,6 +57,7 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     out = partition_bars(op.input("ticks", flow, source), s, d)
     op.output("final_bars", out.final_bars, final_bar_sink(s, parts))
     op.output("live_bars", out.live_bars, live_bar_sink(s))
+    op.output("prices", out.prices, price_sink(s))
     op.output("bars_topic", out.final_bars, TopicSink(s, s.topic_bars, _bar_record, parts))
     letters = op.key_on("dead_letters_by_partition", out.dead_letters, letter_key)
     op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter, parts))

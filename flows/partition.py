@@ -8,6 +8,14 @@ Bytewax's own Kafka operators return `oks` and `errs`. It is a plain function, n
 `PartitionLogic` drives one partition's `BarBook` (and its session high/low detector) from
 batches, timers and end of input: live updates at most every `LIVE_UPDATE_INTERVAL_S`, a silent
 partition's watermark following the wall clock while its source is caught up, health and metrics.
+Beside the book, its `flows.timeframes.Rollup` builds the coarser bars (BAR_TIMEFRAMES) from the
+final minutes the book emits, and its `flows.prices.LastPrices` the last price per symbol.
+
+The rollup's clock is the watermark at which the book closed minutes (`ClosingBook` marks where in
+the book's output that happened), not the watermark at the end of a batch: the book's output does
+not depend on how its input was batched, and so the coarse bars and their revisions do not either,
+which is what makes them the same after a restart. A silent partition's watermark (idle advance)
+and the end of the input move the rollup's clock too.
 """
 
 from __future__ import annotations
@@ -27,16 +35,20 @@ from prometheus_client import Counter, Gauge
 from connectors.kafka.dead_letter import letter
 from connectors.kafka.source import RawBatch
 from connectors.postgres.history import BarHistory
+from flows.bars import MinuteBar
 from flows.book import BarBook, Counts, Reject
 from flows.detect.highlow import SessionExtremes
 from flows.detect.operators import history_gap_ms
 from flows.detect.settings import DetectionSettings
 from flows.event_time import Horizon
 from flows.health import health_line, judge
+from flows.prices import LastPrices
 from flows.settings import Settings
+from flows.timeframes import Rollup, first_complete
 from schemas.bars import Bar
 from schemas.conditions import ConditionRules
 from schemas.events import HighLowEvent
+from schemas.prices import Price
 from schemas.status import FlowHealth
 
 log = logging.getLogger("tickstock.ohlcv")
@@ -47,11 +59,14 @@ EVENTS = Counter(
     "tickstock_bar_events_total", "Events in: received, and what the bar book did with them, by outcome", ["partition", "outcome"]
 )
 OUTPUT = Counter(
-    "tickstock_bar_output_total", "Records out of the bar flow, by type (final, live, highlow)", ["partition", "type"]
+    "tickstock_bar_output_total",
+    "Records out of the bar flow, by type (final, live, highlow, coarse_final, coarse_live, price)",
+    ["partition", "type"],
 )
 WATERMARK_LAG = Gauge("tickstock_bar_watermark_lag_seconds", "Wall clock minus the partition's watermark", ["partition"])
 OPEN_BARS = Gauge("tickstock_bar_open_bars", "Bars still forming", ["partition"])
 SYMBOLS = Gauge("tickstock_bar_state_symbols", "Symbols with state in the partition, by holder", ["partition", "state"])
+BUCKETS = Gauge("tickstock_bar_rollup_buckets", "Coarse buckets held (forming, or final and still revisable)", ["partition"])
 OUTCOMES = (
     "duplicates",
     "revisions",
@@ -69,9 +84,38 @@ CAUGHT_UP_FRESH_S = 3.0  # a caught-up marker older than this says nothing about
 # reconnecting (librdkafka backs off up to 10 s) with what they buffered: idleness counts after that.
 RECONNECT_GRACE_S = 10.0
 
-Output = Bar | KafkaSinkMessage | HighLowEvent | FlowHealth
-# partition, bar book, session extremes (None when off), the cutoff for their database references
-BookState = tuple[str, bytes, bytes | None, int]
+Output = Bar | KafkaSinkMessage | HighLowEvent | FlowHealth | Price
+# partition, bar book, session extremes (None when off), the cutoff for their database references,
+# the timeframe rollup, the last prices (older stores: the first four alone)
+BookState = tuple[str, bytes, bytes | None, int] | tuple[str, bytes, bytes | None, int, bytes, bytes]
+
+
+class ClosingBook(BarBook):
+    """A `BarBook` that notes the watermark at which each batch of minutes closed, by the last bar closed.
+
+    The book emits the bars a watermark closed, in order, inside the final bars and revisions of a
+    batch; `marks` maps the last of them (by identity, valid until the caller drops the batch's
+    bars) to that watermark, so the caller can move event time at exactly that point of the output.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # BarBook's own parameters, passed through
+        self.marks: dict[int, int] = {}
+
+    def advance(self, watermark: int) -> list[Bar]:
+        finals = super().advance(watermark)
+        if finals:
+            self.marks[id(finals[-1])] = self.watermark
+        return finals
+
+    def minute(self, symbol: str, start: int) -> MinuteBar | None:
+        """The symbol's bar of the minute starting at `start`, while the book holds it."""
+        return self._bars.get((symbol, start))
+
+    def take_live_minutes(self) -> tuple[list[Bar], list[MinuteBar]]:
+        """`take_live`, with the forming bars it came from (their closes are the last prices)."""
+        changed = list(self._live)
+        return self.take_live(), changed
 
 
 class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
@@ -83,13 +127,17 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         highlow = detection.highlow if detection.enabled and detection.highlow.enabled else None
         self.extremes: SessionExtremes | None = None
         self.cutoff_ms = 0  # kept in the snapshot for older recovery stores; references cut off per symbol now
+        rollup_state: bytes | None = None
+        prices_state: bytes | None = None
         if resume is not None:
-            if len(resume) != 4:
+            if len(resume) not in (4, 6):
                 raise ValueError(
                     "the recovery directory holds state of an older version of this flow; start over with a fresh one "
                     "(python -m bytewax.recovery DIR N) and KAFKA_START=earliest to rebuild it"
                 )
-            self.key, snapshot, extremes, self.cutoff_ms = resume
+            self.key, snapshot, extremes, self.cutoff_ms = resume[:4]
+            if len(resume) == 6:
+                rollup_state, prices_state = resume[4], resume[5]
             self.topic, _, partition = self.key.rpartition("#")
             self.partition = int(partition)
             if highlow is not None:
@@ -110,10 +158,23 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             ),
             "max_symbols": settings.max_symbols_per_partition,
         }
+        self.book: ClosingBook
         if resume is not None:
-            self.book = BarBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
+            self.book = ClosingBook.restore(snapshot, ConditionRules.load(), **options)  # type: ignore[arg-type,assignment]  # the options dict mixes value types; each matches its keyword; restore builds the class it is called on
         else:
-            self.book = BarBook(ConditionRules.load(), **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
+            self.book = ClosingBook(ConditionRules.load(), **options)
+        timing = {"close_delay_ms": options["close_delay_ms"], "lateness_ms": options["lateness_ms"]}
+        buckets = 2 * settings.max_symbols_per_partition  # per timeframe: a symbol's forming bucket and the last one
+        if rollup_state is not None:
+            self.rollup = Rollup.restore(rollup_state, settings.bar_timeframes, max_buckets=buckets, **timing)  # type: ignore[arg-type]  # two ints
+        else:
+            # An older store (no rollup in it): the minutes it already emitted are gone, so buckets
+            # that had some are never published (the database's views have them).
+            since = first_complete(self.book.watermark, timing["close_delay_ms"]) if resume is not None else 0  # type: ignore[arg-type]  # an int
+            self.rollup = Rollup(settings.bar_timeframes, max_buckets=buckets, complete_from=since, **timing)  # type: ignore[arg-type]  # two ints
+        limit = settings.max_symbols_per_partition
+        self.prices = LastPrices.restore(prices_state, limit) if prices_state is not None else LastPrices(limit)
+        self.next_forget_prices = 0
         # Per-symbol high/low state of symbols idle this long (event time) is dropped; never sooner
         # than the lateness allows, so a forgotten symbol's bars are in the database when it is back.
         self.idle_ms = max(int(settings.symbol_idle_s * 1000), 2 * self.history_gap_ms)
@@ -145,7 +206,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
                 continue
             data = True
             finals, rejects = self.book.apply(batch.values, batch.offsets)
-            out.extend(finals)
+            self._finals(finals, out)
             out.extend(self._letters(rejects))
             if self.extremes is not None:
                 self._resolve_references()
@@ -158,6 +219,31 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             self._forget_idle_symbols()
         self._tick(now, out)
         return out, StatefulBatchLogic.RETAIN
+
+    def _finals(self, finals: list[Bar], out: list[Output]) -> None:
+        """The book's final bars and revisions out, each followed by the coarse bars it causes, and the
+        rollup's clock moved where the book closed minutes; their closes are last prices."""
+        marks = self.book.marks
+        if not marks and not finals:
+            return
+        rollup, prices, minute = self.rollup, self.prices, self.book.minute
+        coarse = 0
+        for bar in finals:
+            out.append(bar)
+            rolled = rollup.add(bar)
+            watermark = marks.get(id(bar))
+            if watermark is not None:
+                rolled += rollup.advance(watermark)
+            if rolled:
+                coarse += len(rolled)
+                out.extend(rolled)
+            if bar.close is not None:
+                held = minute(bar.symbol, bar.timestamp)
+                if held is not None:
+                    prices.observe(bar.symbol, held.close, held.close_size, held.close_t, held.close_q, held.open)  # type: ignore[arg-type]  # its record's close is not None: neither is the bar's
+        marks.clear()
+        if coarse:
+            OUTPUT.labels(self.key, "coarse_final").inc(coarse)
 
     def _caught_up(self, now: float) -> None:
         """The source had read everything and the broker answered: evidence that silence is silence."""
@@ -175,16 +261,27 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             # A silent partition must still close its bars: let event time follow the wall clock.
             # Only for the time the source has been caught up with a broker that answers: an outage
             # is not silence, and trades buffered upstream meanwhile must still find their bars open.
-            out.extend(self.book.advance(self.book.watermark + int(idle * 1000)))
+            self._finals(self.book.advance(self.book.watermark + int(idle * 1000)), out)
+            self._coarse(self.rollup.advance(self.book.watermark), out)  # buckets whose last minutes had no bars
             self.last_input = now
         self._tick(now, out)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Output], bool]:
         out: list[Output] = list(self._letters(self.book.drain_held()))
-        out.extend(self.book.close_all())
+        self._finals(self.book.close_all(), out)
+        self._coarse(self.rollup.close_all(), out)
+        prices = self.prices.take()
+        if prices:
+            OUTPUT.labels(self.key, "price").inc(len(prices))
+            out.extend(prices)
         self._report(time.monotonic(), out, force=True)
         return out, StatefulBatchLogic.RETAIN
+
+    def _coarse(self, bars: list[Bar], out: list[Output]) -> None:
+        if bars:
+            OUTPUT.labels(self.key, "coarse_final").inc(len(bars))
+            out.extend(bars)
 
     def _letters(self, rejects: list[Reject]) -> list[KafkaSinkMessage]:
         """Dead letters of refused input (bounded in size), keyed by this partition."""
@@ -195,8 +292,11 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         ]
 
     def _forget_idle_symbols(self) -> None:
-        """Per-symbol high/low state of long-idle symbols goes (checked once per 1/10 of the idle time)."""
+        """Per-symbol high/low state and last prices of long-idle symbols go (checked once per 1/10 of the idle time)."""
         watermark = self.book.watermark
+        if watermark >= self.next_forget_prices:
+            self.next_forget_prices = watermark + self.idle_ms // 10
+            self.prices.forget_idle(watermark - self.idle_ms)
         if self.extremes is None or watermark < self.next_forget:
             return
         self.next_forget = watermark + self.idle_ms // 10
@@ -211,7 +311,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
 
     def snapshot(self) -> BookState:
         extremes = self.extremes.snapshot() if self.extremes is not None else None
-        return (self.key, self.book.snapshot(), extremes, self.cutoff_ms)
+        return (self.key, self.book.snapshot(), extremes, self.cutoff_ms, self.rollup.snapshot(), self.prices.snapshot())
 
     def _resolve_references(self) -> None:
         """Symbols starting a session cold wait for the database's view of it; fetch it for all at once."""
@@ -223,10 +323,22 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
     def _tick(self, now: float, out: list[Output]) -> None:
         """Live updates when their interval has passed, and metrics."""
         if now - self.last_live >= self.live_every:
-            live = self.book.take_live()
+            live, forming = self.book.take_live_minutes()
             if live:
                 OUTPUT.labels(self.key, "live").inc(len(live))
                 out.extend(live)
+            coarse = self.rollup.take_live(live)
+            if coarse:
+                OUTPUT.labels(self.key, "coarse_live").inc(len(coarse))
+                out.extend(coarse)
+            observe = self.prices.observe
+            for bar in forming:
+                if bar.close is not None:
+                    observe(bar.symbol, bar.close, bar.close_size, bar.close_t, bar.close_q, bar.open)
+            prices = self.prices.take()
+            if prices:
+                OUTPUT.labels(self.key, "price").inc(len(prices))
+                out.extend(prices)
             self.last_live = now
         self._report(now, out)
 
@@ -247,6 +359,8 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             WATERMARK_LAG.labels(self.key).set(time.time() - self.book.watermark / 1000)
         OPEN_BARS.labels(self.key).set(self.book.open_bars)
         SYMBOLS.labels(self.key, "bars").set(self.book.symbols)
+        SYMBOLS.labels(self.key, "prices").set(self.prices.symbols)
+        BUCKETS.labels(self.key).set(self.rollup.buckets)
         if self.extremes is not None:
             SYMBOLS.labels(self.key, "highlow").set(self.extremes.symbols)
         if force or now - self.last_health >= self.health_every:
@@ -300,6 +414,10 @@ def _is_health(item: Output) -> TypeGuard[FlowHealth]:
     return isinstance(item, FlowHealth)
 
 
+def _is_price(item: Output) -> TypeGuard[Price]:
+    return isinstance(item, Price)
+
+
 def _symbol(item: Bar | HighLowEvent) -> str:
     return item.symbol
 
@@ -308,8 +426,9 @@ def _symbol(item: Bar | HighLowEvent) -> str:
 class PartitionOut:
     """The streams out of `partition_bars`."""
 
-    final_bars: KeyedStream[Bar]  # final bars and revisions, keyed by symbol
-    live_bars: Stream[Bar]  # forming bars, throttled
+    final_bars: KeyedStream[Bar]  # final bars and revisions of every timeframe, keyed by symbol
+    live_bars: Stream[Bar]  # forming bars of every timeframe, throttled
+    prices: Stream[Price]  # last prices, throttled
     dead_letters: Stream[KafkaSinkMessage]  # refused input, one letter each
     health: Stream[FlowHealth]
     highs_and_lows: KeyedStream[HighLowEvent]  # session high/low events keyed by symbol (empty when off)
@@ -324,12 +443,14 @@ def partition_bars(batches: Stream[RawBatch], settings: Settings, detection: Det
     by_status = op.branch("final_or_live", split.trues, _is_final)
     letters = op.branch("dead_letters_or_other", split.falses, _is_dead_letter)
     health = op.branch("health_or_events", letters.falses, _is_health)
-    # What is left after bars, letters and health is the session high/low events (a branch's
+    prices = op.branch("prices_or_events", health.falses, _is_price)
+    # What is left after bars, letters, health and prices is the session high/low events (a branch's
     # falses keep the input's type, hence the cast).
-    events = cast(Stream[HighLowEvent], health.falses)
+    events = cast(Stream[HighLowEvent], prices.falses)
     return PartitionOut(
         final_bars=op.key_on("by_symbol", by_status.trues, _symbol),
         live_bars=by_status.falses,
+        prices=prices.trues,
         dead_letters=letters.trues,
         health=health.trues,
         highs_and_lows=op.key_on("events_by_symbol", events, _symbol),

@@ -6,15 +6,18 @@ Read from environment variables without prefix (names in the README). Every prog
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_serializer, field_validator
+from pydantic_settings import NoDecode
 
 from connectors.monitoring.settings import OpsSettings, port
 from connectors.settings import DAY_S, SettingsError, describe
 from connectors.settings import load as _load
 from connectors.settings import load_or_exit as _load_or_exit
 from connectors.sinks.settings import OutputSettings
+from flows.timeframes import parse_timeframes
+from schemas.timeframes import TimeframeName
 
 __all__ = ["Settings", "SettingsError", "describe", "load", "load_or_exit"]
 
@@ -28,6 +31,11 @@ class Settings(OutputSettings, OpsSettings):
 
     # --- Bars --------------------------------------------------------------------------
     bar_source: Literal["trades", "second_aggs"] = "trades"
+    bar_timeframes: Annotated[tuple[TimeframeName, ...], NoDecode] = Field(
+        ("5m", "15m", "1h", "1d"),
+        description="coarser bars rolled up from the final 1-minute bars (comma-separated 5m, 15m, 1h, 1d; empty: "
+        "none); 1m is always built",
+    )
     bar_close_delay_s: float = Field(2.0, ge=0, le=3600, description="wait after a minute ends before the bar is final")
     allowed_lateness_s: float = Field(900.0, ge=0, le=DAY_S, description="late trades within this revise a final bar")
     live_update_interval_s: float = Field(1.0, gt=0, le=3600, description="at most one live update per symbol per interval")
@@ -62,6 +70,19 @@ class Settings(OutputSettings, OpsSettings):
         le=365 * DAY_S,
         description="a tailing flow whose watermark lags the wall clock more than this reports degraded",
     )
+
+    @field_validator("bar_timeframes", mode="before")
+    @classmethod
+    def _timeframes(cls, value: object) -> tuple[str, ...]:
+        if not isinstance(value, str | list | tuple):
+            raise ValueError(
+                f"expected a comma-separated list of timeframes, got {type(value).__name__}"
+            )  # pydantic reports ValueErrors with the variable's name
+        return parse_timeframes(value)
+
+    @field_serializer("bar_timeframes")
+    def _timeframes_text(self, value: tuple[str, ...]) -> str:
+        return ",".join(value)
 
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables, for starting another process with them."""

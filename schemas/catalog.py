@@ -28,6 +28,7 @@ from schemas.events import (
     TrendEvent,
     stable_id,
 )
+from schemas.prices import Price
 from schemas.status import FlowError, FlowHealth
 from schemas.watchlists import WatchlistChange
 
@@ -172,6 +173,16 @@ EXAMPLES: dict[type, Any] = {
         source_offset=1_204_118,
     ),
     WatchlistChange: WatchlistChange(user="alice", name="tech", symbols=["AAPL", "MSFT", "NVDA"], revision=42),
+    Price: Price(
+        symbol="AAPL",
+        price=190.58,
+        size=100,
+        timestamp=T + 59_412,
+        session="2026-11-02",
+        open=188.9,
+        change=1.68,
+        change_pct=0.8894,
+    ),
 }
 
 
@@ -207,8 +218,14 @@ LIVE_BAR = Bar(
 """A forming bar (live channels): the minute after the final example's, part-way through."""
 
 
-def example(payload: Any, offset: int, live: bool = False) -> dict:
+COARSE = {"timeframe": "5m", "timestamp": T - 60_000, "volume": 221_930, "trades": 1_402}
+"""A coarser bar (the per-timeframe channels): the 5-minute bucket of the examples' minutes."""
+
+
+def example(payload: Any, offset: int, live: bool = False, coarse: bool = False) -> dict:
     record = LIVE_BAR if live else EXAMPLES[_members(payload)[-1] if len(_members(payload)) > 1 else payload]
+    if coarse:
+        record = msgspec.structs.replace(record, **COARSE)
     return {"offset": offset, "epoch": EPOCH, **msgspec.to_builtins(record)}
 
 
@@ -226,7 +243,10 @@ def _section(spec: ChannelSpec, channels: Channels, n: int) -> str:
         "Example:",
         "",
         "```json",
-        json.dumps(example(spec.payload, 1842 + n, live=spec.attribute.startswith("live")), separators=(",", ":")),
+        json.dumps(
+            example(spec.payload, 1842 + n, live=spec.attribute.startswith("live"), coarse=spec.per_timeframe),
+            separators=(",", ":"),
+        ),
         "```",
         "",
         "<details><summary>JSON Schema</summary>",

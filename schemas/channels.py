@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
+from schemas.prices import Price
 from schemas.status import FlowError, FlowHealth
 from schemas.watchlists import WatchlistChange
 
@@ -83,9 +84,12 @@ class ChannelSpec:
     publisher: str
     what: str
     per_symbol: bool = False
+    per_timeframe: bool = False  # the name takes a coarser timeframe (`{TF}`: 5m, 15m, 1h, 1d)
 
-    def name(self, channels: Channels, symbol: str = "{SYMBOL}") -> str:
+    def name(self, channels: Channels, symbol: str = "{SYMBOL}", timeframe: str = "{TF}") -> str:
         value = getattr(channels, self.attribute)
+        if self.per_timeframe:
+            return value(timeframe, symbol) if self.per_symbol else value(timeframe)
         return value(symbol) if callable(value) else value
 
 
@@ -94,6 +98,17 @@ CATALOG: tuple[ChannelSpec, ...] = (
     ChannelSpec("ohlcv_for", Bar, "flows.ohlcv (final bar sink)", "the same, one symbol", per_symbol=True),
     ChannelSpec("live", Bar, "flows.ohlcv (live bar sink)", "forming bars, every symbol, at most once per symbol per LIVE_UPDATE_INTERVAL_S"),
     ChannelSpec("live_for", Bar, "flows.ohlcv (live bar sink)", "the same, one symbol", per_symbol=True),
+    ChannelSpec("ohlcv_at", Bar, "flows.ohlcv (final bar sink)", "final bars and revisions of one coarser timeframe `{TF}` "
+                "(BAR_TIMEFRAMES: 5m, 15m, 1h, 1d; `timeframe` says which), rolled up from the final 1-minute bars, "
+                "every symbol, after their minutes are in PostgreSQL", per_timeframe=True),
+    ChannelSpec("ohlcv_at_for", Bar, "flows.ohlcv (final bar sink)", "the same, one symbol", per_symbol=True, per_timeframe=True),
+    ChannelSpec("live_at", Bar, "flows.ohlcv (live bar sink)", "forming bars of one coarser timeframe `{TF}`, every symbol, "
+                "at most once per bucket per LIVE_UPDATE_INTERVAL_S", per_timeframe=True),
+    ChannelSpec("live_at_for", Bar, "flows.ohlcv (live bar sink)", "the same, one symbol", per_symbol=True, per_timeframe=True),
+    ChannelSpec("prices", Price, "flows.ohlcv (price sink)", "each symbol's last trade price (in event time, one that may "
+                "set a close) and its change since the US/Eastern session's first, at most once per symbol per "
+                "LIVE_UPDATE_INTERVAL_S"),
+    ChannelSpec("prices_for", Price, "flows.ohlcv (price sink)", "the same, one symbol", per_symbol=True),
     ChannelSpec("highlow", HighLowEvent, "flows.ohlcv (highs and lows sink)", "new session and N-day highs and lows, detected on trades"),
     ChannelSpec("trend", TrendEvent, "flows.detection (detection sink)", "trend starts and reversals on bars"),
     ChannelSpec("surge", SurgeEvent, "flows.detection (detection sink)", "volume and price surges on bars"),

@@ -14,6 +14,7 @@ import msgspec
 
 from schemas.bars import Bar
 from schemas.events import Alert, HighLowEvent, IndicatorValues, PatternEvent, SurgeEvent, TrendEvent
+from schemas.prices import Price
 from schemas.status import FlowError, FlowHealth
 from schemas.watchlists import WatchlistChange
 
@@ -30,6 +31,7 @@ EMITTED: dict[str, type] = {
     "health": FlowHealth,
     "error": FlowError,
     "watchlist": WatchlistChange,
+    "price": Price,
 }
 
 

@@ -107,7 +107,9 @@ class KafkaSettings(BaseSettings):
     topic_second_aggs: TopicName = "stocks.aggs.second"
     topic_minute_aggs: TopicName = "stocks.aggs.minute"
     topic_dead_letter: TopicName = "stocks.deadletter"
-    topic_bars: TopicName = Field("stocks.bars.1m", description="final 1-minute bars and revisions, key = symbol (JSON)")
+    topic_bars: TopicName = Field(
+        "stocks.bars.1m", description="final bars and revisions of every timeframe (`timeframe`), key = symbol (JSON)"
+    )
     topic_partitions: int = Field(4, ge=1, le=10_000, description="partitions per topic when we create them")
     topic_replication_factor: int = Field(1, ge=1, le=32, description="replicas per partition when we create topics")
     topic_min_insync_replicas: int | None = Field(

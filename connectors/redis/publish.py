@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -16,6 +16,7 @@ from connectors.unavailable import ServiceUnavailable
 from schemas.bars import Bar, encode_bar
 from schemas.channels import Channels, route
 from schemas.events import Event, IndicatorValues, encode_event
+from schemas.prices import Price, encode_price
 from schemas.status import FlowHealth, Status, encode_status
 
 log = logging.getLogger(__name__)
@@ -94,26 +95,48 @@ class Publisher:
 
 
 class BarPublisher(Publisher):
-    """Bars on the all-symbols channel and on the symbol's own."""
+    """Bars on their timeframe's all-symbols channel and on the symbol's own (1m keeps the old names)."""
 
     def __init__(self, url: str, channels: Channels, **options: object) -> None:
         super().__init__(url, **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
         self._channels = channels
 
     def publish_final(self, bars: Sequence[Bar]) -> None:
-        self.publish(_fan_out(bars, self._channels.ohlcv, self._channels.ohlcv_for))
+        self.publish(_fan_out(bars, self._channels.ohlcv_at, self._channels.ohlcv_at_for))
 
     def publish_live(self, bars: Sequence[Bar]) -> None:
-        self.publish(_fan_out(bars, self._channels.live, self._channels.live_for))
+        self.publish(_fan_out(bars, self._channels.live_at, self._channels.live_at_for))
 
 
-def _fan_out(bars: Sequence[Bar], everyone: str, own: object) -> list[tuple[str, bytes]]:
+def _fan_out(bars: Sequence[Bar], everyone: Callable[[str], str], own: Callable[[str, str], str]) -> list[tuple[str, bytes]]:
     messages: list[tuple[str, bytes]] = []
+    channels: dict[str, str] = {}  # timeframe -> its all-symbols channel
     for bar in bars:
         payload = encode_bar(bar)
-        messages.append((everyone, payload))
-        messages.append((own(bar.symbol), payload))  # type: ignore[operator]  # own is set whenever per-symbol channels are on
+        tf = bar.timeframe
+        channel = channels.get(tf)
+        if channel is None:
+            channel = channels[tf] = everyone(tf)
+        messages.append((channel, payload))
+        messages.append((own(tf, bar.symbol), payload))
     return messages
+
+
+class PricePublisher(Publisher):
+    """Last prices on the all-symbols prices channel and on the symbol's own."""
+
+    def __init__(self, url: str, channels: Channels, **options: object) -> None:
+        super().__init__(url, **options)  # type: ignore[arg-type]  # the options dict mixes value types; each matches its keyword
+        self._channels = channels
+
+    def publish_prices(self, prices: Sequence[Price]) -> None:
+        everyone, own = self._channels.prices, self._channels.prices_for
+        messages: list[tuple[str, bytes]] = []
+        for price in prices:
+            payload = encode_price(price)
+            messages.append((everyone, payload))
+            messages.append((own(price.symbol), payload))
+        self.publish(messages)
 
 
 class EventPublisher(Publisher):

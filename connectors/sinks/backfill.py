@@ -29,7 +29,7 @@ def backfill_bar_sink(settings: OutputSettings, tally: Tally) -> _StoreThenPubli
         refused = Refusals(settings, "ohlcv_1min", "backfill")
 
         def write(bars: list[Bar]) -> None:
-            store.upsert(bars, refused)
+            store.upsert([b for b in bars if b.timeframe == "1m"], refused)  # the table's; the views roll up the rest
             refused.deliver(None)
 
         return write, _closing(store)

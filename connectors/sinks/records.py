@@ -25,12 +25,13 @@ from connectors.kafka.sink import Record, TopicWriter
 from connectors.monitoring.metrics import timed_batch
 from connectors.postgres.bars import BarStore
 from connectors.postgres.events import EventStore
-from connectors.redis.publish import BarPublisher, EventPublisher, Publisher, StatusPublisher
+from connectors.redis.publish import BarPublisher, EventPublisher, PricePublisher, Publisher, StatusPublisher
 from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 from connectors.sinks.settings import OutputSettings
 from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event
+from schemas.prices import Price
 from schemas.status import Status, encode_status
 
 encode_json = msgspec.json.Encoder().encode
@@ -175,7 +176,9 @@ def _letter_record(m: object) -> Record:
 
 
 def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublish[Bar]:
-    """Final bars and revisions (keyed by symbol): upsert into `ohlcv_1min`, then publish on the bar channels."""
+    """Final bars and revisions (keyed by symbol): 1-minute ones upserted into `ohlcv_1min`, then every
+    timeframe's published on its bar channels. The coarser ones are not stored: the database rolls its
+    own up from the minutes (`ohlcv_5min`, ...), which are written before the coarse bars go out."""
 
     def open_writer() -> Writer:
         store = BarStore(settings.database_url, max_backoff_s=settings.sink_max_backoff_s)
@@ -183,8 +186,12 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
         refused = Refusals(settings, "ohlcv_1min", "ohlcv_flow")
 
         def write(bars: list[Bar]) -> None:
-            with timed_batch("postgresql", "ohlcv_1min", len(bars)):
-                written = store.upsert(bars, refused)
+            minutes = [b for b in bars if b.timeframe == "1m"]
+            with timed_batch("postgresql", "ohlcv_1min", len(minutes)):
+                written = store.upsert(minutes, refused)
+            if len(minutes) < len(bars):  # coarse bars too: publish in order, without the minutes refused
+                kept = {id(b) for b in written}
+                written = [b for b in bars if b.timeframe != "1m" or id(b) in kept]
             with timed_batch("redis", "final_bars", len(written)):
                 publisher.publish_final(written)
             refused.deliver(publisher)
@@ -245,6 +252,21 @@ def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
         def publish(bars: list[Bar]) -> None:
             with timed_batch("redis", "live_bars", len(bars)):
                 publisher.publish_live(bars)
+
+        return publish, publisher.close
+
+    return _RedisOnly(open_publisher)
+
+
+def price_sink(settings: OutputSettings) -> _RedisOnly[Price]:
+    """Each symbol's last price (throttled by the flow), for dashboards."""
+
+    def open_publisher() -> tuple[Callable[[list[Price]], None], Callable[[], None]]:
+        publisher = PricePublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+
+        def publish(prices: list[Price]) -> None:
+            with timed_batch("redis", "prices", len(prices)):
+                publisher.publish_prices(prices)
 
         return publish, publisher.close
 

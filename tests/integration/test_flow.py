@@ -13,19 +13,24 @@ from pathlib import Path
 import orjson
 import polars as pl
 import pytest
+import redis
 from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
+from connectors.redis.history import History
 from flows.detect.settings import DetectionSettings
 from flows.detection import build_flow as build_detection
 from flows.ohlcv import build_flow
 from flows.settings import Settings
 from schemas.bars import decode_bar
+from schemas.prices import decode_price
+from schemas.sessions import session_of
 from schemas.status import decode_status
+from schemas.timeframes import TIMEFRAMES
 from tests.support.bars import BAR_COLUMNS, ROOT, assert_same_bars, expected_bars, feed
 from tests.support.databases import Storage
 from tests.support.monitoring import exposed_metrics, used_metrics
-from tests.support.rollups import assert_views_match
+from tests.support.rollups import assert_streamed_bars_match_views, assert_views_match
 from tests.support.services import create_topics, publish, read_topic, table_bars
 
 pytestmark = pytest.mark.integration
@@ -40,6 +45,7 @@ def test_bars_equal_independent_reference_in_table_and_on_redis(settings, storag
     events = feed()
     publish(settings, events)
     channel = recorder(settings.redis_url, f"{settings.redis_namespace}.market.ohlcv*")
+    prices = recorder(settings.redis_url, f"{settings.redis_namespace}.market.prices*")
 
     storage.release()  # the flow's sink is the one session (TimescaleDB) while it runs
     run_main(build_flow(settings, DetectionSettings(enabled=False)) if storage.timescaledb else build_flow(settings))
@@ -53,9 +59,44 @@ def test_bars_equal_independent_reference_in_table_and_on_redis(settings, storag
 
     time.sleep(0.5)
     messages = channel.stop()
-    everyone = [decode_bar(data) for ch, data in messages if ch == f"{settings.redis_namespace}.market.ohlcv"]
-    own = [(ch, decode_bar(data)) for ch, data in messages if ch != f"{settings.redis_namespace}.market.ohlcv"]
+    ns = settings.redis_namespace
+    everyone = [decode_bar(data) for ch, data in messages if ch == f"{ns}.market.ohlcv"]
+    own = [(ch, decode_bar(data)) for ch, data in messages
+           if ch.startswith(f"{ns}.market.ohlcv.") and ch.split(".")[3] not in TIMEFRAMES]  # fmt: skip
     assert len(own) == len(everyone)
+    assert {b.timeframe for b in everyone} == {"1m"}
+    # issue 15: the streamed 5m/15m/1h/1d bars (latest revision per bucket) equal the database's views, on
+    # Redis and on the bars topic, revised by the late trades like the minutes
+    streamed = {}
+    for tf in settings.bar_timeframes:
+        on_tf = [decode_bar(data) for ch, data in messages if ch == f"{ns}.market.ohlcv.{tf}"]
+        own_tf = [(ch, decode_bar(data)) for ch, data in messages if ch.startswith(f"{ns}.market.ohlcv.{tf}.")]
+        assert on_tf and len(own_tf) == len(on_tf) and {b.timeframe for b in on_tf} == {tf}
+        assert all(ch.endswith("." + bar.symbol) for ch, bar in own_tf)
+        streamed[tf] = on_tf
+    counts = assert_streamed_bars_match_views(storage.conn, [b for bars in streamed.values() for b in bars])
+    assert all(counts.values()), counts
+    assert max(b.revision for b in streamed["5m"]) >= 1, "late trades should have revised some 5-minute bars"
+    topic = [decode_bar(m.value()) for m in read_topic(settings, settings.topic_bars)]
+    assert assert_streamed_bars_match_views(storage.conn, topic) == counts
+    assert sorted(b.revision for b in topic if b.timeframe == "5m") == sorted(b.revision for b in streamed["5m"])
+    history = History(redis.Redis.from_url(settings.redis_url), settings.history_limits())
+    for channel, sent in ((f"{ns}.market.ohlcv.5m", streamed["5m"]), (f"{ns}.market.ohlcv.1h.{everyone[0].symbol}", None)):
+        epoch, offset = history.position(channel)
+        caught_up = history.since(channel, epoch, 0)  # a consumer resuming from the start: the gateway's recent/resume
+        assert caught_up.complete and len(caught_up.messages) == offset > 0, channel
+        if sent is not None:
+            assert [decode_bar(m) for m in caught_up.messages] == sent
+    last_prices = {}
+    for ch, data in prices.stop():
+        price = decode_price(data)
+        if ch == f"{ns}.market.prices.{price.symbol}":
+            assert price.timestamp >= last_prices.get(price.symbol, price).timestamp, "newer in event time only"
+            last_prices[price.symbol] = price
+    closes = table.filter(pl.col("close").is_not_null()).sort("timestamp").group_by("symbol").agg(pl.all().last())
+    assert {p.symbol: p.price for p in last_prices.values()} == dict(zip(closes["symbol"], closes["close"], strict=True))
+    for p in last_prices.values():
+        assert p.session == session_of(p.timestamp).day and abs(p.change - (p.price - p.open)) < 1e-9
     assert all(ch.endswith("." + bar.symbol) for ch, bar in own)
     newest: dict[tuple[str, int], dict] = {}
     for bar in everyone:
@@ -151,13 +192,15 @@ def count(db, table: str) -> int:
 
 
 def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tmp_path):
-    """Bars and highs/lows as if the bar flow had never been interrupted; the bars it published
-    again after the restart change nothing downstream either (the detection flow's tables)."""
+    """Bars and highs/lows as if the bar flow had never been interrupted, the same bars of every
+    timeframe on the bars topic; the bars it published again after the restart change nothing
+    downstream either (the detection flow's tables)."""
     events = feed(seed=21, symbols=60, rate=120.0, seconds=25 * 60)
     publish(settings, events)
     run_main(build_flow(settings))
     run_main(build_detection(settings))
     uninterrupted = table_bars(db)
+    published = read_topic(settings, settings.topic_bars)
     detected = detection_tables(db)
     assert all(len(rows) > 30 for rows in detected.values()), {t: len(r) for t, r in detected.items()}
     db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
@@ -168,7 +211,11 @@ def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tm
     kill_9_then_resume("flows.ohlcv:build_flow()", again, tmp_path / "recovery",
                        lambda: count(db, "ohlcv_1min") >= len(uninterrupted) * 0.4)  # fmt: skip
     assert_frame_equal(table_bars(db), uninterrupted)
-    assert len(read_topic(again, again.topic_bars)) - count(db, "ohlcv_1min") > 0, "the restart published bars again"
+    republished = read_topic(again, again.topic_bars)
+    assert len(republished) > len(published), "the restart published bars again"
+    # and the very same bars of every timeframe, revisions included: nothing new, nothing missing
+    assert {m.value() for m in republished} == {m.value() for m in published}
+    assert {decode_bar(m.value()).timeframe for m in published} == {"1m", *settings.bar_timeframes}
     run_main(build_detection(again))
     after = detection_tables(db)
     for table, rows in detected.items():

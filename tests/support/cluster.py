@@ -103,7 +103,7 @@ def topic_by_key(s: Settings, topic: str) -> dict[bytes, list[bytes]]:
 
 # What the timers make (forming bars at most once a second, health every interval) depends on
 # the wall clock; every other channel's history is the flow's output, record for record.
-_TIMED = (".market.bars.live", ".health.")
+_TIMED = (".market.bars.live", ".market.prices", ".health.")  # throttled by the wall clock
 
 
 def redis_history(url: str, namespace: str) -> dict[str, list[bytes]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 
 import polars as pl
@@ -10,6 +11,7 @@ import psycopg
 from polars.testing import assert_frame_equal
 
 from connectors.postgres.analyst import TIMEFRAMES
+from schemas.bars import Bar
 
 EVERY = {"ohlcv_5min": "5m", "ohlcv_15min": "15m", "ohlcv_1hour": "1h", "ohlcv_1day": "1d"}
 
@@ -110,3 +112,32 @@ def assert_views_match(conn: psycopg.Connection) -> None:
     minute_bars = table(conn, "ohlcv_1min")
     for view, every in EVERY.items():
         assert_frame_equal(table(conn, view), reference(minute_bars, every), check_dtypes=False, rel_tol=1e-9)
+
+
+def latest_coarse(bars: Iterable[Bar]) -> dict[tuple[str, str, int], Bar]:
+    """The highest revision of each coarse (timeframe, symbol, bucket) among final bars, as a consumer keeps it."""
+    latest: dict[tuple[str, str, int], Bar] = {}
+    for bar in bars:
+        if bar.timeframe == "1m" or bar.status != "final":
+            continue
+        key = (bar.timeframe, bar.symbol, bar.timestamp)
+        if key not in latest or latest[key].revision <= bar.revision:
+            latest[key] = bar
+    return latest
+
+
+def assert_streamed_bars_match_views(conn: psycopg.Connection, bars: Iterable[Bar]) -> dict[str, int]:
+    """The latest revision of every coarse bucket the flow streamed equals the database view's row, at
+    every timeframe, and no bucket is missing on either side; returns the buckets per timeframe."""
+    latest = latest_coarse(bars)
+    counts = {}
+    for view, tf in EVERY.items():
+        rows = [b for (frame, _, _), b in latest.items() if frame == tf]
+        streamed = pl.DataFrame(
+            [{c: getattr(b, c) for c in COLUMNS} for b in rows],
+            schema={"symbol": pl.String, "timestamp": pl.Int64, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64,
+                    "close": pl.Float64, "volume": pl.Int64, "vwap": pl.Float64, "trades": pl.Int64},
+        ).with_columns(pl.from_epoch("timestamp", time_unit="ms").dt.replace_time_zone("UTC"))  # fmt: skip
+        assert_frame_equal(streamed.sort("symbol", "timestamp"), table(conn, view), check_dtypes=False, rel_tol=1e-9)
+        counts[tf] = len(rows)
+    return counts

@@ -1,0 +1,446 @@
+"""Coarser bars (5m, 15m, 1h, 1d) rolled up from one partition's final 1-minute bars and their revisions.
+
+Pure: no Kafka, Redis or SQL. The bar flow's partition step (`flows.partition`) feeds a `Rollup`
+the final 1-minute bars and revisions its `BarBook` emits, in the order they come out, the
+forming 1-minute bars it publishes live, and the partition's watermark at the points where the
+book closed minutes. Everything is event time, so the same input gives the same coarse bars.
+
+Field rules are the database rollup's (`infra/migrations/0004_rollups.up.sql`, views
+`ohlcv_5min/15min/1hour/1day`), so a coarse bar equals its view row once its minutes are written:
+open = open of the earliest minute with an open, close = close of the latest minute with a close,
+high max, low min, volume and trades summed, vwap = sum(vwap * volume) / sum(volume) over minutes
+with a vwap and volume (None when there are none); bucket starts aligned to the UTC epoch (1d is
+the UTC day, as `ohlcv_1day`).
+
+A bucket [S, E) is *final* (revision 0) once the watermark has closed its last minute, i.e. is at
+least E + close delay, the book's rule for that minute. A final minute arriving in a closed bucket
+afterwards (a late trade revised it, or opened it) revises the bucket: revision + 1 when its
+fields change. Buckets that never got a final minute emit nothing. Forming buckets are published
+`live` (final minutes plus the forming minute) when `take_live` is called, one update per bucket.
+
+Memory is bounded: per symbol, the final minutes that can still be revised (at most lateness/60 + 2
+of them, shared by every timeframe), and per symbol and timeframe the open buckets and closed ones
+still revisable (at most two or three: a bucket goes once all its minutes are past the allowed
+lateness), each holding only the aggregate of its minutes that can no longer change. Forming
+minutes are kept only until their final bar comes. At most `max_buckets` buckets per timeframe
+exist at once (new ones beyond it are counted in `refused`, not built), whatever the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import msgspec
+
+from schemas.bars import Bar
+from schemas.timeframes import TIMEFRAMES, Timeframe, TimeframeName
+
+MINUTE_MS = 60_000
+ROLLED_UP: tuple[TimeframeName, ...] = ("5m", "15m", "1h", "1d")  # the timeframes a rollup may build
+MAX_VOLUME = (1 << 63) - 1  # a bar's volume bound (schemas.bars.Volume, BIGINT): sums saturate there
+MAX_TRADES = (1 << 31) - 1  # a bar's trades bound (schemas.bars.Counter, INTEGER)
+STATE_VERSION = 1
+
+
+class _Agg(msgspec.Struct, gc=False):
+    """The sums and extremes of some minutes of one bucket (mergeable, as the database's rollup row)."""
+
+    minutes: int = 0
+    open: float | None = None
+    open_at: int = 0
+    high: float | None = None
+    low: float | None = None
+    close: float | None = None
+    close_at: int = 0
+    volume: int = 0
+    priced_value: float = 0.0
+    priced_volume: int = 0
+    trades: int = 0
+
+    def fold(self, bar: Bar) -> None:
+        """Add one final minute."""
+        self.minutes += 1
+        t = bar.timestamp
+        if bar.open is not None and (self.open is None or t < self.open_at):
+            self.open, self.open_at = bar.open, t
+        if bar.close is not None and (self.close is None or t > self.close_at):
+            self.close, self.close_at = bar.close, t
+        if bar.high is not None and (self.high is None or bar.high > self.high):
+            self.high = bar.high
+        if bar.low is not None and (self.low is None or bar.low < self.low):
+            self.low = bar.low
+        self.volume += bar.volume
+        if bar.vwap is not None and bar.volume > 0:
+            self.priced_value += bar.vwap * bar.volume
+            self.priced_volume += bar.volume
+        self.trades += bar.trades
+
+    def copy(self) -> _Agg:
+        return msgspec.structs.replace(self)
+
+    def record(self, symbol: str, timeframe: TimeframeName, start: int, revision: int, status: str) -> Bar:
+        return Bar(
+            symbol=symbol,
+            timeframe=timeframe,
+            timestamp=start,
+            open=self.open,
+            high=self.high,
+            low=self.low,
+            close=self.close,
+            volume=min(self.volume, MAX_VOLUME),
+            vwap=self.priced_value / self.priced_volume if self.priced_volume else None,
+            trades=min(self.trades, MAX_TRADES),
+            revision=min(revision, MAX_TRADES),
+            status=status,  # type: ignore[arg-type]  # "live" or "final", from this module's two callers
+        )
+
+
+class _Bucket(msgspec.Struct, gc=False):
+    """One symbol's bucket of one timeframe."""
+
+    timeframe: TimeframeName
+    symbol: str
+    start: int
+    settled: _Agg  # its minutes that can no longer be revised
+    finals: _Agg  # all its final minutes (settled and revisable), kept as they come
+    closed: bool = False
+    revision: int = 0
+    emitted: Bar | None = None  # the last final record published (None: not yet final)
+
+
+class _State(msgspec.Struct, array_like=True):
+    """A rollup's recovery snapshot (msgpack)."""
+
+    version: int
+    watermark: int
+    complete_from: dict[str, int]
+    refused: int
+    recent: list[Bar]  # final minutes still revisable
+    live: list[Bar]  # forming minutes
+    buckets: list[_Bucket]
+    dirty: list[tuple[TimeframeName, str, int]]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_State)
+
+
+class Rollup:
+    """One partition's coarse bars, from its final 1-minute bars, forming minutes and watermark."""
+
+    def __init__(
+        self,
+        timeframes: Sequence[TimeframeName],
+        *,
+        close_delay_ms: int,
+        lateness_ms: int,
+        max_buckets: int = 200_000,
+        complete_from: int = 0,
+    ) -> None:
+        for name in timeframes:
+            if name not in ROLLED_UP:
+                raise ValueError(f"cannot roll up timeframe {name!r}: one of {', '.join(ROLLED_UP)}")
+        self.timeframes: tuple[Timeframe, ...] = tuple(TIMEFRAMES[n] for n in dict.fromkeys(timeframes))
+        self.close_delay_ms = close_delay_ms
+        self.lateness_ms = lateness_ms
+        self.max_buckets = max_buckets
+        # Per timeframe, buckets starting before this are never published: their first minutes went
+        # by before this rollup held the timeframe (a restore of a snapshot written without it).
+        self.complete_from: dict[str, int] = {t.name: complete_from for t in self.timeframes}
+        self.watermark = 0
+        self.refused = 0  # new buckets not built: max_buckets reached
+        self._recent: dict[int, dict[str, Bar]] = {}  # minute start -> symbol -> latest final 1m bar
+        self._live: dict[int, dict[str, Bar]] = {}  # minute start -> symbol -> latest forming 1m bar
+        self._buckets: dict[TimeframeName, dict[tuple[str, int], _Bucket]] = {t.name: {} for t in self.timeframes}
+        self._dirty: dict[tuple[TimeframeName, str, int], None] = {}  # forming buckets changed since take_live
+        self._next_close = _NEVER  # watermark at which the earliest open bucket closes
+
+    # ---- input -------------------------------------------------------------------------
+
+    def add(self, bar: Bar) -> list[Bar]:
+        """A final 1-minute bar or revision, in the order the book emitted it; returns the coarse
+        finals and revisions it causes (buckets already closed whose fields it changed)."""
+        if not self.timeframes or bar.timeframe != "1m" or bar.status != "final":
+            return []
+        symbol, minute = bar.symbol, bar.timestamp
+        live = self._live.get(minute)
+        if live is not None and live.pop(symbol, None) is not None and not live:
+            del self._live[minute]
+        if minute + MINUTE_MS + self.lateness_ms < self.watermark:
+            # Cannot happen with the book's lateness rule (its watermark is ahead of ours); a minute
+            # this old would make a bucket from part of its minutes, so it changes nothing.
+            return []
+        minutes = self._recent.setdefault(minute, {})
+        previous = minutes.get(symbol)
+        minutes[symbol] = bar
+        out: list[Bar] = []
+        for tf in self.timeframes:
+            start = minute - minute % tf.ms
+            bucket = self._buckets[tf.name].get((symbol, start))
+            if bucket is None:
+                bucket = self._new_bucket(tf, symbol, start)  # its finals include this minute
+                if bucket is None:
+                    continue
+            elif previous is None:
+                bucket.finals.fold(bar)  # a new minute: merged in
+            else:
+                bucket.finals = self._aggregate(bucket, tf)  # a revised one: from the others again
+            if bucket.closed:
+                revised = self._final(bucket)
+                if revised is not None:
+                    out.append(revised)
+            else:
+                self._dirty[(tf.name, symbol, start)] = None
+        return out
+
+    def advance(self, watermark: int) -> list[Bar]:
+        """The partition's watermark moved here (never back): buckets whose last minute it closed
+        become final (revision 0), minutes past the lateness settle, buckets past it go."""
+        if watermark <= self.watermark:
+            return []
+        self.watermark = watermark
+        out: list[Bar] = []
+        if watermark >= self._next_close:
+            out = self._close(lambda bucket, tf: bucket.start + tf.ms + self.close_delay_ms <= watermark)
+        self._settle()
+        return out
+
+    def close_all(self) -> list[Bar]:
+        """End of a finite input: every open bucket is final now."""
+        return self._close(lambda bucket, tf: True)
+
+    def take_live(self, forming: Iterable[Bar]) -> list[Bar]:
+        """The forming 1-minute bars just published (changed since the last call) -> one live update
+        per forming bucket changed since the last call, its final minutes and forming ones together."""
+        if not self.timeframes:
+            return []
+        for bar in forming:
+            minute = bar.timestamp
+            if minute + MINUTE_MS + self.close_delay_ms <= self.watermark:
+                continue  # its minute is closed: its final bar is (or will be) the truth
+            symbol = bar.symbol
+            self._live.setdefault(minute, {})[symbol] = bar
+            for tf in self.timeframes:
+                start = minute - minute % tf.ms
+                if (symbol, start) in self._buckets[tf.name] or self._new_bucket(tf, symbol, start) is not None:
+                    self._dirty[(tf.name, symbol, start)] = None
+        # The hot part when many symbols trade: one record per changed bucket, merged inline (a copy
+        # of the finals and a fold per forming minute cost twice as much).
+        out: list[Bar] = []
+        live = list(self._live.items())
+        buckets, widths = self._buckets, {t.name: t.ms for t in self.timeframes}
+        for name, symbol, start in self._dirty:
+            bucket = buckets[name].get((symbol, start))
+            if bucket is None or bucket.closed:
+                continue
+            end = start + widths[name]
+            f = bucket.finals
+            minutes, o, oa, h, lo, c, ca = f.minutes, f.open, f.open_at, f.high, f.low, f.close, f.close_at
+            v, pv, pw, n = f.volume, f.priced_value, f.priced_volume, f.trades
+            for minute, held_minutes in live:
+                if start <= minute < end:
+                    b = held_minutes.get(symbol)
+                    if b is None:
+                        continue
+                    minutes += 1
+                    if b.open is not None and (o is None or minute < oa):
+                        o, oa = b.open, minute
+                    if b.close is not None and (c is None or minute > ca):
+                        c, ca = b.close, minute
+                    if b.high is not None and (h is None or b.high > h):
+                        h = b.high
+                    if b.low is not None and (lo is None or b.low < lo):
+                        lo = b.low
+                    v += b.volume
+                    if b.vwap is not None and b.volume > 0:
+                        pv += b.vwap * b.volume
+                        pw += b.volume
+                    n += b.trades
+            if minutes:
+                out.append(Bar(symbol=symbol, timeframe=name, timestamp=start, open=o, high=h, low=lo, close=c,
+                               volume=min(v, MAX_VOLUME), vwap=pv / pw if pw else None, trades=min(n, MAX_TRADES),
+                               revision=0, status="live"))  # fmt: skip
+        self._dirty.clear()
+        return out
+
+    # ---- state -------------------------------------------------------------------------
+
+    @property
+    def buckets(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    @property
+    def minutes(self) -> int:
+        """Final and forming 1-minute bars held (what can still change a bucket)."""
+        return sum(len(m) for m in self._recent.values()) + sum(len(m) for m in self._live.values())
+
+    def snapshot(self) -> bytes:
+        return _encoder.encode(
+            _State(
+                STATE_VERSION,
+                self.watermark,
+                self.complete_from,
+                self.refused,
+                [bar for bars in self._recent.values() for bar in bars.values()],
+                [bar for bars in self._live.values() for bar in bars.values()],
+                [bucket for buckets in self._buckets.values() for bucket in buckets.values()],
+                list(self._dirty),
+            )
+        )
+
+    @classmethod
+    def restore(
+        cls, snapshot: bytes, timeframes: Sequence[TimeframeName], *, close_delay_ms: int, lateness_ms: int,
+        max_buckets: int = 200_000,
+    ) -> Rollup:  # fmt: skip
+        """A rollup from `snapshot`. Timeframes added since it was written start with the buckets
+        that begin after its watermark (the earlier ones lack minutes); removed ones are dropped."""
+        try:
+            state = _decoder.decode(snapshot)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValueError(f"unreadable timeframe rollup snapshot: {exc}") from exc
+        if state.version != STATE_VERSION:
+            raise ValueError(f"timeframe rollup snapshot version {state.version}; this flow restores {STATE_VERSION}")
+        rollup = cls(timeframes, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, max_buckets=max_buckets)
+        rollup.watermark, rollup.refused = state.watermark, state.refused
+        newest = max((b.timestamp + MINUTE_MS + close_delay_ms for b in state.recent), default=0)
+        added = first_complete(max(state.watermark, newest), close_delay_ms)
+        rollup.complete_from = {t.name: state.complete_from.get(t.name, added) for t in rollup.timeframes}
+        for bar in state.recent:
+            rollup._recent.setdefault(bar.timestamp, {})[bar.symbol] = bar
+        for bar in state.live:
+            rollup._live.setdefault(bar.timestamp, {})[bar.symbol] = bar
+        for bucket in state.buckets:
+            if bucket.timeframe in rollup._buckets:
+                rollup._buckets[bucket.timeframe][(bucket.symbol, bucket.start)] = bucket
+        rollup._dirty = {key: None for key in state.dirty if key[0] in rollup._buckets}
+        rollup._next_close = rollup._earliest_close()
+        return rollup
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _new_bucket(self, tf: Timeframe, symbol: str, start: int) -> _Bucket | None:
+        """A new bucket, with the final minutes held for it; None when it must not be published
+        (incomplete) or cannot be held."""
+        buckets = self._buckets[tf.name]
+        if start < self.complete_from[tf.name]:
+            return None
+        if len(buckets) >= self.max_buckets:
+            self.refused += 1
+            return None
+        end = start + tf.ms
+        closed = end + self.close_delay_ms <= self.watermark
+        if closed and end + self.lateness_ms < self.watermark:
+            return None  # none of its minutes can be revised any more: nothing can reach it
+        bucket = buckets[(symbol, start)] = _Bucket(tf.name, symbol, start, _Agg(), _Agg(), closed=closed)
+        bucket.finals = self._aggregate(bucket, tf)
+        if not closed:
+            self._next_close = min(self._next_close, end + self.close_delay_ms)
+        return bucket
+
+    def _aggregate(self, bucket: _Bucket, tf: Timeframe) -> _Agg:
+        """The bucket's settled minutes plus its revisable ones."""
+        agg = bucket.settled.copy()
+        start, end, symbol = bucket.start, bucket.start + tf.ms, bucket.symbol
+        for minute in self._recent:
+            if start <= minute < end:
+                bar = self._recent[minute].get(symbol)
+                if bar is not None:
+                    agg.fold(bar)
+        return agg
+
+    def _final(self, bucket: _Bucket) -> Bar | None:
+        """The bucket's final record if its fields changed since the last one (revision + 1), else None."""
+        agg = bucket.finals
+        if not agg.minutes:
+            return None
+        previous = bucket.emitted
+        revision = 0 if previous is None else bucket.revision + 1
+        record = agg.record(bucket.symbol, bucket.timeframe, bucket.start, revision, "final")
+        if previous is not None and _fields(previous) == _fields(record):
+            return None
+        bucket.revision, bucket.emitted = revision, record
+        return record
+
+    def _close(self, due: Callable[[_Bucket, Timeframe], bool]) -> list[Bar]:
+        out: list[Bar] = []
+        for tf in self.timeframes:
+            for (symbol, start), bucket in self._buckets[tf.name].items():
+                if not bucket.closed and due(bucket, tf):
+                    bucket.closed = True
+                    self._dirty.pop((tf.name, symbol, start), None)
+                    record = self._final(bucket)
+                    if record is not None:
+                        out.append(record)
+        self._next_close = self._earliest_close()
+        return out
+
+    def _earliest_close(self) -> int:
+        return min(
+            (b.start + tf.ms + self.close_delay_ms for tf in self.timeframes for b in self._buckets[tf.name].values()
+             if not b.closed),
+            default=_NEVER,
+        )  # fmt: skip
+
+    def _settle(self) -> None:
+        """Minutes past the allowed lateness fold into their buckets' settled sums; spent buckets go."""
+        watermark = self.watermark
+        cutoff = watermark - MINUTE_MS - self.lateness_ms  # minutes before this can no longer be revised
+        for minute in [m for m in self._live if m + MINUTE_MS + self.close_delay_ms <= watermark]:
+            del self._live[minute]  # closed minutes: their final bars came (or the input ended)
+        settling = sorted(m for m in self._recent if m < cutoff)
+        for minute in settling:
+            for symbol, bar in self._recent.pop(minute).items():
+                for tf in self.timeframes:
+                    bucket = self._buckets[tf.name].get((symbol, minute - minute % tf.ms))
+                    if bucket is not None:
+                        bucket.settled.fold(bar)
+        if not settling:
+            return
+        for tf in self.timeframes:
+            buckets = self._buckets[tf.name]
+            spent = [k for k, b in buckets.items() if b.closed and b.start + tf.ms - MINUTE_MS < cutoff]
+            for key in spent:
+                del buckets[key]
+
+
+_NEVER = 1 << 62
+
+
+def first_complete(watermark: int, close_delay_ms: int) -> int:
+    """The earliest bucket start none of whose minutes were final yet at `watermark`: where a rollup
+    begun at that watermark (beside a book that already emitted final minutes) can vouch for its buckets."""
+    return watermark - MINUTE_MS - close_delay_ms + 1 if watermark else 0
+
+
+def _fields(bar: Bar) -> tuple:
+    return (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.vwap, bar.trades)
+
+
+def parse_timeframes(value: str | Iterable[str]) -> tuple[TimeframeName, ...]:
+    """BAR_TIMEFRAMES: a comma-separated list of timeframes to roll up ("" for none; 1m is always built).
+
+    >>> parse_timeframes("5m, 1h,5m")
+    ('5m', '1h')
+    >>> parse_timeframes("2m")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown timeframe '2m': BAR_TIMEFRAMES takes a comma-separated list of 5m, 15m, 1h, 1d (1m is always built)
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if len(items) > 16:
+        raise ValueError(f"{len(items)} timeframes: BAR_TIMEFRAMES takes at most {len(ROLLED_UP)} of {', '.join(ROLLED_UP)}")
+    out: dict[TimeframeName, None] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"timeframe {item!r} is not a string")
+        name = item.strip()
+        if not name or name == "1m":
+            continue
+        if name not in ROLLED_UP:
+            raise ValueError(
+                f"unknown timeframe {name[:20]!r}: BAR_TIMEFRAMES takes a comma-separated list of "
+                f"{', '.join(ROLLED_UP)} (1m is always built)"
+            )
+        out[name] = None
+    return tuple(out)
