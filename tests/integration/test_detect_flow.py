@@ -27,6 +27,7 @@ from schemas.channels import CATALOG, DETECTED_MIN_CONFIDENCE, Channels
 from schemas.export import OUT
 from schemas.prices import Price
 from schemas.status import FlowError, FlowHealth
+from schemas.watchlists import WatchlistChange
 from tests.support.services import TEST_DATABASE_URL, publish
 
 pytestmark = pytest.mark.integration
@@ -74,8 +75,8 @@ def test_events_land_in_their_tables_and_on_their_catalog_channels(settings, db,
     for channel, data in messages:
         by_channel.setdefault(channel, []).append(json.loads(data))
     for spec in CATALOG:
-        if spec.per_symbol or spec.payload in (Bar, FlowHealth, FlowError, Price):
-            continue  # bars, prices and the flow's status are not detection's
+        if spec.per_symbol or spec.payload in (Bar, FlowHealth, FlowError, Price, WatchlistChange):
+            continue  # bars, prices, the flow's status and the gateway's watchlist notices are not detection's
         payloads = by_channel.get(spec.name(channels), [])
         assert payloads, f"nothing on {spec.name(channels)}"
         for p in payloads[:200]:
