@@ -337,7 +337,12 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             "auto.offset.reset": "error",
             "fetch.max.bytes": 52_428_800,
             "max.partition.fetch.bytes": 10_485_760,
-            "queued.min.messages": 200_000,
+            # Prefetch: two consume batches per partition are enough to keep the flow fed from a
+            # broker nearby, and cap what waits in librdkafka's queue (its defaults, 100,000
+            # messages and 64 MB per partition, 200,000 here before, held ~150 MB of the bar flow's
+            # peak RSS on a backlog of 4 partitions: docs/operations.md, flow memory).
+            "queued.min.messages": max(2 * self._batch_size, 1000),
+            "queued.max.messages.kbytes": 16_384,
             # A caught-up consumer's fetch waits this long for data (librdkafka's default, 500 ms,
             # held bars back ~120 ms at a minute boundary here); with data waiting it returns at once.
             "fetch.wait.max.ms": 25,
