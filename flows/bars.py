@@ -50,13 +50,21 @@ def estimated_trades(agg: SecondAgg) -> int:
 
 
 class MinuteBar:
-    """Accumulates one bucket. `seen` holds the ids of what it already counted."""
+    """Accumulates one bucket. `seen` holds the ids of what it already counted.
+
+    `hashes` holds `hash()` of each key added to `seen` while the bar's minute is open, taken in the
+    trade loop while the key is in the CPU's cache: compacting a minute's ids when it becomes final
+    (`flows.trade_ids.MinuteIds.of_hashed`) then reads these ints instead of chasing every key's
+    tuple and string through memory again, which cost more than decoding the trade had. Process
+    specific, so never in a snapshot (`to_row`); `from_row` recomputes it.
+    """
 
     __slots__ = (
         "symbol", "start", "open", "high", "low", "close",
         "open_t", "open_q", "close_t", "close_q",
-        "volume", "notional", "trades", "revision", "final", "close_size", "seen",
+        "volume", "notional", "trades", "revision", "final", "close_size", "seen", "hashes",
     )  # fmt: skip
+    _ROW = __slots__[:-1]  # what a snapshot row holds
 
     def __init__(self, symbol: str, start: int) -> None:
         self.symbol = symbol
@@ -73,6 +81,7 @@ class MinuteBar:
         self.final = False
         self.close_size = 0  # size of the trade that set `close` (the last price, schemas.prices)
         self.seen: set | frozenset = set()  # exact ids; flows.trade_ids.NO_IDS once final and compacted
+        self.hashes: list[int] | tuple[()] = []  # hash() of each key in `seen`; trade_ids.NO_HASHES once compacted
 
     def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> bool:
         """Apply one trade with the fields its conditions allow (`mask`).
@@ -158,9 +167,10 @@ class MinuteBar:
     @classmethod
     def from_row(cls, row: list) -> MinuteBar:
         bar = cls.__new__(cls)
-        if len(row) == len(cls.__slots__) - 1:  # written before `close_size`: unknown, 0
+        if len(row) == len(cls._ROW) - 1:  # written before `close_size`: unknown, 0
             row = [*row[:-1], 0, row[-1]]
-        for name, value in zip(cls.__slots__, row, strict=True):
+        for name, value in zip(cls._ROW, row, strict=True):
             setattr(bar, name, value)
         bar.seen = {tuple(key) if isinstance(key, list) else key for key in row[-1]}
+        bar.hashes = list(map(hash, bar.seen))
         return bar

@@ -33,7 +33,7 @@ import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
 from flows.event_time import NEVER, Horizon
-from flows.trade_ids import NO_IDS, MinuteIds
+from flows.trade_ids import NO_HASHES, NO_IDS, MinuteIds
 from schemas.bars import Bar
 from schemas.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME, ConditionRules, UnknownCondition
 from schemas.polygon import DECODE_ERRORS, MinuteAgg, Quote, SecondAgg, Trade
@@ -132,7 +132,7 @@ class BarBook:
         """
         if positions is None:
             positions = range(len(values))
-        if values and max(map(len, filter(None, values)), default=0) > MAX_EVENT_BYTES:  # one C pass: rare
+        if values and _longest(values) > MAX_EVENT_BYTES:  # rare
             values, positions, oversized = _without_oversized(values, positions)
         else:
             oversized = []
@@ -189,6 +189,8 @@ class BarBook:
         counts = self.counts
         on_trade = self.on_trade
         horizon = self.horizon
+        max_jump = horizon.max_jump_ms
+        key_hash = hash
         watermark = self.watermark
         wall_limit = horizon.wall_limit()
         limit = wall_limit if jump else horizon.limit(watermark, wall_limit)
@@ -299,11 +301,15 @@ class BarBook:
                         finals.append(bar.record("final"))
                     else:
                         live[bar] = None
+                        bar.hashes.append(key_hash(trade_key))  # type: ignore[union-attr]  # open: a list (MinuteBar.hashes)
             else:
                 counts.ignored += 1
             if t > watermark:
                 watermark = t
-                limit = wall_limit if jump else min(wall_limit, t + horizon.max_jump_ms)
+                if not jump:  # limit = min(wall_limit, t + max_jump), without the call
+                    limit = t + max_jump
+                    if limit > wall_limit:
+                        limit = wall_limit
             if watermark >= next_tick:
                 finals.extend(self.advance(watermark))
                 next_tick = min(self._next_close, self._next_expire)
@@ -468,9 +474,13 @@ class BarBook:
         Bars opened for it later (late trades of symbols it had none of) are few: they keep exact sets."""
         if start in self._ids:
             return
-        self._ids[start] = MinuteIds.of([(bar.symbol, bar.seen) for bar in closing])
+        self._ids[start] = MinuteIds.of_hashed([
+            (bar.symbol, bar.seen, bar.hashes if len(bar.hashes) == len(bar.seen) else list(map(hash, bar.seen)))
+            for bar in closing
+        ])  # fmt: skip
         for bar in closing:
             bar.seen = NO_IDS
+            bar.hashes = NO_HASHES
 
     # ---- output ------------------------------------------------------------------------
 
@@ -555,6 +565,14 @@ class BarBook:
 
 _NULL = "null value (a Kafka tombstone): an event is a JSON object"
 MAX_EVENT_BYTES = 16 * 1024  # a Polygon event is ~150 bytes; every field it may carry is bounded
+
+
+def _longest(values: Sequence[bytes | None]) -> int:
+    """The longest value's size, in one C pass when there is no tombstone (the usual batch)."""
+    try:
+        return max(map(len, values))  # type: ignore[arg-type]  # a None raises TypeError: handled below
+    except TypeError:
+        return max(map(len, filter(None, values)), default=0)
 
 
 def _without_oversized(

@@ -34,6 +34,7 @@ import msgspec
 import numpy as np
 
 NO_IDS: frozenset = frozenset()  # a final bar's exact set until a late trade arrives (shared: no set per bar)
+NO_HASHES: tuple[()] = ()  # a compacted bar's `MinuteBar.hashes` (shared; only open bars append to theirs)
 
 Key = tuple[int, str, int | None]  # (exchange, trade id, TRF id), as an open bar's set holds it
 
@@ -66,6 +67,13 @@ class MinuteIds:
         return cls(_hashes(bars), _encoder.encode(bars))
 
     @classmethod
+    def of_hashed(cls, bars: Iterable[tuple[str, Collection[Key], Sequence[int]]]) -> MinuteIds:
+        """As `of`, with each bar's `hash()` of its keys already taken (`MinuteBar.hashes`, one per key,
+        any order): the ids then come from those ints, never from the keys' objects scattered in memory."""
+        bars = [bar for bar in bars if bar[1]]
+        return cls(_ids(bars, chain.from_iterable(hashes for _, _, hashes in bars)), _encoder.encode([b[:2] for b in bars]))
+
+    @classmethod
     def restore(cls, exact: bytes) -> MinuteIds:
         """From a snapshot's exact keys (raises msgspec.ValidationError on a blob of another shape)."""
         return cls(_hashes(_decoder.decode(exact)), exact)
@@ -81,11 +89,18 @@ class MinuteIds:
 
 
 def _hashes(bars: Sequence[tuple[str, Collection[Key]]]) -> np.ndarray:
+    return _ids(bars, map(hash, chain.from_iterable(keys for _, keys in bars)))
+
+
+def _ids(
+    bars: Sequence[tuple[str, Collection[Key]] | tuple[str, Collection[Key], Sequence[int]]], key_hashes: Iterable[int]
+) -> np.ndarray:
+    """The sorted ids of `bars` (symbol, keys, ...) given `hash()` of every key, bar by bar."""
     n = len(bars)
-    counts = np.fromiter(map(len, (keys for _, keys in bars)), dtype=np.int64, count=n)
+    counts = np.fromiter(map(len, (bar[1] for bar in bars)), dtype=np.int64, count=n)
     total = int(counts.sum())
-    keys = np.fromiter(map(hash, chain.from_iterable(keys for _, keys in bars)), dtype=np.int64, count=total)
-    symbols = np.fromiter(map(hash, (symbol for symbol, _ in bars)), dtype=np.int64, count=n)
+    keys = np.fromiter(key_hashes, dtype=np.int64, count=total)
+    symbols = np.fromiter(map(hash, (bar[0] for bar in bars)), dtype=np.int64, count=n)
     with np.errstate(over="ignore"):
         ids = (np.repeat(symbols, counts).view(np.uint64) * np.uint64(_K) + keys.view(np.uint64)).view(np.int64)
     ids.sort()

@@ -1,0 +1,48 @@
+"""The key hashes open bars collect in the trade loop (`MinuteBar.hashes`) give the final minute exactly
+the ids and exact blob that hashing its keys afresh gives, through duplicates, late trades and restores."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from flows.bars import MINUTE_MS
+from flows.book import BarBook
+from flows.trade_ids import NO_HASHES, MinuteIds
+from tests.unit.test_book import RULES, T0, book, trade
+
+
+def test_of_hashed_equals_of_for_the_same_keys():
+    bars = [("AAPL", {(4, "1", None), (11, "1", 3)}), ("MSFT", set()), ("X", {(4, "9", None)})]
+    fresh = MinuteIds.of(bars)
+    hashed = MinuteIds.of_hashed([(s, keys, [hash(k) for k in keys]) for s, keys in bars])
+    assert hashed.hashes.tolist() == fresh.hashes.tolist()
+    assert hashed.exact == fresh.exact
+
+
+def _open_hashes_match(b: BarBook) -> None:
+    for bar in b._bars.values():
+        if not bar.final:
+            assert Counter(bar.hashes) == Counter(map(hash, bar.seen))
+
+
+def test_the_compacted_minute_has_the_ids_of_its_exact_keys_and_restores_to_them():
+    rng = random.Random(11)
+    b = book()
+    symbols = ["AAPL", "MSFT", "NVDA"]
+    events = [
+        trade(rng.choice(symbols), T0 + rng.randint(0, 59_999), 10.0, i=str(rng.randint(0, 80)), x=rng.choice([4, 11]))
+        for _ in range(400)
+    ]  # many repeats of the same (exchange, id): duplicates
+    b.apply(events)
+    _open_hashes_match(b)
+    exact = [(bar.symbol, set(bar.seen)) for bar in b._open[T0]]
+    restored = BarBook.restore(b.snapshot(), RULES, close_delay_ms=2_000, lateness_ms=900_000, source="trades")
+    _open_hashes_match(restored)
+    for one in (b, restored):
+        one.apply([trade("AAPL", T0 + MINUTE_MS + 5_000, 11.0, i="next")])
+        assert one._ids[T0].hashes.tolist() == MinuteIds.of(exact).hashes.tolist()
+        assert all(bar.hashes is NO_HASHES for bar in one._final[T0])
+        before = one.counts.duplicates
+        late, _ = one.apply([*events[:50], trade("AAPL", T0 + 7, 9.0, i="new late")])
+        assert one.counts.duplicates == before + 50 and [r.low for r in late] == [9.0]
