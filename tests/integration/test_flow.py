@@ -153,7 +153,7 @@ def count(db, table: str) -> int:
 def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tmp_path):
     """Bars and highs/lows as if the bar flow had never been interrupted; the bars it published
     again after the restart change nothing downstream either (the detection flow's tables)."""
-    events = feed(seed=21, symbols=60, rate=120.0, seconds=25 * 60)
+    events = feed(seed=21, symbols=60, rate=40.0, seconds=25 * 60)
     publish(settings, events)
     run_main(build_flow(settings))
     run_main(build_detection(settings))
@@ -176,7 +176,7 @@ def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tm
 
 
 def test_kill_9_of_the_detection_flow_gives_the_same_events_and_ids(settings, db, tmp_path):
-    publish(settings, feed(seed=22, symbols=60, rate=120.0, seconds=25 * 60))
+    publish(settings, feed(seed=22, symbols=60, rate=40.0, seconds=25 * 60))
     run_main(build_flow(settings))
     run_main(build_detection(settings))
     detected = detection_tables(db)
