@@ -23,7 +23,7 @@ from tests.support.cluster import Cluster, as_multisets, first_occurrences, init
 from tests.support.rollups import assert_views_match
 from tests.support.services import TEST_DATABASE_URL, base_settings, create_topics, publish, table_bars
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(60)]
 
 BAR_FLOW = "flows.ohlcv:build_flow()"
 DETECTION_FLOW = "flows.detection:build_flow()"

@@ -33,6 +33,8 @@ from tests.support.examples import examples
 from tests.support.fixtures.flat_files import gz, write_trades_flat_file
 from tests.support.services import base_settings, create_topics, publish, read_topic, table_bars
 
+pytestmark = pytest.mark.cost(15)  # a rough serial time in seconds: run early (tests/conftest.py)
+
 TRADES_CSV = """\
 ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,sip_timestamp,size,tape,trf_id,trf_timestamp
 AAPL,"14,37,41",0,4,52983525029470,1793629800123456789,190.5,2001,1793629800200000000,35,3,202,1793629800190000000

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import polars as pl
 import psycopg
@@ -144,6 +144,19 @@ class ChannelRecorder:
             message = self._pubsub.get_message(timeout=0.1)
             if message is not None and message["type"] == "pmessage":
                 self.messages.append((message["channel"].decode(), message["data"]))
+
+    def stop_when(
+        self, done: Callable[[list[tuple[str, bytes]]], bool], at_least_s: float = 0.5, timeout_s: float = 15.0
+    ) -> list[tuple[str, bytes]]:
+        """Stop once `done(messages)` holds and `at_least_s` passed (later messages still have that long to show
+        up), or after `timeout_s`: the messages a flow published just before it ended may still be on their
+        way (seen: one bar short after a fixed 0.5 s at load 14); the caller's assertions then judge."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if time.monotonic() - started >= at_least_s and done(list(self.messages)):
+                break
+            time.sleep(0.05)
+        return self.stop()
 
     def stop(self) -> list[tuple[str, bytes]]:
         self._stopped.set()

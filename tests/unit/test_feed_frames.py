@@ -22,6 +22,8 @@ from connectors.feeds.bridge.spool import MAGIC, Spool, SpoolError
 from connectors.kafka.errors import DEAD_LETTER, RENEW, RETRY, STOP, judge
 from tests.support.examples import examples
 
+pytestmark = pytest.mark.cost(20)  # a rough serial time in seconds: run early (tests/conftest.py)
+
 # --- strategies --------------------------------------------------------------------------
 
 # Any JSON value msgspec and orjson both read: ints of any size, finite floats, any text
