@@ -36,7 +36,7 @@ from tests.support.polygon_server import PolygonServer
 from tests.support.proxy import KafkaProxy, start_tansu
 from tests.support.services import base_settings, create_topics, read_topic, read_topics
 
-pytestmark = pytest.mark.cost(120)  # a rough serial time in seconds: run early (tests/conftest.py)
+pytestmark = pytest.mark.cost(60)  # a rough serial time in seconds: run early (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-123"

@@ -1,6 +1,6 @@
 """What the chaos test files share: the scenarios' environment on this worker's databases, and the verdict.
 
-`make chaos --profile short` is split over three test files (decoders; kill -9 and poison;
+`python -m bench.chaos --profile short` is split over three test files (decoders; kill -9 and poison;
 outages) so two xdist workers can run its parts side by side; each scenario needs only its
 worker's own test database and the `_base` one beside it, topics and a Redis namespace of its own.
 """
