@@ -18,6 +18,8 @@ SYNTHETIC_ARGS ?= --symbols 4000 --rate 2000 --realtime
 PYTEST_ARGS ?=
 # Test files run on this many pytest-xdist workers (each with its own test database): most of a test's
 # time is waiting on brokers, databases and subprocesses, so two workers fit two cores. 0 = one process.
+# Whole files go to a worker, costliest first (`pytest.mark.cost`, tests/conftest.py); the 25 slowest
+# tests are listed at the end so a run shows where the time went.
 PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
@@ -82,7 +84,7 @@ check: venv
 
 test: venv check services broker topics migrate dashboard-assets chromium timescale-packages
 	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
-	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 bench: venv services broker topics migrate
 	$(PY) -m bench.ohlcv $(BENCH_ARGS)

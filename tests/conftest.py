@@ -22,13 +22,40 @@ from hypothesis import settings as hypothesis_settings
 from connectors.kafka import clients
 from flows.settings import Settings
 from tests.support.databases import KINDS, Storage, empty_timescale, migrate_timescale, start_timescale
+from tests.support.examples import DEEP
 from tests.support.services import TEST_DATABASE_URL, ChannelRecorder, base_settings, create_topics
 
 # Hypothesis fails an example that takes longer than 200 ms by default: a wall-clock assertion that
 # a busy machine breaks (seen: DeadlineExceeded in the frame tests at load 16). What the property
 # tests assert is behaviour; their time belongs to `make test`'s budget, not to a test's verdict.
+# TICKSTOCK_HYPOTHESIS=deep runs every property test with its deep example count (tests/support/examples.py),
+# and those that set none with 1,000 instead of hypothesis's 100.
 hypothesis_settings.register_profile("tickstock", deadline=None)
-hypothesis_settings.load_profile("tickstock")
+hypothesis_settings.register_profile("tickstock-deep", deadline=None, max_examples=1000)
+hypothesis_settings.load_profile("tickstock-deep" if DEEP else "tickstock")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cost(seconds): a test file's rough serial time; the costliest files run first")
+
+
+def _file_cost(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("cost")
+    return float(marker.args[0]) if marker else 0.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files marked `pytest.mark.cost(seconds)` first, costliest first, then the rest in their order.
+
+    `make test` hands whole files to two xdist workers (`--dist loadfile --no-loadscope-reorder`),
+    one at a time as a worker runs dry: a long file that starts last keeps one worker busy while
+    the other idles. Longest first, the short files at the end fill both workers evenly. The sort
+    is stable: a file's tests keep their order. Every worker sorts alike (xdist needs that).
+    """
+    cost: dict[str, float] = {}
+    for item in items:
+        cost[item.path.as_posix()] = max(cost.get(item.path.as_posix(), 0.0), _file_cost(item))
+    items.sort(key=lambda item: -cost[item.path.as_posix()])
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

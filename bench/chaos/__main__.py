@@ -1,7 +1,7 @@
 """`python -m bench.chaos` (`make chaos`): fuzz every decoder, run every chaos scenario, write bench/chaos.json.
 
     python -m bench.chaos                          # the full run: >= 1,000,000 fuzzed records, 10 kills per flow, 30 s outages
-    python -m bench.chaos --profile short          # what `make test` runs (tests/integration/test_chaos.py), as a command
+    python -m bench.chaos --profile short          # what `make test` runs (tests/integration/test_chaos*.py), as a command
     python -m bench.chaos --only fuzz --fuzz-records 5000
     python -m bench.chaos --only scenarios --scenario poison --scenario redis_outage
 

@@ -41,7 +41,7 @@ from tests.support.reference import reference_bars
 from tests.support.rollups import EVERY, assert_views_match, reference, table
 from tests.support.services import TEST_DATABASE_URL, base_settings, publish, read_topic, table_bars
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(50)]
 
 DAY = date(2026, 11, 2)  # the synthetic feed's default day (DEFAULT_START_MS: 09:30 New York)
 NEXT_DAY_MS = DEFAULT_START_MS + 86_400_000  # the live flow's day (its late trades stamped before 09:30)

@@ -34,7 +34,9 @@ from flows.settings import Settings
 from tests.support.monitoring import exposed_metrics, used_metrics
 from tests.support.polygon_server import PolygonServer
 from tests.support.proxy import KafkaProxy, start_tansu
-from tests.support.services import base_settings, create_topics, read_topic
+from tests.support.services import base_settings, create_topics, read_topic, read_topics
+
+pytestmark = pytest.mark.cost(60)  # a rough serial time in seconds: run early (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-123"
@@ -86,7 +88,7 @@ def expected_records(s: Settings, events: list[dict[str, Any]]) -> set[tuple[str
 
 def records(s: Settings) -> list[tuple[str, bytes, bytes]]:
     topics = [s.topic_trades, s.topic_quotes, s.topic_second_aggs, s.topic_minute_aggs]
-    return [(m.topic(), m.key(), m.value()) for t in topics for m in read_topic(s, t)]
+    return [(m.topic(), m.key(), m.value()) for m in read_topics(s, topics)]
 
 
 _started: list[subprocess.Popen[str]] = []

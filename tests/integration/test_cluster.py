@@ -23,7 +23,7 @@ from tests.support.cluster import Cluster, as_multisets, first_occurrences, init
 from tests.support.rollups import assert_views_match
 from tests.support.services import TEST_DATABASE_URL, base_settings, create_topics, publish, table_bars
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(60)]
 
 BAR_FLOW = "flows.ohlcv:build_flow()"
 DETECTION_FLOW = "flows.detection:build_flow()"
@@ -53,7 +53,7 @@ def reference(services):
     """One process (in this one, one worker) over the feed: tables, bars topic, Redis history; once for the module."""
     s = base_settings(**HISTORY)
     create_topics(s)
-    publish(s, feed(seed=31, symbols=40, rate=80.0, seconds=20 * 60))
+    publish(s, feed(seed=31, symbols=40, rate=20.0, seconds=20 * 60))
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as db:
         db.execute("TRUNCATE ohlcv_1min, symbols, events, indicator_values, alerts")
         run_main(build_flow(s))

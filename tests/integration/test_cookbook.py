@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.support.databases import Storage
+from tests.support.databases import KINDS, Storage
+from tests.support.services import TEST_DATABASE_URL
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +39,30 @@ def test_cookbook_has_a_dozen_recipes() -> None:
     assert len(recipes()) >= 12
 
 
-@pytest.fixture
-def two_days(storage: Storage) -> psycopg.Connection:
-    """Regular sessions with holes, revisions, volume-only minutes and a price gap."""
-    db = storage.conn
+@pytest.fixture(scope="module", params=KINDS)
+def two_days(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection]:
+    """Regular sessions with holes, revisions, volume-only minutes and a price gap; written once per
+    database for the module (the recipes only read: none of them writes, see the check below)."""
+    if request.param == "postgres":
+        request.getfixturevalue("services")
+        storage = Storage("postgres", TEST_DATABASE_URL)
+    else:
+        storage = Storage("timescaledb", request.getfixturevalue("embedded_timescale"))
+    storage.clear()
+    try:
+        _write_two_days(storage.conn)
+        yield storage.conn
+    finally:
+        storage.release()
+
+
+def test_no_recipe_writes() -> None:
+    """What lets the recipes share one copy of the data per database."""
+    writes = re.compile(r"\b(insert|update|delete|merge|truncate|create|drop|alter|call|copy|refresh)\b", re.I)
+    assert [title for title, query in recipes() if writes.search(re.sub(r"--[^\n]*", "", query))] == []
+
+
+def _write_two_days(db: psycopg.Connection) -> None:
     rng, rows = random.Random(12), []
     for symbol in SYMBOLS:
         price = rng.uniform(50, 500)
@@ -66,7 +88,6 @@ def two_days(storage: Storage) -> psycopg.Connection:
         for row in rows:
             copy.write_row(row)
     detections(db, [r for r in rows if r[5] is not None], rng)
-    return db
 
 
 def detections(db: psycopg.Connection, priced: list[tuple], rng: random.Random) -> None:

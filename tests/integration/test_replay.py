@@ -29,8 +29,11 @@ from flows.ohlcv import build_flow
 from flows.settings import Settings
 from schemas.polygon import MinuteAgg, Quote, Trade, decode_event
 from schemas.status import DEAD_LETTER_KINDS
+from tests.support.examples import examples
 from tests.support.fixtures.flat_files import gz, write_trades_flat_file
 from tests.support.services import base_settings, create_topics, publish, read_topic, table_bars
+
+pytestmark = pytest.mark.cost(15)  # a rough serial time in seconds: run early (tests/conftest.py)
 
 TRADES_CSV = """\
 ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,sip_timestamp,size,tape,trf_id,trf_timestamp
@@ -304,7 +307,7 @@ def trade_rows(draw: st.DrawFn) -> dict[str, str]:
     return row
 
 
-@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_settings(max_examples=examples(40, deep=150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(trade_rows(), min_size=1, max_size=30))
 def test_any_values_either_become_the_event_they_say_or_are_refused_with_a_reason(rows: list[dict[str, str]]) -> None:
     import tempfile
@@ -328,7 +331,7 @@ def test_any_values_either_become_the_event_they_say_or_are_refused_with_a_reaso
         assert trade.conditions == ([int(c) for c in codes.split(",")] if codes else [])
 
 
-@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_settings(max_examples=examples(100, deep=300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300), st.booleans())
 def test_any_bytes_are_either_read_or_a_flat_file_error(content: bytes, compress: bool) -> None:
     import tempfile

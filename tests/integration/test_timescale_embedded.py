@@ -1,7 +1,9 @@
 """The embedded TimescaleDB (infra/timescale: PGlite + TimescaleDB 2.23) and the migrations on it.
 
-Each test starts a private server (fresh, in memory, on a free port) so it has the one database
-to itself. Two kinds of facts: what the server gives a client (one session at a time, a clean
+The tests share one server of this module's (in memory, on a free port), emptied before each to
+what a fresh server holds (the extension and nothing else, `tests.support.databases.empty_timescale`;
+a start costs ~3 s, ~12 s on a loaded machine), so each has the one database to itself; the one
+with another queue timeout and the restart test start servers of their own. Two kinds of facts: what the server gives a client (one session at a time, a clean
 session for each, whole messages and COPY), and that every migration path keeps the triggers and
 functions working on hypertables (up, down, up again, with data in place). Skips, saying why,
 only where the server cannot start (no Node.js or packages: `bash infra/timescale.sh`); under CI
@@ -25,10 +27,10 @@ from polars.testing import assert_frame_equal
 
 from infra import migrate
 from infra.embedded_timescale import EmbeddedTimescale, TimescaleUnavailable
-from tests.support.databases import unavailable
+from tests.support.databases import empty_timescale, unavailable
 from tests.support.rollups import COLUMNS, assert_views_match, insert, one_minute_rows, table
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(30)]
 
 
 def quiet(_: str) -> None:
@@ -46,15 +48,26 @@ def _server(queue_timeout_s: float = 30.0) -> EmbeddedTimescale:
     return server
 
 
-@pytest.fixture
-def timescale() -> Iterator[str]:
-    """The URL of a fresh embedded TimescaleDB of this test's own."""
-    server = _server()
+@pytest.fixture(scope="module")
+def _shared() -> Iterator[list[EmbeddedTimescale]]:
+    """The module's server, in a list so that `timescale` can replace one that died."""
+    servers = [_server()]
     try:
-        assert server.url is not None
-        yield server.url
+        yield servers
     finally:
-        server.stop()
+        servers[-1].stop()
+
+
+@pytest.fixture
+def timescale(_shared: list[EmbeddedTimescale]) -> str:
+    """The URL of an embedded TimescaleDB holding what a fresh one holds, for this test alone."""
+    server = _shared[-1]
+    if server.process is None or server.process.poll() is not None:  # a test before ended it: a new one
+        server = _server()
+        _shared.append(server)
+    assert server.url is not None
+    empty_timescale(server.url)
+    return server.url
 
 
 @pytest.fixture

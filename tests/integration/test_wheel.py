@@ -51,7 +51,7 @@ from flows.settings import Settings
 from tests.support.fixtures.flat_files import DIFFERENCES_JSON, HERE, MINUTE_AGGS, TRADES
 from tests.support.services import free_port, read_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cost(20)]
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("flows", "connectors", "schemas", "infra")

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import polars as pl
 import psycopg
@@ -103,16 +103,23 @@ def publish(s: Settings, events: Iterable[FeedEvent]) -> int:
 
 def read_topic(s: Settings, topic: str, timeout_s: float = 5.0) -> list:
     """Every message of `topic`, by assignment (no consumer-group round trips)."""
+    return read_topics(s, [topic], timeout_s)
+
+
+def read_topics(s: Settings, topics: Iterable[str], timeout_s: float = 5.0) -> list:
+    """Every message of `topics`, one consumer for all (a consumer costs ~1.5 s on a loaded machine), in
+    no order across partitions."""
+    wanted = [TopicPartition(topic, p, OFFSET_BEGINNING) for topic in topics for p in range(s.topic_partitions)]
     consumer = clients.consumer(s, {"group.id": "tests", "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(s.topic_partitions)])
+    consumer.assign(wanted)
     out, ended = [], set()
     deadline = time.monotonic() + timeout_s
-    while len(ended) < s.topic_partitions and time.monotonic() < deadline:
+    while len(ended) < len(wanted) and time.monotonic() < deadline:
         for m in consumer.consume(1000, 0.5):
             if m.error() is None:
                 out.append(m)
             else:
-                ended.add(m.partition())
+                ended.add((m.topic(), m.partition()))
     consumer.close()
     return out
 
@@ -144,6 +151,19 @@ class ChannelRecorder:
             message = self._pubsub.get_message(timeout=0.1)
             if message is not None and message["type"] == "pmessage":
                 self.messages.append((message["channel"].decode(), message["data"]))
+
+    def stop_when(
+        self, done: Callable[[list[tuple[str, bytes]]], bool], at_least_s: float = 0.5, timeout_s: float = 15.0
+    ) -> list[tuple[str, bytes]]:
+        """Stop once `done(messages)` holds and `at_least_s` passed (later messages still have that long to show
+        up), or after `timeout_s`: the messages a flow published just before it ended may still be on their
+        way (seen: one bar short after a fixed 0.5 s at load 14); the caller's assertions then judge."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if time.monotonic() - started >= at_least_s and done(list(self.messages)):
+                break
+            time.sleep(0.05)
+        return self.stop()
 
     def stop(self) -> list[tuple[str, bytes]]:
         self._stopped.set()

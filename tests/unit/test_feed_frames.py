@@ -20,6 +20,9 @@ from connectors.backoff import backoff_s
 from connectors.feeds.bridge.frames import split_frame
 from connectors.feeds.bridge.spool import MAGIC, Spool, SpoolError
 from connectors.kafka.errors import DEAD_LETTER, RENEW, RETRY, STOP, judge
+from tests.support.examples import examples
+
+pytestmark = pytest.mark.cost(20)  # a rough serial time in seconds: run early (tests/conftest.py)
 
 # --- strategies --------------------------------------------------------------------------
 
@@ -64,7 +67,7 @@ def strict_json(raw: bytes) -> Any:
 # --- properties --------------------------------------------------------------------------
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150, deep=500), suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events, max_size=20), whitespace, st.booleans())
 def test_a_well_formed_frame_gives_every_event_as_its_exact_bytes_in_order(
     evs: list[dict[str, Any]], space: bytes, as_text: bool
@@ -80,7 +83,7 @@ def test_a_well_formed_frame_gives_every_event_as_its_exact_bytes_in_order(
     assert [(h.ev, h.sym) for h in split.heads] == [(e.get("ev", ""), e.get("sym", "")) for e in evs]
 
 
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250, deep=1000), suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.booleans(), events, not_json | not_objects), max_size=15), whitespace, st.booleans())
 def test_bad_elements_are_refused_one_by_one_and_every_good_event_still_comes_once(
     picks: list[tuple[bool, dict[str, Any], bytes]], space: bytes, as_binary: bool
@@ -95,7 +98,7 @@ def test_bad_elements_are_refused_one_by_one_and_every_good_event_still_comes_on
     assert all(r.reason for r in split.refused)
 
 
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250, deep=1000), suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events, min_size=1, max_size=8), st.data())
 def test_a_frame_cut_anywhere_gives_exactly_the_events_completed_before_the_cut(
     evs: list[dict[str, Any]], data: st.DataObject
@@ -113,7 +116,7 @@ def test_a_frame_cut_anywhere_gives_exactly_the_events_completed_before_the_cut(
     assert split.refused  # a cut frame is never taken as whole
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(600, deep=3000), suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400) | st.text(max_size=200).map(str.encode))
 @example(b"[" * 100_000)
 @example(b'[{"ev":"T","x":' + b"[" * 50_000 + b"]" * 50_000 + b"}]")
@@ -130,7 +133,7 @@ def test_any_bytes_never_raise_and_only_json_objects_are_forwarded(frame: bytes)
         assert isinstance(piece.raw, bytes) and piece.reason
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(100, deep=300))
 @given(st.text(max_size=100))
 def test_any_text_frame_never_raises(frame: str) -> None:
     split = split_frame(frame)
