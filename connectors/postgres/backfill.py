@@ -80,8 +80,8 @@ class Tally:
 class BackfillBarStore:
     """Writes a past day's bars: new ones inserted, differing ones corrected, equal ones left alone."""
 
-    def __init__(self, url: str, tally: Tally, *, max_backoff_s: float = 30.0) -> None:
-        self._db = Database(url, max_backoff_s=max_backoff_s)
+    def __init__(self, url: str, tally: Tally, *, max_backoff_s: float = 30.0, start_wait_s: float = 60.0) -> None:
+        self._db = Database(url, max_backoff_s=max_backoff_s, start_wait_s=start_wait_s)
         self._tally = tally
 
     def upsert(self, bars: Sequence[Bar], rejected: Callable[[Bar, str], None] | None = None) -> list[Bar]:

@@ -49,8 +49,8 @@ WHERE ohlcv_1min.revision <= excluded.revision
 class BarStore:
     """Writes final bars (and revisions) to `ohlcv_1min`, filling `symbols` as it goes."""
 
-    def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
-        self._db = Database(url, max_backoff_s=max_backoff_s)
+    def __init__(self, url: str, *, max_backoff_s: float = 30.0, start_wait_s: float = 60.0) -> None:
+        self._db = Database(url, max_backoff_s=max_backoff_s, start_wait_s=start_wait_s)
 
     def upsert(self, bars: Sequence[Bar], rejected: Callable[[Bar, str], None] | None = None) -> list[Bar]:
         """Write `bars` in one transaction; blocks and retries while the server is down.

@@ -14,13 +14,14 @@ Its writers: `bars.BarStore` (final bars), `events.EventStore` (detection record
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import psycopg
 
-from connectors.backoff import with_backoff
-from connectors.monitoring.metrics import RECONNECTS
+from connectors.backoff import backoff_s, with_backoff
+from connectors.monitoring.metrics import RECONNECTS, RETRIES
 from connectors.unavailable import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,28 @@ class DatabaseUnavailable(ServiceUnavailable):
     service = "PostgreSQL"
 
 
-def connect(url: str, tables: Sequence[str] = ("ohlcv_1min",), timeout_s: int = 5) -> psycopg.Connection:
-    """Connect and check `tables` exist, failing fast with a message that says what to do."""
-    try:
-        conn = psycopg.connect(url, connect_timeout=timeout_s, autocommit=False)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"PostgreSQL at {_redact(url)} is unreachable ({str(exc).strip()}); start it with `make services` or set DATABASE_URL"
-        ) from exc
+def connect(url: str, tables: Sequence[str] = ("ohlcv_1min",), timeout_s: int = 5, wait_s: float = 0.0) -> psycopg.Connection:
+    """Connect and check `tables` exist, failing fast with a message that says what to do.
+
+    A server that does not answer is waited for, with backoff and a warning per try, for `wait_s`
+    (a flow whose sink starts during a PostgreSQL restart rides it out, as its writes do), then
+    refused with where and how to fix it. Missing tables are refused at once: waiting cannot fix them.
+    """
+    deadline, attempt = time.monotonic() + wait_s, 0
+    while True:
+        try:
+            conn = psycopg.connect(url, connect_timeout=timeout_s, autocommit=False)
+            break
+        except psycopg.OperationalError as exc:
+            pause = backoff_s(attempt, 0.1, 5.0)
+            if time.monotonic() + pause > deadline:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL at {_redact(url)} is unreachable ({str(exc).strip()}); start it with `make services` or set DATABASE_URL"
+                ) from exc
+            log.warning("PostgreSQL at %s does not answer (%s); trying again in %.1f s", _redact(url), str(exc).strip(), pause)
+            RETRIES.labels("postgresql").inc()
+            time.sleep(pause)
+            attempt += 1
     with conn.cursor() as cur:
         cur.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL", (list(tables),))
         missing = [row[0] for row in cur.fetchall()]
@@ -58,10 +73,12 @@ def connect(url: str, tables: Sequence[str] = ("ohlcv_1min",), timeout_s: int = 
 class Database:
     """One connection, checked at start, used one transaction at a time, re-opened when it breaks."""
 
-    def __init__(self, url: str, *, tables: Sequence[str] = ("ohlcv_1min",), max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, tables: Sequence[str] = ("ohlcv_1min",), max_backoff_s: float = 30.0, start_wait_s: float = 60.0
+    ) -> None:
         self._url = url
         self._max_backoff_s = max_backoff_s
-        self._conn: psycopg.Connection | None = connect(url, tables)
+        self._conn: psycopg.Connection | None = connect(url, tables, wait_s=start_wait_s)
 
     def run(self, work: Callable[[psycopg.Cursor], T], what: str) -> T:
         """`work(cursor)` in one transaction; blocks and retries while the server is down."""

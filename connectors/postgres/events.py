@@ -83,8 +83,9 @@ _encode = msgspec.json.Encoder().encode
 class EventStore:
     """Writes detection records; blocks and retries while the server is down."""
 
-    def __init__(self, url: str, *, max_backoff_s: float = 30.0, any_revision: bool = False) -> None:
-        self._db = Database(url, tables=("events", "indicator_values", "alerts"), max_backoff_s=max_backoff_s)
+    def __init__(self, url: str, *, max_backoff_s: float = 30.0, start_wait_s: float = 60.0, any_revision: bool = False) -> None:
+        self._db = Database(url, tables=("events", "indicator_values", "alerts"), max_backoff_s=max_backoff_s,
+                            start_wait_s=start_wait_s)  # fmt: skip
         self._upserts = _UPSERTS_ANY_REVISION if any_revision else _UPSERTS
 
     def upsert(self, records: Sequence[Event], rejected: Callable[[Event, str], None] | None = None) -> list[Event]:

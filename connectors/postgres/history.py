@@ -72,8 +72,8 @@ def _utc(ms: int) -> datetime:
 class BarHistory:
     """Reads of the bar tables for warm starts; connects at once so a missing database fails the start-up."""
 
-    def __init__(self, url: str, *, max_backoff_s: float = 30.0) -> None:
-        self._db = Database(url, max_backoff_s=max_backoff_s)
+    def __init__(self, url: str, *, max_backoff_s: float = 30.0, start_wait_s: float = 60.0) -> None:
+        self._db = Database(url, max_backoff_s=max_backoff_s, start_wait_s=start_wait_s)
 
     def recent_bars(self, before: dict[str, int], limit: int, timeframe: str = "1m") -> dict[str, list[BarRow]]:
         """Each symbol's last `limit` bars of `timeframe` with prices that start before `before[symbol]` (ms), oldest first."""

@@ -22,6 +22,7 @@ from connectors.redis.publish import BarPublisher, RedisUnavailable
 from schemas.bars import Bar, decode_bar
 from schemas.channels import Channels
 from tests.support.databases import Storage
+from tests.support.proxy import KafkaProxy
 from tests.support.services import TEST_DATABASE_URL, free_port, private_redis
 
 pytestmark = pytest.mark.integration
@@ -60,12 +61,32 @@ def test_older_revision_never_overwrites_newer(storage: Storage) -> None:
 def test_unreachable_or_unmigrated_database_fails_fast_with_the_fix(services):
     """Creates a second database on the server (the embedded TimescaleDB has one: see the next test)."""
     with pytest.raises(DatabaseUnavailable, match="make services"):
-        BarStore("postgresql://postgres@127.0.0.1:1/none")
+        BarStore("postgresql://postgres@127.0.0.1:1/none", start_wait_s=0)
     with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS tickstock_unmigrated")
         conn.execute("CREATE DATABASE tickstock_unmigrated")
     with pytest.raises(DatabaseUnavailable, match="make migrate"):
         BarStore(TEST_DATABASE_URL.rsplit("/", 1)[0] + "/tickstock_unmigrated")
+
+
+def test_a_store_started_while_postgres_is_unreachable_waits_for_it(services):
+    """Seen in the chaos run's PostgreSQL outage: a sink partition opened during it crashed the flow.
+    The server is reached through a TCP proxy that refuses connections, then listens again."""
+    port = free_port()
+    head, _, tail = TEST_DATABASE_URL.partition("@127.0.0.1:5432")
+    assert tail, TEST_DATABASE_URL
+    with KafkaProxy(port, 5432) as proxy:
+        proxy.cut()
+        restorer = threading.Timer(1.5, proxy.restore)
+        restorer.start()
+        try:
+            store = BarStore(f"{head}@127.0.0.1:{port}{tail}", start_wait_s=30)  # the server answers 1.5 s later
+            store.close()
+        finally:
+            restorer.join()
+        assert proxy.connections >= 1
+    with pytest.raises(DatabaseUnavailable, match="unreachable"):
+        BarStore(f"{head}@127.0.0.1:{free_port()}{tail}", start_wait_s=0.5)  # waited for, then refused
 
 
 def test_unmigrated_timescaledb_fails_fast_with_the_fix(fresh_timescale: str) -> None:
