@@ -18,6 +18,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ import psycopg
 
 from bench.chaos.live import Record
 from connectors.kafka.settings import KafkaSettings
+from schemas.timeframes import TIMEFRAMES
 
 VALID_LABELS = frozenset({"trade", "out_of_order", "late", "duplicate"})
 FIELDS = ("open", "high", "low", "close", "volume", "vwap", "trades")
@@ -108,12 +110,29 @@ def compare_redis(newest: Bars, written: Bars, limit: int = 5) -> dict[str, Any]
     }  # fmt: skip
 
 
-def detection_rows(conn: psycopg.Connection) -> dict[str, dict[tuple, tuple]]:
+# how long a row's bar lasts, by its timeframe (none, e.g. highs and lows on trades: an instant)
+_BAR_LENGTH = ("CASE timeframe "
+               + " ".join(f"WHEN '{t.name}' THEN interval '{t.ms // 1000} seconds'" for t in TIMEFRAMES.values())
+               + " ELSE interval '0' END")  # fmt: skip
+
+
+def detection_rows(conn: psycopg.Connection, closed_until: datetime | None = None) -> dict[str, dict[tuple, tuple]]:
+    """Every detection row, or only those on bars that ended by `closed_until`: a tailing run stopped
+    by a signal leaves its open 5m/1h/1d buckets open, while a run that reads to the end of its
+    input closes them there (and detects on them), so the two are compared on the closed ones."""
     out: dict[str, dict[tuple, tuple]] = {}
     for table in DETECTION_TABLES:
-        rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+        if closed_until is None:
+            rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+        else:
+            rows = conn.execute(f"SELECT * FROM {table} WHERE timestamp + {_BAR_LENGTH} <= %s", (closed_until,)).fetchall()
         out[table] = {tuple(r[: KEYS[table]]): tuple(r) for r in rows}
     return out
+
+
+def closed_until(conn: psycopg.Connection) -> datetime | None:
+    """The end of the newest final minute: every bucket that ended by then was closed by the watermark."""
+    return conn.execute("SELECT max(timestamp) + interval '1 minute' FROM ohlcv_1min").fetchone()[0]
 
 
 def compare_detection(expected: dict[str, dict[tuple, tuple]], written: dict[str, dict[tuple, tuple]],

@@ -501,7 +501,8 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
 
         with psycopg.connect(env.database_url, autocommit=True) as conn:
             written = compare.table_bars(conn, since)
-            detected = compare.detection_rows(conn)
+            until = compare.closed_until(conn)
+            detected = compare.detection_rows(conn, until)
         if history_now(env.database_url, since) != history:
             out.problems.append(f"the history bars before the feed changed: {history} -> {history_now(env.database_url, since)}")
         report = compare.compare_bars(expected, written)
@@ -521,7 +522,7 @@ def run_scenario(spec: Scenario, profile: Profile, env: Environment) -> dict[str
 
         if spec.baseline:
             base = _uninterrupted(env, settings, ns, [r for r in records if not r.label.startswith("poison:")], start_ms,
-                                  profile.history_bars, since, log)  # fmt: skip
+                                  profile.history_bars, since, log, until)  # fmt: skip
             if isinstance(base, str):
                 out.problems.append(base)
             else:
@@ -651,7 +652,7 @@ def _drain(database_url: str, expected: compare.Bars, recorder: FinalBarRecorder
 
 
 def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Record], start_ms: int, history_bars: int,
-                   since: int, log: Callable[[str], None]) -> tuple[compare.Bars, dict] | str:  # fmt: skip
+                   since: int, log: Callable[[str], None], closed_until: Any = None) -> tuple[compare.Bars, dict] | str:  # fmt: skip
     """Both flows, start to end and never interrupted, over the same feed (no poison) on the shared broker."""
     import subprocess
 
@@ -683,7 +684,7 @@ def _uninterrupted(env: Environment, settings: Any, ns: str, records: list[Recor
             if done.returncode != 0:
                 return f"uninterrupted run: {flow} exited {done.returncode}: {done.stderr.decode(errors='replace')[-600:]}"
         with psycopg.connect(env.baseline_database_url, autocommit=True) as conn:
-            return compare.table_bars(conn, since), compare.detection_rows(conn)
+            return compare.table_bars(conn, since), compare.detection_rows(conn, closed_until)
     finally:
         _delete_topics(base, base.topics(), log)
         _delete_history(env.redis_url, ns + "b", log)
