@@ -73,3 +73,34 @@ def with_backoff(
     finally:
         if failing is not None:
             READINESS.recovered(failing)
+
+
+def within(
+    action: Callable[[], T],
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    wait_s: float,
+    refused: Callable[[BaseException], BaseException],
+    what: str,
+    log: logging.Logger,
+    dependency: str | None = None,
+) -> T:
+    """Run `action` until it succeeds, for at most `wait_s`, then raise `refused(last failure)`.
+
+    For starting up: a client whose server is restarting rides the restart out (a warning per try,
+    counted as a retry of `dependency`), while a wrong address still ends the start with the fix
+    instead of hanging it forever (with_backoff, for work already accepted, never gives up).
+    """
+    deadline, attempt = time.monotonic() + wait_s, 0
+    while True:
+        try:
+            return action()
+        except retry_on as exc:
+            pause = backoff_s(attempt, 0.1, 5.0)
+            if time.monotonic() + pause > deadline:
+                raise refused(exc) from exc
+            log.warning("%s does not answer (%s); trying again in %.1f s", what, str(exc).strip(), pause)
+            if dependency is not None:
+                RETRIES.labels(dependency).inc()
+            time.sleep(pause)
+            attempt += 1

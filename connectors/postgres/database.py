@@ -14,14 +14,13 @@ Its writers: `bars.BarStore` (final bars), `events.EventStore` (detection record
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import psycopg
 
-from connectors.backoff import backoff_s, with_backoff
-from connectors.monitoring.metrics import RECONNECTS, RETRIES
+from connectors.backoff import with_backoff, within
+from connectors.monitoring.metrics import RECONNECTS
 from connectors.unavailable import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -45,21 +44,17 @@ def connect(url: str, tables: Sequence[str] = ("ohlcv_1min",), timeout_s: int = 
     (a flow whose sink starts during a PostgreSQL restart rides it out, as its writes do), then
     refused with where and how to fix it. Missing tables are refused at once: waiting cannot fix them.
     """
-    deadline, attempt = time.monotonic() + wait_s, 0
-    while True:
-        try:
-            conn = psycopg.connect(url, connect_timeout=timeout_s, autocommit=False)
-            break
-        except psycopg.OperationalError as exc:
-            pause = backoff_s(attempt, 0.1, 5.0)
-            if time.monotonic() + pause > deadline:
-                raise DatabaseUnavailable(
-                    f"PostgreSQL at {_redact(url)} is unreachable ({str(exc).strip()}); start it with `make services` or set DATABASE_URL"
-                ) from exc
-            log.warning("PostgreSQL at %s does not answer (%s); trying again in %.1f s", _redact(url), str(exc).strip(), pause)
-            RETRIES.labels("postgresql").inc()
-            time.sleep(pause)
-            attempt += 1
+    conn = within(
+        lambda: psycopg.connect(url, connect_timeout=timeout_s, autocommit=False),
+        retry_on=(psycopg.OperationalError,),
+        wait_s=wait_s,
+        refused=lambda exc: DatabaseUnavailable(
+            f"PostgreSQL at {_redact(url)} is unreachable ({str(exc).strip()}); start it with `make services` or set DATABASE_URL"
+        ),
+        what=f"PostgreSQL at {_redact(url)}",
+        log=log,
+        dependency="postgresql",
+    )
     with conn.cursor() as cur:
         cur.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL", (list(tables),))
         missing = [row[0] for row in cur.fetchall()]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 import redis
 
-from connectors.backoff import backoff_s, with_backoff
+from connectors.backoff import with_backoff, within
 from connectors.monitoring.metrics import RECONNECTS
 from connectors.redis.history import History, HistoryLimits
 from connectors.unavailable import ServiceUnavailable
@@ -37,20 +36,18 @@ def connect(url: str, timeout_s: float = 5.0, wait_s: float = 0.0) -> redis.Redi
     and a warning per try, for `wait_s` (a flow that starts during a Redis restart rides it out),
     then refused with where and how to fix it (a wrong REDIS_URL does not hang a start forever)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-    deadline, attempt = time.monotonic() + wait_s, 0
-    while True:
-        try:
-            client.ping()
-            return client
-        except redis.RedisError as exc:
-            pause = backoff_s(attempt, 0.1, 5.0)
-            if time.monotonic() + pause > deadline:
-                raise RedisUnavailable(
-                    f"Redis at {url} is unreachable ({exc}); start it with `make services` or set REDIS_URL"
-                ) from exc
-            log.warning("Redis at %s does not answer (%s); trying again in %.1f s", url, exc, pause)
-            time.sleep(pause)
-            attempt += 1
+    within(
+        client.ping,
+        retry_on=(redis.RedisError,),
+        wait_s=wait_s,
+        refused=lambda exc: RedisUnavailable(
+            f"Redis at {url} is unreachable ({exc}); start it with `make services` or set REDIS_URL"
+        ),
+        what=f"Redis at {url}",
+        log=log,
+        dependency="redis",
+    )
+    return client
 
 
 def _reconnecting() -> None:
