@@ -87,7 +87,7 @@ def test_two_processes_give_what_one_process_gives(reference, db):
     renamed = {c.replace(two.redis_namespace, s.redis_namespace, 1): m for c, m in history.items()}
     assert renamed.keys() == ref["history"].keys()
     for channel, messages in ref["history"].items():
-        if channel.rsplit(".", 1)[-1].isupper():  # ...market.ohlcv.AAPL
+        if channel.partition("@")[0].rsplit(".", 1)[-1].isupper():  # ...market.ohlcv.AAPL@1m
             assert renamed[channel] == messages, channel
     assert as_multisets(renamed) == as_multisets(ref["history"])
 
@@ -121,6 +121,6 @@ def test_kill_9_of_one_process_then_a_restart_of_the_cluster_gives_the_same(refe
     renamed = {c.replace(slow.redis_namespace, s.redis_namespace, 1): m for c, m in history.items()}
     assert renamed.keys() == ref["history"].keys()
     for channel, messages in ref["history"].items():
-        if channel.rsplit(".", 1)[-1].isupper():
+        if channel.partition("@")[0].rsplit(".", 1)[-1].isupper():
             assert first_occurrences(renamed[channel]) == messages, channel
         assert set(renamed[channel]) == set(messages), channel

@@ -107,22 +107,25 @@ _TIMED = (".market.bars.live", ".market.prices", ".health.")  # throttled by the
 
 
 def redis_history(url: str, namespace: str) -> dict[str, list[bytes]]:
-    """The catch-up history of every channel of `namespace` that does not depend on timing, without offsets and epochs."""
+    """The catch-up history of every channel of `namespace` that does not depend on timing, without offsets and epochs,
+    per channel and timeframe (`channel@5m`): a symbol's detectors of different timeframes are state of different keys,
+    which a cluster may place on different workers, so their records interleave on the symbol's channel in any order;
+    each timeframe's records keep theirs."""
     client = redis.Redis.from_url(url)
     out: dict[str, list[bytes]] = {}
     for key in client.scan_iter(match=f"history:{namespace}[.:]*", count=1000):
         channel = key.decode().removeprefix("history:")
         if any(t in channel for t in _TIMED):
             continue
-        messages = []
         for _id, fields in client.xrange(key):
             record = orjson.loads(fields[b"m"])
             record.pop("offset", None)
             record.pop("epoch", None)
             if channel.endswith(":errors"):
                 record.pop("timestamp", None)  # when it was refused, by the wall clock
-            messages.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
-        out[channel] = messages
+            out.setdefault(f"{channel}@{record.get('timeframe', '-')}", []).append(
+                orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+            )
     client.close()
     return out
 
