@@ -59,6 +59,7 @@ EVENT_SCHEMA: Final[dict[str, pl.DataType]] = {
     "confidence": pl.Float64(),
     "price": pl.Float64(),
     "revision": pl.Int64(),
+    "status": pl.String(),  # detected, amended or retracted (after a revision of its bar; migration 0007)
     "params": pl.String(),
     "detail": pl.String(),
 }
@@ -86,11 +87,12 @@ ALERT_SCHEMA: Final[dict[str, pl.DataType]] = {
     "threshold": pl.Float64(),
     "message": pl.String(),
     "revision": pl.Int64(),
+    "status": pl.String(),  # detected, amended or retracted
     "params": pl.String(),
 }
 
 _EVENT_QUERY: Final = sql.SQL(
-    "SELECT symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision,"
+    "SELECT symbol, timestamp, id, kind, type, timeframe, direction, confidence, price, revision, status,"
     " params::text, detail::text FROM events" + IN_RANGE + " AND kind = ANY(%(kinds)s) AND confidence >= %(min_confidence)s"
     " ORDER BY symbol, timestamp, id"
 )
@@ -101,7 +103,7 @@ _INDICATOR_QUERY: Final = sql.SQL(
 )
 _ALERT_QUERY: Final = sql.SQL(
     "SELECT symbol, timestamp, id, rule, severity, timeframe, direction, confidence, indicator, value, threshold,"
-    " message, revision, params::text FROM alerts" + IN_RANGE + " AND severity = ANY(%(severities)s)"
+    " message, revision, status, params::text FROM alerts" + IN_RANGE + " AND severity = ANY(%(severities)s)"
     " AND rule = ANY(%(rules)s) ORDER BY symbol, timestamp, id"
 )
 # A symbol is known when the pipeline has seen it (`symbols`) or the table has rows for it: the
@@ -204,7 +206,8 @@ def events(
     """Detected events (high/low, trend, surge, pattern) of `symbols` with `timestamp` in [start, end).
 
     `kinds` narrows to some of `EVENT_KINDS`; `min_confidence` in [0, 1]. Kind-specific fields are in
-    the JSON text column `detail`, the settings that produced the event in `params`.
+    the JSON text column `detail`, the settings that produced the event in `params`; `status` is
+    `retracted` for a decision a revised bar no longer supports (kept, so what was said stays known).
     """
     with _connect(database_url) as conn:
         return events_on(conn, symbols, start, end, kinds, min_confidence=min_confidence)
