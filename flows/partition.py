@@ -180,6 +180,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         self.idle_ms = max(int(settings.symbol_idle_s * 1000), 2 * self.history_gap_ms)
         self.next_forget = 0
         self.live_every = settings.live_update_interval_s
+        self.coarse_live_every = settings.live_coarse_update_interval_s
         self.idle_after = settings.idle_advance_s
         self.health_every = settings.health_interval_s
         self.max_lag_s = settings.health_max_lag_s if settings.kafka_tail else None
@@ -187,7 +188,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         self.last_input = now  # wall-clock time of the last data or idle advance
         self.caught_up_at = -1e9  # wall-clock time of the source's last caught-up marker
         self.idle_from = now  # idleness counts from here at the earliest (a new run of caught-up evidence)
-        self.last_live = now
+        self.last_live = self.last_coarse_live = now
         self.reported = Counts()
         self.last_health = now
         self.health_events = self.book.counts.events
@@ -327,10 +328,13 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             if live:
                 OUTPUT.labels(self.key, "live").inc(len(live))
                 out.extend(live)
-            coarse = self.rollup.take_live(live)
-            if coarse:
-                OUTPUT.labels(self.key, "coarse_live").inc(len(coarse))
-                out.extend(coarse)
+            self.rollup.note_live(live)
+            if now - self.last_coarse_live >= self.coarse_live_every:
+                coarse = self.rollup.take_live()
+                if coarse:
+                    OUTPUT.labels(self.key, "coarse_live").inc(len(coarse))
+                    out.extend(coarse)
+                self.last_coarse_live = now
             observe = self.prices.observe
             for bar in forming:
                 if bar.close is not None:

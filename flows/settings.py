@@ -39,6 +39,11 @@ class Settings(OutputSettings, OpsSettings):
     bar_close_delay_s: float = Field(2.0, ge=0, le=3600, description="wait after a minute ends before the bar is final")
     allowed_lateness_s: float = Field(900.0, ge=0, le=DAY_S, description="late trades within this revise a final bar")
     live_update_interval_s: float = Field(1.0, gt=0, le=3600, description="at most one live update per symbol per interval")
+    live_coarse_update_interval_s: float = Field(
+        5.0, gt=0, le=3600,
+        description="at most one live update per symbol and coarser timeframe (5m ...) per interval (not more often "
+        "than LIVE_UPDATE_INTERVAL_S): each costs one Redis message per channel, four timeframes quadruple the 1m's",
+    )  # fmt: skip
     idle_advance_s: float = Field(
         5.0, gt=0, le=DAY_S,
         description="a partition silent this long, while its source is caught up and the broker answers, advances its "

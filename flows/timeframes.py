@@ -209,11 +209,20 @@ class Rollup:
         """End of a finite input: every open bucket is final now."""
         return self._close(lambda bucket, tf: True)
 
-    def take_live(self, forming: Iterable[Bar]) -> list[Bar]:
+    def take_live(self, forming: Iterable[Bar] = ()) -> list[Bar]:
         """The forming 1-minute bars just published (changed since the last call) -> one live update
-        per forming bucket changed since the last call, its final minutes and forming ones together."""
+        per forming bucket changed since the last call (`note_live` included), its final minutes and
+        forming ones together."""
         if not self.timeframes:
             return []
+        self.note_live(forming)
+        return self._live_bars()
+
+    def note_live(self, forming: Iterable[Bar]) -> None:
+        """Hold the forming 1-minute bars just published and mark their buckets changed, for the next
+        `take_live`: the coarser timeframes' live updates may be sent less often than the minutes'."""
+        if not self.timeframes:
+            return
         for bar in forming:
             minute = bar.timestamp
             if minute + MINUTE_MS + self.close_delay_ms <= self.watermark:
@@ -224,6 +233,8 @@ class Rollup:
                 start = minute - minute % tf.ms
                 if (symbol, start) in self._buckets[tf.name] or self._new_bucket(tf, symbol, start) is not None:
                     self._dirty[(tf.name, symbol, start)] = None
+
+    def _live_bars(self) -> list[Bar]:
         # The hot part when many symbols trade: one record per changed bucket, merged inline (a copy
         # of the finals and a fold per forming minute cost twice as much).
         out: list[Bar] = []

@@ -103,7 +103,7 @@ CATALOG: tuple[ChannelSpec, ...] = (
                 "every symbol, after their minutes are in PostgreSQL", per_timeframe=True),
     ChannelSpec("ohlcv_at_for", Bar, "flows.ohlcv (final bar sink)", "the same, one symbol", per_symbol=True, per_timeframe=True),
     ChannelSpec("live_at", Bar, "flows.ohlcv (live bar sink)", "forming bars of one coarser timeframe `{TF}`, every symbol, "
-                "at most once per bucket per LIVE_UPDATE_INTERVAL_S", per_timeframe=True),
+                "at most once per bucket per LIVE_COARSE_UPDATE_INTERVAL_S", per_timeframe=True),
     ChannelSpec("live_at_for", Bar, "flows.ohlcv (live bar sink)", "the same, one symbol", per_symbol=True, per_timeframe=True),
     ChannelSpec("prices", Price, "flows.ohlcv (price sink)", "each symbol's last trade price (in event time, one that may "
                 "set a close) and its change since the US/Eastern session's first, at most once per symbol per "

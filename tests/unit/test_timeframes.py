@@ -158,6 +158,20 @@ def test_live_buckets_combine_final_and_forming_minutes_once_per_call():
     assert [b.timeframe for b in r.take_live([])] == []  # 5m closed; 1h unchanged
 
 
+def test_forming_minutes_noted_between_coarse_updates_give_one_update_with_the_latest():
+    """LIVE_COARSE_UPDATE_INTERVAL_S: the minutes' live bars are noted every interval, the coarse ones
+    sent less often, each bucket once, with what the minutes said last (a later minute included)."""
+    r = rollup(("5m",))
+    r.add(minute("A", 0, o=10, v=100))
+    r.note_live([minute("A", 1, o=12, v=5, status="live")])
+    r.note_live([minute("A", 1, o=12, v=9, status="live"), minute("B", 1, o=50, v=1, status="live")])
+    r.add(minute("A", 1, o=12, v=9))  # that minute is final, the next forms
+    r.note_live([minute("A", 2, o=13, v=2, status="live")])
+    live = r.take_live()
+    assert sorted((b.symbol, b.open, b.close, b.volume) for b in live) == [("A", 10, 13, 111), ("B", 50, 50, 1)]
+    assert r.take_live() == []
+
+
 def test_sums_saturate_at_the_bar_bounds():
     r = rollup(("1d",))
     for m in range(3):
@@ -293,11 +307,14 @@ def test_streaming_timeframes_equal_the_minutes_rollup_whatever_the_batching_and
 
 
 def test_the_partition_step_publishes_live_coarse_bars_and_last_prices():
-    s = flow_settings().model_copy(update={"live_update_interval_s": 1e-9})
-    logic = PartitionLogic(s, DetectionSettings(enabled=False), None)
+    s = flow_settings().model_copy(update={"live_update_interval_s": 1e-9, "live_coarse_update_interval_s": 1e-9})
     t = DAY0 + 3 * M + 1_000
     batch = [orjson.dumps({"ev": "T", "sym": "AAA", "x": 4, "i": str(i), "z": 3, "p": p, "s": 10 * (i + 1), "t": t + i, "q": i})
              for i, p in enumerate((10.0, 10.5, 9.8))]  # fmt: skip
+    slow = PartitionLogic(s.model_copy(update={"live_coarse_update_interval_s": 3600}), DetectionSettings(enabled=False), None)
+    out, _ = slow.on_batch([RawBatch("t", 0, range(3), batch)])
+    assert [b.timeframe for b in out if isinstance(b, Bar) and b.status == "live"] == ["1m"]  # the coarse ones wait
+    logic = PartitionLogic(s, DetectionSettings(enabled=False), None)
     out, _ = logic.on_batch([RawBatch("t", 0, range(3), batch)])
     live = sorted((b.timeframe, b.close, b.volume) for b in out if isinstance(b, Bar) and b.status == "live")
     assert live == [("15m", 9.8, 60), ("1d", 9.8, 60), ("1h", 9.8, 60), ("1m", 9.8, 60), ("5m", 9.8, 60)]
