@@ -243,46 +243,36 @@ class _RedisOnly(DynamicSink[X]):
         return _RedisPartition(*self._open_publisher())
 
 
-def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
-    """Forming-bar updates for dashboards."""
+P = TypeVar("P", bound=Publisher)
 
-    def open_publisher() -> tuple[Callable[[list[Bar]], None], Callable[[], None]]:
-        publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
 
-        def publish(bars: list[Bar]) -> None:
-            with timed_batch("redis", "live_bars", len(bars)):
-                publisher.publish_live(bars)
+def _redis_only(
+    settings: OutputSettings, publisher: Callable[..., P], publish: Callable[[P, list[X]], None], target: str
+) -> _RedisOnly[X]:
+    """A sink whose records go to Redis alone through one method of one publisher, timed per batch."""
 
-        return publish, publisher.close
+    def open_publisher() -> tuple[Callable[[list[X]], None], Callable[[], None]]:
+        client = publisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
+
+        def write(records: list[X]) -> None:
+            with timed_batch("redis", target, len(records)):
+                publish(client, records)
+
+        return write, client.close
 
     return _RedisOnly(open_publisher)
+
+
+def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
+    """Forming-bar updates for dashboards."""
+    return _redis_only(settings, BarPublisher, BarPublisher.publish_live, "live_bars")
 
 
 def price_sink(settings: OutputSettings) -> _RedisOnly[Price]:
     """Each symbol's last price (throttled by the flow), for dashboards."""
-
-    def open_publisher() -> tuple[Callable[[list[Price]], None], Callable[[], None]]:
-        publisher = PricePublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
-
-        def publish(prices: list[Price]) -> None:
-            with timed_batch("redis", "prices", len(prices)):
-                publisher.publish_prices(prices)
-
-        return publish, publisher.close
-
-    return _RedisOnly(open_publisher)
+    return _redis_only(settings, PricePublisher, PricePublisher.publish_prices, "prices")
 
 
 def status_sink(settings: OutputSettings) -> _RedisOnly[Status]:
     """The flow's health and refused input, for dashboards."""
-
-    def open_publisher() -> tuple[Callable[[list[Status]], None], Callable[[], None]]:
-        publisher = StatusPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
-
-        def publish(records: list[Status]) -> None:
-            with timed_batch("redis", "status", len(records)):
-                publisher.publish_status(records)
-
-        return publish, publisher.close
-
-    return _RedisOnly(open_publisher)
+    return _redis_only(settings, StatusPublisher, StatusPublisher.publish_status, "status")
