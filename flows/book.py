@@ -492,6 +492,15 @@ class BarBook:
         self._live.clear()
         return updates
 
+    def take_live_minutes(self) -> tuple[list[Bar], list[MinuteBar]]:
+        """`take_live`, with the forming bars it came from (their closes are the last prices)."""
+        changed = list(self._live)
+        return self.take_live(), changed
+
+    def minute(self, symbol: str, start: int) -> MinuteBar | None:
+        """The symbol's bar of the minute starting at `start`, while the book holds it."""
+        return self._bars.get((symbol, start))
+
     @property
     def symbols(self) -> int:
         """Symbols holding open or still revisable bars (what `max_symbols` bounds)."""

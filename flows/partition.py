@@ -35,7 +35,6 @@ from prometheus_client import Counter, Gauge
 from connectors.kafka.dead_letter import letter
 from connectors.kafka.source import RawBatch
 from connectors.postgres.history import BarHistory
-from flows.bars import MinuteBar
 from flows.book import BarBook, Counts, Reject
 from flows.detect.highlow import SessionExtremes
 from flows.detect.operators import history_gap_ms
@@ -107,15 +106,6 @@ class ClosingBook(BarBook):
         if finals:
             self.marks[id(finals[-1])] = self.watermark
         return finals
-
-    def minute(self, symbol: str, start: int) -> MinuteBar | None:
-        """The symbol's bar of the minute starting at `start`, while the book holds it."""
-        return self._bars.get((symbol, start))
-
-    def take_live_minutes(self) -> tuple[list[Bar], list[MinuteBar]]:
-        """`take_live`, with the forming bars it came from (their closes are the last prices)."""
-        changed = list(self._live)
-        return self.take_live(), changed
 
 
 class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
