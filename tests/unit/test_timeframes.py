@@ -221,6 +221,18 @@ def test_bar_timeframes_setting_is_validated_with_the_reason(monkeypatch):
     assert load().as_env()["BAR_TIMEFRAMES"] == "1d,5m"
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e400", "3601", "", "5s", "\x00"])
+def test_the_coarse_live_interval_refuses_what_is_not_a_sane_interval(monkeypatch, value):
+    monkeypatch.setenv("LIVE_COARSE_UPDATE_INTERVAL_S", value)
+    with pytest.raises(SettingsError, match="LIVE_COARSE_UPDATE_INTERVAL_S"):
+        load()
+
+
+def test_the_coarse_live_interval_is_read(monkeypatch):
+    monkeypatch.setenv("LIVE_COARSE_UPDATE_INTERVAL_S", "0.5")
+    assert load().live_coarse_update_interval_s == 0.5
+
+
 # ------------------------------------------------------------------------------ through the partition step
 
 SYMBOLS = ("AAA", "BBB", "CCC")
