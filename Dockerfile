@@ -10,10 +10,11 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- build: the wheel, with the dashboard's chart library from npm (setup.py runs infra/dashboard.sh) ---
+# --- build: the wheel, with the dashboard's chart library from npm (setup.py runs infra/dashboard.sh) and the
+# bar book compiled by Cython (gcc; the image has Python's headers) ---
 FROM ${PYTHON_IMAGE} AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends npm \
+    && apt-get install -y --no-install-recommends npm gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py ./

@@ -24,7 +24,7 @@ PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 export TEST_DATABASE_URL SYNTHETIC_ARGS
 
-.PHONY: help venv check services broker topics migrate demo test bench bench-scale bench-queries bench-sink bench-bridge stop \
+.PHONY: help venv core check services broker topics migrate demo test bench bench-scale bench-queries bench-sink bench-bridge stop \
 	dashboard-assets chromium gateway bench-gateway timescale timescale-stop timescale-packages chaos wheel
 
 help:
@@ -45,13 +45,19 @@ help:
 	@echo "make chaos     fuzz every decoder (>= 1M records), kill -9 / outages / poison on a live feed -> bench/chaos.json"
 	@echo "make wheel     build the installable wheel into dist/ (every tickstock-* program, the dashboard's chart library)"
 	@echo "make stop      stop the broker and services our set-up started, nothing else"
-	@echo "set-up steps:  venv services broker topics migrate"
+	@echo "make core      compile the bar book with Cython (flows/bars.py, flows/book.py; demo, test and bench do it first)"
+	@echo "set-up steps:  venv core services broker topics migrate"
 
 # Re-installs when pyproject.toml (or the script) changes; `rm -rf .venv` for a clean one.
 venv: $(STAMP)
 $(STAMP): pyproject.toml infra/venv.sh
 	bash infra/venv.sh
 	touch $@
+
+# The bar book compiled in place (infra/core.py): only what changed is rebuilt, so every run target
+# depends on it; flows/__init__.py refuses a build older than its sources.
+core: venv
+	$(PY) -m infra.core
 
 # PostgreSQL + Redis answering, databases created (see infra/services.sh).
 services: venv
@@ -67,7 +73,7 @@ topics: broker
 migrate: services
 	$(PY) -m infra.migrate
 
-demo: venv services broker topics migrate dashboard-assets
+demo: venv core services broker topics migrate dashboard-assets
 	bash infra/demo.sh
 
 # The wheel users install (README: Installing the package). setup.py copies the chart library into it;
@@ -82,37 +88,37 @@ check: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy schemas flows connectors infra
 
-test: venv check services broker topics migrate dashboard-assets chromium timescale-packages
+test: venv core check services broker topics migrate dashboard-assets chromium timescale-packages
 	$(PY) -m infra.migrate --database-url '$(TEST_DATABASE_URL)'
 	DATABASE_URL='$(TEST_DATABASE_URL)' $(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
-bench: venv services broker topics migrate
+bench: venv core services broker topics migrate
 	$(PY) -m bench.ohlcv $(BENCH_ARGS)
 
-bench-scale: venv services broker topics migrate
+bench-scale: venv core services broker topics migrate
 	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
-bench-queries: venv services timescale-packages
+bench-queries: venv core services timescale-packages
 	$(PY) -m bench.queries $(BENCH_QUERIES_ARGS)
 
-bench-sink: venv services timescale-packages
+bench-sink: venv core services timescale-packages
 	$(PY) -m bench.sink $(BENCH_SINK_ARGS)
 
-bench-bridge: venv services broker topics migrate
+bench-bridge: venv core services broker topics migrate
 	$(PY) -m bench.bridge $(BENCH_ARGS)
 
 # Numbers for docs/operations.md (sizing, upgrade locks).
 .PHONY: bench-memory bench-migration-locks
-bench-memory: venv services broker topics migrate
+bench-memory: venv core services broker topics migrate
 	$(PY) -m bench.memory $(BENCH_ARGS)
 
-bench-migration-locks: venv services
+bench-migration-locks: venv core services
 	$(PY) -m bench.migration_locks $(BENCH_ARGS)
 
 # Hostile input and failing dependencies (bench/chaos): ~30 minutes; CHAOS_ARGS="--profile short" for ~4.
 CHAOS_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/tickstock_chaos
 CHAOS_ARGS ?=
-chaos: venv services broker topics migrate
+chaos: venv core services broker topics migrate
 	CHAOS_DATABASE_URL='$(CHAOS_DATABASE_URL)' $(PY) -m bench.chaos $(CHAOS_ARGS)
 
 stop:
@@ -128,11 +134,11 @@ chromium:
 	bash infra/chromium.sh
 
 GATEWAY_DEV_MODE ?= true
-gateway: venv services migrate dashboard-assets
+gateway: venv core services migrate dashboard-assets
 	GATEWAY_DEV_MODE=$(GATEWAY_DEV_MODE) $(PY) -m connectors.gateway
 
 BENCH_GATEWAY_ARGS ?=
-bench-gateway: venv services migrate
+bench-gateway: venv core services migrate
 	$(PY) -m bench.gateway $(BENCH_GATEWAY_ARGS)
 
 # --- the embedded TimescaleDB (infra/timescale: PGlite + TimescaleDB 2.23 from npm) ----------------

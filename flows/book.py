@@ -21,7 +21,9 @@ however the messages were batched; that is what makes restarts reproducible.
 Over 400 lines on purpose: the two hot loops (`_apply_trades`, `_apply_seconds`) read the book's
 state through local names inside one function each, which is what keeps a trade near a
 microsecond; the rules they share with the snapshot and the timers sit beside them so one file
-holds the whole state machine. The arithmetic of one bar is `flows.bars`, event time
+holds the whole state machine. `make core` (`infra/core.py`) compiles this module and
+`flows.bars` with Cython, which makes the trade loop's locals C values (see `_apply_trades`); the
+source is the same either way. The arithmetic of one bar is `flows.bars`, event time
 `flows.event_time`.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import cython
 import msgspec
 
 from flows.bars import MINUTE_MS, MinuteBar
@@ -170,6 +173,32 @@ class BarBook:
                 Reject(h.position, "future", self.horizon.unconfirmed(h, self.watermark, why), h.value) for h in held
             ]))  # fmt: skip
 
+    # Compiled (infra/core.py), these locals are C values and `bar` a MinuteBar extension type
+    # (flows/bars.pxd): the loop's arithmetic and field updates run without objects. Uncompiled,
+    # the decorator does nothing and the same code runs as Python; tests/unit/test_core.py checks
+    # that both give the same bars.
+    @cython.locals(
+        bar=MinuteBar,
+        price=cython.double,
+        t=cython.longlong,
+        q=cython.longlong,
+        start=cython.longlong,
+        watermark=cython.longlong,
+        limit=cython.longlong,
+        wall_limit=cython.longlong,
+        lateness=cython.longlong,
+        max_jump=cython.longlong,
+        next_tick=cython.longlong,
+        minute_ms=cython.longlong,
+        size=cython.longlong,
+        bits=cython.long,
+        all_bits=cython.long,
+        high_low=cython.long,
+        open_close=cython.long,
+        volume=cython.long,
+        extreme=cython.bint,
+        holding=cython.bint,
+    )
     def _apply_trades(
         self, values: Sequence[bytes | None], positions: Sequence[int], *, jump: bool
     ) -> tuple[list[Bar], list[Reject]]:
@@ -196,6 +225,8 @@ class BarBook:
         limit = wall_limit if jump else horizon.limit(watermark, wall_limit)
         holding = bool(horizon.held) and not jump
         next_tick = min(self._next_close, self._next_expire)
+        # The rule constants as typed locals: compiled, they are C integers, not module objects.
+        minute_ms, all_bits, high_low, open_close, volume = MINUTE_MS, ALL, HIGH_LOW, OPEN_CLOSE, VOLUME
         for index, raw in enumerate(values):
             try:
                 trade = decode(raw)  # type: ignore[arg-type]  # a None (tombstone) raises TypeError, handled below
@@ -228,14 +259,13 @@ class BarBook:
                 if outliers is not None:
                     self._release(outliers, False, finals, released)
                     holding = False
-            start = t - t % MINUTE_MS
+            start = t - t % minute_ms
             if start + lateness < watermark:
                 rejects.append(Reject(positions[index], "too_late", _too_late(t, start, watermark, self.lateness_ms), raw))
                 continue
             conditions = trade.conditions
-            mask: int | None
             if not conditions:
-                mask = ALL
+                bits = all_bits
             else:
                 mask = known(tuple(conditions))  # the combinations met so far, without a call
                 if mask is None:
@@ -244,7 +274,8 @@ class BarBook:
                     except UnknownCondition as exc:
                         rejects.append(Reject(positions[index], "unknown_condition", str(exc), raw))
                         continue
-            if mask:
+                bits = mask
+            if bits:
                 symbol = trade.symbol
                 bar = current.get(symbol)
                 if bar is None or bar.start != start:
@@ -265,7 +296,7 @@ class BarBook:
                     # tests/unit/test_trade_ids.py checks the two agree on every field.
                     price = trade.price
                     extreme = False
-                    if mask & HIGH_LOW:
+                    if bits & high_low:
                         high = bar.high
                         if high is None:
                             bar.high = bar.low = price
@@ -276,7 +307,7 @@ class BarBook:
                         elif price < bar.low:  # type: ignore[operator]  # set together with high: not None here
                             bar.low = price
                             extreme = True
-                    if mask & OPEN_CLOSE:
+                    if bits & open_close:
                         q = trade.sequence
                         if bar.open is None:
                             bar.open = bar.close = price
@@ -288,7 +319,7 @@ class BarBook:
                                 bar.open, bar.open_t, bar.open_q = price, t, q
                             if t > bar.close_t or (t == bar.close_t and q >= bar.close_q):
                                 bar.close, bar.close_t, bar.close_q, bar.close_size = price, t, q, trade.size
-                    if mask & VOLUME:
+                    if bits & volume:
                         size = trade.size
                         bar.volume += size
                         bar.notional += price * size
