@@ -7,25 +7,55 @@ by symbol as the topic's partitions split them, applied in consume-sized batches
 closed. Reports CPU per tick of the books (`BarBook.apply`, the closes and compactions inside it)
 and of msgspec decoding the same values into `schemas.polygon.Trade` one by one (the floor), both
 measured in this process, alternating, `--reps` times; the ratio is the figure (no Kafka, sinks or
-Bytewax, so what it shows is the book's own cost). Add `--profile` to run under cProfile once.
+Bytewax, so what it shows is the book's own cost). When the book is compiled (`make core`), each
+rep also times the same source run as Python (`python_book_us_per_tick`, `python_x_compiled`). Add `--profile` to run under cProfile once.
+
+It also says whether the book ran compiled (`make core`) and, from one more pass under tracemalloc
+(not timed), what the books' state costs in memory when every tick is in: bytes per
+de-duplication id held (open bars' exact ids plus final minutes' compact ones, within
+ALLOWED_LATENESS_S) and per symbol.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import statistics
+import sys
 import time
+import tracemalloc
 import zlib
+from pathlib import Path
+from types import ModuleType
 
 import msgspec
 
+import flows.book
 from connectors.feeds.synthetic import generate
-from flows.book import BarBook
 from schemas.conditions import ConditionRules
 from schemas.polygon import Trade
+
+
+def python_book() -> ModuleType:
+    """flows/book.py loaded again and run as Python, over a Python flows/bars.py, whether or not
+    `make core` compiled them: the same source both ways, so one process can time (or test) both."""
+    here = Path(flows.book.__file__).resolve().parent
+    modules = {}
+    saved = sys.modules["flows.bars"], sys.modules["flows.book"]
+    try:
+        for name in ("bars", "book"):
+            spec = importlib.util.spec_from_file_location(f"flows.{name}", here / f"{name}.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[f"flows.{name}"] = module  # book's `from flows.bars import ...` finds the Python one
+            spec.loader.exec_module(module)
+            modules[name] = module
+    finally:
+        sys.modules["flows.bars"], sys.modules["flows.book"] = saved
+    return modules["book"]
 
 
 def split(symbols: int, ticks: int, partitions: int) -> list[list[bytes]]:
@@ -44,9 +74,9 @@ def floor_s(parts: list[list[bytes]]) -> float:
     return time.process_time() - started
 
 
-def books_s(parts: list[list[bytes]], batch: int) -> tuple[float, int]:
+def books_s(parts: list[list[bytes]], batch: int, module: ModuleType = flows.book) -> tuple[float, int]:
     rules = ConditionRules.load()
-    books = [BarBook(rules, close_delay_ms=2000, lateness_ms=900_000) for _ in parts]
+    books = [module.BarBook(rules, close_delay_ms=2000, lateness_ms=900_000) for _ in parts]
     bars = 0
     started = time.process_time()
     for i in range(0, max(map(len, parts)), batch):
@@ -57,6 +87,30 @@ def books_s(parts: list[list[bytes]], batch: int) -> tuple[float, int]:
     for book in books:
         bars += len(book.close_all())
     return time.process_time() - started, bars
+
+
+def state_bytes(parts: list[list[bytes]], batch: int) -> dict[str, float]:
+    """Memory the books hold once every tick is in (before closing): traced bytes, ids and symbols held."""
+    rules = ConditionRules.load()
+    tracemalloc.start()
+    books = [flows.book.BarBook(rules, close_delay_ms=2000, lateness_ms=900_000) for _ in parts]
+    for i in range(0, max(map(len, parts)), batch):
+        for book, values in zip(books, parts, strict=True):
+            if values[i : i + batch]:
+                book.apply(values[i : i + batch])
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    open_ids = sum(len(bar.seen) for book in books for bar in book._bars.values() if not bar.final)
+    final_ids = sum(len(ids) for book in books for ids in book._ids.values())
+    symbols = sum(book.symbols for book in books)
+    return {
+        "state_mb": round(held / 1e6, 1),
+        "ids_held": open_ids + final_ids,
+        "open_ids": open_ids,
+        "bytes_per_id": round(held / max(1, open_ids + final_ids), 1),
+        "symbols_held": symbols,
+        "kb_per_symbol": round(held / max(1, symbols) / 1024, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,17 +133,24 @@ def main(argv: list[str] | None = None) -> int:
         profiler.runcall(books_s, parts, args.batch)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return 0
-    ratios, floors, books, bars = [], [], [], 0
+    compiled = flows.book.__file__.endswith(".so")
+    python = python_book() if compiled else None
+    ratios, floors, books, bars, pythons = [], [], [], 0, []
     for _ in range(args.reps):
         f = floor_s(parts)
         b, bars = books_s(parts, args.batch)
         floors.append(f / n * 1e6)
         books.append(b / n * 1e6)
         ratios.append(b / f)
+        if python is not None:  # the same source as Python, in the same run: what compiling it gained
+            pythons.append(books_s(parts, args.batch, python)[0] / n * 1e6)
     print(json.dumps({
         "ticks": n, "bars": bars, "floor_us_per_tick": [round(x, 3) for x in floors],
         "book_us_per_tick": [round(x, 3) for x in books], "book_x_floor": [round(x, 2) for x in ratios],
         "median_book_x_floor": round(statistics.median(ratios), 2), "load_average": [round(x, 2) for x in os.getloadavg()],
+        "compiled": compiled, "python_book_us_per_tick": [round(x, 3) for x in pythons],
+        "python_x_compiled": round(statistics.median(pythons) / statistics.median(books), 2) if pythons else None,
+        **state_bytes(parts, args.batch),
     }))  # fmt: skip
     return 0
 

@@ -198,6 +198,9 @@ class BarBook:
         volume=cython.long,
         extreme=cython.bint,
         holding=cython.bint,
+        new=cython.bint,
+        held=cython.Py_ssize_t,
+        seen=set,
     )
     def _apply_trades(
         self, values: Sequence[bytes | None], positions: Sequence[int], *, jump: bool
@@ -288,10 +291,18 @@ class BarBook:
                         bar = self._new_bar(symbol, start)
                         next_tick = min(self._next_close, self._next_expire)
                 trade_key = (trade.exchange, trade.trade_id, trade.trf_id)
-                if trade_key in bar.seen or (bar.final and self._counted_when_final(bar, trade_key)):
+                if bar.final:  # a late trade (rare): its minute's compact ids may hold it too
+                    new = not (trade_key in bar.seen or self._counted_when_final(bar, trade_key))
+                    if new:
+                        bar.seen.add(trade_key)  # type: ignore[union-attr]  # a set: NO_IDS was replaced just above
+                else:  # one probe of the open bar's set: adding a key it holds leaves its size as it was
+                    seen = bar.seen
+                    held = len(seen)
+                    seen.add(trade_key)  # type: ignore[union-attr]  # an open bar's ids are a set
+                    new = len(seen) != held
+                if not new:
                     counts.duplicates += 1
                 else:
-                    bar.seen.add(trade_key)  # type: ignore[union-attr]  # a set: NO_IDS was replaced just above
                     # MinuteBar.add_trade, inlined (a call per trade cost more than its arithmetic);
                     # tests/unit/test_trade_ids.py checks the two agree on every field.
                     price = trade.price

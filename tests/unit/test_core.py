@@ -2,16 +2,13 @@
 same sources run as Python: the same bars, rejects, counts, live updates and snapshots, on
 hostile input, in any batching and across a restart from the other one's snapshot.
 
-The Python sources are loaded a second time under other names, with the Python `flows.bars`
-underneath the Python `flows.book`, so one process holds both books.
+The Python sources are loaded a second time (`bench.book.python_book`), with the Python
+`flows.bars` underneath the Python `flows.book`, so one process holds both books.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import msgspec
@@ -23,36 +20,18 @@ from hypothesis import strategies as st
 import flows
 import flows.bars
 import flows.book
+from bench.book import python_book
 from flows.event_time import Horizon
 from schemas.conditions import ConditionRules
 from schemas.polygon import MAX_EPOCH_MS, MIN_EPOCH_MS
 from tests.support.examples import examples
 
-FLOWS = Path(flows.book.__file__).resolve().parent
 RULES = ConditionRules.load()
 T0 = 1_762_094_400_000  # a minute boundary
 NOW_S = (T0 + 10 * 60_000) / 1000  # the books' wall clock: fixed, so "future" reasons are the same text
 
 
-def _python_sources() -> ModuleType:
-    """flows/book.py run as Python, importing a Python flows/bars.py (not the compiled one)."""
-    modules = {}
-    saved = sys.modules["flows.bars"]
-    try:
-        for name in ("bars", "book"):
-            spec = importlib.util.spec_from_file_location(f"flows.{name}", FLOWS / f"{name}.py")
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[f"flows.{name}"] = module  # book's `from flows.bars import ...` finds the Python one
-            spec.loader.exec_module(module)
-            modules[name] = module
-    finally:
-        sys.modules["flows.bars"] = saved
-        sys.modules["flows.book"] = flows.book
-    return modules["book"]
-
-
-PY_BOOK = _python_sources()
+PY_BOOK = python_book()
 COMPILED = flows.book.__file__.endswith(".so") and flows.bars.__file__.endswith(".so")
 
 
