@@ -26,6 +26,7 @@ from connectors.monitoring.metrics import timed_batch
 from connectors.postgres.bars import BarStore
 from connectors.postgres.events import EventStore
 from connectors.redis.publish import BarPublisher, EventPublisher, PricePublisher, Publisher, StatusPublisher
+from connectors.sinks import stages
 from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 from connectors.sinks.settings import OutputSettings
 from schemas.bars import Bar
@@ -56,12 +57,18 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
 
     def write_batch(self, items: list[X]) -> None:
         self._raise_failure()
+        if stages.enabled():
+            stages.mark("sink_in", sink=self._what, items=len(items), queued=self._pending.qsize())
         self._pending.put(items)
 
     def snapshot(self) -> None:
         """Epoch boundary: return only once everything accepted so far is written."""
+        if stages.enabled():
+            stages.mark("sink_snapshot", sink=self._what, queued=self._pending.qsize())
         self._pending.join()
         self._raise_failure()
+        if stages.enabled():
+            stages.mark("sink_snapshot_done", sink=self._what)
 
     def close(self) -> None:
         self._pending.join()
@@ -186,14 +193,21 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
         refused = Refusals(settings, "ohlcv_1min", "ohlcv_flow")
 
         def write(bars: list[Bar]) -> None:
+            minute = stages.first_minute(bars) if stages.enabled() else None
+            if minute is not None:
+                stages.mark("write_start", minute=minute, bars=len(bars))
             minutes = [b for b in bars if b.timeframe == "1m"]
             with timed_batch("postgresql", "ohlcv_1min", len(minutes)):
                 written = store.upsert(minutes, refused)
+            if minute is not None:
+                stages.mark("postgres_done", minute=minute, bars=len(minutes))
             if len(minutes) < len(bars):  # coarse bars too: publish in order, without the minutes refused
                 kept = {id(b) for b in written}
                 written = [b for b in bars if b.timeframe != "1m" or id(b) in kept]
             with timed_batch("redis", "final_bars", len(written)):
                 publisher.publish_final(written)
+            if minute is not None:
+                stages.mark("redis_done", minute=minute, bars=len(written))
             refused.deliver(publisher)
 
         return write, _closing(store, publisher)
@@ -255,8 +269,12 @@ def _redis_only(
         client = publisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
 
         def write(records: list[X]) -> None:
+            if stages.enabled():
+                stages.mark("redis_only_start", sink=target, records=len(records))
             with timed_batch("redis", target, len(records)):
                 publish(client, records)
+            if stages.enabled():
+                stages.mark("redis_only_done", sink=target, records=len(records))
 
         return write, client.close
 
