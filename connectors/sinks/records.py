@@ -79,17 +79,35 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
 
     def _write_forever(self) -> None:
         while True:
-            items = self._pending.get()
+            batches = self._take()
             try:
-                if items is None:
-                    return
-                if self._failure is None:
+                items = [item for batch in batches if batch is not None for item in batch]
+                if items and self._failure is None:
                     self._write(items)  # the stores and publishers retry while their server is down
             except Exception as exc:
                 log.exception("writing %s failed", self._what)
                 self._failure = exc
             finally:
-                self._pending.task_done()
+                for _ in batches:
+                    self._pending.task_done()
+            if None in batches:
+                return
+
+    def _take(self) -> list[list[X] | None]:
+        """The next batch and every one queued behind it, in order: written as one.
+
+        At a minute boundary the flow hands over a batch per sink partition within milliseconds,
+        and more arrive while one is written; each write has a cost of its own (a transaction, a
+        round trip per store and per publish), which one write of them all pays once. At most
+        the queue's bound of batches are taken at once.
+        """
+        batches = [self._pending.get()]
+        while batches[-1] is not None:
+            try:
+                batches.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        return batches
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
