@@ -238,6 +238,16 @@ class BarArrivals:
             if m is not None and m["type"] == "message":
                 self.arrivals.append((time.time(), m["data"]))
 
+    def settle(self, quiet_s: float, max_s: float) -> None:
+        """Wait until nothing arrived for `quiet_s` (at most `max_s`): a boundary whose last bars take
+        longer than the fixed wait would otherwise lose them, and its slowest bars with them."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            last = self.arrivals[-1][0] if self.arrivals else 0.0
+            if time.time() - last >= quiet_s:
+                return
+            time.sleep(0.1)
+
     def stop(self) -> list[tuple[float, bytes]]:
         self._stop.set()
         self._thread.join(5)
@@ -266,6 +276,7 @@ def bar_latency(s: Settings, symbols: int, rate: int, seconds: int, *, detection
         env=env_for(live), cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     time.sleep(live.bar_close_delay_s + 3)
+    arrivals.settle(quiet_s=2.0, max_s=30.0)  # a slow boundary's last bars still count
     exited = flow.poll()
     for process in processes:
         process.terminate()
