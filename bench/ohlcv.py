@@ -16,6 +16,12 @@ Measures, in one run and on the same messages:
   per bar. Machines differ (per-core speed varies 2x between runs of this kind), so these
   same-run ratios are the figures to compare, with `load_average_before`/`_after` and `cpu_model`.
 Writes `bench/results.json`.
+
+`--latency-only` runs the real-time phase alone (`--latency-seconds 100` from a minute's 30 s: two
+minute boundaries in ~2 minutes; `--no-detection`: the bar flow alone) with the bar flow's stage
+marks on (`connectors.sinks.stages`), and prints each boundary's breakdown: when each partition's
+book closed the minute, when the final-bar sink got the batches, PostgreSQL and Redis done (wall
+and the writer thread's CPU), the arrivals, and a timeline of every mark around the boundary.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -230,47 +238,194 @@ class BarArrivals:
             if m is not None and m["type"] == "message":
                 self.arrivals.append((time.time(), m["data"]))
 
+    def settle(self, quiet_s: float, max_s: float) -> None:
+        """Wait until nothing arrived for `quiet_s` (at most `max_s`): a boundary whose last bars take
+        longer than the fixed wait would otherwise lose them, and its slowest bars with them."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            last = self.arrivals[-1][0] if self.arrivals else 0.0
+            if time.time() - last >= quiet_s:
+                return
+            time.sleep(0.1)
+
     def stop(self) -> list[tuple[float, bytes]]:
         self._stop.set()
         self._thread.join(5)
         return self.arrivals
 
 
-def bar_latency(s: Settings, symbols: int, rate: int, seconds: int) -> dict:
-    """Real-time feed stamped with the wall clock; latency of each minute's first final bar."""
+def bar_latency(s: Settings, symbols: int, rate: int, seconds: int, *, detection: bool = True,
+                stage_log: Path | None = None) -> dict:  # fmt: skip
+    """Real-time feed stamped with the wall clock; latency of each minute's final bars (revision 0).
+
+    With `stage_log`, the bar flow writes its stage marks there (`connectors.sinks.stages`) and the
+    result has each minute boundary's breakdown (`boundaries`)."""
     live = s.model_copy(update={"kafka_tail": True, "kafka_start": "earliest"})
     arrivals = BarArrivals(live)
-    flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.ohlcv:build_flow()"], env=env_for(live), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    detector = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.detection:build_flow()"], env=env_for(live),
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    flow_env = env_for(live) | ({"TICKSTOCK_STAGE_LOG": str(stage_log)} if stage_log is not None else {})
+    flow_log = stage_log.with_suffix(".log").open("wb") if stage_log is not None else subprocess.DEVNULL
+    flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.ohlcv:build_flow()"], env=flow_env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=flow_log)  # fmt: skip
+    processes = [flow]
+    if detection:
+        processes.append(subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.detection:build_flow()"],
+                                          env=env_for(live), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
     feeder = subprocess.run(
         [sys.executable, "-m", "connectors.feeds.synthetic", "--realtime", "--symbols", str(symbols), "--rate", str(rate),
          "--seconds", str(seconds), "--out-of-order-ratio", "0", "--late-ratio", "0", "--duplicate-ratio", "0"],
         env=env_for(live), cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     time.sleep(live.bar_close_delay_s + 3)
-    for process in (flow, detector):
+    arrivals.settle(quiet_s=2.0, max_s=30.0)  # a slow boundary's last bars still count
+    exited = flow.poll()
+    for process in processes:
         process.terminate()
         process.wait(30)
+    if stage_log is not None:
+        flow_log.close()  # type: ignore[union-attr]  # a file when there is a stage log
+        if exited is not None:
+            tail = stage_log.with_suffix(".log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"the bar flow exited early ({exited}):\n{tail}")
     received = arrivals.stop()
     if feeder.returncode != 0:
         raise SystemExit(f"feeder failed:\n{feeder.stderr[-2000:]}")
     delay_ms = live.bar_close_delay_s * 1000
     latencies = []
+    by_minute: dict[int, list[float]] = {}
     for at, data in received:
         bar = decode_bar(data)
         if bar.revision == 0:
-            latencies.append(at * 1000 - (bar.timestamp + 60_000 + delay_ms))
+            latency = at * 1000 - (bar.timestamp + 60_000 + delay_ms)
+            latencies.append(latency)
+            by_minute.setdefault(bar.timestamp, []).append(latency)
     latencies.sort()
     if not latencies:
         raise SystemExit("no final bar arrived during the latency run")
-    return {
+    result: dict = {
         "latency_bars": len(latencies),
-        "p50_bar_latency_ms": round(latencies[len(latencies) // 2], 1),
-        "p99_bar_latency_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+        "p50_bar_latency_ms": round(_quantile(latencies, 0.5), 1),
+        "p99_bar_latency_ms": round(_quantile(latencies, 0.99), 1),
         "max_bar_latency_ms": round(latencies[-1], 1),
     }
+    if stage_log is not None:
+        result["boundaries"] = boundary_breakdown(_read_marks(stage_log), by_minute, delay_ms)
+    return result
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def _read_marks(path: Path) -> list[dict]:
+    return [msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+# The marks of a boundary's window not shown one by one.
+_TIMELINE_SKIP: set[str] = set()
+
+
+def boundary_breakdown(marks: list[dict], arrivals: dict[int, list[float]], delay_ms: float) -> list[dict]:
+    """Per minute whose final bars arrived: each stage's time after the minute's end plus the close delay (ms).
+
+    - `closed`: the partition steps whose book closed the minute (first, last; their own duration);
+    - `sink_in`: the final-bar sink handing batches to its writer (the first after the first close);
+    - `write_start` / `postgres_done` / `redis_done`: the writer thread on that minute's batches;
+    - `arrived`: the benchmark's subscriber (first, p50, p99, last);
+    - `timeline`: every mark from 0.5 s before the boundary to the last arrival, to see what else ran.
+    """
+    out = []
+    for minute, latencies in sorted(arrivals.items()):
+        due = (minute + 60_000 + delay_ms) / 1000
+        latencies.sort()
+        last_arrival = due + latencies[-1] / 1000
+
+        def rel(t: float, due: float = due) -> float:
+            return round((t - due) * 1000, 1)
+
+        closed = [m for m in marks if m["stage"] == "closed" and m.get("minute") == minute]
+        mine = [m for m in marks if m.get("minute") == minute and m["stage"] in ("write_start", "postgres_done", "redis_done")]
+        first_close = min((m["t"] for m in closed), default=due)
+        sink_in = [
+            m
+            for m in marks
+            if m["stage"] == "sink_in" and m.get("sink") == "ohlcv_1min" and first_close <= m["t"] <= last_arrival
+        ]
+        window = [m for m in marks if due - 0.5 <= m["t"] <= last_arrival + 0.05 and m["stage"] not in _TIMELINE_SKIP]
+        cpu = _writer_cpu(mine)
+        entry: dict = {
+            "minute": minute,
+            **cpu,
+            "bars": len(latencies),
+            "closed_ms": [rel(m["t"]) for m in closed],
+            "closed_step_ms": [round(m["took_s"] * 1000, 1) for m in closed],
+            "sink_in_ms": [rel(m["t"]) for m in sink_in],
+            **{f"{stage}_ms": [rel(m["t"]) for m in mine if m["stage"] == stage] for stage in ("write_start", "postgres_done", "redis_done")},
+            "arrived_ms": {"first": round(latencies[0], 1), "p50": round(_quantile(latencies, 0.5), 1),
+                           "p99": round(_quantile(latencies, 0.99), 1), "last": round(latencies[-1], 1)},
+            "timeline": [
+                f"{rel(m['t']):+8.1f} {m['stage']:<18} {m['thread']:<14} "
+                + " ".join(f"{k}={v}" for k, v in m.items() if k not in ("stage", "t", "thread"))
+                for m in sorted(window, key=lambda m: m["t"])
+            ],
+        }  # fmt: skip
+        out.append(entry)
+    return out
+
+
+def _writer_cpu(marks: list[dict]) -> dict:
+    """The final-bar writer's wall and CPU time (ms) from each write's start to PostgreSQL done and to Redis done."""
+    pg_wall = pg_cpu = redis_wall = redis_cpu = 0.0
+    started = done = None
+    for m in sorted(marks, key=lambda m: m["t"]):
+        if m["stage"] == "write_start":
+            started = m
+        elif m["stage"] == "postgres_done" and started is not None:
+            pg_wall += m["t"] - started["t"]
+            pg_cpu += m["cpu"] - started["cpu"]
+            done = m
+        elif m["stage"] == "redis_done" and done is not None:
+            redis_wall += m["t"] - done["t"]
+            redis_cpu += m["cpu"] - done["cpu"]
+            started = done = None
+    ms = {
+        "postgres_wall_ms": pg_wall,
+        "postgres_writer_cpu_ms": pg_cpu,
+        "redis_wall_ms": redis_wall,
+        "redis_writer_cpu_ms": redis_cpu,
+    }
+    return {k: round(v * 1000, 1) for k, v in ms.items()}
+
+
+def print_breakdown(boundaries: list[dict]) -> None:
+    for b in boundaries:
+        when = datetime.fromtimestamp(b["minute"] / 1000, UTC).strftime("%H:%M")
+        print(f"minute {when} ({b['bars']:,} final bars), ms after its end + close delay:")
+        for key in ("closed_ms", "closed_step_ms", "sink_in_ms", "write_start_ms", "postgres_done_ms", "redis_done_ms"):
+            print(f"  {key:<18} {b[key]}")
+        print(f"  {'arrived_ms':<18} {b['arrived_ms']}")
+        print(f"  writer: PostgreSQL {b['postgres_wall_ms']} ms ({b['postgres_writer_cpu_ms']} ms of its CPU), "
+              f"Redis {b['redis_wall_ms']} ms ({b['redis_writer_cpu_ms']} ms of its CPU)")  # fmt: skip
+        for line in b["timeline"]:
+            print(f"    {line}")
+
+
+def latency_only(args: argparse.Namespace, database_url: str) -> int:
+    """`--latency-only`: the real-time phase alone, with the per-stage breakdown (a try in ~2 minutes)."""
+    load_before = load_average()
+    run = uuid.uuid4().hex[:6]
+    ls = bench_settings(run + "l", database_url)
+    ensure_topics(ls)
+    time.sleep((30 - time.time()) % 60)  # start at a minute's 30 s: boundaries 30 s and 90 s into the feed
+    with tempfile.TemporaryDirectory() as tmp:
+        stage_log = Path(tmp) / "stages.jsonl"
+        result = bar_latency(ls, args.symbols, args.latency_rate, args.latency_seconds,
+                             detection=not args.no_detection, stage_log=stage_log)  # fmt: skip
+    boundaries = result.pop("boundaries")
+    print_breakdown(boundaries)
+    result |= {"detection": not args.no_detection, "load_average_before": load_before,
+               "load_average_after": load_average(), "cpu_model": cpu_model()}  # fmt: skip
+    print(json.dumps(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,11 +434,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=2_000_000)
     parser.add_argument("--latency-seconds", type=int, default=75, help="real-time phase; 0 skips it")
     parser.add_argument("--latency-rate", type=int, default=4000, help="events/s in the real-time phase")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the real-time phase, with each minute boundary's per-stage breakdown; no results.json")  # fmt: skip
+    parser.add_argument("--no-detection", action="store_true", help="with --latency-only: the bar flow alone")
     args = parser.parse_args(argv)
 
     database_url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tickstock_bench")
     ensure_database(database_url)
     up(database_url, log=lambda *_: None)
+    if args.latency_only:
+        return latency_only(args, database_url)
 
     load_before = load_average()
     run = uuid.uuid4().hex[:6]

@@ -35,6 +35,7 @@ from prometheus_client import Counter, Gauge
 from connectors.kafka.dead_letter import letter
 from connectors.kafka.source import RawBatch
 from connectors.postgres.history import BarHistory
+from connectors.sinks import stages
 from flows.book import BarBook, Counts, Reject
 from flows.detect.highlow import SessionExtremes
 from flows.detect.operators import history_gap_ms
@@ -197,6 +198,8 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
                 continue
             data = True
             finals, rejects = self.book.apply(batch.values, batch.offsets)
+            if finals and stages.enabled():
+                self._mark_closed(finals, now, len(batch.values))
             self._finals(finals, out)
             out.extend(self._letters(rejects))
             if self.extremes is not None:
@@ -209,7 +212,16 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             self.last_input = now
             self._forget_idle_symbols()
         self._tick(now, out)
+        if stages.enabled():
+            stages.mark("step_out", partition=self.key, batches=len(batches), out=len(out), took_s=time.monotonic() - now)
         return out, StatefulBatchLogic.RETAIN
+
+    def _mark_closed(self, finals: list[Bar], began: float, values: int) -> None:
+        """The stage log's mark of a batch that closed a minute: when the step began, and the book was done."""
+        minute = stages.first_minute(finals)
+        if minute is not None:
+            stages.mark("closed", partition=self.key, minute=minute, finals=len(finals), values=values,
+                        watermark=self.book.watermark, took_s=time.monotonic() - began)  # fmt: skip
 
     def _finals(self, finals: list[Bar], out: list[Output]) -> None:
         """The book's final bars and revisions out, each followed by the coarse bars it causes, and the
@@ -256,6 +268,8 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             self._coarse(self.rollup.advance(self.book.watermark), out)  # buckets whose last minutes had no bars
             self.last_input = now
         self._tick(now, out)
+        if stages.enabled():
+            stages.mark("notify_out", partition=self.key, out=len(out), took_s=time.monotonic() - now)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Output], bool]:
@@ -301,8 +315,12 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         return datetime.now(UTC) + timedelta(seconds=max(0.0, due - now))
 
     def snapshot(self) -> BookState:
+        began = time.monotonic()
         extremes = self.extremes.snapshot() if self.extremes is not None else None
-        return (self.key, self.book.snapshot(), extremes, self.cutoff_ms, self.rollup.snapshot(), self.prices.snapshot())
+        state = (self.key, self.book.snapshot(), extremes, self.cutoff_ms, self.rollup.snapshot(), self.prices.snapshot())
+        if stages.enabled():
+            stages.mark("book_snapshot", partition=self.key, took_s=time.monotonic() - began, bytes=len(state[1]))
+        return state
 
     def _resolve_references(self) -> None:
         """Symbols starting a session cold wait for the database's view of it; fetch it for all at once."""

@@ -26,6 +26,7 @@ from connectors.monitoring.metrics import timed_batch
 from connectors.postgres.bars import BarStore
 from connectors.postgres.events import EventStore
 from connectors.redis.publish import BarPublisher, EventPublisher, PricePublisher, Publisher, StatusPublisher
+from connectors.sinks import stages
 from connectors.sinks.parts import PerWorker, SharedPartition, part_names
 from connectors.sinks.settings import OutputSettings
 from schemas.bars import Bar
@@ -56,12 +57,18 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
 
     def write_batch(self, items: list[X]) -> None:
         self._raise_failure()
+        if stages.enabled():
+            stages.mark("sink_in", sink=self._what, items=len(items), queued=self._pending.qsize())
         self._pending.put(items)
 
     def snapshot(self) -> None:
         """Epoch boundary: return only once everything accepted so far is written."""
+        if stages.enabled():
+            stages.mark("sink_snapshot", sink=self._what, queued=self._pending.qsize())
         self._pending.join()
         self._raise_failure()
+        if stages.enabled():
+            stages.mark("sink_snapshot_done", sink=self._what)
 
     def close(self) -> None:
         self._pending.join()
@@ -72,17 +79,35 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
 
     def _write_forever(self) -> None:
         while True:
-            items = self._pending.get()
+            batches = self._take()
             try:
-                if items is None:
-                    return
-                if self._failure is None:
+                items = [item for batch in batches if batch is not None for item in batch]
+                if items and self._failure is None:
                     self._write(items)  # the stores and publishers retry while their server is down
             except Exception as exc:
                 log.exception("writing %s failed", self._what)
                 self._failure = exc
             finally:
-                self._pending.task_done()
+                for _ in batches:
+                    self._pending.task_done()
+            if None in batches:
+                return
+
+    def _take(self) -> list[list[X] | None]:
+        """The next batch and every one queued behind it, in order: written as one.
+
+        At a minute boundary the flow hands over a batch per sink partition within milliseconds,
+        and more arrive while one is written; each write has a cost of its own (a transaction, a
+        round trip per store and per publish), which one write of them all pays once. At most
+        the queue's bound of batches are taken at once.
+        """
+        batches = [self._pending.get()]
+        while batches[-1] is not None:
+            try:
+                batches.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        return batches
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -186,14 +211,21 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
         refused = Refusals(settings, "ohlcv_1min", "ohlcv_flow")
 
         def write(bars: list[Bar]) -> None:
+            minute = stages.first_minute(bars) if stages.enabled() else None
+            if minute is not None:
+                stages.mark("write_start", minute=minute, bars=len(bars))
             minutes = [b for b in bars if b.timeframe == "1m"]
             with timed_batch("postgresql", "ohlcv_1min", len(minutes)):
                 written = store.upsert(minutes, refused)
+            if minute is not None:
+                stages.mark("postgres_done", minute=minute, bars=len(minutes))
             if len(minutes) < len(bars):  # coarse bars too: publish in order, without the minutes refused
                 kept = {id(b) for b in written}
                 written = [b for b in bars if b.timeframe != "1m" or id(b) in kept]
             with timed_batch("redis", "final_bars", len(written)):
                 publisher.publish_final(written)
+            if minute is not None:
+                stages.mark("redis_done", minute=minute, bars=len(written))
             refused.deliver(publisher)
 
         return write, _closing(store, publisher)
@@ -255,8 +287,12 @@ def _redis_only(
         client = publisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
 
         def write(records: list[X]) -> None:
+            if stages.enabled():
+                stages.mark("redis_only_start", sink=target, records=len(records))
             with timed_batch("redis", target, len(records)):
                 publish(client, records)
+            if stages.enabled():
+                stages.mark("redis_only_done", sink=target, records=len(records))
 
         return write, client.close
 

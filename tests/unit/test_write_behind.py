@@ -1,0 +1,87 @@
+"""The sinks' write-behind: batches handed over while one is written go out together, in order."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from connectors.sinks.records import _WriteBehind
+
+
+class _Recorder:
+    """A writer whose first write waits until released, so batches queue up behind it."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.closed = False
+
+    def write(self, items: list[int]) -> None:
+        if not self.writes:
+            self.started.set()
+            assert self.release.wait(10), "the test never released the first write"
+        self.writes.append(list(items))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_batches_queued_behind_a_write_are_written_as_one_in_order() -> None:
+    rec = _Recorder()
+    behind = _WriteBehind("test", rec.write, rec.close)
+    behind.write_batch([1, 2])
+    assert rec.started.wait(10)
+    behind.write_batch([3])
+    behind.write_batch([4, 5])
+    behind.write_batch([6])
+    rec.release.set()
+    behind.snapshot()
+    assert rec.writes == [[1, 2], [3, 4, 5, 6]]
+    behind.close()
+    assert rec.closed
+
+
+def test_snapshot_returns_only_once_every_batch_is_written() -> None:
+    rec = _Recorder()
+    behind = _WriteBehind("test", rec.write, rec.close)
+    behind.write_batch([1])
+    assert rec.started.wait(10)
+    behind.write_batch([2])
+    done = threading.Event()
+    snapshot = threading.Thread(target=lambda: (behind.snapshot(), done.set()))
+    snapshot.start()
+    assert not done.wait(0.2)  # the first write is still held
+    rec.release.set()
+    snapshot.join(10)
+    assert done.is_set()
+    assert [x for w in rec.writes for x in w] == [1, 2]
+    behind.close()
+
+
+def test_close_writes_what_is_queued_then_closes() -> None:
+    rec = _Recorder()
+    rec.release.set()
+    behind = _WriteBehind("test", rec.write, rec.close)
+    for i in range(5):
+        behind.write_batch([i])
+    behind.close()
+    assert [x for w in rec.writes for x in w] == [0, 1, 2, 3, 4]
+    assert rec.closed
+
+
+def test_a_failed_write_fails_the_next_hand_over_and_skips_the_rest() -> None:
+    writes: list[list[int]] = []
+
+    def write(items: list[int]) -> None:
+        writes.append(items)
+        raise OSError("disk on fire")
+
+    behind = _WriteBehind("test", write, lambda: None)
+    behind.write_batch([1])
+    with pytest.raises(RuntimeError, match="test sink failed: disk on fire"):
+        behind.snapshot()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        behind.write_batch([2])
+    assert writes == [[1]]
