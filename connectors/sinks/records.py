@@ -254,25 +254,35 @@ def event_sink(settings: OutputSettings, component: str = "detection_flow", part
 
 
 class _RedisPartition(StatelessSinkPartition[X], Generic[X]):
-    def __init__(self, publish: Callable[[list[X]], None], close: Callable[[], None]) -> None:
-        self._publish = publish
-        self._close = close
+    """Publishes behind the flow, on a writer thread of its own (`_WriteBehind`, without the epoch wait).
+
+    Live bars, prices and status come every `LIVE_UPDATE_INTERVAL_S` in bursts (every symbol's
+    forming bars of every timeframe at once); published in the flow's thread, the burst's Redis round
+    trips held up the next input, a minute's closing trades among it (the stage marks of
+    `bench.ohlcv --latency-only` showed the flow's thread ~97 % waiting on Redis there). Nothing is
+    kept for recovery, as before: a restarted flow emits its input's live updates again; `close`
+    publishes what is queued first, and a failed write is raised by the next batch.
+    """
+
+    def __init__(self, what: str, publish: Callable[[list[X]], None], close: Callable[[], None]) -> None:
+        self._behind = _WriteBehind(what, publish, close)
 
     def write_batch(self, items: list[X]) -> None:
-        self._publish(items)
+        self._behind.write_batch(items)
 
     def close(self) -> None:
-        self._close()
+        self._behind.close()
 
 
 class _RedisOnly(DynamicSink[X]):
     """Records that go to Redis alone (nothing to store first), published by every worker."""
 
-    def __init__(self, open_publisher: Callable[[], tuple[Callable[[list[X]], None], Callable[[], None]]]) -> None:
+    def __init__(self, what: str, open_publisher: Callable[[], tuple[Callable[[list[X]], None], Callable[[], None]]]) -> None:
+        self._what = what
         self._open_publisher = open_publisher
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition[X]:
-        return _RedisPartition(*self._open_publisher())
+        return _RedisPartition(f"{self._what}-{worker_index}", *self._open_publisher())
 
 
 P = TypeVar("P", bound=Publisher)
@@ -296,7 +306,7 @@ def _redis_only(
 
         return write, client.close
 
-    return _RedisOnly(open_publisher)
+    return _RedisOnly(target, open_publisher)
 
 
 def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
