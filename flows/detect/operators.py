@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import get_args
+from typing import Any, get_args
 
 import bytewax.operators as op
 import msgspec
@@ -279,8 +279,8 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
                 self._detector, self._resume = detector, None
                 self._idle = timedelta(seconds=idle_s_of(self._idle.total_seconds(), tf))
             out.extend(detector.on_bar(bar))
-        for event in out:
-            EVENTS_OUT.labels(event.kind).inc()
+        if out:
+            _count_out(out)
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -295,6 +295,22 @@ class DetectLogic(StatefulBatchLogic[Warmed, Event, bytes]):
             assert self._resume is not None
             return self._resume
         return self._detector.snapshot()
+
+
+_EVENTS_OUT_OF: dict[type, Any] = {}  # record class -> its EVENTS_OUT child (labels() costs ~1 us a call)
+
+
+def _count_out(records: list[Event]) -> None:
+    """EVENTS_OUT by kind, one increment per kind of the batch (most batches: indicator values only)."""
+    counts: dict[type, int] = {}
+    for r in records:
+        cls = r.__class__
+        counts[cls] = counts.get(cls, 0) + 1
+    for cls, n in counts.items():
+        child = _EVENTS_OUT_OF.get(cls)
+        if child is None:
+            child = _EVENTS_OUT_OF[cls] = EVENTS_OUT.labels(cls.__struct_config__.tag)
+        child.inc(n)
 
 
 @dataclass(frozen=True)
