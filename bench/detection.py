@@ -176,6 +176,7 @@ def _flow_main(argv: list[str]) -> None:
         help="py-spy (PY_SPY, else beside the venv's python) record the first run into this file (collapsed stacks, py-spy --format raw)",
     )
     parser.add_argument("--gil", action="store_true", help="with --profile: only samples holding the GIL")
+    parser.add_argument("--minutes", type=int, help="1m bars of the run (default: the rows of ohlcv_1min)")
     parser.add_argument("--code", action="append", help="checkout whose flows run (repeatable: the runs alternate)")
     args = parser.parse_args(argv)
     run = args.run or _prepare(args.ticks, args.symbols)
@@ -184,8 +185,10 @@ def _flow_main(argv: list[str]) -> None:
 
     from bench.ohlcv import env_for
 
-    with psycopg.connect(s.database_url, autocommit=True) as conn:
-        minutes = conn.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]
+    minutes = args.minutes
+    if minutes is None:  # the bar flow wrote them in `_prepare` (unless something truncated the table since)
+        with psycopg.connect(s.database_url, autocommit=True) as conn:
+            minutes = conn.execute("SELECT count(*) FROM ohlcv_1min").fetchone()[0]
     env = env_for(s) | {"DETECT_ENABLED": "true"}
     if args.timeframes is not None:
         env["DETECT_TIMEFRAMES"] = args.timeframes

@@ -539,8 +539,10 @@ class BarDetector:
     def snapshot(self) -> bytes:
         revisions = self.revisions
         if revisions:  # forget revisions of bars that left the window
-            oldest = self.series.timestamp[0] if len(self.series) else float("inf")
-            revisions = self.revisions = {t: r for t, r in revisions.items() if t >= oldest}
+            s = self.series
+            oldest = float(s._data[0, s._start]) if len(s) else float("inf")  # a float: numpy scalars compare slowly
+            if min(revisions) < oldest:
+                revisions = self.revisions = {t: r for t, r in revisions.items() if t >= oldest}
         return msgspec.msgpack.encode((
             SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
             self.session_start, self.session_end, self.evicted_pv, self.evicted_v, self.total_pv, self.total_v,
