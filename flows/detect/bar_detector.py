@@ -92,6 +92,55 @@ class DetectionParams:
         self.tail = max(self.indicators.trail, patterns.BARS, cfg.trend.bars, cfg.surge.volume_bars + 1, cfg.surge.price_bars + 2)
 
 
+_encode_entry = msgspec.msgpack.Encoder().encode
+
+
+class StateTrail:
+    """The indicator state and values after each of a detector's last bars (a bounded deque,
+    oldest first), each kept as its msgpack encoding.
+
+    Why encoded: a revision replays from the state of the bar before it, so the states of the last
+    `replay_bars` + 1 bars are kept, and as tuples of floats they were most of the flow's memory
+    (~950 bytes a bar, 32 KB a detector: 650 MB at 4,000 symbols and five timeframes); encoded they
+    take a third of that. A snapshot (every epoch a detector got a bar in) joins the encodings
+    (`msgspec.Raw`: the same bytes as encoding the entries) instead of encoding them all again, and
+    only a revision decodes one. Timestamps are kept beside them, to find an entry without decoding.
+    """
+
+    __slots__ = ("_times", "_raw")
+
+    def __init__(self, maxlen: int) -> None:
+        self._times: deque[int] = deque(maxlen=maxlen)
+        self._raw: deque[bytes] = deque(maxlen=maxlen)  # (timestamp, state, values), encoded
+
+    def append(self, t: int, state: State, values: Values) -> None:
+        self._times.append(t)
+        self._raw.append(_encode_entry((t, state, values)))
+
+    def state_at(self, t: int | None) -> tuple[State, Values] | None:
+        """The state and values after the bar at `t`, if it is among the kept ones."""
+        times = self._times
+        for i in range(len(times) - 1, -1, -1):
+            if times[i] == t:
+                _, state, values = msgspec.msgpack.decode(self._raw[i])
+                return tuple(state), tuple(values)  # msgpack gives lists of the same fields
+        return None
+
+    def drop_from(self, t: float) -> None:
+        """Forget the entries of the bars at or after `t`."""
+        times, raw = self._times, self._raw
+        while times and times[-1] >= t:
+            times.pop()
+            raw.pop()
+
+    def encoded(self) -> list[msgspec.Raw]:
+        """Every entry's msgpack encoding, oldest first: encoded as a list, the same bytes as the entries'."""
+        return list(map(msgspec.Raw, self._raw))
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+
 class BarDetector:
     """One symbol's series and the little state its detectors keep between bars."""
 
@@ -110,7 +159,7 @@ class BarDetector:
         # values, and (timestamp, state, values) of the recent bars, to replay a revision from
         self.state: State = EMPTY
         self.values: Values = _UNWARM
-        self.recent: deque[tuple[int, State, Values]] = deque(maxlen=params.replay_bars + 1)
+        self.recent = StateTrail(params.replay_bars + 1)
         # the decisions on as many recent bars, oldest first, to make them again after a revision
         self.decided: deque[Decided] = deque(maxlen=params.replay_bars + 1)
         self._id_prefix = f"indicator|{symbol}|{timeframe}|"
@@ -164,7 +213,7 @@ class BarDetector:
         if p.compute_indicators:
             self.state, values = p.indicators.step(self.state, h[-1], low[-1], c)
             self.values = values
-            self.recent.append((t, self.state, values))
+            self.recent.append(t, self.state, values)
         out: list[Event] = []
         if p.indicators_on:
             total_v = self.total_v
@@ -217,12 +266,11 @@ class BarDetector:
         Returns the values of bars at-1 (all None when at is 0) to the newest."""
         times = self.series.timestamp
         before = int(times[at - 1]) if at > 0 else None
-        start = None
+        start: State | None = None
         prior = _UNWARM
-        for t, state, vals in reversed(self.recent):
-            if t == before:
-                start, prior = state, vals
-                break
+        kept = self.recent.state_at(before)
+        if kept is not None:
+            start, prior = kept
         if start is None and at == 0 and self.state[0] < len(self.series):
             start = EMPTY  # every bar stepped so far is still held: nothing was before it
         if start is None:
@@ -273,14 +321,13 @@ class BarDetector:
         times = s.timestamp.tolist()
         _, _, h, low, c, _, _ = s.columns().tolist()
         recent = self.recent
-        while recent and recent[-1][0] >= (times[at] if at < len(times) else 0):
-            recent.pop()
+        recent.drop_from(times[at] if at < len(times) else 0)
         values = self.values if at >= len(times) else _UNWARM
         trail = ind.trail
         stepped = []
         for j in range(at, len(times)):
             state, values = ind.step(state, h[j], low[j], c[max(0, j - trail + 1) : j + 1])
-            recent.append((int(times[j]), state, values))
+            recent.append(int(times[j]), state, values)
             stepped.append(values)
         self.state, self.values = state, values
         return stepped
@@ -492,12 +539,14 @@ class BarDetector:
     def snapshot(self) -> bytes:
         revisions = self.revisions
         if revisions:  # forget revisions of bars that left the window
-            oldest = self.series.timestamp[0] if len(self.series) else float("inf")
-            revisions = self.revisions = {t: r for t, r in revisions.items() if t >= oldest}
+            s = self.series
+            oldest = float(s._data[0, s._start]) if len(s) else float("inf")  # a float: numpy scalars compare slowly
+            if min(revisions) < oldest:
+                revisions = self.revisions = {t: r for t, r in revisions.items() if t >= oldest}
         return msgspec.msgpack.encode((
             SNAPSHOT_VERSION, self.series.snapshot(), revisions, self.trend, self.last_trend,
             self.session_start, self.session_end, self.evicted_pv, self.evicted_v, self.total_pv, self.total_v,
-            self.state, self.values, msgspec.msgpack.encode(list(self.decided)), list(self.recent),
+            self.state, self.values, msgspec.msgpack.encode(list(self.decided)), self.recent.encoded(),
         ))  # fmt: skip
 
     @classmethod
@@ -523,7 +572,8 @@ class BarDetector:
             d.state, d.values = tuple(state), tuple(values)  # msgpack gives lists of the same fields
         if version == 3:
             d.decided.extend((t, a, b, records or _NONE) for t, a, b, records in _decided_decoder.decode(fields[13]))
-            d.recent.extend((t, tuple(state), tuple(values)) for t, state, values in fields[14])
+            for t, state, values in fields[14]:
+                d.recent.append(t, tuple(state), tuple(values))
         return d
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 FIELDS = ("timestamp", "open", "high", "low", "close", "volume", "vwap")
 _SLACK = 64  # appends between two compactions
+_FIRST = 32  # bars a new series has room for
 
 
 class BarSeries:
@@ -29,7 +30,9 @@ class BarSeries:
     def __init__(self, window: int) -> None:
         self.window = window
         self.evicted: np.ndarray | None = None  # the bar the last upsert pushed out of the window, if any
-        self._data = np.zeros((len(FIELDS), window + _SLACK), dtype=np.float64)
+        # room for a few bars at first, doubled as they come (up to the window and the slack): most
+        # detectors of the coarser timeframes, and of symbols seen lately, never hold a whole window
+        self._data = np.zeros((len(FIELDS), min(window + _SLACK, _FIRST)), dtype=np.float64)
         self._start = 0
         self._end = 0
 
@@ -115,7 +118,7 @@ class BarSeries:
         data = self._data
         if end == data.shape[1]:
             self._compact()
-            end = self._end
+            end, data = self._end, self._data
         data[:, end] = (t, o, h, low, c, v, vw)
         self._end = end + 1
         if end + 1 - self._start > self.window:
@@ -136,9 +139,22 @@ class BarSeries:
         return self._end - self._start - 1
 
     def _compact(self) -> None:
+        """Room for one more bar at the end: a larger buffer while the window is not full, else the
+        held bars moved to the front."""
         held = self._end - self._start
+        room = self._data.shape[1]
+        if room < self.window + _SLACK and held * 2 > room:
+            self._reserve(min(self.window + _SLACK, 2 * room))
+            return
         self._data[:, :held] = self._data[:, self._start : self._end]
         self._start, self._end = 0, held
+
+    def _reserve(self, room: int) -> None:
+        """A buffer for `room` bars, the held ones at its front."""
+        held = self._end - self._start
+        data = np.zeros((len(FIELDS), room), dtype=np.float64)
+        data[:, :held] = self._data[:, self._start : self._end]
+        self._data, self._start, self._end = data, 0, held
 
     # ---- recovery ----------------------------------------------------------------------
 
@@ -150,6 +166,8 @@ class BarSeries:
     def restore(cls, raw: bytes, window: int) -> BarSeries:
         series = cls(window)
         held = np.frombuffer(raw, dtype=np.float64).reshape(len(FIELDS), -1)[:, -window:]
+        if held.shape[1] > series._data.shape[1]:
+            series._data = np.zeros((len(FIELDS), min(window + _SLACK, held.shape[1] + _FIRST)), dtype=np.float64)
         series._data[:, : held.shape[1]] = held
         series._end = held.shape[1]
         return series
