@@ -82,7 +82,9 @@ NOT_SHIPPED = {
     "infra/dashboard/*": "the npm pins of the chart library; the built file itself is shipped (connectors/gateway/vendor)",
     "infra/timescale/*": "the embedded TimescaleDB is a test and development fixture (npm packages, `make timescale`); "
     "an installation uses a real TimescaleDB or PostgreSQL",
+    "flows/*.pxd": "Cython's types for compiling the bar book (setup.py); the wheel carries the compiled modules",
 }
+COMPILED = ("flows/bars", "flows/book")  # setup.py compiles them: each is in the wheel as an extension module too
 
 
 @dataclass
@@ -236,7 +238,9 @@ def test_the_wheel_holds_every_module_and_data_file_and_the_chart_library(wheel:
     expected = {p for p in tracked_package_files() if not any(fnmatch.fnmatch(p, pattern) for pattern in NOT_SHIPPED)}
     assert expected, "git ls-files found nothing"
     assert sorted(expected - names) == [], "files the wheel lacks (ship them in pyproject.toml, or add to NOT_SHIPPED)"
-    extra = sorted(names - expected - {CHART_LIBRARY, "connectors/gateway/vendor/lightweight-charts.LICENSE"})
+    compiled = {n for n in names if n.endswith(".so") and n.split(".", 1)[0] in COMPILED}
+    assert sorted(n.split(".", 1)[0] for n in compiled) == sorted(COMPILED), "the bar book is not compiled in the wheel"
+    extra = sorted(names - expected - compiled - {CHART_LIBRARY, "connectors/gateway/vendor/lightweight-charts.LICENSE"})
     assert extra == [], "files in the wheel that are not the checkout's"
     assert {"flows/detect/__init__.py", "schemas/conditions.csv", "infra/migrations/0001_ohlcv.up.sql"} <= names
     assert library == NPM_CHART_LIBRARY.read_bytes()  # the npm package's file, as pinned by the lock
