@@ -41,13 +41,59 @@ log = logging.getLogger(__name__)
 
 _PENDING_BATCHES = 8
 X = TypeVar("X")
+# Live updates wait for the final bars in hand at most this long, then go anyway (never starved),
+# and are published in slices of this many records, looking again between two: 250 bars are 500
+# Redis messages (one script call of `connectors.redis.publish`), ~10-40 ms here.
+_LIVE_WAIT_S = 2.0
+_LIVE_SLICE = 250
+
+
+class _FinalsFirst:
+    """Final bars before live updates: the batches the final-bar writers were handed and have not written.
+
+    At a minute boundary the flow emits every symbol's final bar and, in the same breath, its
+    forming bars and last price; written side by side they share one single-threaded Redis, and
+    the final bars (what dashboards and the latency target wait for) arrive later for it. So the
+    live writers wait, before each slice, until no final bars are in hand. Per process: a worker's
+    sinks all run in it.
+    """
+
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self._pending = 0
+
+    def handed(self) -> None:
+        with self._idle:
+            self._pending += 1
+
+    def written(self, batches: int) -> None:
+        with self._idle:
+            self._pending -= batches
+            if not self._pending:
+                self._idle.notify_all()
+
+    def wait(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: not self._pending, _LIVE_WAIT_S)
+
+
+_FINALS_FIRST = _FinalsFirst()
 
 
 class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
-    """Hands each batch to a writer thread; the epoch boundary waits for it to catch up."""
+    """Hands each batch to a writer thread; the epoch boundary waits for it to catch up.
 
-    def __init__(self, what: str, write: Callable[[list[X]], None], close: Callable[[], None]) -> None:
+    `first` is told of every batch handed and written (the final bars'); the writer of a sink
+    given `after` waits for it before each slice of `_LIVE_SLICE` records (the live updates').
+    """
+
+    def __init__(
+        self, what: str, write: Callable[[list[X]], None], close: Callable[[], None], *,
+        first: _FinalsFirst | None = None, after: _FinalsFirst | None = None,
+    ) -> None:  # fmt: skip
         self._what = what
+        self._first = first
+        self._after = after
         self._write = write
         self._close = close
         self._pending: queue.Queue[list[X] | None] = queue.Queue(maxsize=_PENDING_BATCHES)
@@ -59,6 +105,8 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
         self._raise_failure()
         if stages.enabled():
             stages.mark("sink_in", sink=self._what, items=len(items), queued=self._pending.qsize())
+        if self._first is not None:
+            self._first.handed()
         self._pending.put(items)
 
     def snapshot(self) -> None:
@@ -83,11 +131,18 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
             try:
                 items = [item for batch in batches if batch is not None for item in batch]
                 if items and self._failure is None:
-                    self._write(items)  # the stores and publishers retry while their server is down
+                    if self._after is None:
+                        self._write(items)  # the stores and publishers retry while their server is down
+                    else:
+                        for start in range(0, len(items), _LIVE_SLICE):
+                            self._after.wait()
+                            self._write(items[start : start + _LIVE_SLICE])
             except Exception as exc:
                 log.exception("writing %s failed", self._what)
                 self._failure = exc
             finally:
+                if self._first is not None:
+                    self._first.written(sum(batch is not None for batch in batches))
                 for _ in batches:
                     self._pending.task_done()
             if None in batches:
@@ -129,12 +184,12 @@ class _StoreThenPublish(FixedPartitionedSink[X, None]):
     and connections.
     """
 
-    def __init__(self, part: str, open_writer: Callable[[], Writer], parts: int = 1) -> None:
+    def __init__(self, part: str, open_writer: Callable[[], Writer], parts: int = 1, *, first: bool = False) -> None:
         self._parts = part_names(part, parts)
 
         def open_write_behind() -> _WriteBehind[X]:
             write, close = open_writer()  # connects here, in the flow's thread: a missing server fails the start
-            return _WriteBehind(part, write, close)
+            return _WriteBehind(part, write, close, first=_FINALS_FIRST if first else None)
 
         self._writers: PerWorker[X] = PerWorker(open_write_behind)
 
@@ -230,7 +285,7 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
 
         return write, _closing(store, publisher)
 
-    return _StoreThenPublish("ohlcv_1min", open_writer, parts)
+    return _StoreThenPublish("ohlcv_1min", open_writer, parts, first=True)
 
 
 def event_sink(settings: OutputSettings, component: str = "detection_flow", parts: int = 1) -> _StoreThenPublish[Event]:
@@ -259,13 +314,15 @@ class _RedisPartition(StatelessSinkPartition[X], Generic[X]):
     Live bars, prices and status come every `LIVE_UPDATE_INTERVAL_S` in bursts (every symbol's
     forming bars of every timeframe at once); published in the flow's thread, the burst's Redis round
     trips held up the next input, a minute's closing trades among it (the stage marks of
-    `bench.ohlcv --latency-only` showed the flow's thread ~97 % waiting on Redis there). Nothing is
-    kept for recovery, as before: a restarted flow emits its input's live updates again; `close`
-    publishes what is queued first, and a failed write is raised by the next batch.
+    `bench.ohlcv --latency-only` showed the flow's thread ~97 % waiting on Redis there). Behind the
+    flow they would share Redis with the final bars instead, so they wait for those in hand
+    (`_FinalsFirst`). Nothing is kept for recovery, as before: a restarted flow emits its input's
+    live updates again; `close` publishes what is queued first, and a failed write is raised by the
+    next batch.
     """
 
     def __init__(self, what: str, publish: Callable[[list[X]], None], close: Callable[[], None]) -> None:
-        self._behind = _WriteBehind(what, publish, close)
+        self._behind = _WriteBehind(what, publish, close, after=_FINALS_FIRST)
 
     def write_batch(self, items: list[X]) -> None:
         self._behind.write_batch(items)

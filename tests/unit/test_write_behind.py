@@ -85,3 +85,37 @@ def test_a_failed_write_fails_the_next_hand_over_and_skips_the_rest() -> None:
     with pytest.raises(RuntimeError, match="disk on fire"):
         behind.write_batch([2])
     assert writes == [[1]]
+
+
+def test_live_updates_wait_for_the_final_bars_in_hand_and_go_in_slices() -> None:
+    from connectors.sinks.records import _LIVE_SLICE, _FinalsFirst
+
+    order: list[str] = []
+    finals = _Recorder()
+    first = _FinalsFirst()
+    final_sink = _WriteBehind("finals", lambda items: (finals.write(items), order.append("final")), finals.close, first=first)
+    live_sink = _WriteBehind("live", lambda items: order.append(f"live {len(items)}"), lambda: None, after=first)
+    final_sink.write_batch([1])
+    assert finals.started.wait(10)  # the final bars' write is in hand (blocked)
+    live_sink.write_batch(list(range(_LIVE_SLICE + 1)))
+    assert not threading.Event().wait(0.3) and order == [], "live updates went out while final bars were in hand"
+    finals.release.set()
+    final_sink.snapshot()
+    live_sink.snapshot()
+    assert order == ["final", f"live {_LIVE_SLICE}", "live 1"]
+    final_sink.close()
+    live_sink.close()
+
+
+def test_live_updates_are_not_starved_by_final_bars_that_never_finish(monkeypatch) -> None:
+    from connectors.sinks import records
+
+    monkeypatch.setattr(records, "_LIVE_WAIT_S", 0.2)
+    first = records._FinalsFirst()
+    first.handed()  # a final-bar batch that is never written (its database is away)
+    written: list[int] = []
+    live_sink = _WriteBehind("live", written.extend, lambda: None, after=first)
+    live_sink.write_batch([1, 2, 3])
+    live_sink.snapshot()
+    assert written == [1, 2, 3]
+    live_sink.close()
