@@ -262,7 +262,7 @@ def bar_latency(s: Settings, symbols: int, rate: int, seconds: int, *, detection
     result has each minute boundary's breakdown (`boundaries`)."""
     live = s.model_copy(update={"kafka_tail": True, "kafka_start": "earliest"})
     arrivals = BarArrivals(live)
-    flow_env = env_for(live) | ({"TICKSTOCK_STAGE_LOG": str(stage_log)} if stage_log is not None else {})
+    flow_env = env_for(live) | ({"STAGE_LOG": str(stage_log)} if stage_log is not None else {})
     flow_log = stage_log.with_suffix(".log").open("wb") if stage_log is not None else subprocess.DEVNULL
     flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.ohlcv:build_flow()"], env=flow_env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=flow_log)  # fmt: skip

@@ -24,6 +24,7 @@ from bytewax.dataflow import Dataflow
 from connectors.kafka.dead_letter import dead_letter_sink, error_record, letter_key
 from connectors.kafka.sink import Record, TopicSink
 from connectors.kafka.source import KafkaBatchSource
+from connectors.sinks import stages
 from connectors.sinks.records import event_sink, final_bar_sink, live_bar_sink, price_sink, status_sink
 from flows import settings as flow_settings
 from flows.detect import settings as detect_settings
@@ -46,6 +47,8 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     # collector thresholds would rescan them constantly for cycles they never form.
     gc.set_threshold(100_000, 50, 100)
     start_monitoring(s, "ohlcv")
+    if s.stage_log is not None:
+        stages.open_log(s.stage_log)
     flow = Dataflow("ohlcv")
     source = KafkaBatchSource(
         s, [s.bar_input_topic()], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,

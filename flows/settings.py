@@ -6,6 +6,7 @@ Read from environment variables without prefix (names in the README). Every prog
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_serializer, field_validator
@@ -75,6 +76,25 @@ class Settings(OutputSettings, OpsSettings):
         le=365 * DAY_S,
         description="a tailing flow whose watermark lags the wall clock more than this reports degraded",
     )
+
+    stage_log: Path | None = Field(
+        None,
+        description="a file the bar flow appends its stage marks to (connectors.sinks.stages; bench.ohlcv --latency-only "
+        "reads it); its folder must exist. Unset: no marks",
+    )
+
+    @field_validator("stage_log")
+    @classmethod
+    def _stage_log_folder(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        try:
+            folder = value.parent.is_dir()
+        except OSError as exc:  # a name too long for the file system, say
+            raise ValueError(f"{str(value)[:200]!r}: {exc.strerror}") from None  # pydantic names the variable
+        if not folder:
+            raise ValueError(f"{str(value)[:200]!r}: its folder does not exist")
+        return value
 
     @field_validator("bar_timeframes", mode="before")
     @classmethod

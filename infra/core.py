@@ -39,7 +39,8 @@ def _apt_install(*packages: str) -> None:
 
 def ensure_toolchain() -> None:
     """gcc and Python.h, installed on Debian when missing (root)."""
-    if shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "gcc") is None:
+    compiler = (sysconfig.get_config_var("CC") or "gcc").split()[0]  # what setuptools will call
+    if shutil.which(compiler) is None:
         _apt_install("gcc", "libc6-dev")
     header = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if not header.exists():

@@ -1,6 +1,6 @@
 """Wall-clock marks of where a minute's final bars are on their way out (`bench.ohlcv --latency-only`).
 
-Off unless `TICKSTOCK_STAGE_LOG` names a file: then the bar flow appends one JSON line per mark
+Off unless the bar flow opens a log (`open_log`, from its STAGE_LOG setting): then it appends one JSON line per mark
 (`{"stage": ..., "t": <epoch seconds>, "cpu": <the thread's CPU seconds>, "thread": ..., ...}`) at the few points a minute's final
 bars pass: the partition step that closed the minute, the sink's hand-over to its writer thread,
 PostgreSQL done, Redis done, and what else holds the flow's thread or the writer around then
@@ -12,9 +12,9 @@ The benchmark reads the file and prints the per-stage breakdown of each minute b
 from __future__ import annotations
 
 import gc
-import os
 import threading
 import time
+from pathlib import Path
 from typing import IO
 
 import msgspec
@@ -22,13 +22,20 @@ import msgspec
 from schemas.bars import Bar
 
 _encode = msgspec.json.Encoder().encode
-_path = os.environ.get("TICKSTOCK_STAGE_LOG", "")
 _lock = threading.Lock()
-_file: IO[bytes] | None = open(_path, "ab", buffering=0) if _path else None  # noqa: SIM115  # open for the process's life
+_file: IO[bytes] | None = None
+
+
+def open_log(path: Path) -> None:
+    """Write marks to `path` (appended) from now on, for the rest of the process's life."""
+    global _file
+    if _file is None:
+        _file = path.open("ab", buffering=0)
+        gc.callbacks.append(_on_gc)
 
 
 def enabled() -> bool:
-    """Whether marks are written (TICKSTOCK_STAGE_LOG is set)."""
+    """Whether marks are written (a log was opened)."""
     return _file is not None
 
 
@@ -67,7 +74,3 @@ def _on_gc(phase: str, info: dict[str, int]) -> None:
         _gc_started = time.perf_counter()
     else:
         mark("gc", generation=info["generation"], took_s=round(time.perf_counter() - _gc_started, 4))
-
-
-if _file is not None:
-    gc.callbacks.append(_on_gc)

@@ -45,15 +45,17 @@ def test_the_compiled_book_is_what_runs_in_ci():
     assert PY_BOOK.MinuteBar is not flows.bars.MinuteBar
 
 
+def _horizon() -> Horizon:
+    return Horizon(max_ahead_of_clock_ms=60_000, max_jump_ms=5 * 60_000, confirm=3, clock=lambda: NOW_S)
+
+
 def _book(module: ModuleType, lateness_ms: int) -> flows.book.BarBook:
-    horizon = Horizon(max_ahead_of_clock_ms=60_000, max_jump_ms=5 * 60_000, confirm=3, clock=lambda: NOW_S)
-    return module.BarBook(RULES, close_delay_ms=2_000, lateness_ms=lateness_ms, horizon=horizon, max_symbols=5)  # type: ignore[no-any-return]  # the BarBook of either module
+    return module.BarBook(RULES, close_delay_ms=2_000, lateness_ms=lateness_ms, horizon=_horizon(), max_symbols=5)  # type: ignore[no-any-return]  # the BarBook of either module
 
 
 def _restore(module: ModuleType, snapshot: bytes, lateness_ms: int) -> flows.book.BarBook:
-    horizon = Horizon(max_ahead_of_clock_ms=60_000, max_jump_ms=5 * 60_000, confirm=3, clock=lambda: NOW_S)
     return module.BarBook.restore(  # type: ignore[no-any-return]  # the BarBook of either module
-        snapshot, RULES, close_delay_ms=2_000, lateness_ms=lateness_ms, source="trades", horizon=horizon, max_symbols=5
+        snapshot, RULES, close_delay_ms=2_000, lateness_ms=lateness_ms, source="trades", horizon=_horizon(), max_symbols=5
     )
 
 

@@ -54,3 +54,35 @@ def test_the_gateway_reads_the_pipelines_variables_or_its_own(monkeypatch: pytes
     assert GatewaySettings().redis_url == "redis://shared:6379/0"
     monkeypatch.setenv("GATEWAY_REDIS_URL", "redis://own:6379/0")
     assert GatewaySettings().redis_url == "redis://own:6379/0"
+
+
+@pytest.mark.parametrize("value", ["/no/such/folder/stages.jsonl", "x" * 5000 + "/stages.jsonl"])
+def test_the_stage_log_refuses_a_file_it_could_not_open_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv("STAGE_LOG", value)
+    with pytest.raises(SettingsError, match="STAGE_LOG"):
+        load(Settings)
+
+
+def test_the_stage_log_is_off_unless_set_and_marks_one_json_line_each(monkeypatch, tmp_path):
+    import msgspec
+
+    from connectors.sinks import stages
+
+    assert load(Settings).stage_log is None
+    monkeypatch.setenv("STAGE_LOG", str(tmp_path / "stages.jsonl"))
+    path = load(Settings).stage_log
+    assert path == tmp_path / "stages.jsonl"
+    monkeypatch.setattr(stages, "_file", None)
+    stages.open_log(path)
+    try:
+        stages.mark("closed", minute=60_000)
+        stages.mark("sink_in", items=3)
+    finally:
+        stages._file.close()  # type: ignore[union-attr]  # opened just above
+        stages.gc.callbacks.remove(stages._on_gc)
+        monkeypatch.setattr(stages, "_file", None)
+    lines = [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
+    assert [(line["stage"], line.get("minute"), line.get("items")) for line in lines] == [
+        ("closed", 60000, None),
+        ("sink_in", None, 3),
+    ]
