@@ -312,7 +312,9 @@ def test_timeframes_and_prices_live_and_resumed(gw):
 
 def test_resume_beyond_the_kept_history_gets_a_reset(services):
     limits = HistoryLimits(max_len=5, max_age_s=0)
-    with running_gateway(TEST_DATABASE_URL, REDIS_URL, history=limits) as gw:
+    # a queue far above the 2,000 missed: live messages still being relayed when the client comes
+    # back count against its queue, and at exactly 2,000 the reset would be "too many missed" instead
+    with running_gateway(TEST_DATABASE_URL, REDIS_URL, history=limits, max_queue=20_000) as gw:
 
         async def scenario() -> None:
             channel = gw.channels.events_for("AAPL")
