@@ -228,15 +228,22 @@ class BarArrivals:
         self._pubsub.subscribe(f"{s.redis_namespace}.market.ohlcv")
         self._pubsub.get_message(timeout=5)
         self.arrivals: list[tuple[float, bytes]] = []
+        self.failure: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
 
     def _listen(self) -> None:
-        while not self._stop.is_set():
-            m = self._pubsub.get_message(timeout=0.1)
-            if m is not None and m["type"] == "message":
-                self.arrivals.append((time.time(), m["data"]))
+        # A timeout of a second: a shorter one expired in the middle of a message on a loaded
+        # machine (redis-py raises then, and the subscription is broken), and the run went on
+        # without the rest of the bars. A failure now fails the run (`stop`).
+        try:
+            while not self._stop.is_set():
+                m = self._pubsub.get_message(timeout=1.0)
+                if m is not None and m["type"] == "message":
+                    self.arrivals.append((time.time(), m["data"]))
+        except Exception as exc:  # noqa: BLE001 - reported by stop(), the run's result would be wrong
+            self.failure = exc
 
     def settle(self, quiet_s: float, max_s: float) -> None:
         """Wait until nothing arrived for `quiet_s` (at most `max_s`): a boundary whose last bars take
@@ -251,6 +258,8 @@ class BarArrivals:
     def stop(self) -> list[tuple[float, bytes]]:
         self._stop.set()
         self._thread.join(5)
+        if self.failure is not None:
+            raise SystemExit(f"listening for bars on Redis failed ({self.failure!r}): the arrivals are incomplete")
         return self.arrivals
 
 

@@ -2,7 +2,7 @@
 
 The synthetic feed, the flat-file replay, the tests and the benchmarks publish many records as
 fast as the broker takes them, then flush and say how many failed. They share this producer:
-a small linger with big lz4 batches, idempotent `acks=all` unless a broker cannot do it, and a
+a 50 ms linger with big lz4 batches, idempotent `acks=all` unless a broker cannot do it, and a
 delivery callback that only sees failures (`delivery.report.only.error`: a Python call per
 record would halve throughput). The live bridge has its own producer (no delivery deadline, a
 window sized by its settings, failures judged one by one): it must not lose a record it read.
@@ -19,11 +19,19 @@ if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message, Producer
 
 
+# How long a producer gathers records into one batch per partition. Every batch is one object in
+# Tansu's memory storage, which lists all of a partition's objects on every fetch: at a real-time
+# 4,000 trades/s, 10 ms batches had the broker at a whole core after 60 s, 50 ms ones at a fifth
+# of it (see docs/benchmarks.md). 50 ms of input delay is far inside BAR_CLOSE_DELAY_S, and live
+# updates are throttled to a second anyway. KAFKA_PROPERTY_PRODUCER_LINGER_MS overrides it.
+LINGER_MS = 50
+
+
 def producer_config(idempotent: bool) -> dict[str, object]:
-    """Throughput settings: small linger, big lz4 batches; idempotent acks=all unless disabled (the
+    """Throughput settings: a 50 ms linger, big lz4 batches; idempotent acks=all unless disabled (the
     tuning is overridable by KAFKA_PROPERTY_*, the rest protected: connectors.kafka.properties)."""
     return {
-        "linger.ms": 10,
+        "linger.ms": LINGER_MS,
         "batch.size": 1_000_000,
         "batch.num.messages": 10_000,
         "compression.type": "lz4",

@@ -36,6 +36,7 @@ from connectors.feeds.bridge.spool import Record, Spool
 from connectors.kafka import clients
 from connectors.kafka.dead_letter import SHA256, TRUNCATED, letter
 from connectors.kafka.errors import DEAD_LETTER, RENEW, STOP, TAKEN_BACK, judge
+from connectors.kafka.producer import LINGER_MS
 from connectors.kafka.settings import KafkaSettings
 
 log = logging.getLogger("tickstock.bridge")
@@ -82,7 +83,7 @@ class Publisher:
                 "enable.idempotence": self.cfg.bridge_idempotence,
                 "acks": "all",
                 "message.timeout.ms": 0,  # no deadline: retry until Kafka is back
-                "linger.ms": 5,
+                "linger.ms": LINGER_MS,  # one broker object per batch: see connectors.kafka.producer
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": self.cfg.bridge_max_in_flight,
                 "queue.buffering.max.kbytes": self.cfg.bridge_max_in_flight_mb * 1024,
