@@ -32,7 +32,7 @@ def backfill_bar_sink(settings: OutputSettings, tally: Tally) -> _StoreThenPubli
             store.upsert([b for b in bars if b.timeframe == "1m"], refused)  # the table's; the views roll up the rest
             refused.deliver(None)
 
-        return write, _closing(store)
+        return Writer(write, _closing(store))
 
     return _StoreThenPublish("ohlcv_1min", open_writer)
 
@@ -49,6 +49,6 @@ def backfill_event_sink(settings: OutputSettings) -> _StoreThenPublish[Event]:
             store.upsert(events, refused)
             refused.deliver(None)
 
-        return write, _closing(store)
+        return Writer(write, _closing(store))
 
     return _StoreThenPublish("detection", open_writer)

@@ -2,11 +2,14 @@
 
 Writing the database first means a dashboard told about a bar or an event can already query it.
 
-Database-bound records are written by a background thread so the flow keeps computing while
-PostgreSQL works (it runs on the other core). Nothing is lost by that: the queue is bounded (a
-slow database slows the flow rather than filling memory), and `snapshot`, which Bytewax calls
-at the end of every epoch before it commits the epoch's input offsets, waits until every
-accepted batch is written. A crash can therefore only re-emit records, which the upserts absorb.
+Database-bound records are written by background threads so the flow keeps computing while
+PostgreSQL works (it runs on the other core): one stores a batch, a second publishes what the
+first stored, so a minute boundary's second wave of bars is upserted while the first is being
+published (each bar still reaches Redis after its transaction committed). Nothing is lost by
+that: the queues are bounded (a slow database or Redis slows the flow rather than filling
+memory), and `snapshot`, which Bytewax calls at the end of every epoch before it commits the
+epoch's input offsets, waits until every accepted batch is stored and published. A crash can
+therefore only re-emit records, which the upserts absorb.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import msgspec
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
@@ -83,23 +86,34 @@ _FINALS_FIRST = _FinalsFirst()
 class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
     """Hands each batch to a writer thread; the epoch boundary waits for it to catch up.
 
-    `first` is told of every batch handed and written (the final bars'); the writer of a sink
-    given `after` waits for it before each slice of `_LIVE_SLICE` records (the live updates').
+    With `then`, a second thread gets what each `write` returned and runs `then` on it (the
+    publishing after the storing), while the writer goes on to the next batch; a batch counts as
+    written once both are done. `first` is told of every batch handed and written (the final
+    bars'); the writer of a sink given `after` waits for it before each slice of `_LIVE_SLICE`
+    records (the live updates').
     """
 
     def __init__(
-        self, what: str, write: Callable[[list[X]], None], close: Callable[[], None], *,
-        first: _FinalsFirst | None = None, after: _FinalsFirst | None = None,
+        self, what: str, write: Callable[[list[X]], Any], close: Callable[[], None], *,
+        then: Callable[[Any], None] | None = None, first: _FinalsFirst | None = None,
+        after: _FinalsFirst | None = None,
     ) -> None:  # fmt: skip
         self._what = what
         self._first = first
         self._after = after
         self._write = write
+        self._then = then
         self._close = close
         self._pending: queue.Queue[list[X] | None] = queue.Queue(maxsize=_PENDING_BATCHES)
+        # Stored, not yet published: a small bound, so a Redis that is away stops the storing
+        # soon (and then the flow, through `_pending`) instead of piling batches up here.
+        self._stored: queue.Queue[tuple[list[list[X] | None], Any]] = queue.Queue(maxsize=2)
         self._failure: BaseException | None = None
-        self._writer = threading.Thread(target=self._write_forever, name=f"{what}-writer", daemon=True)
-        self._writer.start()
+        self._threads = [threading.Thread(target=self._write_forever, name=f"{what}-writer", daemon=True)]
+        if then is not None:
+            self._threads.append(threading.Thread(target=self._then_forever, name=f"{what}-publisher", daemon=True))
+        for thread in self._threads:
+            thread.start()
 
     def write_batch(self, items: list[X]) -> None:
         self._raise_failure()
@@ -121,18 +135,20 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
     def close(self) -> None:
         self._pending.join()
         self._pending.put(None)
-        self._writer.join(30)
+        for thread in self._threads:
+            thread.join(30)
         self._close()
         self._raise_failure()
 
     def _write_forever(self) -> None:
         while True:
             batches = self._take()
+            result = None
             try:
                 items = [item for batch in batches if batch is not None for item in batch]
                 if items and self._failure is None:
                     if self._after is None:
-                        self._write(items)  # the stores and publishers retry while their server is down
+                        result = self._write(items)  # the stores and publishers retry while their server is down
                     else:
                         for start in range(0, len(items), _LIVE_SLICE):
                             self._after.wait()
@@ -141,12 +157,33 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
                 log.exception("writing %s failed", self._what)
                 self._failure = exc
             finally:
-                if self._first is not None:
-                    self._first.written(sum(batch is not None for batch in batches))
-                for _ in batches:
-                    self._pending.task_done()
+                if self._then is None:
+                    self._done(batches)
+                else:
+                    self._stored.put((batches, result))
             if None in batches:
                 return
+
+    def _then_forever(self) -> None:
+        assert self._then is not None
+        while True:
+            batches, result = self._stored.get()
+            try:
+                if result is not None and self._failure is None:
+                    self._then(result)
+            except Exception as exc:
+                log.exception("publishing %s failed", self._what)
+                self._failure = exc
+            finally:
+                self._done(batches)
+            if None in batches:
+                return
+
+    def _done(self, batches: list[list[X] | None]) -> None:
+        if self._first is not None:
+            self._first.written(sum(batch is not None for batch in batches))
+        for _ in batches:
+            self._pending.task_done()
 
     def _take(self) -> list[list[X] | None]:
         """The next batch and every one queued behind it, in order: written as one.
@@ -173,7 +210,13 @@ def _publisher_options(settings: OutputSettings) -> dict:
     return {"history": settings.history_limits(), "max_backoff_s": settings.sink_max_backoff_s}
 
 
-Writer = tuple[Callable[[list], None], Callable[[], None]]  # write a batch, close
+class Writer(NamedTuple):
+    """What a sink's writer thread runs: `write` a batch, `close` at the end; with `then`, a second
+    thread runs it on each result of `write` (publishing what was stored) while the next is written."""
+
+    write: Callable[[list], Any]
+    close: Callable[[], None]
+    then: Callable[[Any], None] | None = None
 
 
 class _StoreThenPublish(FixedPartitionedSink[X, None]):
@@ -188,8 +231,8 @@ class _StoreThenPublish(FixedPartitionedSink[X, None]):
         self._parts = part_names(part, parts)
 
         def open_write_behind() -> _WriteBehind[X]:
-            write, close = open_writer()  # connects here, in the flow's thread: a missing server fails the start
-            return _WriteBehind(part, write, close, first=_FINALS_FIRST if first else None)
+            w = open_writer()  # connects here, in the flow's thread: a missing server fails the start
+            return _WriteBehind(part, w.write, w.close, then=w.then, first=_FINALS_FIRST if first else None)
 
         self._writers: PerWorker[X] = PerWorker(open_write_behind)
 
@@ -265,7 +308,7 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
         publisher = BarPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
         refused = Refusals(settings, "ohlcv_1min", "ohlcv_flow")
 
-        def write(bars: list[Bar]) -> None:
+        def store_bars(bars: list[Bar]) -> tuple[int | None, list[Bar]]:
             minute = stages.first_minute(bars) if stages.enabled() else None
             if minute is not None:
                 stages.mark("write_start", minute=minute, bars=len(bars))
@@ -274,16 +317,20 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
                 written = store.upsert(minutes, refused)
             if minute is not None:
                 stages.mark("postgres_done", minute=minute, bars=len(minutes))
+            refused.deliver(publisher)
             if len(minutes) < len(bars):  # coarse bars too: publish in order, without the minutes refused
                 kept = {id(b) for b in written}
                 written = [b for b in bars if b.timeframe != "1m" or id(b) in kept]
+            return minute, written
+
+        def publish_bars(stored: tuple[int | None, list[Bar]]) -> None:
+            minute, written = stored
             with timed_batch("redis", "final_bars", len(written)):
                 publisher.publish_final(written)
             if minute is not None:
                 stages.mark("redis_done", minute=minute, bars=len(written))
-            refused.deliver(publisher)
 
-        return write, _closing(store, publisher)
+        return Writer(store_bars, _closing(store, publisher), then=publish_bars)
 
     return _StoreThenPublish("ohlcv_1min", open_writer, parts, first=True)
 
@@ -296,14 +343,17 @@ def event_sink(settings: OutputSettings, component: str = "detection_flow", part
         publisher = EventPublisher(settings.redis_url, Channels(settings.redis_namespace), **_publisher_options(settings))
         refused = Refusals(settings, "detection records", component)
 
-        def write(events: list[Event]) -> None:
+        def store_events(events: list[Event]) -> list[Event]:
             with timed_batch("postgresql", "detection", len(events)):
                 written = store.upsert(events, refused)
+            refused.deliver(publisher)
+            return written
+
+        def publish_events(written: list[Event]) -> None:
             with timed_batch("redis", "detection", len(written)):
                 publisher.publish_events(written)
-            refused.deliver(publisher)
 
-        return write, _closing(store, publisher)
+        return Writer(store_events, _closing(store, publisher), then=publish_events)
 
     return _StoreThenPublish("detection", open_writer, parts)
 

@@ -119,3 +119,64 @@ def test_live_updates_are_not_starved_by_final_bars_that_never_finish(monkeypatc
     live_sink.snapshot()
     assert written == [1, 2, 3]
     live_sink.close()
+
+
+def test_the_next_batch_is_stored_while_the_one_before_is_published() -> None:
+    stored: list[list[int]] = []
+    published: list[list[int]] = []
+    publishing = threading.Event()
+    release = threading.Event()
+
+    def store(items: list[int]) -> list[int]:
+        stored.append(list(items))
+        return [x * 10 for x in items]
+
+    def publish(result: list[int]) -> None:
+        if not published:
+            publishing.set()
+            assert release.wait(10), "the test never released the first publish"
+        published.append(result)
+
+    behind = _WriteBehind("test", store, lambda: None, then=publish)
+    behind.write_batch([1])
+    assert publishing.wait(10)  # the first batch is stored, its publishing held
+    behind.write_batch([2, 3])
+    done = threading.Event()
+    snapshot = threading.Thread(target=lambda: (behind.snapshot(), done.set()))
+    snapshot.start()
+    for _ in range(100):  # the second batch is stored meanwhile
+        if len(stored) == 2:
+            break
+        threading.Event().wait(0.05)
+    assert stored == [[1], [2, 3]] and published == []
+    assert not done.wait(0.2), "the epoch ended before its batches were published"
+    release.set()
+    snapshot.join(10)
+    assert done.is_set() and published == [[10], [20, 30]]  # in order, each after its store
+    behind.close()
+
+
+def test_a_failed_publish_fails_the_next_hand_over_and_publishes_nothing_more() -> None:
+    published: list[list[int]] = []
+
+    def publish(result: list[int]) -> None:
+        published.append(result)
+        raise ConnectionError("redis gone for good")
+
+    behind = _WriteBehind("test", list, lambda: None, then=publish)
+    behind.write_batch([1])
+    with pytest.raises(RuntimeError, match="test sink failed: redis gone for good"):
+        behind.snapshot()
+    with pytest.raises(RuntimeError, match="redis gone for good"):
+        behind.write_batch([2])
+    assert published == [[1]]
+
+
+def test_close_stores_and_publishes_what_is_queued() -> None:
+    published: list[int] = []
+    closed = threading.Event()
+    behind = _WriteBehind("test", list, closed.set, then=published.extend)
+    for i in range(6):
+        behind.write_batch([i])
+    behind.close()
+    assert published == [0, 1, 2, 3, 4, 5] and closed.is_set()
