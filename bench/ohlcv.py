@@ -329,6 +329,7 @@ def _read_marks(path: Path) -> list[dict]:
     return [msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+_WRITE_STAGES = ("write_start", "postgres_done", "publish_start", "redis_done")
 # The marks of a boundary's window not shown one by one.
 _TIMELINE_SKIP: set[str] = set()
 
@@ -338,7 +339,8 @@ def boundary_breakdown(marks: list[dict], arrivals: dict[int, list[float]], dela
 
     - `closed`: the partition steps whose book closed the minute (first, last; their own duration);
     - `sink_in`: the final-bar sink handing batches to its writer (the first after the first close);
-    - `write_start` / `postgres_done` / `redis_done`: the writer thread on that minute's batches;
+    - `write_start` / `postgres_done`: the writer thread storing that minute's batches, then
+      `publish_start` / `redis_done`: the publisher thread publishing them;
     - `arrived`: the benchmark's subscriber (first, p50, p99, last);
     - `timeline`: every mark from 0.5 s before the boundary to the last arrival, to see what else ran.
     """
@@ -352,7 +354,7 @@ def boundary_breakdown(marks: list[dict], arrivals: dict[int, list[float]], dela
             return round((t - due) * 1000, 1)
 
         closed = [m for m in marks if m["stage"] == "closed" and m.get("minute") == minute]
-        mine = [m for m in marks if m.get("minute") == minute and m["stage"] in ("write_start", "postgres_done", "redis_done")]
+        mine = [m for m in marks if m.get("minute") == minute and m["stage"] in _WRITE_STAGES]
         first_close = min((m["t"] for m in closed), default=due)
         sink_in = [
             m
@@ -368,7 +370,7 @@ def boundary_breakdown(marks: list[dict], arrivals: dict[int, list[float]], dela
             "closed_ms": [rel(m["t"]) for m in closed],
             "closed_step_ms": [round(m["took_s"] * 1000, 1) for m in closed],
             "sink_in_ms": [rel(m["t"]) for m in sink_in],
-            **{f"{stage}_ms": [rel(m["t"]) for m in mine if m["stage"] == stage] for stage in ("write_start", "postgres_done", "redis_done")},
+            **{f"{stage}_ms": [rel(m["t"]) for m in mine if m["stage"] == stage] for stage in _WRITE_STAGES},
             "arrived_ms": {"first": round(latencies[0], 1), "p50": round(_quantile(latencies, 0.5), 1),
                            "p99": round(_quantile(latencies, 0.99), 1), "last": round(latencies[-1], 1)},
             "timeline": [
@@ -382,20 +384,23 @@ def boundary_breakdown(marks: list[dict], arrivals: dict[int, list[float]], dela
 
 
 def _writer_cpu(marks: list[dict]) -> dict:
-    """The final-bar writer's wall and CPU time (ms) from each write's start to PostgreSQL done and to Redis done."""
+    """The final-bar sink's wall and CPU time (ms): its writer thread from each write's start to
+    PostgreSQL done, its publisher thread from each publish's start to Redis done."""
     pg_wall = pg_cpu = redis_wall = redis_cpu = 0.0
-    started = done = None
+    stored = published = None
     for m in sorted(marks, key=lambda m: m["t"]):
         if m["stage"] == "write_start":
-            started = m
-        elif m["stage"] == "postgres_done" and started is not None:
-            pg_wall += m["t"] - started["t"]
-            pg_cpu += m["cpu"] - started["cpu"]
-            done = m
-        elif m["stage"] == "redis_done" and done is not None:
-            redis_wall += m["t"] - done["t"]
-            redis_cpu += m["cpu"] - done["cpu"]
-            started = done = None
+            stored = m
+        elif m["stage"] == "postgres_done" and stored is not None:
+            pg_wall += m["t"] - stored["t"]
+            pg_cpu += m["cpu"] - stored["cpu"]
+            stored = None
+        elif m["stage"] == "publish_start":
+            published = m
+        elif m["stage"] == "redis_done" and published is not None:
+            redis_wall += m["t"] - published["t"]
+            redis_cpu += m["cpu"] - published["cpu"]
+            published = None
     ms = {
         "postgres_wall_ms": pg_wall,
         "postgres_writer_cpu_ms": pg_cpu,
@@ -409,11 +414,11 @@ def print_breakdown(boundaries: list[dict]) -> None:
     for b in boundaries:
         when = datetime.fromtimestamp(b["minute"] / 1000, UTC).strftime("%H:%M")
         print(f"minute {when} ({b['bars']:,} final bars), ms after its end + close delay:")
-        for key in ("closed_ms", "closed_step_ms", "sink_in_ms", "write_start_ms", "postgres_done_ms", "redis_done_ms"):
+        for key in ("closed_ms", "closed_step_ms", "sink_in_ms", *(f"{stage}_ms" for stage in _WRITE_STAGES)):
             print(f"  {key:<18} {b[key]}")
         print(f"  {'arrived_ms':<18} {b['arrived_ms']}")
-        print(f"  writer: PostgreSQL {b['postgres_wall_ms']} ms ({b['postgres_writer_cpu_ms']} ms of its CPU), "
-              f"Redis {b['redis_wall_ms']} ms ({b['redis_writer_cpu_ms']} ms of its CPU)")  # fmt: skip
+        print(f"  sink: PostgreSQL {b['postgres_wall_ms']} ms ({b['postgres_writer_cpu_ms']} ms of its writer's CPU), "
+              f"Redis {b['redis_wall_ms']} ms ({b['redis_writer_cpu_ms']} ms of its publisher's CPU)")  # fmt: skip
         for line in b["timeline"]:
             print(f"    {line}")
 

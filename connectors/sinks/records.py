@@ -325,6 +325,8 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
 
         def publish_bars(stored: tuple[int | None, list[Bar]]) -> None:
             minute, written = stored
+            if minute is not None:
+                stages.mark("publish_start", minute=minute, bars=len(written))
             with timed_batch("redis", "final_bars", len(written)):
                 publisher.publish_final(written)
             if minute is not None:
