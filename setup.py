@@ -6,8 +6,8 @@ Everything else about the package is in pyproject.toml.
 C types): `make core` builds them in place for a checkout
 (`python setup.py build_ext --inplace`, via infra/core.py), and a wheel carries them. The `.py`
 sources stay importable without the build.
- The gateway serves
-connectors/gateway/vendor/ under /vendor/: TradingView's lightweight-charts from npm, pinned by
+
+The gateway serves connectors/gateway/vendor/ under /vendor/: TradingView's lightweight-charts from npm, pinned by
 infra/dashboard/package-lock.json, which infra/dashboard.sh installs (`npm ci`) and copies there
 (never committed). A wheel built without it would serve a dashboard with no chart, so the build
 runs that script (from a checkout; an sdist already carries the copy) and fails if the file is

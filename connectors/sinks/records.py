@@ -223,8 +223,8 @@ class _StoreThenPublish(FixedPartitionedSink[X, None]):
     """Records keyed by symbol: database first, then Redis, behind the flow.
 
     `parts` sink partitions (see `connectors.sinks.parts`), spread by Bytewax over the workers; a
-    symbol's records all go through one. The partitions of a worker share its one writer thread
-    and connections.
+    symbol's records all go through one. The partitions of a worker share its writer threads (the
+    storing one and the publishing one) and connections.
     """
 
     def __init__(self, part: str, open_writer: Callable[[], Writer], parts: int = 1, *, first: bool = False) -> None:

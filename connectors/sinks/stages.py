@@ -3,7 +3,7 @@
 Off unless the bar flow opens a log (`open_log`, from its STAGE_LOG setting): then it appends one JSON line per mark
 (`{"stage": ..., "t": <epoch seconds>, "cpu": <the thread's CPU seconds>, "thread": ..., ...}`) at the few points a minute's final
 bars pass: the partition step that closed the minute, the sink's hand-over to its writer thread,
-PostgreSQL done, Redis done, and what else holds the flow's thread or the writer around then
+PostgreSQL done, its publisher thread's start and Redis done, and what else holds the flow's thread or the writer around then
 (the Redis-only sinks, the epoch's snapshots). Marks are made per batch, never per record, so
 even when on they cost a few lines a second; when off, each is one test of a module global.
 The benchmark reads the file and prints the per-stage breakdown of each minute boundary.

@@ -539,8 +539,7 @@ class BarDetector:
     def snapshot(self) -> bytes:
         revisions = self.revisions
         if revisions:  # forget revisions of bars that left the window
-            s = self.series
-            oldest = float(s._data[0, s._start]) if len(s) else float("inf")  # a float: numpy scalars compare slowly
+            oldest = self.series.first_timestamp
             if min(revisions) < oldest:
                 revisions = self.revisions = {t: r for t, r in revisions.items() if t >= oldest}
         return msgspec.msgpack.encode((

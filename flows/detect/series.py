@@ -78,6 +78,11 @@ class BarSeries:
     def last_timestamp(self) -> int | None:
         return int(self._data[0, self._end - 1]) if self._end > self._start else None
 
+    @property
+    def first_timestamp(self) -> float:
+        """The oldest held bar's start, a plain float (numpy scalars compare slowly); +inf when empty."""
+        return float(self._data[0, self._start]) if self._end > self._start else float("inf")
+
     def row(self, t: int) -> tuple[float, ...] | None:
         """The held bar starting at `t` (open, high, low, close, volume, vwap), or None."""
         times = self.timestamp
