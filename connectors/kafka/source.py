@@ -335,8 +335,15 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             "enable.partition.eof": not self._tail,
             # An offset that is gone is our decision (see _reposition), never librdkafka's silent reset.
             "auto.offset.reset": "error",
-            "fetch.max.bytes": 52_428_800,
-            "max.partition.fetch.bytes": 10_485_760,
+            # One fetch's answer: a broker fills the first partition with data up to the request's
+            # `fetch.max.bytes` whatever the partition's own limit (Kafka's protocol; Tansu's
+            # service/fetch.rs does the same), and each consumer here fetches one partition. At the
+            # 50 MB it was, one answer on a backlog held ~250 MB of the bar flow's 555-580 MB peak RSS
+            # (memray --native: librdkafka's queued messages and lz4 buffers); at 1 MiB (the least
+            # librdkafka takes, >= message.max.bytes) the peak is 377-416 MB, no slower
+            # (docs/benchmarks.md, 2026-12-02).
+            "fetch.max.bytes": 1_048_576,
+            "max.partition.fetch.bytes": 1_048_576,
             # Prefetch: five consume batches per partition keep the flow fed from a broker nearby
             # (two made a backlog's replay up to ~25 % slower in wall time here) and cap what waits in
             # librdkafka's queue: 200,000 messages per partition before held ~130 MB more of the bar
