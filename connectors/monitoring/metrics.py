@@ -36,6 +36,11 @@ SINK_BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 SINK_RECORDS = Counter("tickstock_sink_records_total", "Records written by a sink, by sink and target", ["sink", "target"])
+LIVE_SUPERSEDED = Counter(
+    "tickstock_live_superseded_total",
+    "Live records (forming bars, last prices, health) replaced by a newer one of the same key before they were published",
+    ["target"],
+)
 
 
 @contextmanager

@@ -14,10 +14,11 @@ therefore only re-emit records, which the upserts absorb.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import msgspec
@@ -25,7 +26,7 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkParti
 
 from connectors.kafka.dead_letter import error_record, letter
 from connectors.kafka.sink import Record, TopicWriter
-from connectors.monitoring.metrics import timed_batch
+from connectors.monitoring.metrics import LIVE_SUPERSEDED, timed_batch
 from connectors.postgres.bars import BarStore
 from connectors.postgres.events import EventStore
 from connectors.redis.publish import BarPublisher, EventPublisher, PricePublisher, Publisher, StatusPublisher
@@ -36,7 +37,7 @@ from schemas.bars import Bar
 from schemas.channels import Channels
 from schemas.events import Event
 from schemas.prices import Price
-from schemas.status import Status, encode_status
+from schemas.status import FlowHealth, Status, encode_status
 
 encode_json = msgspec.json.Encoder().encode
 
@@ -49,6 +50,9 @@ X = TypeVar("X")
 # Redis messages (one script call of `connectors.redis.publish`), ~10-40 ms here.
 _LIVE_WAIT_S = 2.0
 _LIVE_SLICE = 250
+# Live records waiting at most (newest per key; error records each count): past it, Redis is away
+# and the flow waits, as it does for the database-bound sinks' batches.
+_LIVE_MAX_WAITING = 200_000
 
 
 class _FinalsFirst:
@@ -89,18 +93,15 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
     With `then`, a second thread gets what each `write` returned and runs `then` on it (the
     publishing after the storing), while the writer goes on to the next batch; a batch counts as
     written once both are done. `first` is told of every batch handed and written (the final
-    bars'); the writer of a sink given `after` waits for it before each slice of `_LIVE_SLICE`
-    records (the live updates').
+    bars', which the live updates wait for: `_Newest`).
     """
 
     def __init__(
         self, what: str, write: Callable[[list[X]], Any], close: Callable[[], None], *,
         then: Callable[[Any], None] | None = None, first: _FinalsFirst | None = None,
-        after: _FinalsFirst | None = None,
     ) -> None:  # fmt: skip
         self._what = what
         self._first = first
-        self._after = after
         self._write = write
         self._then = then
         self._close = close
@@ -147,12 +148,7 @@ class _WriteBehind(StatefulSinkPartition[X, None], Generic[X]):
             try:
                 items = [item for batch in batches if batch is not None for item in batch]
                 if items and self._failure is None:
-                    if self._after is None:
-                        result = self._write(items)  # the stores and publishers retry while their server is down
-                    else:
-                        for start in range(0, len(items), _LIVE_SLICE):
-                            self._after.wait()
-                            self._write(items[start : start + _LIVE_SLICE])
+                    result = self._write(items)  # the stores and publishers retry while their server is down
             except Exception as exc:
                 log.exception("writing %s failed", self._what)
                 self._failure = exc
@@ -360,45 +356,115 @@ def event_sink(settings: OutputSettings, component: str = "detection_flow", part
     return _StoreThenPublish("detection", open_writer, parts)
 
 
-class _RedisPartition(StatelessSinkPartition[X], Generic[X]):
-    """Publishes behind the flow, on a writer thread of its own (`_WriteBehind`, without the epoch wait).
+class _Newest(StatelessSinkPartition[X], Generic[X]):
+    """Live records published behind the flow, the newest of each key: a burst never holds the flow up.
 
     Live bars, prices and status come every `LIVE_UPDATE_INTERVAL_S` in bursts (every symbol's
     forming bars of every timeframe at once); published in the flow's thread, the burst's Redis round
-    trips held up the next input, a minute's closing trades among it (the stage marks of
-    `bench.ohlcv --latency-only` showed the flow's thread ~97 % waiting on Redis there). Behind the
-    flow they would share Redis with the final bars instead, so they wait for those in hand
-    (`_FinalsFirst`). Nothing is kept for recovery, as before: a restarted flow emits its input's
-    live updates again; `close` publishes what is queued first, and a failed write is raised by the
-    next batch.
+    trips held up the next input, a minute's closing trades among it. On a thread of their own they
+    would share Redis with the final bars, so they wait for those in hand (`_FinalsFirst`), in
+    slices of `_LIVE_SLICE`. While they wait, a newer record replaces the one waiting under its
+    `key` (a forming bar is worth publishing until the next one of its series comes): what waits is
+    at most a record per key (symbols x timeframes), not a queue of bursts. A bounded queue of
+    batches here filled at a minute boundary and stopped the flow's thread until the final bars were
+    written, so the minute's last partitions closed 400-700 ms late (`bench.ohlcv --latency-only`).
+    A record whose `key` is None (an error record) is never replaced; past `_LIVE_MAX_WAITING`
+    waiting records (Redis away) the flow waits. Nothing is kept for recovery: a restarted flow
+    emits its input's live updates again; `close` publishes what waits first, and a failed write is
+    raised by the next batch.
     """
 
-    def __init__(self, what: str, publish: Callable[[list[X]], None], close: Callable[[], None]) -> None:
-        self._behind = _WriteBehind(what, publish, close, after=_FINALS_FIRST)
+    def __init__(
+        self, what: str, write: Callable[[list[X]], None], close: Callable[[], None], key: Callable[[X], Hashable | None],
+        after: _FinalsFirst,
+    ) -> None:  # fmt: skip
+        self._what = what
+        self._write = write
+        self._close = close
+        self._key = key
+        self._after = after
+        self._superseded = LIVE_SUPERSEDED.labels(what.rpartition("-")[0] or what)
+        self._waiting: dict[Hashable, X] = {}
+        self._changed = threading.Condition()
+        self._closing = False
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._write_forever, name=f"{what}-writer", daemon=True)
+        self._thread.start()
 
     def write_batch(self, items: list[X]) -> None:
-        self._behind.write_batch(items)
+        self._raise_failure()
+        if stages.enabled():
+            stages.mark("sink_in", sink=self._what, items=len(items), queued=len(self._waiting))
+        key = self._key
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._waiting) < _LIVE_MAX_WAITING or self._failure is not None)
+            waiting = self._waiting
+            before = len(waiting)
+            for item in items:
+                k = key(item)
+                waiting[object() if k is None else k] = item
+            superseded = before + len(items) - len(waiting)
+            self._changed.notify_all()
+        if superseded:
+            self._superseded.inc(superseded)
 
     def close(self) -> None:
-        self._behind.close()
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join(30)
+        self._close()
+        self._raise_failure()
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting or self._closing)
+                if not self._waiting:
+                    return  # closing, and everything was written
+            self._after.wait()  # the final bars in hand first (at most _LIVE_WAIT_S)
+            with self._changed:
+                keys = list(itertools.islice(self._waiting, _LIVE_SLICE))
+                records = [self._waiting.pop(k) for k in keys]
+                self._changed.notify_all()
+            try:
+                if self._failure is None:
+                    self._write(records)  # the publishers retry while Redis is down
+            except Exception as exc:
+                log.exception("writing %s failed", self._what)
+                with self._changed:
+                    self._failure = exc
+                    self._changed.notify_all()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"{self._what} sink failed: {self._failure}") from self._failure
 
 
 class _RedisOnly(DynamicSink[X]):
-    """Records that go to Redis alone (nothing to store first), published by every worker."""
+    """Records that go to Redis alone (nothing to store first), published by every worker, newest per `key`."""
 
-    def __init__(self, what: str, open_publisher: Callable[[], tuple[Callable[[list[X]], None], Callable[[], None]]]) -> None:
+    def __init__(
+        self, what: str, open_publisher: Callable[[], tuple[Callable[[list[X]], None], Callable[[], None]]],
+        key: Callable[[X], Hashable | None],
+    ) -> None:  # fmt: skip
         self._what = what
         self._open_publisher = open_publisher
+        self._key = key
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition[X]:
-        return _RedisPartition(f"{self._what}-{worker_index}", *self._open_publisher())
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Newest[X]:
+        return _Newest(f"{self._what}-{worker_index}", *self._open_publisher(), key=self._key, after=_FINALS_FIRST)
 
 
 P = TypeVar("P", bound=Publisher)
 
 
 def _redis_only(
-    settings: OutputSettings, publisher: Callable[..., P], publish: Callable[[P, list[X]], None], target: str
+    settings: OutputSettings,
+    publisher: Callable[..., P],
+    publish: Callable[[P, list[X]], None],
+    target: str,
+    key: Callable[[X], Hashable | None],
 ) -> _RedisOnly[X]:
     """A sink whose records go to Redis alone through one method of one publisher, timed per batch."""
 
@@ -415,19 +481,31 @@ def _redis_only(
 
         return write, client.close
 
-    return _RedisOnly(target, open_publisher)
+    return _RedisOnly(target, open_publisher, key)
+
+
+def _live_bar_key(bar: Bar) -> tuple[str, str]:
+    return bar.symbol, bar.timeframe  # a series' newest forming bar (its closed ones go out as final bars)
+
+
+def _price_key(price: Price) -> str:
+    return price.symbol
+
+
+def _status_key(status: Status) -> str | None:
+    return status.partition if isinstance(status, FlowHealth) else None  # every error record goes out
 
 
 def live_bar_sink(settings: OutputSettings) -> _RedisOnly[Bar]:
-    """Forming-bar updates for dashboards."""
-    return _redis_only(settings, BarPublisher, BarPublisher.publish_live, "live_bars")
+    """Forming-bar updates for dashboards, the newest of each symbol and timeframe."""
+    return _redis_only(settings, BarPublisher, BarPublisher.publish_live, "live_bars", _live_bar_key)
 
 
 def price_sink(settings: OutputSettings) -> _RedisOnly[Price]:
     """Each symbol's last price (throttled by the flow), for dashboards."""
-    return _redis_only(settings, PricePublisher, PricePublisher.publish_prices, "prices")
+    return _redis_only(settings, PricePublisher, PricePublisher.publish_prices, "prices", _price_key)
 
 
 def status_sink(settings: OutputSettings) -> _RedisOnly[Status]:
-    """The flow's health and refused input, for dashboards."""
-    return _redis_only(settings, StatusPublisher, StatusPublisher.publish_status, "status")
+    """The flow's health (the newest per partition) and refused input (every record), for dashboards."""
+    return _redis_only(settings, StatusPublisher, StatusPublisher.publish_status, "status", _status_key)

@@ -87,6 +87,12 @@ def test_a_failed_write_fails_the_next_hand_over_and_skips_the_rest() -> None:
     assert writes == [[1]]
 
 
+def _newest(written: list, first: object, key=lambda item: item[0]):
+    from connectors.sinks.records import _Newest
+
+    return _Newest("live-0", written.append, lambda: None, key=key, after=first)  # type: ignore[arg-type]
+
+
 def test_live_updates_wait_for_the_final_bars_in_hand_and_go_in_slices() -> None:
     from connectors.sinks.records import _LIVE_SLICE, _FinalsFirst
 
@@ -94,17 +100,19 @@ def test_live_updates_wait_for_the_final_bars_in_hand_and_go_in_slices() -> None
     finals = _Recorder()
     first = _FinalsFirst()
     final_sink = _WriteBehind("finals", lambda items: (finals.write(items), order.append("final")), finals.close, first=first)
-    live_sink = _WriteBehind("live", lambda items: order.append(f"live {len(items)}"), lambda: None, after=first)
+    written: list[list] = []
+    live_sink = _newest(written, first)
     final_sink.write_batch([1])
     assert finals.started.wait(10)  # the final bars' write is in hand (blocked)
-    live_sink.write_batch(list(range(_LIVE_SLICE + 1)))
-    assert not threading.Event().wait(0.3) and order == [], "live updates went out while final bars were in hand"
+    live_sink.write_batch([(i, "x") for i in range(_LIVE_SLICE + 1)])
+    assert not threading.Event().wait(0.3) and order == [] and written == [], (
+        "live updates went out while final bars were in hand"
+    )
     finals.release.set()
     final_sink.snapshot()
-    live_sink.snapshot()
-    assert order == ["final", f"live {_LIVE_SLICE}", "live 1"]
-    final_sink.close()
     live_sink.close()
+    assert order == ["final"] and [len(w) for w in written] == [_LIVE_SLICE, 1]
+    final_sink.close()
 
 
 def test_live_updates_are_not_starved_by_final_bars_that_never_finish(monkeypatch) -> None:
@@ -113,12 +121,56 @@ def test_live_updates_are_not_starved_by_final_bars_that_never_finish(monkeypatc
     monkeypatch.setattr(records, "_LIVE_WAIT_S", 0.2)
     first = records._FinalsFirst()
     first.handed()  # a final-bar batch that is never written (its database is away)
-    written: list[int] = []
-    live_sink = _WriteBehind("live", written.extend, lambda: None, after=first)
-    live_sink.write_batch([1, 2, 3])
-    live_sink.snapshot()
-    assert written == [1, 2, 3]
+    written: list[list] = []
+    live_sink = _newest(written, first)
+    live_sink.write_batch([(1, "a"), (2, "b"), (3, "c")])
     live_sink.close()
+    assert written == [[(1, "a"), (2, "b"), (3, "c")]]
+
+
+def test_a_burst_behind_final_bars_never_holds_the_flow_and_only_the_newest_per_key_goes_out(monkeypatch) -> None:
+    """While final bars are in hand, bursts of live updates are handed over at once (the queue of
+    batches this replaced stopped the flow's thread after 8), and a newer record of a key
+    replaces the one waiting; records without a key are each kept."""
+    from connectors.sinks import records
+
+    first = records._FinalsFirst()
+    first.handed()  # final bars in hand until written() below
+    written: list[list] = []
+    live_sink = _newest(written, first, key=lambda item: item[0] if item[0] != "error" else None)
+    handed = threading.Event()
+
+    def flow() -> None:
+        for burst in range(50):  # 50 bursts of 100 keys, while the final bars are written
+            live_sink.write_batch([(f"S{i}", burst) for i in range(100)] + [("error", burst)])
+        handed.set()
+
+    threading.Thread(target=flow, daemon=True).start()
+    assert handed.wait(5), "the flow's thread was held while final bars were written"
+    assert written == []
+    first.written(1)
+    live_sink.close()
+    out = [x for w in written for x in w]
+    assert sorted(x for x in out if x[0] != "error") == sorted((f"S{i}", 49) for i in range(100))
+    assert [x for x in out if x[0] == "error"] == [("error", b) for b in range(50)]
+
+
+def test_a_failed_live_write_fails_the_next_hand_over(monkeypatch) -> None:
+    from connectors.sinks import records
+
+    def write(items: list) -> None:
+        raise ConnectionError("redis gone for good")
+
+    live_sink = records._Newest("live-0", write, lambda: None, key=lambda item: item, after=records._FinalsFirst())
+    live_sink.write_batch([1])
+    for _ in range(100):
+        if live_sink._failure is not None:
+            break
+        threading.Event().wait(0.05)
+    with pytest.raises(RuntimeError, match="live-0 sink failed: redis gone for good"):
+        live_sink.write_batch([2])
+    with pytest.raises(RuntimeError, match="redis gone for good"):
+        live_sink.close()
 
 
 def test_the_next_batch_is_stored_while_the_one_before_is_published() -> None:
