@@ -45,6 +45,12 @@ from schemas.symbols import is_symbol
 
 SNAPSHOT_VERSION = 4  # 4: final minutes' trade ids apart from their bars (flows.trade_ids); 3: the horizon's held events
 RESTORES = (2, 3, SNAPSHOT_VERSION)  # 2 restores with none held; 2 and 3: final bars' ids are compacted on restore
+# A final minute's trade ids are compacted (flows.trade_ids) this long after it closed, in event time,
+# not as it closes: hashing and packing a minute's ids took ~35 of the ~50 ms a partition's close of
+# 1,000 bars took, and a flow's partitions close one after another in its one thread, so at a minute
+# boundary the last partition's bars waited for the compactions before them. Until then the bars
+# keep their exact sets, which de-duplicate late trades as well.
+COMPACT_AFTER_MS = 5_000
 
 # Decoding into a union makes msgspec insist on the `ev` tag (a bare struct would not);
 # the second member is there for that alone and is rejected below.
@@ -118,7 +124,8 @@ class BarBook:
         self._final: dict[int, list[MinuteBar]] = {}  # minute start -> final bars still revisable
         self._ids: dict[int, MinuteIds] = {}  # minute start -> the ids its trades had when it first became final
         self._next_close = NEVER  # watermark at which the oldest open minute closes
-        self._next_expire = NEVER  # watermark at which the oldest final minute stops being revisable
+        self._next_expire = NEVER  # watermark at which a final minute is compacted or stops being revisable
+        self._uncompacted: dict[int, None] = {}  # final minutes whose ids are still in their bars' exact sets
         self._current: dict[str, MinuteBar] = {}  # each symbol's newest bar, the usual target
         self._live: dict[MinuteBar, None] = {}  # open bars changed since the last live update
 
@@ -492,28 +499,42 @@ class BarBook:
                 self._live.pop(bar, None)
                 finals.append(bar.record("final"))
             self._final.setdefault(start, []).extend(closing)
-            if self.source == "trades":
-                self._compact(start, closing)
-            self._next_expire = min(self._next_expire, start + MINUTE_MS + self.lateness_ms + 1)
+            if self.source == "trades" and start not in self._ids:
+                self._uncompacted[start] = None
+            self._next_expire = min(self._next_expire, self._due(start))
         self.counts.bars_final += len(finals)
         self._next_close = min(self._open, default=NEVER - MINUTE_MS - self.close_delay_ms)
         self._next_close += MINUTE_MS + self.close_delay_ms
         return finals
 
+    def _due(self, start: int) -> int:
+        """The watermark at which final minute `start` is next due: compacted (COMPACT_AFTER_MS after its
+        close), or no longer revisable (ALLOWED_LATENESS_S after its end)."""
+        expires = start + MINUTE_MS + self.lateness_ms + 1
+        if start in self._uncompacted:
+            return min(expires, start + MINUTE_MS + self.close_delay_ms + COMPACT_AFTER_MS)
+        return expires
+
     def _expire(self) -> None:
+        """Final minutes due: compacted, or gone from the book once no trade can revise them."""
+        compact_by = self.watermark - MINUTE_MS - self.close_delay_ms - COMPACT_AFTER_MS
+        for start in [s for s in self._uncompacted if s <= compact_by]:
+            del self._uncompacted[start]
+            self._compact(start, self._final.get(start, []))
         cutoff = self.watermark - MINUTE_MS - self.lateness_ms
         for start in [s for s in self._final if s < cutoff]:
             self._ids.pop(start, None)
+            self._uncompacted.pop(start, None)
             for bar in self._final.pop(start):
                 del self._bars[(bar.symbol, start)]
                 if self._current.get(bar.symbol) is bar:
                     del self._current[bar.symbol]
-        oldest = min(self._final, default=None)
-        self._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + self.lateness_ms + 1
+        self._next_expire = min(map(self._due, self._final), default=NEVER)
 
     def _compact(self, start: int, closing: list[MinuteBar]) -> None:
-        """The exact ids of a minute's bars go into its array of 64-bit hashes when it first becomes final.
-        Bars opened for it later (late trades of symbols it had none of) are few: they keep exact sets."""
+        """The exact ids of a minute's bars go into its array of 64-bit hashes, once (`COMPACT_AFTER_MS`
+        after it first became final). Bars opened for it later (late trades of symbols it had none of)
+        are few: they keep exact sets."""
         if start in self._ids:
             return
         self._ids[start] = MinuteIds.of_hashed([
@@ -603,14 +624,15 @@ class BarBook:
             for start, final in book._final.items():
                 if version < 4:  # an older store: its final bars' exact ids are hashed now, as closing would have
                     book._compact(start, final)
+                elif start not in book._ids:  # closed less than COMPACT_AFTER_MS before the snapshot
+                    book._uncompacted[start] = None
                 else:
                     for bar in final:
                         if not bar.seen:
                             bar.seen = NO_IDS
         book._live = {book._bars[(s, t)]: None for s, t in live if (s, t) in book._bars}
         book._next_close = min(book._open, default=NEVER - MINUTE_MS - close_delay_ms) + MINUTE_MS + close_delay_ms
-        oldest = min(book._final, default=None)
-        book._next_expire = NEVER if oldest is None else oldest + MINUTE_MS + lateness_ms + 1
+        book._next_expire = min(map(book._due, book._final), default=NEVER)
         return book
 
 

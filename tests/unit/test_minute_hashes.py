@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from flows.bars import MINUTE_MS
-from flows.book import BarBook
+from flows.book import COMPACT_AFTER_MS, BarBook
 from flows.trade_ids import NO_HASHES, MinuteIds
 from tests.unit.test_book import RULES, T0, book, trade
 
@@ -40,9 +40,33 @@ def test_the_compacted_minute_has_the_ids_of_its_exact_keys_and_restores_to_them
     restored = BarBook.restore(b.snapshot(), RULES, close_delay_ms=2_000, lateness_ms=900_000, source="trades")
     _open_hashes_match(restored)
     for one in (b, restored):
-        one.apply([trade("AAPL", T0 + MINUTE_MS + 5_000, 11.0, i="next")])
+        one.apply([trade("AAPL", T0 + MINUTE_MS + 2_000 + COMPACT_AFTER_MS, 11.0, i="next")])
         assert one._ids[T0].hashes.tolist() == MinuteIds.of(exact).hashes.tolist()
         assert all(bar.hashes is NO_HASHES for bar in one._final[T0])
         before = one.counts.duplicates
         late, _ = one.apply([*events[:50], trade("AAPL", T0 + 7, 9.0, i="new late")])
         assert one.counts.duplicates == before + 50 and [r.low for r in late] == [9.0]
+
+
+def test_a_final_minute_counts_late_trades_once_before_and_after_its_compaction_and_across_a_restore():
+    """Between its close and its compaction (COMPACT_AFTER_MS later) a final minute de-duplicates from
+    its bars' exact sets; a snapshot taken then restores to a book that compacts it at the same
+    watermark, to the same ids."""
+    b = book()
+    events = [trade(s, T0 + 1_000 * i, 10.0 + i, i=f"{s}{i}") for i in range(30) for s in ("AAPL", "MSFT")]
+    b.apply(events)
+    closed, _ = b.apply([trade("AAPL", T0 + MINUTE_MS + 2_000, 11.0, i="closes")])  # closes T0, not yet compacted
+    assert len(closed) == 2 and T0 not in b._ids
+    late, _ = b.apply([*events[:10], trade("MSFT", T0 + 5, 1.0, i="late one")])
+    assert [(r.symbol, r.low, r.revision) for r in late] == [("MSFT", 1.0, 1)] and b.counts.duplicates == 10
+    restored = BarBook.restore(b.snapshot(), RULES, close_delay_ms=2_000, lateness_ms=900_000, source="trades")
+    assert T0 not in restored._ids
+    for one in (b, restored):
+        one.apply([trade("AAPL", T0 + MINUTE_MS + 2_000 + COMPACT_AFTER_MS - 1, 11.0, i="not yet")])
+        assert T0 not in one._ids
+        one.apply([trade("AAPL", T0 + MINUTE_MS + 2_000 + COMPACT_AFTER_MS, 11.0, i="due")])
+        assert len(one._ids[T0]) == 61 and all(bar.hashes is NO_HASHES for bar in one._final[T0])
+        before = one.counts.duplicates
+        again, _ = one.apply([*events[10:20], trade("MSFT", T0 + 5, 1.0, i="late one"), trade("MSFT", T0 + 6, 0.5, i="late two")])
+        assert one.counts.duplicates == before + 11 and [(r.symbol, r.low, r.revision) for r in again] == [("MSFT", 0.5, 2)]
+    assert restored._ids[T0].hashes.tolist() == b._ids[T0].hashes.tolist()
