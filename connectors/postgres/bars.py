@@ -24,8 +24,13 @@ CREATE TEMP TABLE IF NOT EXISTS bar_stage (
   volume bigint, vwap numeric, trades integer, revision integer
 ) ON COMMIT DELETE ROWS
 """
+# Only symbols the table lacks are inserted: ON CONFLICT alone makes a speculative insertion of every
+# one, known or not (18 ms of a 4,000-bar batch here, against 4.5 ms for the anti-join); it stays
+# for a concurrent writer adding the same symbol.
 _NEW_SYMBOLS = """
-INSERT INTO symbols (symbol) SELECT DISTINCT symbol FROM bar_stage ON CONFLICT DO NOTHING
+INSERT INTO symbols (symbol)
+SELECT DISTINCT s.symbol FROM bar_stage s WHERE NOT EXISTS (SELECT FROM symbols y WHERE y.symbol = s.symbol)
+ON CONFLICT DO NOTHING
 """
 _UPSERT = f"""
 INSERT INTO ohlcv_1min ({COLUMNS})
