@@ -14,7 +14,8 @@ chunk, as live minutes do.
 
 `--without-triggers` disables the user triggers on `ohlcv_1min` for the run (FK checks stay):
 the cost of the bare upsert, to tell what the triggers add; `--disable NAME` disables one trigger
-(e.g. the `rollups_after_*` ones, to time `latest_bars` alone). Writes p50/p95/mean per batch to
+(e.g. the `rollups_after_*` ones, to time `latest_bars` alone); `--writers 2` splits each batch by
+symbol over two sessions upserting side by side, as the flow's SINK_BAR_WRITERS (default 2) does. Writes p50/p95/mean per batch to
 bench/sink.json (or `--out`), one entry per database, with the schema version measured (0005's
 covering keys are part of the write cost: `python -m bench.queries --schema 4` for before).
 """
@@ -26,7 +27,9 @@ import json
 import os
 import random
 import statistics
+import threading
 import time
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -64,8 +67,30 @@ def minute_batch(symbols: list[str], minute_ms: int, revised: int, rng: random.R
     return bars
 
 
+def upsert_side_by_side(stores: list[BarStore], bars: list[Bar]) -> None:
+    """One batch split by symbol over the stores, each upserting its share in a thread of its own,
+    as SINK_BAR_WRITERS writers split a worker's sink partitions (disjoint symbols)."""
+    if len(stores) == 1:
+        stores[0].upsert(bars)
+        return
+    shares: list[list[Bar]] = [[] for _ in stores]
+    for bar in bars:
+        shares[zlib.crc32(bar.symbol.encode()) % len(stores)].append(bar)
+    threads = [threading.Thread(target=store.upsert, args=(share,)) for store, share in zip(stores, shares, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def run(
-    url: str, batches: int, symbol_count: int, revised_share: float, without_triggers: bool, disabled: list[str]
+    url: str,
+    batches: int,
+    symbol_count: int,
+    revised_share: float,
+    without_triggers: bool,
+    disabled: list[str],
+    writers: int = 1,
 ) -> dict[str, object]:
     with psycopg.connect(url, autocommit=True) as conn:
         newest = conn.execute("SELECT max(timestamp) FROM ohlcv_1min").fetchone()[0]  # type: ignore[index]
@@ -81,17 +106,18 @@ def run(
             conn.execute(sql.SQL("ALTER TABLE ohlcv_1min DISABLE TRIGGER {}").format(sql.Identifier(name)))
     start = newest.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1, hours=14, minutes=30)
     start_ms = int(start.timestamp() * 1000)
-    rng, store, samples = random.Random(6), BarStore(url), []
+    rng, stores, samples = random.Random(6), [BarStore(url) for _ in range(writers)], []
     revised = int(symbol_count * revised_share)
     try:
         for i in range(LATE_MINUTES + batches):
             bars = minute_batch(names, start_ms + i * 60_000, revised if i >= LATE_MINUTES else 0, rng)
             began = time.perf_counter()
-            store.upsert(bars)
+            upsert_side_by_side(stores, bars)
             if i >= LATE_MINUTES:  # the first minutes only give the revisions something to revise
                 samples.append((time.perf_counter() - began) * 1000)
     finally:
-        store.close()
+        for store in stores:
+            store.close()
         with psycopg.connect(url, autocommit=True) as conn:
             if without_triggers:
                 conn.execute("ALTER TABLE ohlcv_1min ENABLE TRIGGER USER")
@@ -111,6 +137,7 @@ def run(
         "upsert_p95_ms": round(cuts[94], 1),
         "upsert_mean_ms": round(statistics.fmean(samples), 1),
         "mean_ms_per_1000_bars": round(statistics.fmean(samples) * 1000 / per_batch, 1),
+        "writers": writers,
         "triggers": not without_triggers,
         "disabled_triggers": disabled,
         "load_average_1m": round(os.getloadavg()[0], 2),
@@ -128,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disable", action="append", default=[], metavar="NAME", help="disable this trigger meanwhile")
     parser.add_argument("--postgres-url", help="default: the bench cluster's database (bench/cluster.py)")
     parser.add_argument("--ts-data-dir", type=Path, default=DEFAULT_TS_DIR)
+    parser.add_argument(
+        "--writers",
+        type=int,
+        default=1,
+        choices=range(1, 17),
+        metavar="1-16",
+        help="sessions writing each batch side by side, split by symbol (SINK_BAR_WRITERS)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     chosen = [d.strip() for d in args.databases.split(",") if d.strip()]
@@ -138,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     for kind in chosen:
         if kind == "postgres":
             url = args.postgres_url or cluster.start()
-            result = run(url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable)
+            result = run(url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable, args.writers)
         else:
             if not (args.ts_data_dir / "PG_VERSION").exists():
                 raise SystemExit(f"no embedded TimescaleDB database in {args.ts_data_dir}: run `make bench-queries` first")
             with EmbeddedTimescale(port=0, data_dir=args.ts_data_dir, wait_s=300) as server:
                 assert server.url is not None
-                result = run(server.url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable)
+                result = run(
+                    server.url, args.batches, args.symbols, args.revised, args.without_triggers, args.disable, args.writers
+                )
         print(f"{kind}:")
         for key, value in result.items():
             print(f"  {key}: {value}")

@@ -29,6 +29,7 @@ from bytewax.outputs import StatefulSinkPartition
 
 X = TypeVar("X")
 MAX_PARTS = 1024  # more sink partitions than this would only cost connections
+MAX_LANES = 16  # writers per worker: each holds a database session and a Redis client
 
 
 def part_names(name: str, count: int) -> list[str]:
@@ -49,37 +50,49 @@ class Writer(Protocol[X]):
 
 
 class PerWorker(Generic[X]):
-    """One writer per worker for all the sink partitions that worker holds.
+    """`lanes` writers per worker for all the sink partitions that worker holds.
 
     Many sink partitions (one per input partition, 64 on a large topic) must not mean as many
     database sessions, Redis clients, producers and threads: the partitions a worker holds share
-    the writer that worker opened first (workers are threads of the process; Bytewax builds,
-    writes, snapshots and closes a partition on its worker's thread). A symbol's records still go
-    through one queue, in order, and a partition's snapshot waits for the shared writer, which
-    holds every record the worker's partitions were given.
+    the writers that worker opened first (workers are threads of the process; Bytewax builds,
+    writes, snapshots and closes a partition on its worker's thread), the k-th partition built
+    the writer of lane k mod `lanes`. A symbol's records still go through one queue, in order (a
+    partition keeps its lane), and a partition's snapshot waits for its writer, which holds
+    every record that partition was given.
+
+    Why more than one lane: at a minute boundary every symbol's final bar is written at once,
+    and one writer's transaction runs on one core of the database; two lanes write disjoint
+    symbols side by side, as two workers' writers would.
     """
 
-    def __init__(self, open_writer: Callable[[], Writer[X]]) -> None:
+    def __init__(self, open_writer: Callable[[], Writer[X]], lanes: int = 1) -> None:
+        if not 1 <= lanes <= MAX_LANES:
+            raise ValueError(f"writers per worker must be 1-{MAX_LANES}, not {lanes}")
         self._open_writer = open_writer
+        self._lanes = lanes
         self._lock = threading.Lock()
-        self._held: dict[int, tuple[Writer[X], int]] = {}  # worker thread -> (writer, partitions holding it)
+        self._built: dict[int, int] = {}  # worker thread -> partitions it built
+        self._held: dict[tuple[int, int], tuple[Writer[X], int]] = {}  # (worker, lane) -> (writer, partitions holding it)
 
     def partition(self) -> SharedPartition[X]:
         worker = threading.get_ident()
         with self._lock:
-            writer, holders = self._held.get(worker, (None, 0))
+            built = self._built.get(worker, 0)
+            self._built[worker] = built + 1
+            lane = (worker, built % self._lanes)
+            writer, holders = self._held.get(lane, (None, 0))
             if writer is None:
                 writer = self._open_writer()  # connects here: a missing server fails the start
-            self._held[worker] = (writer, holders + 1)
-        return SharedPartition(writer, lambda: self._release(worker))
+            self._held[lane] = (writer, holders + 1)
+        return SharedPartition(writer, lambda: self._release(lane))
 
-    def _release(self, worker: int) -> None:
+    def _release(self, lane: tuple[int, int]) -> None:
         with self._lock:
-            writer, holders = self._held[worker]
+            writer, holders = self._held[lane]
             if holders > 1:
-                self._held[worker] = (writer, holders - 1)
+                self._held[lane] = (writer, holders - 1)
                 return
-            del self._held[worker]
+            del self._held[lane]
         writer.close()
 
 

@@ -219,18 +219,20 @@ class _StoreThenPublish(FixedPartitionedSink[X, None]):
     """Records keyed by symbol: database first, then Redis, behind the flow.
 
     `parts` sink partitions (see `connectors.sinks.parts`), spread by Bytewax over the workers; a
-    symbol's records all go through one. The partitions of a worker share its writer threads (the
-    storing one and the publishing one) and connections.
+    symbol's records all go through one. The partitions of a worker share its `lanes` writers
+    (each: a storing thread, a publishing one, and their connections).
     """
 
-    def __init__(self, part: str, open_writer: Callable[[], Writer], parts: int = 1, *, first: bool = False) -> None:
+    def __init__(
+        self, part: str, open_writer: Callable[[], Writer], parts: int = 1, *, first: bool = False, lanes: int = 1
+    ) -> None:
         self._parts = part_names(part, parts)
 
         def open_write_behind() -> _WriteBehind[X]:
             w = open_writer()  # connects here, in the flow's thread: a missing server fails the start
             return _WriteBehind(part, w.write, w.close, then=w.then, first=_FINALS_FIRST if first else None)
 
-        self._writers: PerWorker[X] = PerWorker(open_write_behind)
+        self._writers: PerWorker[X] = PerWorker(open_write_behind, lanes)
 
     def list_parts(self) -> list[str]:
         return list(self._parts)
@@ -330,7 +332,7 @@ def final_bar_sink(settings: OutputSettings, parts: int = 1) -> _StoreThenPublis
 
         return Writer(store_bars, _closing(store, publisher), then=publish_bars)
 
-    return _StoreThenPublish("ohlcv_1min", open_writer, parts, first=True)
+    return _StoreThenPublish("ohlcv_1min", open_writer, parts, first=True, lanes=settings.sink_bar_writers)
 
 
 def event_sink(settings: OutputSettings, component: str = "detection_flow", parts: int = 1) -> _StoreThenPublish[Event]:

@@ -86,3 +86,10 @@ def test_the_stage_log_is_off_unless_set_and_marks_one_json_line_each(monkeypatc
         ("closed", 60000, None),
         ("sink_in", None, 3),
     ]
+
+
+@pytest.mark.parametrize("value", ["0", "17", "two", "1e9", ""])
+def test_the_final_bar_writers_per_worker_are_bounded_and_named(monkeypatch, value):
+    monkeypatch.setenv("SINK_BAR_WRITERS", value)
+    with pytest.raises(SettingsError, match="SINK_BAR_WRITERS"):
+        load(Settings)

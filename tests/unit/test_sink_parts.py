@@ -10,7 +10,7 @@ import pytest
 
 from connectors.kafka.settings import KafkaSettings
 from connectors.kafka.sink import TopicSink
-from connectors.sinks.parts import MAX_PARTS, part_names
+from connectors.sinks.parts import MAX_LANES, MAX_PARTS, PerWorker, part_names
 from connectors.sinks.records import final_bar_sink
 from connectors.sinks.settings import OutputSettings
 
@@ -36,3 +36,57 @@ def test_the_sinks_list_their_partitions():
     assert TopicSink(KafkaSettings(), "stocks.bars", lambda b: (None, b, None), parts=3).list_parts() == [
         "stocks.bars", "stocks.bars#1", "stocks.bars#2"]  # fmt: skip
     assert final_bar_sink(OutputSettings(), parts=2).list_parts() == ["ohlcv_1min", "ohlcv_1min#1"]
+
+
+class _Recording:
+    """A writer that keeps what it was given and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+        self.closed = 0
+
+    def write_batch(self, items: list[int]) -> None:
+        self.items += items
+
+    def snapshot(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_worker_spreads_its_partitions_over_its_lanes_and_each_keeps_one():
+    opened: list[_Recording] = []
+
+    def open_writer() -> _Recording:
+        opened.append(_Recording())
+        return opened[-1]
+
+    writers = PerWorker(open_writer, lanes=2)
+    parts = [writers.partition() for _ in range(5)]
+    assert len(opened) == 2
+    for n, part in enumerate(parts):
+        part.write_batch([n, n])
+    assert opened[0].items == [0, 0, 2, 2, 4, 4]  # partitions 0, 2, 4: one lane, in the order given
+    assert opened[1].items == [1, 1, 3, 3]
+    for part in parts[:4]:
+        part.close()
+    assert [w.closed for w in opened] == [0, 1]  # lane 0 still holds partition 4
+    parts[4].close()
+    assert [w.closed for w in opened] == [1, 1]
+
+
+def test_one_lane_is_one_writer_per_worker():
+    opened: list[_Recording] = []
+    writers = PerWorker(lambda: opened.append(_Recording()) or opened[-1])
+    parts = [writers.partition() for _ in range(3)]
+    assert len(opened) == 1
+    for part in parts:
+        part.close()
+    assert opened[0].closed == 1
+
+
+@pytest.mark.parametrize("lanes", [0, MAX_LANES + 1])
+def test_a_lane_count_out_of_bounds_is_refused(lanes):
+    with pytest.raises(ValueError, match=rf"writers per worker must be 1-{MAX_LANES}, not {lanes}"):
+        PerWorker(_Recording, lanes=lanes)
