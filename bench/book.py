@@ -13,7 +13,9 @@ rep also times the same source run as Python (`python_book_us_per_tick`, `python
 It also says whether the book ran compiled (`make core`) and, from one more pass under tracemalloc
 (not timed), what the books' state costs in memory when every tick is in: bytes per
 de-duplication id held (open bars' exact ids plus final minutes' compact ones, within
-ALLOWED_LATENESS_S) and per symbol.
+ALLOWED_LATENESS_S) and per symbol; and what a book's recovery snapshot costs once every tick is
+in (`snapshot_ms_first`: every row built; `snapshot_ms_next`: the next epoch's, reusing the final
+minutes' rows).
 """
 
 from __future__ import annotations
@@ -113,6 +115,29 @@ def state_bytes(parts: list[list[bytes]], batch: int) -> dict[str, float]:
     }
 
 
+def snapshot_ms(parts: list[list[bytes]], batch: int) -> dict[str, float]:
+    """Milliseconds per book of `BarBook.snapshot` once every tick is in: the first (every row built,
+    as each snapshot cost before final minutes' rows were kept) and the next (after one more batch,
+    as at the next epoch), the median over the books."""
+    rules = ConditionRules.load()
+    books = [flows.book.BarBook(rules, close_delay_ms=2000, lateness_ms=900_000) for _ in parts]
+    for i in range(0, max(map(len, parts)), batch):
+        for book, values in zip(books, parts, strict=True):
+            if values[i : i + batch]:
+                book.apply(values[i : i + batch])
+    first, again, size = [], [], []
+    for book in books:
+        started = time.process_time()
+        size.append(len(book.snapshot()))
+        first.append((time.process_time() - started) * 1000)
+        started = time.process_time()
+        book.snapshot()
+        again.append((time.process_time() - started) * 1000)
+    return {"snapshot_ms_first": round(statistics.median(first), 1), "snapshot_ms_next": round(statistics.median(again), 1),
+            "snapshot_kb": round(statistics.median(size) / 1024), "final_bars_per_book": round(statistics.median(
+                [sum(map(len, book._final.values())) for book in books]))}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--symbols", type=int, default=4000)
@@ -150,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_book_x_floor": round(statistics.median(ratios), 2), "load_average": [round(x, 2) for x in os.getloadavg()],
         "compiled": compiled, "python_book_us_per_tick": [round(x, 3) for x in pythons],
         "python_x_compiled": round(statistics.median(pythons) / statistics.median(books), 2) if pythons else None,
-        **state_bytes(parts, args.batch),
+        **state_bytes(parts, args.batch), **snapshot_ms(parts, args.batch),
     }))  # fmt: skip
     return 0
 

@@ -128,6 +128,11 @@ class BarBook:
         self._uncompacted: dict[int, None] = {}  # final minutes whose ids are still in their bars' exact sets
         self._current: dict[str, MinuteBar] = {}  # each symbol's newest bar, the usual target
         self._live: dict[MinuteBar, None] = {}  # open bars changed since the last live update
+        # final minute start -> its bars' snapshot rows, kept until one of them changes (a late
+        # trade, the compaction) or the minute goes: most of a snapshot is final bars that did not
+        # change since the last one (ALLOWED_LATENESS_S of them per symbol), and building their
+        # rows again every epoch took most of the snapshot's time
+        self._final_rows: dict[int, list[tuple]] = {}
 
     # ---- input -------------------------------------------------------------------------
 
@@ -299,6 +304,7 @@ class BarBook:
                         next_tick = min(self._next_close, self._next_expire)
                 trade_key = (trade.exchange, trade.trade_id, trade.trf_id)
                 if bar.final:  # a late trade (rare): its minute's compact ids may hold it too
+                    self._final_rows.pop(start, None)  # its snapshot rows are built again
                     new = not (trade_key in bar.seen or self._counted_when_final(bar, trade_key))
                     if new:
                         bar.seen.add(trade_key)  # type: ignore[union-attr]  # a set: NO_IDS was replaced just above
@@ -436,6 +442,8 @@ class BarBook:
                     rejects.append(Reject(position, refusal[0], refusal[1], raw))
                     continue
                 bar = self._new_bar(agg.symbol, start)
+            if bar.final:
+                self._final_rows.pop(start, None)  # its snapshot rows are built again
             if agg.start in bar.seen:
                 self.counts.duplicates += 1
             else:
@@ -499,6 +507,7 @@ class BarBook:
                 self._live.pop(bar, None)
                 finals.append(bar.record("final"))
             self._final.setdefault(start, []).extend(closing)
+            self._final_rows.pop(start, None)
             if self.source == "trades" and start not in self._ids:
                 self._uncompacted[start] = None
             self._next_expire = min(self._next_expire, self._due(start))
@@ -525,6 +534,7 @@ class BarBook:
         for start in [s for s in self._final if s < cutoff]:
             self._ids.pop(start, None)
             self._uncompacted.pop(start, None)
+            self._final_rows.pop(start, None)
             for bar in self._final.pop(start):
                 del self._bars[(bar.symbol, start)]
                 if self._current.get(bar.symbol) is bar:
@@ -544,6 +554,7 @@ class BarBook:
         for bar in closing:
             bar.seen = NO_IDS
             bar.hashes = NO_HASHES
+        self._final_rows.pop(start, None)
 
     # ---- output ------------------------------------------------------------------------
 
@@ -578,7 +589,13 @@ class BarBook:
     def snapshot(self) -> bytes:
         """The whole book as msgpack: several times faster than pickle for millions of trade ids."""
         counts = [getattr(self.counts, f) for f in self.counts.__struct_fields__]
-        bars = [bar.to_row() for bar in self._bars.values()]
+        bars = [bar.to_row() for minute in self._open.values() for bar in minute]
+        cached = self._final_rows
+        for start, minute in self._final.items():
+            rows = cached.get(start)
+            if rows is None:
+                rows = cached[start] = [bar.to_row() for bar in minute]
+            bars += rows
         live = [(bar.symbol, bar.start) for bar in self._live]
         ids = [(start, minute.exact) for start, minute in self._ids.items()]
         return _snapshot_encoder.encode((SNAPSHOT_VERSION, self.watermark, counts, bars, live, self.horizon.snapshot(), ids))

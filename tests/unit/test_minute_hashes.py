@@ -70,3 +70,48 @@ def test_a_final_minute_counts_late_trades_once_before_and_after_its_compaction_
         again, _ = one.apply([*events[10:20], trade("MSFT", T0 + 5, 1.0, i="late one"), trade("MSFT", T0 + 6, 0.5, i="late two")])
         assert one.counts.duplicates == before + 11 and [(r.symbol, r.low, r.revision) for r in again] == [("MSFT", 0.5, 2)]
     assert restored._ids[T0].hashes.tolist() == b._ids[T0].hashes.tolist()
+
+
+def _ordered(rows: list) -> list:
+    """Rows by (symbol, minute), each with its trade ids in a fixed order (a set's order is not kept)."""
+    return sorted(([*row[:-1], sorted(row[-1], key=repr)] for row in rows), key=lambda row: (row[0], row[1]))
+
+
+def _rows(snapshot: bytes) -> list:
+    import msgspec
+
+    return _ordered(msgspec.msgpack.decode(snapshot)[3])
+
+
+def _rebuilt(b: BarBook) -> list:
+    """The rows a snapshot holds if nothing is reused: every bar's row, built now."""
+    import msgspec
+
+    return _ordered(msgspec.msgpack.decode(msgspec.msgpack.encode([bar.to_row() for bar in b._bars.values()])))
+
+
+def test_a_snapshot_reuses_final_rows_only_while_their_bars_are_unchanged():
+    """Snapshots keep the rows of final minutes between epochs; every change to a final bar (a late
+    trade, a late second, the compaction, a new bar for the minute, the minute leaving) must show in
+    the next snapshot as if every row were built anew, and it must restore to the same book."""
+    b = book(lateness_ms=180_000)
+    b.apply([trade(s, T0 + 1_000 * i, 10.0 + i, i=f"{s}{i}") for i in range(20) for s in ("AAPL", "MSFT")])
+    b.apply([trade("AAPL", T0 + MINUTE_MS + 2_000, 11.0, i="closes T0")])
+    steps = [
+        [],  # the same state twice: the rows are reused
+        [trade("MSFT", T0 + 5, 1.0, i="late, before the compaction")],
+        [trade("AAPL", T0 + MINUTE_MS + 2_000 + COMPACT_AFTER_MS, 12.0, i="compacts T0")],
+        [trade("MSFT", T0 + 6, 0.5, i="late, after the compaction")],
+        [trade("NVDA", T0 + 7, 99.0, i="a late symbol's new bar in T0")],
+        [trade("AAPL", T0 + 2 * MINUTE_MS + 2_000, 13.0, i="closes T0+1m, and NVDA's T0 bar")],
+        [trade("MSFT", T0 + 8, 0.25, i="late again")],
+        [trade("AAPL", T0 + 4 * MINUTE_MS + 500, 14.0, i="T0 is no longer revisable")],
+    ]
+    for events in steps:
+        b.apply(events)
+        snapshot = b.snapshot()
+        assert _rows(snapshot) == _rebuilt(b)
+        restored = BarBook.restore(snapshot, RULES, close_delay_ms=2_000, lateness_ms=180_000, source="trades")
+        assert _rows(restored.snapshot()) == _rows(snapshot)
+    assert T0 not in b._final and T0 not in b._final_rows
+    assert b._final_rows  # the later final minutes' rows are held for the next snapshot
