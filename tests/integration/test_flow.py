@@ -40,8 +40,8 @@ def test_bars_equal_independent_reference_in_table_and_on_redis(settings, storag
     """End to end into ohlcv_1min on plain PostgreSQL and on the embedded TimescaleDB; the revised
     minutes are in every coarser timeframe too once the flow is done. On TimescaleDB without the
     high/low detector: it reads each partition's bar history in a session of its own beside the
-    sink's, and the embedded server serves one session at a time."""
-    settings = settings.model_copy(update={"database_url": storage.url})
+    sink's, and the embedded server serves one session at a time (so one final-bar writer there too)."""
+    settings = settings.model_copy(update={"database_url": storage.url, "sink_bar_writers": 1 if storage.timescaledb else 2})
     events = feed()
     publish(settings, events)
     channel = recorder(settings.redis_url, f"{settings.redis_namespace}.market.ohlcv*")
