@@ -91,15 +91,21 @@ def books_s(parts: list[list[bytes]], batch: int, module: ModuleType = flows.boo
     return time.process_time() - started, bars
 
 
-def state_bytes(parts: list[list[bytes]], batch: int) -> dict[str, float]:
-    """Memory the books hold once every tick is in (before closing): traced bytes, ids and symbols held."""
+def filled_books(parts: list[list[bytes]], batch: int) -> list[flows.book.BarBook]:
+    """A book per partition with every tick applied in consume-sized batches, not closed."""
     rules = ConditionRules.load()
-    tracemalloc.start()
     books = [flows.book.BarBook(rules, close_delay_ms=2000, lateness_ms=900_000) for _ in parts]
     for i in range(0, max(map(len, parts)), batch):
         for book, values in zip(books, parts, strict=True):
             if values[i : i + batch]:
                 book.apply(values[i : i + batch])
+    return books
+
+
+def state_bytes(parts: list[list[bytes]], batch: int) -> dict[str, float]:
+    """Memory the books hold once every tick is in (before closing): traced bytes, ids and symbols held."""
+    tracemalloc.start()
+    books = filled_books(parts, batch)
     held, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     open_ids = sum(len(bar.seen) for book in books for bar in book._bars.values() if not bar.final)
@@ -116,17 +122,11 @@ def state_bytes(parts: list[list[bytes]], batch: int) -> dict[str, float]:
 
 
 def snapshot_ms(parts: list[list[bytes]], batch: int) -> dict[str, float]:
-    """Milliseconds per book of `BarBook.snapshot` once every tick is in: the first (every row built,
-    as each snapshot cost before final minutes' rows were kept) and the next (after one more batch,
-    as at the next epoch), the median over the books."""
-    rules = ConditionRules.load()
-    books = [flows.book.BarBook(rules, close_delay_ms=2000, lateness_ms=900_000) for _ in parts]
-    for i in range(0, max(map(len, parts)), batch):
-        for book, values in zip(books, parts, strict=True):
-            if values[i : i + batch]:
-                book.apply(values[i : i + batch])
+    """Milliseconds per book of `BarBook.snapshot` once every tick is in, the median over the books: the
+    first (every row built, as every snapshot cost before final minutes' rows were kept) and the
+    next, with no change in between (the final minutes' rows reused: what an epoch pays at least)."""
     first, again, size = [], [], []
-    for book in books:
+    for book in (books := filled_books(parts, batch)):
         started = time.process_time()
         size.append(len(book.snapshot()))
         first.append((time.process_time() - started) * 1000)

@@ -15,9 +15,10 @@ chunk, as live minutes do.
 `--without-triggers` disables the user triggers on `ohlcv_1min` for the run (FK checks stay):
 the cost of the bare upsert, to tell what the triggers add; `--disable NAME` disables one trigger
 (e.g. the `rollups_after_*` ones, to time `latest_bars` alone); `--writers 2` splits each batch by
-symbol over two sessions upserting side by side, as the flow's SINK_BAR_WRITERS (default 2) does. Writes p50/p95/mean per batch to
-bench/sink.json (or `--out`), one entry per database, with the schema version measured (0005's
-covering keys are part of the write cost: `python -m bench.queries --schema 4` for before).
+symbol over two sessions upserting side by side, as the flow's SINK_BAR_WRITERS (default 2) does.
+Writes p50/p95/mean per batch to bench/sink.json (or `--out`), one entry per database, with the
+schema version measured (0005's covering keys are part of the write cost: `python -m bench.queries
+--schema 4` for before).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from psycopg import sql
 from bench import cluster
 from bench.queries import DEFAULT_TS_DIR
 from connectors.postgres.bars import BarStore
+from connectors.sinks.parts import MAX_LANES
 from infra.embedded_timescale import EmbeddedTimescale
 from schemas.bars import Bar
 
@@ -159,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "--writers",
         type=int,
         default=1,
-        choices=range(1, 17),
-        metavar="1-16",
+        choices=range(1, MAX_LANES + 1),
+        metavar=f"1-{MAX_LANES}",
         help="sessions writing each batch side by side, split by symbol (SINK_BAR_WRITERS)",
     )
     parser.add_argument("--out", type=Path, default=OUT)
