@@ -310,8 +310,17 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             log.info("%s: forgot the high/low state of %d symbols idle for %.0f s", self.key, forgotten, self.idle_ms / 1000)
 
     def notify_at(self) -> datetime | None:
+        """The next live update, or the idle advance when `on_notify` could make it.
+
+        The idle advance is due only for a partition with a watermark whose source is caught up:
+        asking for it otherwise (before the first trade, during a broker outage) would be "due now"
+        after every activation, and Bytewax would call `on_notify` at every step of its 1 ms loop
+        (a third of a core, measured on an idle flow). Bytewax asks again after each batch, so a
+        caught-up marker reschedules it."""
         now = time.monotonic()
-        due = min(self.last_live + self.live_every, self.last_input + self.idle_after)
+        due = self.last_live + self.live_every
+        if self.book.watermark and now - self.caught_up_at <= CAUGHT_UP_FRESH_S:
+            due = min(due, max(self.last_input, self.idle_from) + self.idle_after)
         return datetime.now(UTC) + timedelta(seconds=max(0.0, due - now))
 
     def snapshot(self) -> BookState:
