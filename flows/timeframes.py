@@ -121,8 +121,31 @@ class _State(msgspec.Struct, array_like=True):
     dirty: list[tuple[TimeframeName, str, int]]
 
 
+class _Written(msgspec.Struct, array_like=True):
+    """`_State` as a snapshot writes it: the same fields in the same order (the same bytes), the
+    revisable minutes spliced in as msgpack already encoded (`Rollup._encoded_recent`)."""
+
+    version: int
+    watermark: int
+    complete_from: dict[str, int]
+    refused: int
+    recent: msgspec.Raw
+    live: list[Bar]
+    buckets: list[_Bucket]
+    dirty: list[tuple[TimeframeName, str, int]]
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_State)
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of `n` items, in the shortest form (as msgspec writes it)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 class Rollup:
@@ -150,6 +173,9 @@ class Rollup:
         self.watermark = 0
         self.refused = 0  # new buckets not built: max_buckets reached
         self._recent: dict[int, dict[str, Bar]] = {}  # minute start -> symbol -> latest final 1m bar
+        # minute start -> (bars, their msgpack encodings joined) of `_recent[minute]` while it is unchanged:
+        # a snapshot at every epoch encoded every revisable minute again, a third of its time
+        self._encoded_recent: dict[int, tuple[int, bytes]] = {}
         self._live: dict[int, dict[str, Bar]] = {}  # minute start -> symbol -> latest forming 1m bar
         self._buckets: dict[TimeframeName, dict[tuple[str, int], _Bucket]] = {t.name: {} for t in self.timeframes}
         self._dirty: dict[tuple[TimeframeName, str, int], None] = {}  # forming buckets changed since take_live
@@ -173,6 +199,7 @@ class Rollup:
         minutes = self._recent.setdefault(minute, {})
         previous = minutes.get(symbol)
         minutes[symbol] = bar
+        self._encoded_recent.pop(minute, None)
         out: list[Bar] = []
         for tf in self.timeframes:
             start = minute - minute % tf.ms
@@ -286,13 +313,22 @@ class Rollup:
         return sum(len(m) for m in self._recent.values()) + sum(len(m) for m in self._live.values())
 
     def snapshot(self) -> bytes:
+        """The rollup as msgpack (`_State`); the revisable minutes unchanged since the last snapshot
+        are copied as they were encoded then."""
+        encoded, count, parts = self._encoded_recent, 0, []
+        for minute, bars in self._recent.items():
+            kept = encoded.get(minute)
+            if kept is None:
+                kept = encoded[minute] = (len(bars), b"".join(map(_encoder.encode, bars.values())))
+            count += kept[0]
+            parts.append(kept[1])
         return _encoder.encode(
-            _State(
+            _Written(
                 STATE_VERSION,
                 self.watermark,
                 self.complete_from,
                 self.refused,
-                [bar for bars in self._recent.values() for bar in bars.values()],
+                msgspec.Raw(_array_header(count) + b"".join(parts)),
                 [bar for bars in self._live.values() for bar in bars.values()],
                 [bucket for buckets in self._buckets.values() for bucket in buckets.values()],
                 list(self._dirty),
@@ -401,6 +437,7 @@ class Rollup:
             del self._live[minute]  # closed minutes: their final bars came (or the input ended)
         settling = sorted(m for m in self._recent if m < cutoff)
         for minute in settling:
+            self._encoded_recent.pop(minute, None)
             for symbol, bar in self._recent.pop(minute).items():
                 for tf in self.timeframes:
                     bucket = self._buckets[tf.name].get((symbol, minute - minute % tf.ms))
