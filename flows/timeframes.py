@@ -29,6 +29,7 @@ exist at once (new ones beyond it are counted in `refused`, not built), whatever
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -39,10 +40,10 @@ MINUTE_MS = 60_000
 ROLLED_UP: tuple[TimeframeName, ...] = ("5m", "15m", "1h", "1d")  # the timeframes a rollup may build
 MAX_VOLUME = (1 << 63) - 1  # a bar's volume bound (schemas.bars.Volume, BIGINT): sums saturate there
 MAX_TRADES = (1 << 31) - 1  # a bar's trades bound (schemas.bars.Counter, INTEGER)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: buckets and their sums as arrays; 1 wrote them as maps (still restored)
 
 
-class _Agg(msgspec.Struct, gc=False):
+class _Agg(msgspec.Struct, gc=False, array_like=True):
     """The sums and extremes of some minutes of one bucket (mergeable, as the database's rollup row)."""
 
     minutes: int = 0
@@ -95,8 +96,9 @@ class _Agg(msgspec.Struct, gc=False):
         )
 
 
-class _Bucket(msgspec.Struct, gc=False):
-    """One symbol's bucket of one timeframe."""
+class _Bucket(msgspec.Struct, gc=False, array_like=True):
+    """One symbol's bucket of one timeframe (a snapshot holds thousands: as arrays, without their
+    field names, they encode in half the time and bytes)."""
 
     timeframe: TimeframeName
     symbol: str
@@ -135,8 +137,38 @@ class _Written(msgspec.Struct, array_like=True):
     dirty: list[tuple[TimeframeName, str, int]]
 
 
+def _as_maps(cls: type, name: str, **types: object) -> Any:
+    """`cls` as version 1 of the snapshot wrote it: the same fields, encoded as a map."""
+    fields = [(f.name, types.get(f.name, f.type)) if f.required else (f.name, types.get(f.name, f.type), f.default)
+              for f in msgspec.structs.fields(cls)]  # fmt: skip
+    return msgspec.defstruct(name, fields, gc=False)
+
+
+_AggV1 = _as_maps(_Agg, "_AggV1")
+_BucketV1 = _as_maps(_Bucket, "_BucketV1", settled=_AggV1, finals=_AggV1)
+_BucketsV1: Any = list[_BucketV1]  # type: ignore[valid-type]  # a struct made at run time: a type to msgspec, a value to mypy
+_StateV1 = msgspec.defstruct(
+    "_StateV1", [(f.name, _BucketsV1 if f.name == "buckets" else f.type) for f in msgspec.structs.fields(_State)],
+    array_like=True,
+)  # fmt: skip
+
+
+class _Version(msgspec.Struct, array_like=True):
+    """The first field of every version's snapshot (the rest is skipped)."""
+
+    version: int
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_State)
+_decoders: dict[int, msgspec.msgpack.Decoder[Any]] = {1: msgspec.msgpack.Decoder(_StateV1), 2: msgspec.msgpack.Decoder(_State)}
+_version_decoder = msgspec.msgpack.Decoder(_Version)
+
+
+def _upgraded(bucket: Any) -> _Bucket:
+    """A version-1 bucket as the rollup holds it (the same fields, in the same order)."""
+    astuple = msgspec.structs.astuple
+    return _Bucket(bucket.timeframe, bucket.symbol, bucket.start, _Agg(*astuple(bucket.settled)), _Agg(*astuple(bucket.finals)),
+                   bucket.closed, bucket.revision, bucket.emitted)  # fmt: skip
 
 
 def _array_header(n: int) -> bytes:
@@ -343,11 +375,16 @@ class Rollup:
         """A rollup from `snapshot`. Timeframes added since it was written start with the buckets
         that begin after its watermark (the earlier ones lack minutes); removed ones are dropped."""
         try:
-            state = _decoder.decode(snapshot)
+            version = _version_decoder.decode(snapshot).version
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ValueError(f"unreadable timeframe rollup snapshot: {exc}") from exc
-        if state.version != STATE_VERSION:
-            raise ValueError(f"timeframe rollup snapshot version {state.version}; this flow restores {STATE_VERSION}")
+        if version not in _decoders:
+            raise ValueError(f"timeframe rollup snapshot version {version}; this flow restores {', '.join(map(str, _decoders))}")
+        try:
+            state = _decoders[version].decode(snapshot)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValueError(f"unreadable timeframe rollup snapshot (version {version}): {exc}") from exc
+        buckets = state.buckets if version == STATE_VERSION else list(map(_upgraded, state.buckets))
         rollup = cls(timeframes, close_delay_ms=close_delay_ms, lateness_ms=lateness_ms, max_buckets=max_buckets)
         rollup.watermark, rollup.refused = state.watermark, state.refused
         newest = max((b.timestamp + MINUTE_MS + close_delay_ms for b in state.recent), default=0)
@@ -357,7 +394,7 @@ class Rollup:
             rollup._recent.setdefault(bar.timestamp, {})[bar.symbol] = bar
         for bar in state.live:
             rollup._live.setdefault(bar.timestamp, {})[bar.symbol] = bar
-        for bucket in state.buckets:
+        for bucket in buckets:
             if bucket.timeframe in rollup._buckets:
                 rollup._buckets[bucket.timeframe][(bucket.symbol, bucket.start)] = bucket
         rollup._dirty = {key: None for key in state.dirty if key[0] in rollup._buckets}

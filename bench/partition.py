@@ -1,0 +1,141 @@
+"""The bar flow's partition step at a minute boundary and at an epoch, without Kafka, sinks or Bytewax.
+
+    .venv/bin/python -m bench.partition [--symbols 1000] [--trades 1500] [--minutes 16] [--reps 15]
+
+Builds one `flows.partition.PartitionLogic` (default settings: the streamed timeframes, session
+highs/lows on) and feeds it `--minutes` minutes of `--trades` trades each over `--symbols` symbols,
+in event-time order: per minute a batch of its trades, then 50 trades of the next minute within
+the close delay (the boundary; a minute that passes the allowed lateness settles there, as it does
+live). Then, the median of `--reps`:
+
+- `close_step_ms`: the step whose batch (50 trades just past the close delay) closes the last
+  minute: the book closing ~`--symbols` bars and the rollup, prices and highs/lows that follow
+  each, on a fresh partition each time; `close_step_ms_no_timeframes` the same with
+  `BAR_TIMEFRAMES=` (1m only), which is what the streamed timeframes cost at the boundary;
+- `snapshot_ms`: `PartitionLogic.snapshot` (what Bytewax takes at every epoch), and its parts:
+  the book, the timeframe rollup (`rollup_snapshot_ms`, and `rollup_snapshot_ms_first` with no
+  encoding kept from an earlier snapshot), the last prices and the session extremes, with the
+  rollup's and the book's snapshot sizes.
+
+Each figure is wall time on one thread (nothing else runs in the process); the load average is
+printed with them. Writes bench/partition.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from connectors.kafka.source import RawBatch
+from flows.detect.settings import DetectionSettings
+from flows.partition import PartitionLogic
+from flows.settings import Settings
+
+OUT = Path(__file__).resolve().parent / "partition.json"
+MINUTE = 60_000
+T0 = 1_764_253_800_000 + 10 * MINUTE  # 2025-11-27 14:40 UTC
+
+
+def fed(settings: Settings, symbols: int, trades: int, minutes: int, seed: int) -> tuple[PartitionLogic, list[RawBatch]]:
+    """A partition fed `minutes` minutes of trades, and the batch that closes the last of them."""
+    logic = PartitionLogic(settings, DetectionSettings(), None)
+    rng = random.Random(seed)
+    names = [f"S{i:05d}" for i in range(symbols)]
+    sequence = 0
+
+    def batch(start: int, n: int, span: int = MINUTE) -> list[RawBatch]:
+        nonlocal sequence
+        values: list[bytes | None] = []
+        for _ in range(n):
+            sequence += 1
+            values.append(orjson.dumps({"ev": "T", "sym": rng.choice(names), "x": 4, "i": str(sequence), "z": 3,
+                                        "p": round(rng.uniform(9, 11), 2), "s": 100, "t": start + rng.randint(0, span - 1),
+                                        "q": sequence}))  # fmt: skip
+        return [RawBatch("bench", 0, range(len(values)), values)]
+
+    delay = int(settings.bar_close_delay_s * 1000)
+    for m in range(minutes):
+        logic.on_batch(batch(T0 + m * MINUTE, trades - 50))
+        # the next minute's first trades, within the close delay: as live, the minute that passes the
+        # allowed lateness at the boundary settles here, before the close
+        logic.on_batch(batch(T0 + (m + 1) * MINUTE, 50, span=delay))
+    # trades past the start of the next minute plus the close delay: they close the last minute fed
+    closing = batch(T0 + minutes * MINUTE + delay, 50, span=1000)
+    return logic, closing
+
+
+def timed(f: Callable[[], object], reps: int) -> float:
+    took = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        f()
+        took.append(time.perf_counter() - started)
+    return round(statistics.median(took) * 1000, 2)
+
+
+def close_step_ms(settings: Settings, args: argparse.Namespace) -> float:
+    took = []
+    for rep in range(args.reps):
+        logic, closing = fed(settings, args.symbols, args.trades, args.minutes, seed=rep)
+        started = time.perf_counter()
+        logic.on_batch(closing)
+        took.append(time.perf_counter() - started)
+    return round(statistics.median(took) * 1000, 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=1000, help="symbols of the partition (4,000 over 4 partitions)")
+    parser.add_argument("--trades", type=int, default=1500, help="trades per minute")
+    parser.add_argument("--minutes", type=int, default=16, help="minutes fed (past the allowed lateness: 15)")
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    gc.set_threshold(100_000, 50, 100)  # as flows.ohlcv.build_flow sets it
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    settings = Settings(live_update_interval_s=3600, health_interval_s=3600, idle_advance_s=3600)
+    logic, _ = fed(settings, args.symbols, args.trades, args.minutes, seed=0)
+    rollup = logic.rollup
+
+    def rollup_first() -> object:
+        kept = getattr(rollup, "_encoded_recent", None)  # (a checkout from before 2d2a561 keeps none)
+        if kept is not None:
+            kept.clear()
+        return rollup.snapshot()
+
+    extremes = logic.extremes
+    results = {
+        "symbols": args.symbols,
+        "trades_per_minute": args.trades,
+        "minutes": args.minutes,
+        "close_step_ms": close_step_ms(settings, args),
+        "close_step_ms_no_timeframes": close_step_ms(settings.model_copy(update={"bar_timeframes": ()}), args),
+        "snapshot_ms": timed(logic.snapshot, args.reps),
+        "book_snapshot_ms": timed(logic.book.snapshot, args.reps),
+        "rollup_snapshot_ms": timed(rollup.snapshot, args.reps),
+        "rollup_snapshot_ms_first": timed(rollup_first, args.reps),
+        "prices_snapshot_ms": timed(logic.prices.snapshot, args.reps),
+        "extremes_snapshot_ms": timed(extremes.snapshot, args.reps) if extremes is not None else None,
+        "book_snapshot_kb": round(len(logic.book.snapshot()) / 1024),
+        "rollup_snapshot_kb": round(len(rollup.snapshot()) / 1024),
+        "rollup_buckets": rollup.buckets,
+        "rollup_minutes_held": rollup.minutes,
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(results))
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
