@@ -242,6 +242,14 @@ def test_a_snapshot_reuses_the_encoding_of_revisable_minutes_only_while_they_are
     assert back.snapshot() == r.snapshot() == afresh(r)
 
 
+@pytest.mark.parametrize("n", [0, 15, 16, 65_535, 65_536])
+def test_the_spliced_array_header_is_msgpacks_own_at_every_size(n):
+    from flows.timeframes import _array_header
+
+    encoded = msgspec.msgpack.encode([None] * n)
+    assert encoded == _array_header(n) + b"\xc0" * n
+
+
 def test_a_version_1_snapshot_buckets_as_maps_restores_to_the_same_rollup():
     """Recovery stores written before buckets were encoded as arrays still resume, to the same state."""
     r = rollup()
