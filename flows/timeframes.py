@@ -123,34 +123,22 @@ class _State(msgspec.Struct, array_like=True):
     dirty: list[tuple[TimeframeName, str, int]]
 
 
-class _Written(msgspec.Struct, array_like=True):
-    """`_State` as a snapshot writes it: the same fields in the same order (the same bytes), the
-    revisable minutes spliced in as msgpack already encoded (`Rollup._encoded_recent`)."""
-
-    version: int
-    watermark: int
-    complete_from: dict[str, int]
-    refused: int
-    recent: msgspec.Raw
-    live: list[Bar]
-    buckets: list[_Bucket]
-    dirty: list[tuple[TimeframeName, str, int]]
-
-
-def _as_maps(cls: type, name: str, **types: object) -> Any:
-    """`cls` as version 1 of the snapshot wrote it: the same fields, encoded as a map."""
+def _variant(cls: type, name: str, *, array_like: bool, **types: object) -> Any:
+    """`cls`'s fields in its order, some of them of another type, encoded as an array or as a map:
+    the structs a snapshot is written and older ones are read with, without a second list of fields."""
     fields = [(f.name, types.get(f.name, f.type)) if f.required else (f.name, types.get(f.name, f.type), f.default)
               for f in msgspec.structs.fields(cls)]  # fmt: skip
-    return msgspec.defstruct(name, fields, gc=False)
+    return msgspec.defstruct(name, fields, array_like=array_like, gc=False)
 
 
-_AggV1 = _as_maps(_Agg, "_AggV1")
-_BucketV1 = _as_maps(_Bucket, "_BucketV1", settled=_AggV1, finals=_AggV1)
+# `_State` as a snapshot writes it (the same bytes): the revisable minutes spliced in as msgpack
+# already encoded (`Rollup._encoded_recent`)
+_Written = _variant(_State, "_Written", array_like=True, recent=msgspec.Raw)
+# version 1: buckets and their sums as maps
+_AggV1 = _variant(_Agg, "_AggV1", array_like=False)
+_BucketV1 = _variant(_Bucket, "_BucketV1", array_like=False, settled=_AggV1, finals=_AggV1)
 _BucketsV1: Any = list[_BucketV1]  # type: ignore[valid-type]  # a struct made at run time: a type to msgspec, a value to mypy
-_StateV1 = msgspec.defstruct(
-    "_StateV1", [(f.name, _BucketsV1 if f.name == "buckets" else f.type) for f in msgspec.structs.fields(_State)],
-    array_like=True,
-)  # fmt: skip
+_StateV1 = _variant(_State, "_StateV1", array_like=True, buckets=_BucketsV1)
 
 
 class _Version(msgspec.Struct, array_like=True):
