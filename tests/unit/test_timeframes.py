@@ -242,6 +242,21 @@ def test_a_snapshot_reuses_the_encoding_of_revisable_minutes_only_while_they_are
     assert back.snapshot() == r.snapshot() == afresh(r)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=512),
+    # an array of a snapshot's eight fields: any version number, then anything
+    st.builds(lambda version, rest: b"\x98" + msgspec.msgpack.encode(version) + rest,
+              st.one_of(st.integers(-(2**63), 2**64 - 1), st.sampled_from([1, 2])), st.binary(max_size=256)),
+))  # fmt: skip
+def test_a_rollup_snapshot_of_arbitrary_bytes_is_refused_with_a_reason_or_restored(data):
+    """A recovery store's bytes, damaged or of any version number: a ValueError saying why, nothing else."""
+    try:
+        Rollup.restore(data, TFS, close_delay_ms=DELAY, lateness_ms=LATENESS)
+    except ValueError as exc:
+        assert "timeframe rollup snapshot" in str(exc)
+
+
 @pytest.mark.parametrize("n", [0, 15, 16, 65_535, 65_536])
 def test_the_spliced_array_header_is_msgpacks_own_at_every_size(n):
     from flows.timeframes import _array_header
