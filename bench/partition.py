@@ -12,6 +12,8 @@ live). Then, the median of `--reps`:
   minute: the book closing ~`--symbols` bars and the rollup, prices and highs/lows that follow
   each, on a fresh partition each time; `close_step_ms_no_timeframes` the same with
   `BAR_TIMEFRAMES=` (1m only), which is what the streamed timeframes cost at the boundary;
+  `step_after_close_ms` the step after it (50 more trades), where the rollup settles the minute that
+  passed the allowed lateness (put off from the close step, `Rollup.close_through`);
 - `snapshot_ms`: `PartitionLogic.snapshot` (what Bytewax takes at every epoch), and its parts:
   the book, the timeframe rollup (`rollup_snapshot_ms`, and `rollup_snapshot_ms_first` with no
   encoding kept from an earlier snapshot), the last prices and the session extremes, with the
@@ -45,8 +47,10 @@ MINUTE = 60_000
 T0 = 1_764_253_800_000 + 10 * MINUTE  # 2025-11-27 14:40 UTC
 
 
-def fed(settings: Settings, symbols: int, trades: int, minutes: int, seed: int) -> tuple[PartitionLogic, list[RawBatch]]:
-    """A partition fed `minutes` minutes of trades, and the batch that closes the last of them."""
+def fed(
+    settings: Settings, symbols: int, trades: int, minutes: int, seed: int
+) -> tuple[PartitionLogic, list[RawBatch], list[RawBatch]]:
+    """A partition fed `minutes` minutes of trades, the batch that closes the last of them and one after it."""
     logic = PartitionLogic(settings, DetectionSettings(), None)
     rng = random.Random(seed)
     names = [f"S{i:05d}" for i in range(symbols)]
@@ -70,7 +74,8 @@ def fed(settings: Settings, symbols: int, trades: int, minutes: int, seed: int) 
         logic.on_batch(batch(T0 + (m + 1) * MINUTE, 50, span=delay))
     # trades past the start of the next minute plus the close delay: they close the last minute fed
     closing = batch(T0 + minutes * MINUTE + delay, 50, span=1000)
-    return logic, closing
+    after = batch(T0 + minutes * MINUTE + delay + 1000, 50, span=1000)
+    return logic, closing, after
 
 
 def timed(f: Callable[[], object], reps: int) -> float:
@@ -82,14 +87,19 @@ def timed(f: Callable[[], object], reps: int) -> float:
     return round(statistics.median(took) * 1000, 2)
 
 
-def close_step_ms(settings: Settings, args: argparse.Namespace) -> float:
-    took = []
+def close_step_ms(settings: Settings, args: argparse.Namespace) -> tuple[float, float]:
+    """The median close step, and the median step after it (where the rollup settles the minute that
+    passed the allowed lateness: `Rollup.close_through`)."""
+    took, after_took = [], []
     for rep in range(args.reps):
-        logic, closing = fed(settings, args.symbols, args.trades, args.minutes, seed=rep)
+        logic, closing, after = fed(settings, args.symbols, args.trades, args.minutes, seed=rep)
         started = time.perf_counter()
         logic.on_batch(closing)
         took.append(time.perf_counter() - started)
-    return round(statistics.median(took) * 1000, 2)
+        started = time.perf_counter()
+        logic.on_batch(after)
+        after_took.append(time.perf_counter() - started)
+    return round(statistics.median(took) * 1000, 2), round(statistics.median(after_took) * 1000, 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(100_000, 50, 100)  # as flows.ohlcv.build_flow sets it
     load_before = [round(x, 2) for x in os.getloadavg()]
     settings = Settings(live_update_interval_s=3600, health_interval_s=3600, idle_advance_s=3600)
-    logic, _ = fed(settings, args.symbols, args.trades, args.minutes, seed=0)
+    logic, _, _ = fed(settings, args.symbols, args.trades, args.minutes, seed=0)
     rollup = logic.rollup
 
     def rollup_first() -> object:
@@ -113,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         return rollup.snapshot()
 
     extremes = logic.extremes
+    close, after = close_step_ms(settings, args)
+    close_bare, after_bare = close_step_ms(settings.model_copy(update={"bar_timeframes": ()}), args)
     results = {
         "symbols": args.symbols,
         "trades_per_minute": args.trades,
         "minutes": args.minutes,
-        "close_step_ms": close_step_ms(settings, args),
-        "close_step_ms_no_timeframes": close_step_ms(settings.model_copy(update={"bar_timeframes": ()}), args),
+        "close_step_ms": close,
+        "step_after_close_ms": after,
+        "close_step_ms_no_timeframes": close_bare,
+        "step_after_close_ms_no_timeframes": after_bare,
         "snapshot_ms": timed(logic.snapshot, args.reps),
         "book_snapshot_ms": timed(logic.book.snapshot, args.reps),
         "rollup_snapshot_ms": timed(rollup.snapshot, args.reps),

@@ -190,7 +190,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         first = batches[0]
         self.key, self.topic, self.partition = first.key, first.topic, first.partition
         now = time.monotonic()
-        data = False
+        data = closed = False
         for batch in batches:
             if not batch.values:
                 if batch.caught_up:
@@ -200,7 +200,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             finals, rejects = self.book.apply(batch.values, batch.offsets)
             if finals and stages.enabled():
                 self._mark_closed(finals, now, len(batch.values))
-            self._finals(finals, out)
+            closed |= self._finals(finals, out)
             out.extend(self._letters(rejects))
             if self.extremes is not None:
                 self._resolve_references()
@@ -211,6 +211,8 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         if data:
             self.last_input = now
             self._forget_idle_symbols()
+        if not closed:
+            self.rollup.settle()
         self._tick(now, out)
         if stages.enabled():
             stages.mark("step_out", partition=self.key, batches=len(batches), out=len(out), took_s=time.monotonic() - now)
@@ -223,12 +225,14 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             stages.mark("closed", partition=self.key, minute=minute, finals=len(finals), values=values,
                         watermark=self.book.watermark, took_s=time.monotonic() - began)  # fmt: skip
 
-    def _finals(self, finals: list[Bar], out: list[Output]) -> None:
+    def _finals(self, finals: list[Bar], out: list[Output]) -> bool:
         """The book's final bars and revisions out, each followed by the coarse bars it causes, and the
-        rollup's clock moved where the book closed minutes; their closes are last prices."""
+        rollup's clock moved where the book closed minutes; their closes are last prices. Whether it
+        closed any: the rollup settles in a step that closed none (`Rollup.close_through`)."""
         marks = self.book.marks
         if not marks and not finals:
-            return
+            return False
+        closed = bool(marks)
         rollup, prices, minute = self.rollup, self.prices, self.book.minute
         coarse = 0
         for bar in finals:
@@ -236,7 +240,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             rolled = rollup.add(bar)
             watermark = marks.get(id(bar))
             if watermark is not None:
-                rolled += rollup.advance(watermark)
+                rolled += rollup.close_through(watermark)
             if rolled:
                 coarse += len(rolled)
                 out.extend(rolled)
@@ -247,6 +251,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         marks.clear()
         if coarse:
             OUTPUT.labels(self.key, "coarse_final").inc(coarse)
+        return closed
 
     def _caught_up(self, now: float) -> None:
         """The source had read everything and the broker answered: evidence that silence is silence."""

@@ -60,21 +60,26 @@ class _Agg(msgspec.Struct, gc=False, array_like=True):
 
     def fold(self, bar: Bar) -> None:
         """Add one final minute."""
+        self.add(*_fields_of(bar))
+
+    def add(self, t: int, o: float | None, h: float | None, low: float | None, c: float | None, v: int,
+            pv: float | None, n: int) -> None:  # fmt: skip
+        """Add one final minute given as its fields (`pv`: vwap x volume, None without a priced volume): a bar
+        folded into each of its buckets reads its fields once (the boundary's hot loop, `Rollup.add`)."""
         self.minutes += 1
-        t = bar.timestamp
-        if bar.open is not None and (self.open is None or t < self.open_at):
-            self.open, self.open_at = bar.open, t
-        if bar.close is not None and (self.close is None or t > self.close_at):
-            self.close, self.close_at = bar.close, t
-        if bar.high is not None and (self.high is None or bar.high > self.high):
-            self.high = bar.high
-        if bar.low is not None and (self.low is None or bar.low < self.low):
-            self.low = bar.low
-        self.volume += bar.volume
-        if bar.vwap is not None and bar.volume > 0:
-            self.priced_value += bar.vwap * bar.volume
-            self.priced_volume += bar.volume
-        self.trades += bar.trades
+        if o is not None and (self.open is None or t < self.open_at):
+            self.open, self.open_at = o, t
+        if c is not None and (self.close is None or t > self.close_at):
+            self.close, self.close_at = c, t
+        if h is not None and (self.high is None or h > self.high):
+            self.high = h
+        if low is not None and (self.low is None or low < self.low):
+            self.low = low
+        self.volume += v
+        if pv is not None:
+            self.priced_value += pv
+            self.priced_volume += v
+        self.trades += n
 
     def copy(self) -> _Agg:
         return msgspec.structs.replace(self)
@@ -200,6 +205,7 @@ class Rollup:
         self._buckets: dict[TimeframeName, dict[tuple[str, int], _Bucket]] = {t.name: {} for t in self.timeframes}
         self._dirty: dict[tuple[TimeframeName, str, int], None] = {}  # forming buckets changed since take_live
         self._next_close = _NEVER  # watermark at which the earliest open bucket closes
+        self._settled_at = 0  # the watermark the last `settle` saw
 
     # ---- input -------------------------------------------------------------------------
 
@@ -221,6 +227,7 @@ class Rollup:
         minutes[symbol] = bar
         self._encoded_recent.pop(minute, None)
         out: list[Bar] = []
+        fields = _fields_of(bar)
         for tf in self.timeframes:
             start = minute - minute % tf.ms
             bucket = self._buckets[tf.name].get((symbol, start))
@@ -229,7 +236,7 @@ class Rollup:
                 if bucket is None:
                     continue
             elif previous is None:
-                bucket.finals.fold(bar)  # a new minute: merged in
+                bucket.finals.add(*fields)  # a new minute: merged in
             else:
                 bucket.finals = self._aggregate(bucket, tf)  # a revised one: from the others again
             if bucket.closed:
@@ -243,14 +250,49 @@ class Rollup:
     def advance(self, watermark: int) -> list[Bar]:
         """The partition's watermark moved here (never back): buckets whose last minute it closed
         become final (revision 0), minutes past the lateness settle, buckets past it go."""
+        out = self.close_through(watermark)
+        self.settle()
+        return out
+
+    def close_through(self, watermark: int) -> list[Bar]:
+        """`advance` that leaves the settling for `settle`: the step that closes a minute is the one
+        whose bars a dashboard waits for, and settling (a fold per timeframe of each minute past the
+        lateness, a scan of the buckets) changes nothing it sends, so the partition does it in a later
+        step. It is put off by at most a minute of watermark (a replay where every step closes minutes
+        settles here then), so what is held stays bounded."""
         if watermark <= self.watermark:
             return []
+        if watermark - self._settled_at >= MINUTE_MS:
+            self.settle()
         self.watermark = watermark
-        out: list[Bar] = []
+        for minute in [m for m in self._live if m + MINUTE_MS + self.close_delay_ms <= watermark]:
+            del self._live[minute]  # closed minutes: their final bars came (or the input ended)
         if watermark >= self._next_close:
-            out = self._close(lambda bucket, tf: bucket.start + tf.ms + self.close_delay_ms <= watermark)
-        self._settle()
-        return out
+            return self._close(lambda bucket, tf: bucket.start + tf.ms + self.close_delay_ms <= watermark)
+        return []
+
+    def settle(self) -> None:
+        """Minutes past the allowed lateness fold into their buckets' settled sums; spent buckets go."""
+        if self._settled_at == self.watermark:
+            return
+        self._settled_at = watermark = self.watermark
+        cutoff = watermark - MINUTE_MS - self.lateness_ms  # minutes before this can no longer be revised
+        settling = sorted(m for m in self._recent if m < cutoff)
+        for minute in settling:
+            self._encoded_recent.pop(minute, None)
+            for symbol, bar in self._recent.pop(minute).items():
+                fields = _fields_of(bar)
+                for tf in self.timeframes:
+                    bucket = self._buckets[tf.name].get((symbol, minute - minute % tf.ms))
+                    if bucket is not None:
+                        bucket.settled.add(*fields)
+        if not settling:
+            return
+        for tf in self.timeframes:
+            buckets = self._buckets[tf.name]
+            spent = [k for k, b in buckets.items() if b.closed and b.start + tf.ms - MINUTE_MS < cutoff]
+            for key in spent:
+                del buckets[key]
 
     def close_all(self) -> list[Bar]:
         """End of a finite input: every open bucket is final now."""
@@ -411,10 +453,12 @@ class Rollup:
         return bucket
 
     def _aggregate(self, bucket: _Bucket, tf: Timeframe) -> _Agg:
-        """The bucket's settled minutes plus its revisable ones."""
+        """The bucket's settled minutes plus its revisable ones, in time order as `settle` folds them:
+        the sums come out the same to the last bit wherever the split between the two falls, so
+        settling later (`close_through`) cannot make a bucket look revised."""
         agg = bucket.settled.copy()
         start, end, symbol = bucket.start, bucket.start + tf.ms, bucket.symbol
-        for minute in self._recent:
+        for minute in sorted(self._recent):
             if start <= minute < end:
                 bar = self._recent[minute].get(symbol)
                 if bar is not None:
@@ -454,28 +498,6 @@ class Rollup:
             default=_NEVER,
         )  # fmt: skip
 
-    def _settle(self) -> None:
-        """Minutes past the allowed lateness fold into their buckets' settled sums; spent buckets go."""
-        watermark = self.watermark
-        cutoff = watermark - MINUTE_MS - self.lateness_ms  # minutes before this can no longer be revised
-        for minute in [m for m in self._live if m + MINUTE_MS + self.close_delay_ms <= watermark]:
-            del self._live[minute]  # closed minutes: their final bars came (or the input ended)
-        settling = sorted(m for m in self._recent if m < cutoff)
-        for minute in settling:
-            self._encoded_recent.pop(minute, None)
-            for symbol, bar in self._recent.pop(minute).items():
-                for tf in self.timeframes:
-                    bucket = self._buckets[tf.name].get((symbol, minute - minute % tf.ms))
-                    if bucket is not None:
-                        bucket.settled.fold(bar)
-        if not settling:
-            return
-        for tf in self.timeframes:
-            buckets = self._buckets[tf.name]
-            spent = [k for k, b in buckets.items() if b.closed and b.start + tf.ms - MINUTE_MS < cutoff]
-            for key in spent:
-                del buckets[key]
-
 
 _NEVER = 1 << 62
 
@@ -484,6 +506,12 @@ def first_complete(watermark: int, close_delay_ms: int) -> int:
     """The earliest bucket start none of whose minutes were final yet at `watermark`: where a rollup
     begun at that watermark (beside a book that already emitted final minutes) can vouch for its buckets."""
     return watermark - MINUTE_MS - close_delay_ms + 1 if watermark else 0
+
+
+def _fields_of(bar: Bar) -> tuple[int, float | None, float | None, float | None, float | None, int, float | None, int]:
+    """A final minute as `_Agg.add` takes it."""
+    v, vw = bar.volume, bar.vwap
+    return bar.timestamp, bar.open, bar.high, bar.low, bar.close, v, vw * v if vw is not None and v > 0 else None, bar.trades
 
 
 def _fields(bar: Bar) -> tuple:

@@ -144,6 +144,40 @@ def test_late_minute_opens_a_closed_bucket_and_spent_buckets_go():
     assert r.add(minute("A", 1, o=99, rev=1)) == []  # too old to be (the book refuses such trades anyway)
 
 
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 10_000), settle_every=st.integers(1, 6))
+def test_settling_put_off_to_a_later_step_changes_nothing_the_rollup_sends(seed, settle_every):
+    """`close_through` (the step that closes a minute) leaves settling to `settle`: the same input
+    gives the same coarse bars, live ones included, and the same snapshot once settled as `advance`;
+    minutes held beyond the lateness stay bounded even when settle is never called."""
+    rng = random.Random(seed)
+    now_, later, never = rollup(), rollup(), rollup()
+    got: dict[str, list] = {"now": [], "later": [], "never": []}
+    for m in range(40):
+        for symbol in "AB":
+            for _ in range(rng.choice((1, 1, 2))):  # a minute, sometimes its revision (late trades)
+                back = rng.choice((0, 0, 0, 1, 2, 4))  # minutes closed a while ago, within the lateness
+                bar = minute(symbol, max(0, m - back), o=rng.uniform(9, 11), v=rng.randint(0, 50), rev=rng.randint(0, 3))
+                for r, out in ((now_, got["now"]), (later, got["later"]), (never, got["never"])):
+                    out += r.add(bar)
+        watermark = T0 + (m + 1) * M + DELAY
+        got["now"] += now_.advance(watermark)
+        got["later"] += later.close_through(watermark)
+        got["never"] += never.close_through(watermark)
+        if m % settle_every == 0:
+            later.settle()
+        # C only ever trades in forming minutes: its closed ones must go all the same
+        forming = [minute("A", m + 1, o=rng.uniform(9, 11), status="live"), minute("C", m + 1, status="live")]
+        for r, out in ((now_, got["now"]), (later, got["later"]), (never, got["never"])):
+            out += r.take_live(forming)
+            assert r.minutes <= 3 * (LATENESS // M + 3)  # per symbol: the revisable minutes, one more, the forming one
+        assert never.minutes <= now_.minutes + 2  # at most one more minute of A and B held
+    assert got["later"] == got["now"] and got["never"] == got["now"]
+    later.settle()
+    never.settle()
+    assert later.snapshot() == now_.snapshot() == never.snapshot()
+
+
 def test_live_buckets_combine_final_and_forming_minutes_once_per_call():
     r = rollup(("5m", "1h"))
     r.add(minute("A", 0, o=10, v=100))
