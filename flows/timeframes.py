@@ -24,6 +24,12 @@ still revisable (at most two or three: a bucket goes once all its minutes are pa
 lateness), each holding only the aggregate of its minutes that can no longer change. Forming
 minutes are kept only until their final bar comes. At most `max_buckets` buckets per timeframe
 exist at once (new ones beyond it are counted in `refused`, not built), whatever the input.
+
+What can wait does: the step that closes a minute is the one whose bars a dashboard waits for, so a
+new final minute of buckets that are all still open is folded in later (nothing goes out for it
+until one of them closes), and so is settling; `settle` does both, in the partition's next step
+that closes nothing, and anything that reads the buckets first does the folding itself. Sums add
+their minutes in time order, so when this happens cannot change a bit of any bar.
 """
 
 from __future__ import annotations
@@ -206,6 +212,11 @@ class Rollup:
         self._dirty: dict[tuple[TimeframeName, str, int], None] = {}  # forming buckets changed since take_live
         self._next_close = _NEVER  # watermark at which the earliest open bucket closes
         self._settled_at = 0  # the watermark the last `settle` saw
+        # new final minutes not folded into their buckets yet, in the order they came (`add`), and the
+        # watermark at which the first of them would close a bucket
+        self._unfolded: dict[tuple[int, str], Bar] = {}
+        self._unfolded_close = self._unfolded_first = _NEVER
+        self._finest_ms = min((t.ms for t in self.timeframes), default=MINUTE_MS)  # its buckets end first
 
     # ---- input -------------------------------------------------------------------------
 
@@ -222,6 +233,24 @@ class Rollup:
             # Cannot happen with the book's lateness rule (its watermark is ahead of ours); a minute
             # this old would make a bucket from part of its minutes, so it changes nothing.
             return []
+        unfolded = self._unfolded
+        if (minute, symbol) not in unfolded:
+            start = minute - minute % self._finest_ms
+            if start + self._finest_ms + self.close_delay_ms > self.watermark and symbol not in self._recent.get(minute, ()):
+                # A new minute whose buckets are all open: nothing goes out for it now, so it is folded
+                # in later (`_fold_unfolded`, before anything reads the buckets), not in the step that
+                # closed it, whose bars a dashboard waits for.
+                if minute < self._unfolded_first:
+                    self._unfolded_first = minute
+                    self._unfolded_close = min(self._unfolded_close, start + self._finest_ms + self.close_delay_ms)
+                unfolded[(minute, symbol)] = bar
+                return []
+        self._fold_unfolded()
+        return self._merge(bar)
+
+    def _merge(self, bar: Bar) -> list[Bar]:
+        """`add` of a final minute into its buckets, now."""
+        symbol, minute = bar.symbol, bar.timestamp
         minutes = self._recent.setdefault(minute, {})
         previous = minutes.get(symbol)
         minutes[symbol] = bar
@@ -255,15 +284,16 @@ class Rollup:
         return out
 
     def close_through(self, watermark: int) -> list[Bar]:
-        """`advance` that leaves the settling for `settle`: the step that closes a minute is the one
-        whose bars a dashboard waits for, and settling (a fold per timeframe of each minute past the
-        lateness, a scan of the buckets) changes nothing it sends, so the partition does it in a later
-        step. It is put off by at most a minute of watermark (a replay where every step closes minutes
-        settles here then), so what is held stays bounded."""
+        """`advance` that leaves the settling for `settle` (the module's docstring says why): it is put
+        off by at most a minute of watermark, and the minutes `add` put off are folded in here before
+        a bucket of theirs closes (a replay where every step closes minutes does both here then), so
+        what is held stays bounded."""
         if watermark <= self.watermark:
             return []
         if watermark - self._settled_at >= MINUTE_MS:
-            self.settle()
+            self._settle()
+        if watermark >= self._unfolded_close:  # a bucket of a minute not folded in yet closes
+            self._fold_unfolded()
         self.watermark = watermark
         for minute in [m for m in self._live if m + MINUTE_MS + self.close_delay_ms <= watermark]:
             del self._live[minute]  # closed minutes: their final bars came (or the input ended)
@@ -272,11 +302,19 @@ class Rollup:
         return []
 
     def settle(self) -> None:
-        """Minutes past the allowed lateness fold into their buckets' settled sums; spent buckets go."""
+        """The work a step that closed minutes left (`close_through`): the new minutes `add` put off
+        go into their buckets, minutes past the allowed lateness into their buckets' settled sums, and
+        spent buckets go."""
+        self._fold_unfolded()
+        self._settle()
+
+    def _settle(self) -> None:
         if self._settled_at == self.watermark:
             return
         self._settled_at = watermark = self.watermark
         cutoff = watermark - MINUTE_MS - self.lateness_ms  # minutes before this can no longer be revised
+        if self._unfolded_first < cutoff:
+            self._fold_unfolded()  # settled sums add their minutes in time order: the put-off ones first
         settling = sorted(m for m in self._recent if m < cutoff)
         for minute in settling:
             self._encoded_recent.pop(minute, None)
@@ -296,6 +334,7 @@ class Rollup:
 
     def close_all(self) -> list[Bar]:
         """End of a finite input: every open bucket is final now."""
+        self._fold_unfolded()
         return self._close(lambda bucket, tf: True)
 
     def take_live(self, forming: Iterable[Bar] = ()) -> list[Bar]:
@@ -312,6 +351,7 @@ class Rollup:
         `take_live`: the coarser timeframes' live updates may be sent less often than the minutes'."""
         if not self.timeframes:
             return
+        self._fold_unfolded()
         for bar in forming:
             minute = bar.timestamp
             if minute + MINUTE_MS + self.close_delay_ms <= self.watermark:
@@ -367,16 +407,18 @@ class Rollup:
 
     @property
     def buckets(self) -> int:
+        """Buckets built (a new minute's counts from when it is folded in: `settle`, the step after it closed)."""
         return sum(len(b) for b in self._buckets.values())
 
     @property
     def minutes(self) -> int:
         """Final and forming 1-minute bars held (what can still change a bucket)."""
-        return sum(len(m) for m in self._recent.values()) + sum(len(m) for m in self._live.values())
+        return sum(len(m) for m in self._recent.values()) + sum(len(m) for m in self._live.values()) + len(self._unfolded)
 
     def snapshot(self) -> bytes:
         """The rollup as msgpack (`_State`); the revisable minutes unchanged since the last snapshot
         are copied as they were encoded then."""
+        self._fold_unfolded()
         encoded, count, parts = self._encoded_recent, 0, []
         for minute, bars in self._recent.items():
             kept = encoded.get(minute)
@@ -451,6 +493,13 @@ class Rollup:
         if not closed:
             self._next_close = min(self._next_close, end + self.close_delay_ms)
         return bucket
+
+    def _fold_unfolded(self) -> None:
+        """The new minutes `add` put off, into their buckets, as it would have then."""
+        if self._unfolded:
+            unfolded, self._unfolded, self._unfolded_close, self._unfolded_first = self._unfolded, {}, _NEVER, _NEVER
+            for bar in unfolded.values():
+                self._merge(bar)  # nothing goes out: its buckets were open, and none has closed since
 
     def _aggregate(self, bucket: _Bucket, tf: Timeframe) -> _Agg:
         """The bucket's settled minutes plus its revisable ones, in time order as `settle` folds them:
