@@ -12,8 +12,9 @@ live). Then, the median of `--reps`:
   minute: the book closing ~`--symbols` bars and the rollup, prices and highs/lows that follow
   each, on a fresh partition each time; `close_step_ms_no_timeframes` the same with
   `BAR_TIMEFRAMES=` (1m only), which is what the streamed timeframes cost at the boundary;
-  `step_after_close_ms` the step after it (50 more trades), where the rollup settles the minute that
-  passed the allowed lateness (put off from the close step, `Rollup.close_through`);
+  `step_after_close_ms` the step after it (50 more trades), where the rollup folds in the minutes
+  just closed and settles the one that passed the allowed lateness (both put off from the close
+  step, `Rollup.settle`);
 - `snapshot_ms`: `PartitionLogic.snapshot` (what Bytewax takes at every epoch), and its parts:
   the book, the timeframe rollup (`rollup_snapshot_ms`, and `rollup_snapshot_ms_first` with no
   encoding kept from an earlier snapshot), the last prices and the session extremes, with the
@@ -88,8 +89,8 @@ def timed(f: Callable[[], object], reps: int) -> float:
 
 
 def close_step_ms(settings: Settings, args: argparse.Namespace) -> tuple[float, float]:
-    """The median close step, and the median step after it (where the rollup settles the minute that
-    passed the allowed lateness: `Rollup.close_through`)."""
+    """The median close step, and the median step after it (where the rollup does what the close put
+    off: `Rollup.settle`)."""
     took, after_took = [], []
     for rep in range(args.reps):
         logic, closing, after = fed(settings, args.symbols, args.trades, args.minutes, seed=rep)

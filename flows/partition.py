@@ -15,7 +15,9 @@ The rollup's clock is the watermark at which the book closed minutes (`ClosingBo
 the book's output that happened), not the watermark at the end of a batch: the book's output does
 not depend on how its input was batched, and so the coarse bars and their revisions do not either,
 which is what makes them the same after a restart. A silent partition's watermark (idle advance)
-and the end of the input move the rollup's clock too.
+and the end of the input move the rollup's clock too. What the rollup can put off (folding the
+minutes just closed into open buckets, settling) it does in the next step that closes no minute
+(`Rollup.settle`), so the boundary's bars leave sooner; when is invisible in its output.
 """
 
 from __future__ import annotations
