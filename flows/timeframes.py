@@ -66,7 +66,7 @@ class _Agg(msgspec.Struct, gc=False, array_like=True):
 
     def fold(self, bar: Bar) -> None:
         """Add one final minute."""
-        self.add(*_fields_of(bar))
+        self.add(*_summand(bar))
 
     def add(self, t: int, o: float | None, h: float | None, low: float | None, c: float | None, v: int,
             pv: float | None, n: int) -> None:  # fmt: skip
@@ -256,7 +256,7 @@ class Rollup:
         minutes[symbol] = bar
         self._encoded_recent.pop(minute, None)
         out: list[Bar] = []
-        fields = _fields_of(bar)
+        fields = _summand(bar)
         for tf in self.timeframes:
             start = minute - minute % tf.ms
             bucket = self._buckets[tf.name].get((symbol, start))
@@ -319,7 +319,7 @@ class Rollup:
         for minute in settling:
             self._encoded_recent.pop(minute, None)
             for symbol, bar in self._recent.pop(minute).items():
-                fields = _fields_of(bar)
+                fields = _summand(bar)
                 for tf in self.timeframes:
                     bucket = self._buckets[tf.name].get((symbol, minute - minute % tf.ms))
                     if bucket is not None:
@@ -557,8 +557,8 @@ def first_complete(watermark: int, close_delay_ms: int) -> int:
     return watermark - MINUTE_MS - close_delay_ms + 1 if watermark else 0
 
 
-def _fields_of(bar: Bar) -> tuple[int, float | None, float | None, float | None, float | None, int, float | None, int]:
-    """A final minute as `_Agg.add` takes it."""
+def _summand(bar: Bar) -> tuple[int, float | None, float | None, float | None, float | None, int, float | None, int]:
+    """A final minute as `_Agg.add` takes it (`_fields` is what a record is compared by)."""
     v, vw = bar.volume, bar.vwap
     return bar.timestamp, bar.open, bar.high, bar.low, bar.close, v, vw * v if vw is not None and v > 0 else None, bar.trades
 
