@@ -344,12 +344,16 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             # (docs/benchmarks.md, 2026-12-02).
             "fetch.max.bytes": 1_048_576,
             "max.partition.fetch.bytes": 1_048_576,
-            # Prefetch: five consume batches per partition keep the flow fed from a broker nearby
-            # (two made a backlog's replay up to ~25 % slower in wall time here) and cap what waits in
-            # librdkafka's queue: 200,000 messages per partition before held ~130 MB more of the bar
-            # flow's peak RSS on a backlog of 4 partitions (docs/operations.md, flow memory).
-            "queued.min.messages": max(5 * self._batch_size, 1000),
+            # Prefetch: one consume batch per partition waits in librdkafka's queue, refilled as soon as
+            # the flow takes it. A full queue postpones the partition's next fetch by
+            # `fetch.queue.backoff.ms`, 1 s by default: with less than ~2 s of the flow's reading
+            # queued, a backlog's replay then waited on it (two batches were ~60 % slower in wall time
+            # here, hence the five batches this held before, ~50 MB more of the bar flow's peak RSS on 4
+            # partitions: their fetched and decompressed buffers). 20 ms keeps the queue short and
+            # full (docs/benchmarks.md, 2026-12-03 tenth session; docs/operations.md, flow memory).
+            "queued.min.messages": max(self._batch_size, 1000),
             "queued.max.messages.kbytes": 32_768,
+            "fetch.queue.backoff.ms": 20,
             # A caught-up consumer's fetch waits this long for data (librdkafka's default, 500 ms,
             # held bars back ~120 ms at a minute boundary here); with data waiting it returns at once.
             "fetch.wait.max.ms": 25,
