@@ -133,8 +133,8 @@ class BarBook:
         # them changes (a late trade, the compaction) or the minute goes: most of a snapshot is final
         # bars that did not change since the last one (ALLOWED_LATENESS_S of them per symbol), and
         # building their rows again every epoch took most of the snapshot's time. Encoded, not as row
-        # tuples: those held ~500 bytes a bar (a tuple and its int and float objects), ~30 MB of the
-        # bar flow's peak at 4,000 symbols, against ~90 bytes (flows.snapshots).
+        # tuples: a tuple and its int and float objects held ~500 bytes a bar, its encoding ~90
+        # (flows.snapshots; docs/benchmarks.md, 2026-12-03 tenth session).
         self._final_rows: dict[int, tuple[int, bytes]] = {}
 
     # ---- input -------------------------------------------------------------------------
