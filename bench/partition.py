@@ -15,6 +15,9 @@ live). Then, the median of `--reps`:
   `step_after_close_ms` the step after it (50 more trades), where the rollup folds in the minutes
   just closed and settles the one that passed the allowed lateness (both put off from the close
   step, `Rollup.settle`);
+- `coarse_live_ms`: a coarse live update (`LIVE_COARSE_UPDATE_INTERVAL_S`): the rollup noting every
+  symbol's forming minute, then its live records of every timeframe; `live_note_ms` the noting
+  alone when the same minutes were noted since (the 1 s live updates between two coarse ones);
 - `snapshot_ms`: `PartitionLogic.snapshot` (what Bytewax takes at every epoch), and its parts:
   the book, the timeframe rollup (`rollup_snapshot_ms`, and `rollup_snapshot_ms_first` with no
   encoding kept from an earlier snapshot), the last prices and the session extremes, with the
@@ -42,6 +45,7 @@ from connectors.kafka.source import RawBatch
 from flows.detect.settings import DetectionSettings
 from flows.partition import PartitionLogic
 from flows.settings import Settings
+from schemas.bars import Bar
 
 OUT = Path(__file__).resolve().parent / "partition.json"
 MINUTE = 60_000
@@ -124,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         return rollup.snapshot()
 
     extremes = logic.extremes
+    # every symbol's forming bar of the open minute, as the partition notes them at each live update
+    forming_minute = T0 + args.minutes * MINUTE
+    forming = [Bar(symbol=f"S{i:05d}", timestamp=forming_minute, open=10.0, high=10.5, low=9.5, close=10.1, volume=100,
+                   vwap=10.0, trades=1, revision=0, status="live") for i in range(args.symbols)]  # fmt: skip
+
+    def coarse_update() -> object:
+        rollup.note_live(forming)
+        return rollup.take_live()
+
     close, after = close_step_ms(settings, args)
     close_bare, after_bare = close_step_ms(settings.model_copy(update={"bar_timeframes": ()}), args)
     results = {
@@ -144,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         "rollup_snapshot_kb": round(len(rollup.snapshot()) / 1024),
         "rollup_buckets": rollup.buckets,
         "rollup_minutes_held": rollup.minutes,
+        # last: they add the forming minute's buckets, which the figures above do not hold
+        "coarse_live_ms": timed(coarse_update, args.reps),
+        "live_note_ms": timed(lambda: rollup.note_live(forming), args.reps),
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
