@@ -207,9 +207,11 @@ def test_the_pure_parts_know_nothing_of_sql() -> None:
     """export.py and chart.py take DataFrames; only cli.py (composition) reaches the database."""
     import ast
 
+    from tests.support.source import parse
+
     root = Path(__file__).resolve().parents[2] / "connectors" / "analyst"
     for name in ("export.py", "chart.py"):
-        tree = ast.parse((root / name).read_text())
+        tree = parse(root / name)
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in imported if m.split(".")[0] in ("psycopg", "psycopg_pool", "connectors", "flows")}, name

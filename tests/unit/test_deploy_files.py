@@ -33,6 +33,8 @@ import yaml
 from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 
+from tests.support.source import parse
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -131,7 +133,7 @@ def served_paths() -> frozenset[str]:
     paths = set()
     for package in ("connectors", "flows"):
         for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            for node in ast.walk(parse(path)):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"/[a-z]+", node.value):
                     paths.add(node.value)
     return frozenset(paths)
