@@ -48,6 +48,8 @@ ROLLED_UP: tuple[TimeframeName, ...] = ("5m", "15m", "1h", "1d")  # the timefram
 MAX_VOLUME = (1 << 63) - 1  # a bar's volume bound (schemas.bars.Volume, BIGINT): sums saturate there
 MAX_TRADES = (1 << 31) - 1  # a bar's trades bound (schemas.bars.Counter, INTEGER)
 STATE_VERSION = 3  # 3: minutes and published fields as arrays; 2: buckets and sums as arrays; 1: maps (all restored)
+# What a coarse record is compared by (`_fields`): open, high, low, close, volume, vwap, trades
+_Fields = tuple[float | None, float | None, float | None, float | None, int, float | None, int]
 
 
 class _Agg(msgspec.Struct, gc=False, array_like=True):
@@ -120,7 +122,7 @@ class _Bucket(msgspec.Struct, gc=False, array_like=True):
     closed: bool = False
     revision: int = 0
     # the fields of the last final record published (`_fields`; None: not yet final), all a revision is told by
-    emitted: tuple[float | None, float | None, float | None, float | None, int, float | None, int] | None = None
+    emitted: _Fields | None = None
 
 
 def _variant(cls: type, name: str, *, array_like: bool, **types: object) -> Any:
@@ -378,7 +380,7 @@ class Rollup:
             return
         self._fold_unfolded()
         closed_through = self.watermark - MINUTE_MS - self.close_delay_ms  # a minute starting at or before it is closed
-        live, noted, dirty, buckets = self._live, self._noted, self._dirty, self._buckets
+        live, noted, dirty = self._live, self._noted, self._dirty
         for bar in forming:
             minute = bar.timestamp
             if minute <= closed_through:
@@ -392,9 +394,9 @@ class Rollup:
             if key in noted:
                 continue  # its buckets are marked already, and stay so until take_live (they are open)
             marked = True
-            for tf in self.timeframes:
-                start = minute - minute % tf.ms
-                if (symbol, start) in buckets[tf.name] or self._new_bucket(tf, symbol, start) is not None:
+            for tf, ms, buckets in self._by_timeframe:
+                start = minute - minute % ms
+                if (symbol, start) in buckets or self._new_bucket(tf, symbol, start) is not None:
                     dirty[(tf.name, symbol, start)] = None
                 else:
                     marked = False  # refused (or incomplete): tried again at the next note
@@ -604,7 +606,7 @@ def _summand(bar: Bar) -> tuple[int, float | None, float | None, float | None, f
     return bar.timestamp, bar.open, bar.high, bar.low, bar.close, v, vw * v if vw is not None and v > 0 else None, bar.trades
 
 
-def _fields(bar: Bar) -> tuple[float | None, float | None, float | None, float | None, int, float | None, int]:
+def _fields(bar: Bar) -> _Fields:
     """What a coarse record is compared by: a record whose fields are unchanged is not a revision."""
     return (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.vwap, bar.trades)
 
