@@ -204,7 +204,9 @@ def test_kill_9_and_restart_with_recovery_gives_the_same_tables(settings, db, tm
     """Bars and highs/lows as if the bar flow had never been interrupted, the same bars of every
     timeframe on the bars topic; the bars it published again after the restart change nothing
     downstream either (the detection flow's tables)."""
-    events = feed(seed=26, symbols=60, rate=40.0, seconds=25 * 60)
+    # 70 minutes (~170,000 ticks): a machine that read a 25-minute feed in one epoch was killed after
+    # its last snapshot, and the restart had nothing to publish again
+    events = feed(seed=26, symbols=60, rate=40.0, seconds=70 * 60)
     publish(settings, events)
     run_main(build_flow(settings))
     run_main(build_detection(settings))
