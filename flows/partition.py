@@ -16,8 +16,9 @@ the book's output that happened), not the watermark at the end of a batch: the b
 not depend on how its input was batched, and so the coarse bars and their revisions do not either,
 which is what makes them the same after a restart. A silent partition's watermark (idle advance)
 and the end of the input move the rollup's clock too. What the rollup can put off (folding the
-minutes just closed into open buckets, settling) it does in the next step that closes no minute
-(`Rollup.settle`), so the boundary's bars leave sooner; when is invisible in its output.
+minutes just closed into open buckets, settling) it does in a step that closes no minute, a second
+after the boundary (`ROLLUP_WAITS_S`, `Rollup.settle`), so the boundary's bars leave sooner; when
+is invisible in its output.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ CAUGHT_UP_FRESH_S = 3.0  # a caught-up marker older than this says nothing about
 # After a silent gap in the evidence (the broker was away), the producers upstream may still be
 # reconnecting (librdkafka backs off up to 10 s) with what they buffered: idleness counts after that.
 RECONNECT_GRACE_S = 10.0
+# A step that closes minutes, when no such wait is on, starts one of this long: until it ends, the
+# rollup's work that can wait (folding the new minutes into open buckets, settling: `Rollup.settle`)
+# and its live updates (noting the live minutes folds first) are put off, so the boundary's bars,
+# their upsert and their publishing have the bar flow's thread meanwhile (~25 ms a partition of
+# 1,000 symbols: docs/benchmarks.md). The rollup's output does not depend on when it folds
+# (tests/unit/test_timeframes.py); what waits is at most a wait's live minutes.
+ROLLUP_WAITS_S = 1.0
 
 Output = Bar | KafkaSinkMessage | HighLowEvent | FlowHealth | Price
 # partition, bar book, session extremes (None when off), the cutoff for their database references,
@@ -182,6 +190,8 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         self.caught_up_at = -1e9  # wall-clock time of the source's last caught-up marker
         self.idle_from = now  # idleness counts from here at the earliest (a new run of caught-up evidence)
         self.last_live = self.last_coarse_live = now
+        self.rollup_waits_until = now  # see ROLLUP_WAITS_S
+        self.unnoted_live: list[Bar] = []  # live minutes published meanwhile, for the rollup's live updates
         self.reported = Counts()
         self.last_health = now
         self.health_events = self.book.counts.events
@@ -192,6 +202,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         first = batches[0]
         self.key, self.topic, self.partition = first.key, first.topic, first.partition
         now = time.monotonic()
+        rollup_due = now >= self.rollup_waits_until
         data = closed = False
         for batch in batches:
             if not batch.values:
@@ -213,9 +224,14 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         if data:
             self.last_input = now
             self._forget_idle_symbols()
-        if not closed:
+        # A wait starts at a close unless the last one's work is still undone (every step since it
+        # closed minutes too: a replay); then that work is done now, and the rollup waits no longer.
+        waits = closed and rollup_due and not self.unnoted_live
+        if waits:
+            self.rollup_waits_until = now + ROLLUP_WAITS_S
+        elif rollup_due and not closed:
             self.rollup.settle()
-        self._tick(now, out)
+        self._tick(now, out, coarse=rollup_due and not waits)
         if stages.enabled():
             stages.mark("step_out", partition=self.key, batches=len(batches), out=len(out), took_s=time.monotonic() - now)
         return out, StatefulBatchLogic.RETAIN
@@ -274,7 +290,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             self._finals(self.book.advance(self.book.watermark + int(idle * 1000)), out)
             self._coarse(self.rollup.advance(self.book.watermark), out)  # buckets whose last minutes had no bars
             self.last_input = now
-        self._tick(now, out)
+        self._tick(now, out, coarse=now >= self.rollup_waits_until)
         if stages.enabled():
             stages.mark("notify_out", partition=self.key, out=len(out), took_s=time.monotonic() - now)
         return out, StatefulBatchLogic.RETAIN
@@ -330,8 +346,15 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             due = min(due, max(self.last_input, self.idle_from) + self.idle_after)
         return datetime.now(UTC) + timedelta(seconds=max(0.0, due - now))
 
+    def _note_live(self) -> None:
+        """The live minutes published while the rollup waited, to the rollup, in their order."""
+        if self.unnoted_live:
+            self.rollup.note_live(self.unnoted_live)
+            self.unnoted_live = []
+
     def snapshot(self) -> BookState:
         began = time.monotonic()
+        self._note_live()  # the rollup's snapshot is what it would have been without the wait
         extremes = self.extremes.snapshot() if self.extremes is not None else None
         state = (self.key, self.book.snapshot(), extremes, self.cutoff_ms, self.rollup.snapshot(), self.prices.snapshot())
         if stages.enabled():
@@ -345,20 +368,25 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             references = self.history.session_references(waiting, self.history_gap_ms, self.extremes.cfg.n_days)
             self.extremes.resolve(references)
 
-    def _tick(self, now: float, out: list[Output]) -> None:
-        """Live updates when their interval has passed, and metrics."""
+    def _tick(self, now: float, out: list[Output], coarse: bool) -> None:
+        """Live updates when their interval has passed, and metrics. Unless `coarse`, the rollup does
+        not see the live minutes yet (noting them folds it: `ROLLUP_WAITS_S`), nor sends its own."""
         if now - self.last_live >= self.live_every:
             live, forming = self.book.take_live_minutes()
             if live:
                 OUTPUT.labels(self.key, "live").inc(len(live))
                 out.extend(live)
-            self.rollup.note_live(live)
-            if now - self.last_coarse_live >= self.coarse_live_every:
-                coarse = self.rollup.take_live()
-                if coarse:
-                    OUTPUT.labels(self.key, "coarse_live").inc(len(coarse))
-                    out.extend(coarse)
-                self.last_coarse_live = now
+            if not coarse:
+                self.unnoted_live += live
+            else:
+                self._note_live()
+                self.rollup.note_live(live)
+                if now - self.last_coarse_live >= self.coarse_live_every:
+                    rolled = self.rollup.take_live()
+                    if rolled:
+                        OUTPUT.labels(self.key, "coarse_live").inc(len(rolled))
+                        out.extend(rolled)
+                    self.last_coarse_live = now
             observe = self.prices.observe
             for bar in forming:
                 if bar.close is not None:

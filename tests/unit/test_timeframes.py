@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.kafka.source import RawBatch
+from flows import partition
 from flows.detect.settings import DetectionSettings
 from flows.partition import PartitionLogic
 from flows.settings import Settings, SettingsError, load
@@ -488,6 +489,53 @@ def test_the_partition_step_publishes_live_coarse_bars_and_last_prices():
     late = orjson.dumps({"ev": "T", "sym": "AAA", "x": 4, "i": "x", "z": 3, "p": 11.0, "s": 7, "t": t - 1, "q": 9})
     out, _ = logic.on_batch([RawBatch("t", 0, range(3, 4), [late])])
     assert not [p for p in out if isinstance(p, Price)], "earlier in event time: not the last price"
+
+
+def test_a_step_that_closes_minutes_puts_the_rollups_folding_and_coarse_live_updates_off_for_a_second(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(partition.time, "monotonic", lambda: now[0])
+    s = flow_settings().model_copy(update={"live_update_interval_s": 1e-9, "live_coarse_update_interval_s": 1e-9})
+    logic = PartitionLogic(s, DetectionSettings(enabled=False), None)
+    t = DAY0 + 3 * M
+
+    def feed(*times: int) -> list[Bar]:
+        values = [orjson.dumps({"ev": "T", "sym": "AAA", "x": 4, "i": str(at), "z": 3, "p": 10.0, "s": 10, "t": at, "q": 0})
+                  for at in times]  # fmt: skip
+        out, _ = logic.on_batch([RawBatch("t", 0, range(len(values)), values)])
+        return [b for b in out if isinstance(b, Bar)]
+
+    feed(t + 1_000)
+    now[0] += 0.01
+    closing = feed(t + M + DELAY)  # closes minute 3 (inside its buckets): its final bar leaves now
+    assert [(b.timeframe, b.status) for b in closing] == [("1m", "final"), ("1m", "live")]
+    assert logic.rollup._unfolded, "folding it into its buckets waits"
+    now[0] += partition.ROLLUP_WAITS_S / 2
+    assert "5m" not in {b.timeframe for b in feed(t + M + DELAY + 1)}, "no coarse live update during the wait"
+    assert logic.rollup._unfolded
+    now[0] += partition.ROLLUP_WAITS_S / 2
+    after = feed(t + M + DELAY + 2)
+    assert not logic.rollup._unfolded, "the first step after the wait that closes nothing folds"
+    live = {b.timeframe: b for b in after if b.status == "live"}
+    assert set(live) == {"1m", "5m", "15m", "1h", "1d"}
+    assert (live["5m"].volume, live["1d"].volume) == (40, 40)  # minute 3's 10 and minute 4's 30 so far
+
+
+def test_a_replay_whose_every_step_closes_minutes_still_gets_coarse_live_updates_and_holds_one_waits_minutes(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(partition.time, "monotonic", lambda: now[0])
+    s = flow_settings().model_copy(update={"live_update_interval_s": 1e-9, "live_coarse_update_interval_s": 1e-9})
+    logic = PartitionLogic(s, DetectionSettings(enabled=False), None)
+    coarse_live, held = [], []
+    for minute in range(40):
+        now[0] += partition.ROLLUP_WAITS_S / 3
+        at = DAY0 + minute * M + DELAY  # closes the minute before
+        values = [orjson.dumps({"ev": "T", "sym": sym, "x": 4, "i": f"{sym}{at}", "z": 3, "p": 10.0, "s": 10, "t": at, "q": 0})
+                  for sym in ("AAA", "BBB")]  # fmt: skip
+        out, _ = logic.on_batch([RawBatch("t", 0, range(2), values)])
+        coarse_live.append(any(isinstance(b, Bar) and b.status == "live" and b.timeframe != "1m" for b in out))
+        held.append(len(logic.unnoted_live))
+    assert sum(coarse_live[1:]) >= 9, coarse_live  # about once per wait, as every step closes minutes
+    assert max(held) <= 2 * 3, held  # a wait's live minutes at most (two symbols, three steps a wait)
 
 
 def test_an_older_recovery_snapshot_restores_without_publishing_incomplete_buckets():
