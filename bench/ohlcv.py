@@ -9,6 +9,7 @@ Measures, in one run and on the same messages:
   are in PostgreSQL (`detection_cost_pct`: the throughput it costs);
 - `p99_bar_latency_ms`: with a real-time feed, from a minute's end plus the close delay to its
   bar arriving on Redis (the sink writes PostgreSQL first, so it is in the table by then);
+  `latency_by_boundary`: each minute's p99 and the coarsest bucket its close closes too;
 - `decode_floor_us_per_tick`: the least any Python consumer of this JSON pays per tick: CPU of
   msgspec decoding the same message values into `schemas.polygon.Trade`, the cheaper of one call
   per value and one call per joined batch; `flow_cpu_per_tick_x_floor` is the bar flow's CPU per
@@ -315,10 +316,29 @@ def bar_latency(s: Settings, symbols: int, rate: int, seconds: int, *, detection
         "p50_bar_latency_ms": round(_quantile(latencies, 0.5), 1),
         "p99_bar_latency_ms": round(_quantile(latencies, 0.99), 1),
         "max_bar_latency_ms": round(latencies[-1], 1),
-    }
+        "latency_by_boundary": [
+            {"minute": datetime.fromtimestamp(minute / 1000, UTC).strftime("%H:%M"), "closes": boundary_kind(minute),
+             "bars": len(ms), "p99_ms": round(_quantile(sorted(ms), 0.99), 1)}
+            for minute, ms in sorted(by_minute.items())
+        ],
+    }  # fmt: skip
     if stage_log is not None:
         result["boundaries"] = boundary_breakdown(_read_marks(stage_log), by_minute, delay_ms)
     return result
+
+
+def boundary_kind(minute_ms: int) -> str:
+    """The coarsest bucket the close of this minute (its start, epoch ms) also closes: a boundary where
+    5-minute or coarser buckets close has their bars to publish and detect too.
+
+    >>> [boundary_kind(m * 60_000) for m in (0, 4, 14, 59, 1439)]
+    ['1m', '5m', '15m', '1h', '1d']
+    """
+    closes = "1m"
+    for name, minutes in (("5m", 5), ("15m", 15), ("1h", 60), ("1d", 1440)):
+        if (minute_ms // 60_000 + 1) % minutes == 0:
+            closes = name
+    return closes
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -518,8 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         ls = bench_settings(run + "l", database_url)
         ensure_topics(ls)
         results.update(bar_latency(ls, args.symbols, args.latency_rate, args.latency_seconds))
+        boundaries = ", ".join(
+            f"{b['minute']} (closes {b['closes']}) p99 {b['p99_ms']} ms" for b in results["latency_by_boundary"]
+        )
         print(f"bar latency: p50 {results['p50_bar_latency_ms']} ms, p99 {results['p99_bar_latency_ms']} ms "
-              f"over {results['latency_bars']:,} bars", flush=True)  # fmt: skip
+              f"over {results['latency_bars']:,} bars; by minute: {boundaries}", flush=True)  # fmt: skip
     results["load_average_after"] = load_average()
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
