@@ -520,7 +520,7 @@ def test_a_step_that_closes_minutes_puts_the_rollups_folding_and_coarse_live_upd
     assert (live["5m"].volume, live["1d"].volume) == (40, 40)  # minute 3's 10 and minute 4's 30 so far
 
 
-def test_a_replay_whose_every_step_closes_minutes_still_gets_coarse_live_updates_and_holds_one_waits_minutes(monkeypatch):
+def test_a_replay_whose_every_step_closes_minutes_gets_coarse_live_updates_and_holds_a_waits_live_minutes_at_most(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(partition.time, "monotonic", lambda: now[0])
     s = flow_settings().model_copy(update={"live_update_interval_s": 1e-9, "live_coarse_update_interval_s": 1e-9})
