@@ -18,6 +18,10 @@ What the broker does wrong is waited out, not raised:
   held a moment ago while the broker answers. The bar flow lets an idle partition's watermark
   follow the wall clock only on such evidence, so a broker outage is never mistaken for a quiet
   market (trades buffered upstream during the outage still land in their bars).
+
+`hold` (the detection flow's, in the moments after a minute boundary) says how long messages
+just read must wait before they go out: they wait in the partition, before the offset that is its
+recovery state, so a restart reads them again. A finite input (`tail=False`) is never held.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
@@ -111,7 +115,7 @@ _stats_decoder = msgspec.json.Decoder(_Stats)
 class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
         self, kafka: KafkaSettings, config: dict, topic: str, partition: int, offset: int, batch_size: int, tail: bool,
-        start: int, ready_max_lag: int = 10_000,
+        start: int, ready_max_lag: int = 10_000, hold: Callable[[], float] | None = None,
     ) -> None:  # fmt: skip
         self._topic = topic
         self._partition = partition
@@ -127,6 +131,9 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         self._tail = tail
         self._start = start  # OFFSET_BEGINNING / OFFSET_END: where to go when the offset is gone
         self._eof = False
+        self._hold = hold if tail else None  # seconds what was just read waits (a finite input never does)
+        self._held: list[Message] = []  # read, not given out yet (`hold`): the offset stays before them
+        self._release_at = 0.0  # time.monotonic() when the held messages go out
         self._awake: datetime | None = None
         self._healthy = False  # the partition's leader answers and fetching is active
         self._high = -1  # the log's end offset, as of `_stats_at`
@@ -195,6 +202,14 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
 
     def next_batch(self) -> list[RawBatch]:
         READINESS.heartbeat(self._ready_name)
+        if self._held:
+            wait = self._release_at - time.monotonic()
+            if wait > 0:
+                self._awake = datetime.now(UTC) + timedelta(seconds=wait)
+                return []
+            messages, self._held = self._held, []
+            self._awake = None
+            return self._batch(messages)
         if self._eof:
             raise StopIteration
         try:
@@ -212,6 +227,17 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
             messages = self._drop_errors(messages)
             if not messages:
                 return []
+        if self._hold is not None:
+            wait = self._hold()
+            if wait > 0:
+                self._held = messages
+                self._release_at = time.monotonic() + wait
+                self._awake = datetime.now(UTC) + timedelta(seconds=wait)
+                return []
+        return self._batch(messages)
+
+    def _batch(self, messages: list[Message]) -> list[RawBatch]:
+        """Data messages out, in order; the next offset after them (the snapshot) moves past them."""
         values = list(map(_value, messages))  # C-level calls: this runs for every message
         # A consumed message always has an offset (the stubs allow None for produced ones).
         first, last = cast(int, messages[0].offset()), cast(int, messages[-1].offset())
@@ -286,6 +312,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
     Every consumer is built from `kafka` (its bootstrap servers and librdkafka properties).
     `start` applies without recovery state, and when a partition's offset is no longer on the
     broker. `tail=False` ends the input at the end of each partition (replays, tests, benchmarks).
+    `hold`, when given, is asked after each read of a tailing partition how many seconds what it
+    read waits before it goes out.
     """
 
     def __init__(
@@ -298,8 +326,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         batch_size: int = 10_000,
         config: dict | None = None,
         ready_max_lag: int = 10_000,
+        hold: Callable[[], float] | None = None,
     ) -> None:
         self._kafka = kafka
+        self._hold = hold
         self._topics = topics
         self._start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
         self._tail = tail
@@ -361,5 +391,6 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         }
         offset = self._start if resume_state is None else resume_state
         return _BatchPartition(
-            self._kafka, config, topic, int(partition), offset, self._batch_size, self._tail, self._start, self._ready_max_lag
-        )
+            self._kafka, config, topic, int(partition), offset, self._batch_size, self._tail, self._start, self._ready_max_lag,
+            self._hold,
+        )  # fmt: skip

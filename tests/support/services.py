@@ -55,6 +55,7 @@ def base_settings(**overrides: object) -> Settings:
         # no ops server unless a test asks for one (flows run in-process, many per test process)
         "bar_flow_ops_port": 0,
         "detection_flow_ops_port": 0,
+        "detection_boundary_hold_s": 0.0,  # a test's detection flow must not wait for the wall clock
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
