@@ -29,12 +29,6 @@ class Settings(OutputSettings, OpsSettings):
     # --- Monitoring (docs/monitoring.md; LOG_LEVEL, LOG_FORMAT, OPS_* in OpsSettings) ----
     bar_flow_ops_port: int = port(9500, "the bar flow's /healthz, /readyz, /metrics (+ the Bytewax process id); 0: off")
     detection_flow_ops_port: int = port(9600, "the detection flow's (+ the Bytewax process id); 0: off")
-    detection_boundary_hold_s: float = Field(
-        0.5, ge=0, le=30,
-        description="bars the tailing detection flow reads within this long after a minute closes (its end plus "
-        "BAR_CLOSE_DELAY_S, wall clock) wait until then: the bar flow's sink writes the minute's bars first "
-        "(flows.boundary); 0: never",
-    )  # fmt: skip
 
     # --- Bars --------------------------------------------------------------------------
     bar_source: Literal["trades", "second_aggs"] = "trades"
@@ -82,6 +76,13 @@ class Settings(OutputSettings, OpsSettings):
         le=365 * DAY_S,
         description="a tailing flow whose watermark lags the wall clock more than this reports degraded",
     )
+
+    detection_boundary_hold_s: float = Field(
+        0.5, ge=0, le=30,
+        description="bars the tailing detection flow reads within this long after a minute closes (its end plus "
+        "BAR_CLOSE_DELAY_S, wall clock) wait until then: the bar flow's sink writes the minute's bars first "
+        "(flows.boundary); 0: never",
+    )  # fmt: skip
 
     stage_log: Path | None = Field(
         None,
