@@ -17,7 +17,6 @@ Composition only: the detectors live in `flows.detect`, the I/O in `connectors`.
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import time
@@ -54,10 +53,13 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     gc.set_threshold(100_000, 50, 100)
     start_monitoring(s, "detection")
     flow = Dataflow("detection")
+
     # Bars read just after a minute closes wait out DETECTION_BOUNDARY_HOLD_S: their detection (this
     # flow, and the PostgreSQL, Redis and broker work it causes) then comes after the bar flow's sink
     # has written them, not beside it on the same cores (flows.boundary; docs/benchmarks.md, 2026-12-04).
-    hold = functools.partial(_boundary_wait, s.bar_close_delay_s, s.detection_boundary_hold_s)
+    def hold() -> float:
+        return wait_after_boundary(time.time(), close_delay_s=s.bar_close_delay_s, hold_s=s.detection_boundary_hold_s)
+
     source = KafkaBatchSource(
         s, [s.topic_bars], start=s.kafka_start, tail=s.kafka_tail, batch_size=s.kafka_batch_size,
         ready_max_lag=s.ready_max_lag_messages, hold=hold if s.detection_boundary_hold_s > 0 else None,
@@ -70,7 +72,3 @@ def build_flow(settings: Settings | None = None, detection: DetectionSettings | 
     letters = op.key_on("dead_letters_by_partition", gate.dead_letters, letter_key)
     op.output("dead_letters", letters, dead_letter_sink(s, s.topic_dead_letter, parts))
     return flow
-
-
-def _boundary_wait(close_delay_s: float, hold_s: float) -> float:
-    return wait_after_boundary(time.time(), close_delay_s=close_delay_s, hold_s=hold_s)

@@ -191,7 +191,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         self.idle_from = now  # idleness counts from here at the earliest (a new run of caught-up evidence)
         self.last_live = self.last_coarse_live = now
         self.rollup_waits_until = now  # see ROLLUP_WAITS_S
-        self.unnoted_live: list[Bar] = []  # live minutes published meanwhile, for the rollup's live updates
+        self.unnoted_live: list[Bar] = []  # live minutes the rollup has not seen yet (see ROLLUP_WAITS_S)
         self.reported = Counts()
         self.last_health = now
         self.health_events = self.book.counts.events
@@ -231,7 +231,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             self.rollup_waits_until = now + ROLLUP_WAITS_S
         elif rollup_due and not closed:
             self.rollup.settle()
-        self._tick(now, out, coarse=rollup_due and not waits)
+        self._tick(now, out, rollup_due=rollup_due and not waits)
         if stages.enabled():
             stages.mark("step_out", partition=self.key, batches=len(batches), out=len(out), took_s=time.monotonic() - now)
         return out, StatefulBatchLogic.RETAIN
@@ -290,7 +290,7 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             self._finals(self.book.advance(self.book.watermark + int(idle * 1000)), out)
             self._coarse(self.rollup.advance(self.book.watermark), out)  # buckets whose last minutes had no bars
             self.last_input = now
-        self._tick(now, out, coarse=now >= self.rollup_waits_until)
+        self._tick(now, out, rollup_due=now >= self.rollup_waits_until)
         if stages.enabled():
             stages.mark("notify_out", partition=self.key, out=len(out), took_s=time.monotonic() - now)
         return out, StatefulBatchLogic.RETAIN
@@ -347,10 +347,9 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         return datetime.now(UTC) + timedelta(seconds=max(0.0, due - now))
 
     def _note_live(self) -> None:
-        """The live minutes published while the rollup waited, to the rollup, in their order."""
-        if self.unnoted_live:
-            self.rollup.note_live(self.unnoted_live)
-            self.unnoted_live = []
+        """The live minutes published since the rollup last saw them, to the rollup, in their order."""
+        self.rollup.note_live(self.unnoted_live)
+        self.unnoted_live = []
 
     def snapshot(self) -> BookState:
         began = time.monotonic()
@@ -368,19 +367,17 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
             references = self.history.session_references(waiting, self.history_gap_ms, self.extremes.cfg.n_days)
             self.extremes.resolve(references)
 
-    def _tick(self, now: float, out: list[Output], coarse: bool) -> None:
-        """Live updates when their interval has passed, and metrics. Unless `coarse`, the rollup does
-        not see the live minutes yet (noting them folds it: `ROLLUP_WAITS_S`), nor sends its own."""
+    def _tick(self, now: float, out: list[Output], rollup_due: bool) -> None:
+        """Live updates when their interval has passed, and metrics. Unless `rollup_due`, the rollup
+        does not see the live minutes yet (noting them folds it: `ROLLUP_WAITS_S`), nor sends its own."""
         if now - self.last_live >= self.live_every:
             live, forming = self.book.take_live_minutes()
             if live:
                 OUTPUT.labels(self.key, "live").inc(len(live))
                 out.extend(live)
-            if not coarse:
-                self.unnoted_live += live
-            else:
+            self.unnoted_live += live
+            if rollup_due:
                 self._note_live()
-                self.rollup.note_live(live)
                 if now - self.last_coarse_live >= self.coarse_live_every:
                     rolled = self.rollup.take_live()
                     if rolled:
