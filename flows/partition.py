@@ -352,13 +352,22 @@ class PartitionLogic(StatefulBatchLogic[RawBatch, Output, BookState]):
         self.unnoted_live = []
 
     def snapshot(self) -> BookState:
-        began = time.monotonic()
+        clock = time.monotonic
+        began = clock()
         self._note_live()  # the rollup's snapshot is what it would have been without the wait
+        noted = clock()
         extremes = self.extremes.snapshot() if self.extremes is not None else None
-        state = (self.key, self.book.snapshot(), extremes, self.cutoff_ms, self.rollup.snapshot(), self.prices.snapshot())
-        if stages.enabled():
-            stages.mark("book_snapshot", partition=self.key, took_s=time.monotonic() - began, bytes=len(state[1]))
-        return state
+        extremes_done = clock()
+        book = self.book.snapshot()
+        book_done = clock()
+        rollup = self.rollup.snapshot()
+        rollup_done = clock()
+        prices = self.prices.snapshot()
+        if stages.enabled():  # an epoch that lands on a minute boundary holds its close this long
+            stages.mark("book_snapshot", partition=self.key, took_s=clock() - began, bytes=len(book),
+                        note_live_s=noted - began, extremes_s=extremes_done - noted, book_s=book_done - extremes_done,
+                        rollup_s=rollup_done - book_done, prices_s=clock() - rollup_done)  # fmt: skip
+        return (self.key, book, extremes, self.cutoff_ms, rollup, prices)
 
     def _resolve_references(self) -> None:
         """Symbols starting a session cold wait for the database's view of it; fetch it for all at once."""
