@@ -23,6 +23,8 @@ its trades wait in order, so the events are the same however the input was batch
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import msgspec
 
 from flows.detect.settings import HighLowSettings
@@ -47,8 +49,11 @@ class _Symbol:
         self.prior = prior  # previous sessions (day, high, low), newest first, at most n_days
         self.n_day_high_done = self.n_day_low_done = False
 
-    def row(self) -> list:
-        return [getattr(self, name) for name in self.__slots__]
+    def row(self) -> tuple:
+        return _row_of(self)
+
+
+_row_of = attrgetter(*_Symbol.__slots__)  # every field in one call: a snapshot holds every symbol's
 
 
 class SessionExtremes:
