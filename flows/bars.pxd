@@ -13,4 +13,4 @@ cdef class MinuteBar:
     cdef public long long trades, revision
     cdef public bint final
     cdef public long long close_size
-    cdef public object seen, hashes
+    cdef public object seen, hashes, arrived, encoded

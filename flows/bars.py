@@ -16,11 +16,17 @@ False
 
 from __future__ import annotations
 
+import msgspec
+
+from flows.snapshots import array_header
 from schemas.bars import Bar
 from schemas.conditions import ALL, HIGH_LOW, OPEN_CLOSE, VOLUME
 from schemas.polygon import SecondAgg
 
 MINUTE_MS = 60_000
+_encode = msgspec.msgpack.Encoder().encode
+_ROW_HEAD = array_header(17)  # a snapshot row: 16 fields and the ids
+_FIELDS_HEAD = len(array_header(16))
 
 __all__ = ["ALL", "MINUTE_MS", "MinuteBar"]
 
@@ -57,14 +63,20 @@ class MinuteBar:
     (`flows.trade_ids.MinuteIds.of_hashed`) then reads these ints instead of chasing every key's
     tuple and string through memory again, which cost more than decoding the trade had. Process
     specific, so never in a snapshot (`to_row`); `from_row` recomputes it.
+
+    `arrived` holds the same keys in the order they came, and `encoded` the msgpack encoding of the
+    first of them as the last snapshot wrote it: an open bar only ever gains ids, so its snapshot
+    row (`snapshot_row`) encodes just the ids since. Every epoch encoded every open bar's ids anew
+    before, a minute's worth at its end (~35 ms a partition of 1,000 symbols on a 2-core EPYC), in
+    the flow's one thread, where an epoch that lands on a minute boundary holds the close.
     """
 
     __slots__ = (
         "symbol", "start", "open", "high", "low", "close",
         "open_t", "open_q", "close_t", "close_q",
-        "volume", "notional", "trades", "revision", "final", "close_size", "seen", "hashes",
+        "volume", "notional", "trades", "revision", "final", "close_size", "seen", "hashes", "arrived", "encoded",
     )  # fmt: skip
-    _ROW = __slots__[:-1]  # what a snapshot row holds
+    _ROW = __slots__[:-3]  # what a snapshot row holds
 
     def __init__(self, symbol: str, start: int) -> None:
         self.symbol = symbol
@@ -82,6 +94,8 @@ class MinuteBar:
         self.close_size = 0  # size of the trade that set `close` (the last price, schemas.prices)
         self.seen: set | frozenset = set()  # exact ids; flows.trade_ids.NO_IDS once final and compacted
         self.hashes: list[int] | tuple[()] = []  # hash() of each key in `seen`; trade_ids.NO_HASHES once compacted
+        self.arrived: list | tuple[()] = []  # the keys of `seen` in arrival order; NO_HASHES once compacted
+        self.encoded: tuple[int, bytes] = (0, b"")  # (n, msgpack of the first n of `arrived`, no array header)
 
     def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> bool:
         """Apply one trade with the fields its conditions allow (`mask`).
@@ -164,6 +178,22 @@ class MinuteBar:
             self.volume, self.notional, self.trades, self.revision, self.final, self.close_size, self.seen,
         )  # fmt: skip
 
+    def snapshot_row(self) -> bytes:
+        """`to_row` as msgpack, its ids in arrival order, encoding only the ids added since the last call.
+
+        A bar whose ids did not all come through the trade loop (per-second aggregates, late trades
+        of a final bar) has its set encoded whole, as `to_row` holds it.
+        """
+        seen, arrived = self.seen, self.arrived
+        if len(arrived) != len(seen):
+            return _encode(self.to_row())
+        n, body = self.encoded
+        if len(arrived) > n:
+            added = arrived[n:]
+            body += _encode(added)[len(array_header(len(added))) :]
+            self.encoded = (len(arrived), body)
+        return _ROW_HEAD + _encode(self.to_row()[:-1])[_FIELDS_HEAD:] + array_header(len(arrived)) + body
+
     @classmethod
     def from_row(cls, row: list) -> MinuteBar:
         bar = cls.__new__(cls)
@@ -173,4 +203,6 @@ class MinuteBar:
             setattr(bar, name, value)
         bar.seen = {tuple(key) if isinstance(key, list) else key for key in row[-1]}
         bar.hashes = list(map(hash, bar.seen))
+        bar.arrived = list(bar.seen)
+        bar.encoded = (0, b"")
         return bar

@@ -58,6 +58,7 @@ COMPACT_AFTER_MS = 5_000
 _trade_decoder = msgspec.json.Decoder(Trade | Quote)
 _second_decoder = msgspec.json.Decoder(SecondAgg | MinuteAgg)
 _snapshot_encoder = msgspec.msgpack.Encoder()
+_NOTHING_ENCODED = (0, b"")  # a compacted bar's `MinuteBar.encoded`
 
 
 class Reject(msgspec.Struct, frozen=True):
@@ -360,6 +361,7 @@ class BarBook:
                     else:
                         live[bar] = None
                         bar.hashes.append(key_hash(trade_key))  # type: ignore[union-attr]  # open: a list (MinuteBar.hashes)
+                        bar.arrived.append(trade_key)  # type: ignore[union-attr]  # open: a list (MinuteBar.arrived)
             else:
                 counts.ignored += 1
             if t > watermark:
@@ -556,7 +558,8 @@ class BarBook:
         ])  # fmt: skip
         for bar in closing:
             bar.seen = NO_IDS
-            bar.hashes = NO_HASHES
+            bar.hashes = bar.arrived = NO_HASHES
+            bar.encoded = _NOTHING_ENCODED
         self._final_rows.pop(start, None)
 
     # ---- output ------------------------------------------------------------------------
@@ -596,12 +599,12 @@ class BarBook:
         count, parts = 0, []
         for minute in self._open.values():
             count += len(minute)
-            parts.append(b"".join([encode(bar.to_row()) for bar in minute]))
+            parts.append(b"".join([bar.snapshot_row() for bar in minute]))
         cached = self._final_rows
         for start, minute in self._final.items():
             rows = cached.get(start)
             if rows is None:
-                rows = cached[start] = (len(minute), b"".join([encode(bar.to_row()) for bar in minute]))
+                rows = cached[start] = (len(minute), b"".join([bar.snapshot_row() for bar in minute]))
             count += rows[0]
             parts.append(rows[1])
         bars = spliced_array(count, parts)  # the bytes of a list of every bar's row
