@@ -248,20 +248,22 @@ def test_snapshot_restores_the_same_rollup_and_a_timeframe_added_publishes_compl
         Rollup.restore(b"\x93garbage", TFS, close_delay_ms=DELAY, lateness_ms=LATENESS)
 
 
+def afresh(r: Rollup) -> bytes:
+    """The rollup's snapshot, encoded whole from its state (no encoding kept from an earlier one)."""
+    from flows import timeframes
+
+    row = timeframes._row
+    return timeframes._encoder.encode(timeframes._State(
+        timeframes.STATE_VERSION, r.watermark, r.complete_from, r.refused,
+        [row(b) for bars in r._recent.values() for b in bars.values()], [row(b) for bars in r._live.values() for b in bars.values()],
+        [b for buckets in r._buckets.values() for b in buckets.values()], list(r._dirty),
+    ))  # fmt: skip
+
+
 def test_a_snapshot_reuses_the_encoding_of_revisable_minutes_only_while_they_are_unchanged():
     """The bytes are those of encoding the whole state afresh after every kind of change: a new
     minute, a revision, a late minute, settling past the lateness (more than 15 bars a minute:
     msgpack's longer array header), and a restore of them gives the same rollup."""
-    from flows import timeframes
-
-    def afresh(r: Rollup) -> bytes:
-        row = timeframes._row
-        return timeframes._encoder.encode(timeframes._State(
-            timeframes.STATE_VERSION, r.watermark, r.complete_from, r.refused,
-            [row(b) for bars in r._recent.values() for b in bars.values()], [row(b) for bars in r._live.values() for b in bars.values()],
-            [b for buckets in r._buckets.values() for b in buckets.values()], list(r._dirty),
-        ))  # fmt: skip
-
     r = rollup()
     symbols = [f"S{i}" for i in range(20)]
     steps = [
@@ -283,6 +285,42 @@ def test_a_snapshot_reuses_the_encoding_of_revisable_minutes_only_while_they_are
     assert afresh(back) == afresh(r)
     assert back.add(minute("S1", 8, o=14.0, rev=1)) == r.add(minute("S1", 8, o=14.0, rev=1))
     assert back.snapshot() == r.snapshot() == afresh(r)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_the_buckets_encoding_kept_between_snapshots_is_the_buckets_own_after_any_step(seed):
+    """A snapshot keeps every bucket's encoding until a bucket changes: after any mix of new minutes,
+    revisions, late minutes, live notes and updates, closes and settling, with or without a snapshot
+    between them, its bytes are those of the state encoded whole."""
+    rng = random.Random(seed)
+    r = rollup()
+    watermark = T0
+    for m in range(30):
+        step = rng.choice(("new", "revision", "late", "live", "note", "close", "settle", "advance", "snapshot"))
+        symbol = rng.choice("ABC")
+        if step == "new":
+            r.add(minute(symbol, m, o=rng.uniform(9, 11), v=rng.randint(0, 50)))
+        elif step in ("revision", "late"):
+            r.add(
+                minute(
+                    symbol,
+                    max(0, m - rng.randint(1, 5)),
+                    o=rng.uniform(9, 11),
+                    rev=rng.randint(0, 2) if step == "revision" else 0,
+                )
+            )
+        elif step in ("live", "note"):
+            forming = [minute(symbol, m + 1, o=rng.uniform(9, 11), status="live")]
+            r.take_live(forming) if step == "live" else r.note_live(forming)
+        elif step in ("close", "advance"):
+            watermark = max(watermark, T0 + m * M + DELAY + rng.randint(0, 2) * M)
+            r.close_through(watermark) if step == "close" else r.advance(watermark)
+        elif step == "settle":
+            r.settle()
+        if rng.random() < 0.6:
+            assert r.snapshot() == afresh(r), step
+    assert r.snapshot() == afresh(r)
 
 
 @settings(max_examples=300, deadline=None)
