@@ -27,8 +27,9 @@ MINUTE_MS = 60_000
 _encode = msgspec.msgpack.Encoder().encode
 _ROW_HEAD = array_header(17)  # a snapshot row: 16 fields and the ids
 _FIELDS_HEAD = len(array_header(16))
+NOTHING_ENCODED: tuple[int, bytes] = (0, b"")  # `MinuteBar.encoded` of a bar none of whose ids were written
 
-__all__ = ["ALL", "MINUTE_MS", "MinuteBar"]
+__all__ = ["ALL", "MINUTE_MS", "NOTHING_ENCODED", "MinuteBar"]
 
 
 MAX_TRADES_PER_SECOND = 1 << 20
@@ -95,7 +96,7 @@ class MinuteBar:
         self.seen: set | frozenset = set()  # exact ids; flows.trade_ids.NO_IDS once final and compacted
         self.hashes: list[int] | tuple[()] = []  # hash() of each key in `seen`; trade_ids.NO_HASHES once compacted
         self.arrived: list | tuple[()] = []  # the keys of `seen` in arrival order; NO_HASHES once compacted
-        self.encoded: tuple[int, bytes] = (0, b"")  # (n, msgpack of the first n of `arrived`, no array header)
+        self.encoded = NOTHING_ENCODED  # (n, msgpack of the first n of `arrived`, without the array's header)
 
     def add_trade(self, price: float, size: int, t: int, q: int, mask: int) -> bool:
         """Apply one trade with the fields its conditions allow (`mask`).
@@ -204,5 +205,5 @@ class MinuteBar:
         bar.seen = {tuple(key) if isinstance(key, list) else key for key in row[-1]}
         bar.hashes = list(map(hash, bar.seen))
         bar.arrived = list(bar.seen)
-        bar.encoded = (0, b"")
+        bar.encoded = NOTHING_ENCODED
         return bar

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import cython
 import msgspec
 
-from flows.bars import MINUTE_MS, MinuteBar
+from flows.bars import MINUTE_MS, NOTHING_ENCODED, MinuteBar
 from flows.event_time import NEVER, Horizon
 from flows.snapshots import spliced_array
 from flows.trade_ids import NO_HASHES, NO_IDS, MinuteIds
@@ -58,7 +58,6 @@ COMPACT_AFTER_MS = 5_000
 _trade_decoder = msgspec.json.Decoder(Trade | Quote)
 _second_decoder = msgspec.json.Decoder(SecondAgg | MinuteAgg)
 _snapshot_encoder = msgspec.msgpack.Encoder()
-_NOTHING_ENCODED = (0, b"")  # a compacted bar's `MinuteBar.encoded`
 
 
 class Reject(msgspec.Struct, frozen=True):
@@ -559,7 +558,7 @@ class BarBook:
         for bar in closing:
             bar.seen = NO_IDS
             bar.hashes = bar.arrived = NO_HASHES
-            bar.encoded = _NOTHING_ENCODED
+            bar.encoded = NOTHING_ENCODED
         self._final_rows.pop(start, None)
 
     # ---- output ------------------------------------------------------------------------
