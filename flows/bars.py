@@ -25,8 +25,6 @@ from schemas.polygon import SecondAgg
 
 MINUTE_MS = 60_000
 _encode = msgspec.msgpack.Encoder().encode
-_ROW_HEAD = array_header(17)  # a snapshot row: 16 fields and the ids
-_FIELDS_HEAD = len(array_header(16))
 NOTHING_ENCODED: tuple[int, bytes] = (0, b"")  # `MinuteBar.encoded` of a bar none of whose ids were written
 
 __all__ = ["ALL", "MINUTE_MS", "NOTHING_ENCODED", "MinuteBar"]
@@ -207,3 +205,7 @@ class MinuteBar:
         bar.arrived = list(bar.seen)
         bar.encoded = NOTHING_ENCODED
         return bar
+
+
+_ROW_HEAD = array_header(len(MinuteBar._ROW))  # a snapshot row: its fields, the ids last
+_FIELDS_HEAD = len(array_header(len(MinuteBar._ROW) - 1))  # the header `snapshot_row` takes off the fields

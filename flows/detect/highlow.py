@@ -49,11 +49,8 @@ class _Symbol:
         self.prior = prior  # previous sessions (day, high, low), newest first, at most n_days
         self.n_day_high_done = self.n_day_low_done = False
 
-    def row(self) -> tuple:
-        return _row_of(self)
 
-
-_row_of = attrgetter(*_Symbol.__slots__)  # every field in one call: a snapshot holds every symbol's
+_row_of = attrgetter(*_Symbol.__slots__)  # a symbol's snapshot row, every field in one call
 
 
 class SessionExtremes:
@@ -204,7 +201,7 @@ class SessionExtremes:
     def snapshot(self) -> bytes:
         if self._waiting:
             raise RuntimeError("snapshot with trades still waiting for their references")
-        return msgspec.msgpack.encode((SNAPSHOT_VERSION, {k: s.row() for k, s in self._symbols.items()}))
+        return msgspec.msgpack.encode((SNAPSHOT_VERSION, {k: _row_of(s) for k, s in self._symbols.items()}))
 
     @classmethod
     def restore(cls, raw: bytes, cfg: HighLowSettings) -> SessionExtremes:
